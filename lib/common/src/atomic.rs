@@ -1,0 +1,123 @@
+//! Atomic multi-file outputs: every file is written under a temporary name beside its final
+//! path and renamed into place only on `commit`. Dropped without commit (an error, a panic),
+//! the temporaries are removed, so a failed run never leaves something that looks complete.
+//! Files are renamed in the order they were added: put the file that marks completion
+//! (a manifest, an index) last.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::Failure;
+
+pub struct AtomicOutputs {
+    /// (temporary path, final path), in commit order.
+    files: Vec<(PathBuf, PathBuf)>,
+    committed: bool,
+}
+
+impl AtomicOutputs {
+    pub fn new() -> Self {
+        AtomicOutputs { files: Vec::new(), committed: false }
+    }
+
+    /// Temporary path for `final_path`: same directory (so the rename is atomic), hidden, tagged
+    /// with the process id.
+    pub fn temp_path_for(final_path: &Path) -> PathBuf {
+        let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    }
+
+    /// Create the temporary file for `final_path` and register it for commit.
+    pub fn create(&mut self, final_path: &Path) -> Result<File, Failure> {
+        if let Some(dir) = final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(Failure::cant_create(format!(
+                    "{}: output directory {} does not exist; create it first",
+                    final_path.display(),
+                    dir.display()
+                )));
+            }
+        }
+        let temp = Self::temp_path_for(final_path);
+        let file = File::create(&temp).map_err(|e| Failure::io_at(&temp, "cannot create", &e).with_code_cantcreat())?;
+        self.files.push((temp, final_path.to_path_buf()));
+        Ok(file)
+    }
+
+    /// Flush every temporary to disk and rename each into place, in the order added.
+    pub fn commit(mut self) -> Result<(), Failure> {
+        for (temp, _) in &self.files {
+            File::open(temp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Failure::io_at(temp, "cannot sync", &e))?;
+        }
+        for (temp, final_path) in &self.files {
+            std::fs::rename(temp, final_path).map_err(|e| Failure::io_at(final_path, "cannot rename into place", &e))?;
+        }
+        if let Some(dir) = self.files.last().and_then(|(_, p)| p.parent()) {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Default for AtomicOutputs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AtomicOutputs {
+    fn drop(&mut self) {
+        if !self.committed {
+            for (temp, _) in &self.files {
+                let _ = std::fs::remove_file(temp);
+            }
+        }
+    }
+}
+
+impl Failure {
+    fn with_code_cantcreat(self) -> Self {
+        Failure { code: crate::ExitCode::CantCreat, message: self.message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn commit_renames_in_order_and_drop_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("x.bin");
+        let b = dir.path().join("x.json");
+        {
+            let mut out = AtomicOutputs::new();
+            out.create(&a).unwrap().write_all(b"data").unwrap();
+            out.create(&b).unwrap().write_all(b"{}").unwrap();
+            // dropped without commit
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporaries must be removed");
+        let mut out = AtomicOutputs::new();
+        out.create(&a).unwrap().write_all(b"data").unwrap();
+        out.create(&b).unwrap().write_all(b"{}").unwrap();
+        assert!(!a.exists());
+        out.commit().unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"data");
+        assert_eq!(std::fs::read(&b).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn missing_output_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = AtomicOutputs::new();
+        let err = out.create(&dir.path().join("nope/x.bin")).unwrap_err();
+        assert_eq!(err.code, crate::ExitCode::CantCreat);
+        assert!(err.message.contains("does not exist"), "{}", err.message);
+    }
+}

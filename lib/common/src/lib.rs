@@ -1,0 +1,11 @@
+//! Plumbing every openseek tool shares: sysexits-style failures, atomic multi-file outputs,
+//! provenance for manifests, hashing, and progress reporting that suits terminals and Slurm logs.
+
+pub mod atomic;
+pub mod exit;
+pub mod hash;
+pub mod progress;
+pub mod provenance;
+
+pub use atomic::AtomicOutputs;
+pub use exit::{ExitCode, Failure};

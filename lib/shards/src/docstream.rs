@@ -1,0 +1,1 @@
+//! The token document stream between piped tools.

@@ -1,0 +1,1 @@
+//! Megatron indexed dataset (MMIDIDX): see FORMATS.md section 1.

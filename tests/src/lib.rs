@@ -1,0 +1,59 @@
+//! Helpers for the end-to-end tests: where the built tools, the project venv's Python and
+//! `../shared` are. A missing prerequisite fails the test with what to do; nothing is skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A built tool: `$OPENSEEK_BIN_DIR/<name>`, else `target/release/<name>`, else `target/debug/<name>`.
+pub fn tool(name: &str) -> PathBuf {
+    let candidates: Vec<PathBuf> = match std::env::var_os("OPENSEEK_BIN_DIR") {
+        Some(dir) => vec![PathBuf::from(dir).join(name)],
+        None => vec![root().join("target/release").join(name), root().join("target/debug").join(name)],
+    };
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!("{name} is not built (looked at {candidates:?}); run `make test`, which builds the tools first")
+    })
+}
+
+/// Run a tool with arguments; returns its output (never panics on a non-zero exit).
+pub fn run_tool(name: &str, args: &[&str]) -> Output {
+    Command::new(tool(name)).args(args).output().unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// The project venv's Python (`$OPENSEEK_PYTHON`, else `.venv/bin/python`).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("OPENSEEK_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(path.is_file(), "the project venv's Python is missing at {}; run `make venv` (make test does it)", path.display());
+    path
+}
+
+/// Run a script from `tests/python/` with the venv's Python; panics with its stderr if it fails.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "python {script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python printed non-UTF-8")
+}
+
+/// A path under `../shared`; panics naming the missing file if it is absent.
+pub fn shared(rel: &str) -> PathBuf {
+    let path = root().parent().unwrap().join("shared").join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: these tests read the shared reference files; put the `shared` directory beside the project",
+        path.display()
+    );
+    path
+}
