@@ -1,0 +1,65 @@
+//! os-mix and the openseek-mix library checked against numpy and megatron-core themselves.
+
+use openseek_mix::{blend, rng::RandomState};
+use openseek_tests::run_python;
+use serde_json::{json, Value};
+
+fn sha_i64(values: &[i64]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    openseek_common::hash::sha256_bytes(&bytes)
+}
+
+#[test]
+fn random_state_shuffle_matches_numpy() {
+    let cases: Vec<(u32, usize)> = vec![
+        (0, 1),
+        (0, 2),
+        (1, 10),
+        (1234, 1000),
+        (42, 65_537),
+        (4_294_967_295, 3),
+        (2024, 1_000_000),
+        (7, 3_000_000),
+    ];
+    let arg = json!({"shuffles": cases.iter().map(|(s, n)| json!([s, n])).collect::<Vec<_>>()}).to_string();
+    let out: Value = serde_json::from_str(&run_python("megatron_gpt_numpy.py", &[&arg])).unwrap();
+    for ((seed, n), want) in cases.iter().zip(out["shuffles"].as_array().unwrap()) {
+        let mut rs = RandomState::new(*seed);
+        let mut a: Vec<i64> = (0..*n as i64).collect();
+        rs.shuffle(&mut a);
+        let mut b: Vec<u32> = (0..(*n / 3 + 1) as u32).collect();
+        rs.shuffle(&mut b);
+        let head: Vec<i64> = want["head"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(&a[..head.len()], &head[..], "seed {seed} n {n}: first elements");
+        assert_eq!(sha_i64(&a), want["sha256"].as_str().unwrap(), "seed {seed} n {n}: whole permutation");
+        let b64: Vec<i64> = b.iter().map(|&x| x as i64).collect();
+        assert_eq!(sha_i64(&b64), want["sha256_second"].as_str().unwrap(), "seed {seed} n {n}: second shuffle");
+        let raw: Vec<u64> = (0..3).map(|_| rs.next_u32() as u64).collect();
+        let want_raw: Vec<u64> = want["raw32"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(raw, want_raw, "seed {seed} n {n}: words consumed");
+    }
+}
+
+#[test]
+fn weight_normalisation_matches_numpy_bit_for_bit() {
+    // Lengths around numpy's pairwise-summation thresholds (8, 128), and the 86-weight baseline size.
+    let mut cases: Vec<Vec<f64>> = Vec::new();
+    let mut x = 0.123456789f64;
+    for len in [1usize, 2, 3, 7, 8, 9, 15, 16, 17, 86, 127, 128, 129, 200, 300, 1000] {
+        let mut w = Vec::new();
+        for _ in 0..len {
+            x = (x * 9301.0 + 0.49297).fract();
+            w.push(x * 3.7 + 1e-3);
+        }
+        cases.push(w);
+    }
+    let arg = json!({ "weights": cases }).to_string();
+    let out: Value = serde_json::from_str(&run_python("megatron_gpt_numpy.py", &[&arg])).unwrap();
+    for (i, w) in cases.iter().enumerate() {
+        let sum = blend::numpy_sum(w).to_bits();
+        assert_eq!(sum, out["sums"][i].as_u64().unwrap(), "sum of {} weights", w.len());
+        let norm: Vec<u64> = blend::normalize(w).iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u64> = out["normalized"][i].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(norm, want, "normalised {} weights", w.len());
+    }
+}
