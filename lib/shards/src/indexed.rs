@@ -14,6 +14,7 @@ compile_error!("the indexed dataset is little-endian and read zero-copy; big-end
 mod check;
 mod dtype;
 mod reader;
+pub mod report;
 mod writer;
 
 use std::ffi::OsString;

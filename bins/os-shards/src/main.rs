@@ -1,0 +1,227 @@
+//! os-shards: inspect, check, merge and dump Megatron indexed-dataset shards (`PREFIX.bin` +
+//! `PREFIX.idx`). Thin: the work is in `openseek_shards::indexed`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use openseek_common::provenance::Provenance;
+use openseek_common::{exit::run_main, AtomicOutputs, ExitCode, Failure};
+use openseek_shards::indexed::{self, report, IndexedDataset};
+
+#[derive(Parser)]
+#[command(
+    name = "os-shards",
+    version,
+    about = "Inspect, check, merge and dump Megatron indexed-dataset token shards (.bin/.idx)",
+    after_help = "A shard is PREFIX.bin + PREFIX.idx; give PREFIX with or without the extension.\n\n\
+      Examples:\n  os-shards info data/part_*.idx\n  os-shards check --vocab-size 151851 data/part_0 data/part_1\n  \
+      os-shards merge --output data/all data/part_0 data/part_1\n  os-shards dump data/part_0 --document 3"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per shard: dtype, sequences, documents, tokens, bytes; then the total.
+    Info {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        prefixes: Vec<PathBuf>,
+    },
+    /// Validate shards fully (structure and every token); exit 65 if any is corrupt.
+    Check {
+        /// Also fail shards holding a token id >= this vocabulary size.
+        #[arg(long)]
+        vocab_size: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        prefixes: Vec<PathBuf>,
+    },
+    /// Concatenate shards of one dtype into PREFIX.bin/.idx plus a PREFIX.json manifest (atomic).
+    Merge {
+        /// Output prefix.
+        #[arg(long)]
+        output: PathBuf,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Print sequences as JSON lines: {"sequence","document","length","tokens"}.
+    Dump {
+        prefix: PathBuf,
+        /// Only this sequence.
+        #[arg(long, conflicts_with = "document")]
+        sequence: Option<usize>,
+        /// Only the sequences of this document.
+        #[arg(long)]
+        document: Option<usize>,
+        /// At most this many lines.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(ExitCode::Usage as i32)
+        }
+        Err(e) => e.exit(),
+    };
+    run_main("os-shards", || match args.command {
+        Command::Info { json, prefixes } => info(&prefixes, json),
+        Command::Check { vocab_size, json, prefixes } => check(&prefixes, vocab_size, json),
+        Command::Merge { output, force, inputs } => merge(&output, force, &inputs),
+        Command::Dump { prefix, sequence, document, limit } => dump(&prefix, sequence, document, limit),
+    })
+}
+
+fn prefixes(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths.iter().map(|p| indexed::strip_extension(p)).collect()
+}
+
+fn stdout_failure(e: std::io::Error) -> Failure {
+    Failure::io(format!("cannot write to stdout: {e}"))
+}
+
+fn info(paths: &[PathBuf], json: bool) -> Result<(), Failure> {
+    let mut shards = Vec::new();
+    for prefix in prefixes(paths) {
+        shards.push(IndexedDataset::open(&prefix)?.summary());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report::info_json(&shards)).unwrap());
+    } else {
+        print!("{}", report::info_table(&shards));
+    }
+    Ok(())
+}
+
+fn check(paths: &[PathBuf], vocab_size: Option<u64>, json: bool) -> Result<(), Failure> {
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut results = Vec::new();
+    for prefix in prefixes(paths) {
+        let result = indexed::check(&prefix).and_then(|r| match (vocab_size, r.max_token) {
+            (Some(v), Some(max)) if max as u64 >= v => Err(Failure::data(format!(
+                "{}: holds token id {max}, but the vocabulary has {v} ids (0..{v}): tokenized with another tokenizer?",
+                indexed::bin_path(&prefix).display()
+            ))),
+            _ => Ok(r),
+        });
+        match result {
+            Ok(r) => {
+                if !json {
+                    let ids = match (r.min_token, r.max_token) {
+                        (Some(lo), Some(hi)) => format!(", token ids {lo}..={hi}"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{}: OK ({}, {} sequences, {} documents, {} tokens{ids}{})",
+                        prefix.display(),
+                        r.dtype,
+                        r.sequences,
+                        r.documents,
+                        r.tokens,
+                        if r.has_sequence_modes { ", with sequence modes" } else { "" }
+                    );
+                }
+                results.push(serde_json::json!({ "prefix": prefix, "ok": true, "report": r }));
+            }
+            Err(e) => {
+                let status = if e.code == ExitCode::DataErr { "CORRUPT" } else { "ERROR" };
+                if !json {
+                    println!("{}: {status}: {}", prefix.display(), e.message);
+                }
+                results.push(serde_json::json!({ "prefix": prefix, "ok": false, "exit_code": e.code as i32, "error": e.message }));
+                failures.push(e);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results).unwrap());
+    }
+    let total = results.len();
+    match failures.iter().find(|f| f.code == ExitCode::DataErr).or(failures.first()) {
+        None => Ok(()),
+        Some(worst) => Err(Failure::new(
+            worst.code,
+            format!("{} of {total} shard(s) failed the check; the first: {}", failures.len(), worst.message),
+        )),
+    }
+}
+
+fn merge(output: &Path, force: bool, inputs: &[PathBuf]) -> Result<(), Failure> {
+    let provenance = Provenance::capture("os-shards", env!("CARGO_PKG_VERSION"));
+    let output = indexed::strip_extension(output);
+    let manifest_path = PathBuf::from(format!("{}.json", output.display()));
+    let targets = [indexed::bin_path(&output), indexed::idx_path(&output), manifest_path.clone()];
+    if !force {
+        if let Some(existing) = targets.iter().find(|p| p.exists()) {
+            return Err(Failure::cant_create(format!("{} already exists; pass --force to replace it", existing.display())));
+        }
+    }
+    let mut outputs = AtomicOutputs::new();
+    let merged = indexed::merge_detailed(&prefixes(inputs), &output, &mut outputs)?;
+    let manifest = report::merge_manifest(&output, &merged, &provenance);
+    let mut file = outputs.create(&manifest_path)?;
+    serde_json::to_writer_pretty(&mut file, &manifest)
+        .map_err(|e| e.to_string())
+        .and_then(|()| file.write_all(b"\n").map_err(|e| e.to_string()))
+        .map_err(|e| Failure::io(format!("{}: cannot write: {e}", manifest_path.display())))?;
+    drop(file);
+    outputs.commit()?;
+    let s = &merged.output;
+    eprintln!(
+        "os-shards: merged {} shard(s) into {}: {}, {} sequences, {} documents, {} tokens",
+        merged.inputs.len(),
+        output.display(),
+        s.dtype,
+        s.sequences,
+        s.documents,
+        s.tokens
+    );
+    Ok(())
+}
+
+fn dump(path: &Path, sequence: Option<usize>, document: Option<usize>, limit: Option<usize>) -> Result<(), Failure> {
+    let ds = IndexedDataset::open(&indexed::strip_extension(path))?;
+    let range = match (sequence, document) {
+        (Some(i), _) => {
+            if i >= ds.num_sequences() {
+                return Err(Failure::usage(format!("--sequence {i}: {} has {} sequences", ds.prefix().display(), ds.num_sequences())));
+            }
+            i..i + 1
+        }
+        (None, Some(d)) => {
+            if d >= ds.num_documents() {
+                return Err(Failure::usage(format!("--document {d}: {} has {} documents", ds.prefix().display(), ds.num_documents())));
+            }
+            ds.document_sequences(d)
+        }
+        (None, None) => 0..ds.num_sequences(),
+    };
+    let count = limit.unwrap_or(usize::MAX).min(range.len());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for i in range.take(count) {
+        match report::write_dump_line(&mut out, i, ds.document_of_sequence(i), &ds.sequence(i)) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r.map_err(stdout_failure)?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(stdout_failure),
+    }
+}
