@@ -1,0 +1,221 @@
+//! Rank BPE on the bytes of one piece, with tiktoken's `byte_pair_merge` semantics: a piece found
+//! whole in the ranks is one token; otherwise start from single bytes and repeatedly merge the
+//! adjacent pair whose concatenation has the lowest rank (the leftmost such pair on a tie) until no
+//! adjacent concatenation is a token. Short pieces use tiktoken's linear scan; long ones a heap
+//! with the same (rank, position) order, so the result is identical and long pieces stay O(n log n).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap;
+
+/// Pieces up to this many bytes use the linear scan.
+const LINEAR_MAX: usize = 96;
+const NONE: u32 = u32::MAX;
+
+/// Token bytes → rank (= token id).
+pub struct Ranks {
+    map: FxHashMap<Box<[u8]>, u32>,
+}
+
+impl Ranks {
+    pub fn new(map: FxHashMap<Box<[u8]>, u32>) -> Ranks {
+        Ranks { map }
+    }
+
+    #[inline(always)]
+    pub fn get(&self, bytes: &[u8]) -> Option<u32> {
+        self.map.get(bytes).copied()
+    }
+
+    #[inline(always)]
+    fn rank(&self, bytes: &[u8]) -> u32 {
+        self.map.get(bytes).copied().unwrap_or(NONE)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Append the ids of `piece` to `out`.
+    #[inline]
+    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if let Some(id) = self.get(piece) {
+            out.push(id);
+        } else if piece.len() <= LINEAR_MAX {
+            self.merge_linear(piece, out);
+        } else {
+            self.merge_heap(piece, out);
+        }
+    }
+
+    /// tiktoken's algorithm: `parts[k] = (start, rank of merging part k with part k+1)`.
+    fn merge_linear(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len();
+        debug_assert!(n >= 2);
+        let mut parts: Vec<(u32, u32)> = Vec::with_capacity(n + 1);
+        let mut min = (NONE, usize::MAX);
+        for i in 0..n - 1 {
+            let r = self.rank(&piece[i..i + 2]);
+            if r < min.0 {
+                min = (r, i);
+            }
+            parts.push((i as u32, r));
+        }
+        parts.push(((n - 1) as u32, NONE));
+        parts.push((n as u32, NONE));
+        let rank_at = |parts: &Vec<(u32, u32)>, i: usize| -> u32 {
+            // Rank of parts[i] merged with parts[i+1] once parts[i+1] is removed: bytes up to parts[i+3].
+            if i + 3 < parts.len() {
+                self.rank(&piece[parts[i].0 as usize..parts[i + 3].0 as usize])
+            } else {
+                NONE
+            }
+        };
+        while min.0 != NONE {
+            let i = min.1;
+            if i > 0 {
+                parts[i - 1].1 = rank_at(&parts, i - 1);
+            }
+            parts[i].1 = rank_at(&parts, i);
+            parts.remove(i + 1);
+            min = (NONE, usize::MAX);
+            for (k, &(_, r)) in parts[..parts.len() - 1].iter().enumerate() {
+                if r < min.0 {
+                    min = (r, k);
+                }
+            }
+        }
+        for w in parts.windows(2) {
+            let bytes = &piece[w[0].0 as usize..w[1].0 as usize];
+            out.push(self.get(bytes).expect("every part left by BPE is a token"));
+        }
+    }
+
+    /// The same merges, chosen from a heap of (pair rank, start) with stale entries skipped.
+    fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len();
+        // Parts as a linked list over byte positions: next[s] is the start of the part after the
+        // one starting at s (n at the end); prev[s] the start of the one before; pair[s] the rank
+        // of merging part s with its successor.
+        let mut next: Vec<u32> = (1..=n as u32).collect();
+        let mut prev: Vec<u32> = (0..n as u32).map(|s| s.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut pair: Vec<u32> = vec![NONE; n];
+        let mut heap: BinaryHeap<Reverse<(u32, u32)>> = BinaryHeap::with_capacity(n);
+        for s in 0..n - 1 {
+            let r = self.rank(&piece[s..s + 2]);
+            pair[s] = r;
+            if r != NONE {
+                heap.push(Reverse((r, s as u32)));
+            }
+        }
+        let pair_rank = |next: &Vec<u32>, s: usize| -> u32 {
+            let mid = next[s] as usize;
+            if mid >= n {
+                return NONE;
+            }
+            let end = next[mid] as usize;
+            self.rank(&piece[s..end])
+        };
+        while let Some(Reverse((r, s))) = heap.pop() {
+            let s = s as usize;
+            if !alive[s] || pair[s] != r {
+                continue;
+            }
+            // Merge part s with its successor.
+            let gone = next[s] as usize;
+            alive[gone] = false;
+            next[s] = next[gone];
+            if (next[s] as usize) < n {
+                prev[next[s] as usize] = s as u32;
+            }
+            pair[s] = pair_rank(&next, s);
+            if pair[s] != NONE {
+                heap.push(Reverse((pair[s], s as u32)));
+            }
+            let p = prev[s];
+            if p != u32::MAX {
+                let p = p as usize;
+                pair[p] = pair_rank(&next, p);
+                if pair[p] != NONE {
+                    heap.push(Reverse((pair[p], p as u32)));
+                }
+            }
+        }
+        let mut s = 0usize;
+        while s < n {
+            let e = next[s] as usize;
+            out.push(self.get(&piece[s..e]).expect("every part left by BPE is a token"));
+            s = e;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// All 256 bytes plus the given merges, ranked in order after them.
+    fn ranks(merges: &[&str]) -> Ranks {
+        let mut map = FxHashMap::default();
+        for b in 0..=255u8 {
+            map.insert(vec![b].into_boxed_slice(), b as u32);
+        }
+        for (i, m) in merges.iter().enumerate() {
+            map.insert(m.as_bytes().to_vec().into_boxed_slice(), 256 + i as u32);
+        }
+        Ranks::new(map)
+    }
+
+    fn both(r: &Ranks, piece: &[u8]) -> Vec<u32> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        if piece.len() >= 2 {
+            r.merge_linear(piece, &mut a);
+            r.merge_heap(piece, &mut b);
+            assert_eq!(a, b, "linear and heap merges differ on {:?}", String::from_utf8_lossy(piece));
+        }
+        let mut c = Vec::new();
+        r.encode_piece(piece, &mut c);
+        c
+    }
+
+    #[test]
+    fn lowest_rank_first_and_leftmost_on_ties() {
+        let r = ranks(&["aa", "ab", "aaa"]);
+        // "aaaa": "aa" at 0, 1, 2 tie: leftmost merges first → [aa][a][a] → then aa+a = "aaa"? pairs:
+        // (aa,a)="aaa" rank 258, (a,a)="aa" 256 → merge the later "aa" → [aa][aa]; "aaaa" is no token.
+        assert_eq!(both(&r, b"aaaa"), vec![256, 256]);
+        assert_eq!(both(&r, b"aaa"), vec![258], "whole piece is a token");
+        assert_eq!(both(&r, b"aab"), vec![256, b'b' as u32], "aa (256) ranks below ab (257)");
+    }
+
+    #[test]
+    fn unknown_pairs_stay_bytes() {
+        let r = ranks(&[]);
+        assert_eq!(both(&r, b"xyz"), vec![b'x' as u32, b'y' as u32, b'z' as u32]);
+        assert_eq!(both(&r, b"q"), vec![b'q' as u32]);
+        assert_eq!(both(&r, "é".as_bytes()), vec![0xC3, 0xA9]);
+    }
+
+    #[test]
+    fn linear_and_heap_agree_on_long_random_pieces() {
+        let r = ranks(&["ab", "ba", "abab", "aab", "bb", "abb", "bab", "aa", "bbb", "aaaa", "abba", "baab", "ababab"]);
+        let mut state = 12345u64;
+        for len in [2usize, 3, 5, 17, 95, 96, 97, 200, 1000] {
+            for _ in 0..50 {
+                let piece: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        if (state >> 33) % 2 == 0 { b'a' } else { b'b' }
+                    })
+                    .collect();
+                both(&r, &piece);
+            }
+        }
+    }
+}
