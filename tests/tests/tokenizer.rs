@@ -304,4 +304,8 @@ fn huggingface_mode_agrees_with_tiktoken_mode() {
     let ours: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
     let theirs: Vec<Vec<u32>> = texts.iter().map(|t| hf.encode(t)).collect();
     assert_same_ids("tiktoken mode vs huggingface mode (derived_hf)", &texts, &ours, &theirs);
+    // The per-thread piece cache never changes ids.
+    let uncached = tiktoken_mode().with_piece_cache(false);
+    let plain: Vec<Vec<u32>> = texts.iter().map(|t| uncached.encode(t)).collect();
+    assert_same_ids("tiktoken mode with vs without the piece cache", &texts, &ours, &plain);
 }

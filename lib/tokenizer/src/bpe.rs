@@ -13,32 +13,60 @@ use rustc_hash::FxHashMap;
 const LINEAR_MAX: usize = 96;
 const NONE: u32 = u32::MAX;
 
-/// Token bytes → rank (= token id).
+/// Keys of at most this many bytes are packed into a u128 (bytes, then the length in the top byte).
+const SHORT_MAX: usize = 15;
+
+#[inline(always)]
+fn pack(bytes: &[u8]) -> u128 {
+    debug_assert!(bytes.len() <= SHORT_MAX);
+    let mut buf = [0u8; 16];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[15] = bytes.len() as u8;
+    u128::from_le_bytes(buf)
+}
+
+/// Token bytes → rank (= token id). Short tokens (most of them, and every pair looked up early in
+/// a merge) live in a map keyed by one packed integer, so a lookup hashes two words and compares
+/// one integer instead of hashing and comparing a byte slice.
 pub struct Ranks {
-    map: FxHashMap<Box<[u8]>, u32>,
+    short: FxHashMap<u128, u32>,
+    long: FxHashMap<Box<[u8]>, u32>,
 }
 
 impl Ranks {
     pub fn new(map: FxHashMap<Box<[u8]>, u32>) -> Ranks {
-        Ranks { map }
+        let mut short = FxHashMap::default();
+        let mut long = FxHashMap::default();
+        for (k, v) in map {
+            if k.len() <= SHORT_MAX {
+                short.insert(pack(&k), v);
+            } else {
+                long.insert(k, v);
+            }
+        }
+        Ranks { short, long }
     }
 
     #[inline(always)]
     pub fn get(&self, bytes: &[u8]) -> Option<u32> {
-        self.map.get(bytes).copied()
+        if bytes.len() <= SHORT_MAX {
+            self.short.get(&pack(bytes)).copied()
+        } else {
+            self.long.get(bytes).copied()
+        }
     }
 
     #[inline(always)]
     fn rank(&self, bytes: &[u8]) -> u32 {
-        self.map.get(bytes).copied().unwrap_or(NONE)
+        self.get(bytes).unwrap_or(NONE)
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.short.len() + self.long.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Append the ids of `piece` to `out`.
@@ -150,7 +178,10 @@ impl Ranks {
         let mut s = 0usize;
         while s < n {
             let e = next[s] as usize;
-            out.push(self.get(&piece[s..e]).expect("every part left by BPE is a token"));
+            out.push(
+                self.get(&piece[s..e])
+                    .expect("every part left by BPE is a token"),
+            );
             s = e;
         }
     }
@@ -177,7 +208,12 @@ mod tests {
         if piece.len() >= 2 {
             r.merge_linear(piece, &mut a);
             r.merge_heap(piece, &mut b);
-            assert_eq!(a, b, "linear and heap merges differ on {:?}", String::from_utf8_lossy(piece));
+            assert_eq!(
+                a,
+                b,
+                "linear and heap merges differ on {:?}",
+                String::from_utf8_lossy(piece)
+            );
         }
         let mut c = Vec::new();
         r.encode_piece(piece, &mut c);
@@ -191,27 +227,43 @@ mod tests {
         // (aa,a)="aaa" rank 258, (a,a)="aa" 256 → merge the later "aa" → [aa][aa]; "aaaa" is no token.
         assert_eq!(both(&r, b"aaaa"), vec![256, 256]);
         assert_eq!(both(&r, b"aaa"), vec![258], "whole piece is a token");
-        assert_eq!(both(&r, b"aab"), vec![256, b'b' as u32], "aa (256) ranks below ab (257)");
+        assert_eq!(
+            both(&r, b"aab"),
+            vec![256, b'b' as u32],
+            "aa (256) ranks below ab (257)"
+        );
     }
 
     #[test]
     fn unknown_pairs_stay_bytes() {
         let r = ranks(&[]);
-        assert_eq!(both(&r, b"xyz"), vec![b'x' as u32, b'y' as u32, b'z' as u32]);
+        assert_eq!(
+            both(&r, b"xyz"),
+            vec![b'x' as u32, b'y' as u32, b'z' as u32]
+        );
         assert_eq!(both(&r, b"q"), vec![b'q' as u32]);
         assert_eq!(both(&r, "é".as_bytes()), vec![0xC3, 0xA9]);
     }
 
     #[test]
     fn linear_and_heap_agree_on_long_random_pieces() {
-        let r = ranks(&["ab", "ba", "abab", "aab", "bb", "abb", "bab", "aa", "bbb", "aaaa", "abba", "baab", "ababab"]);
+        let r = ranks(&[
+            "ab", "ba", "abab", "aab", "bb", "abb", "bab", "aa", "bbb", "aaaa", "abba", "baab",
+            "ababab",
+        ]);
         let mut state = 12345u64;
         for len in [2usize, 3, 5, 17, 95, 96, 97, 200, 1000] {
             for _ in 0..50 {
                 let piece: Vec<u8> = (0..len)
                     .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        if (state >> 33) % 2 == 0 { b'a' } else { b'b' }
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        if (state >> 33) % 2 == 0 {
+                            b'a'
+                        } else {
+                            b'b'
+                        }
                     })
                     .collect();
                 both(&r, &piece);

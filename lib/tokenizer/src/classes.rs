@@ -20,11 +20,20 @@ pub struct Classes {
 
 /// The ranges of a class written in regex syntax, as regex-syntax parses it.
 pub fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
-    let hir = regex_syntax::parse(pattern).unwrap_or_else(|e| panic!("regex-syntax rejects {pattern}: {e}"));
+    let hir = regex_syntax::parse(pattern)
+        .unwrap_or_else(|e| panic!("regex-syntax rejects {pattern}: {e}"));
     match hir.kind() {
-        HirKind::Class(Class::Unicode(class)) => class.ranges().iter().map(|r| (r.start() as u32, r.end() as u32)).collect(),
+        HirKind::Class(Class::Unicode(class)) => class
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
         HirKind::Literal(lit) => {
-            let c = std::str::from_utf8(&lit.0).expect("literal is UTF-8").chars().next().expect("one char") as u32;
+            let c = std::str::from_utf8(&lit.0)
+                .expect("literal is UTF-8")
+                .chars()
+                .next()
+                .expect("one char") as u32;
             vec![(c, c)]
         }
         other => panic!("{pattern} is not a character class: {other:?}"),
@@ -56,7 +65,11 @@ impl Classes {
         }
         let mut ascii = [0u8; 128];
         ascii.copy_from_slice(&flat[..128]);
-        Classes { ascii, stage1, stage2 }
+        Classes {
+            ascii,
+            stage1,
+            stage2,
+        }
     }
 
     #[inline(always)]
@@ -92,9 +105,14 @@ pub const FOLD_D: usize = 7;
 impl Folds {
     pub fn build() -> Folds {
         let set = |letter: char| -> Vec<u32> {
-            class_ranges(&format!("(?i:{letter})")).into_iter().flat_map(|(lo, hi)| lo..=hi).collect()
+            class_ranges(&format!("(?i:{letter})"))
+                .into_iter()
+                .flat_map(|(lo, hi)| lo..=hi)
+                .collect()
         };
-        Folds { sets: ['s', 't', 'r', 'e', 'v', 'm', 'l', 'd'].map(set) }
+        Folds {
+            sets: ['s', 't', 'r', 'e', 'v', 'm', 'l', 'd'].map(set),
+        }
     }
 
     #[inline(always)]
@@ -117,7 +135,8 @@ mod tests {
         let letters = class_ranges(r"\p{L}");
         let numbers = class_ranges(r"\p{N}");
         let spaces = class_ranges(r"\s");
-        let within = |ranges: &[(u32, u32)], cp: u32| ranges.iter().any(|&(lo, hi)| lo <= cp && cp <= hi);
+        let within =
+            |ranges: &[(u32, u32)], cp: u32| ranges.iter().any(|&(lo, hi)| lo <= cp && cp <= hi);
         for cp in (0..0x110000u32).step_by(7).chain(0..0x3000) {
             let want = (within(&letters, cp) as u8) * LETTER
                 | (within(&numbers, cp) as u8) * NUMBER
@@ -148,6 +167,8 @@ mod tests {
         let f = Folds::build();
         assert_eq!(f.set(FOLD_S), &['S' as u32, 's' as u32, 0x17F]);
         assert_eq!(f.set(FOLD_T), &['T' as u32, 't' as u32]);
-        assert!(f.has(FOLD_L, 'L' as u32) && f.has(FOLD_D, 'd' as u32) && !f.has(FOLD_M, 'n' as u32));
+        assert!(
+            f.has(FOLD_L, 'L' as u32) && f.has(FOLD_D, 'd' as u32) && !f.has(FOLD_M, 'n' as u32)
+        );
     }
 }

@@ -44,13 +44,21 @@ pub fn read_special_names(dir: &Path) -> Result<SpecialNames, Failure> {
         if !file.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&file).map_err(|e| Failure::io_at(&file, "cannot read", &e))?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| Failure::io_at(&file, "cannot read", &e))?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Failure::data(format!("{}: not valid JSON: {e}", file.display())))?;
         let Value::Object(map) = &json else {
-            return Err(Failure::data(format!("{}: expected a JSON object", file.display())));
+            return Err(Failure::data(format!(
+                "{}: expected a JSON object",
+                file.display()
+            )));
         };
-        for (key, slot) in [("bos_token", &mut names.bos), ("eos_token", &mut names.eos), ("pad_token", &mut names.pad)] {
+        for (key, slot) in [
+            ("bos_token", &mut names.bos),
+            ("eos_token", &mut names.eos),
+            ("pad_token", &mut names.pad),
+        ] {
             if slot.is_none() {
                 if let Some(v) = map.get(key) {
                     *slot = token_name(v, &file, key)?;
@@ -69,12 +77,24 @@ mod tests {
     #[test]
     fn first_file_wins_and_objects_are_read() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"bos_token": {"content": "<s>", "lstrip": false}, "pad_token": null}"#).unwrap();
-        std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"bos_token": "<x>", "eos_token": "</s>", "pad_token": "<pad>"}"#).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"bos_token": {"content": "<s>", "lstrip": false}, "pad_token": null}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"bos_token": "<x>", "eos_token": "</s>", "pad_token": "<pad>"}"#,
+        )
+        .unwrap();
         let n = read_special_names(dir.path()).unwrap();
         assert_eq!(n.bos.as_deref(), Some("<s>"));
         assert_eq!(n.eos.as_deref(), Some("</s>"));
-        assert_eq!(n.pad.as_deref(), Some("<pad>"), "null in the first file leaves it to the second");
+        assert_eq!(
+            n.pad.as_deref(),
+            Some("<pad>"),
+            "null in the first file leaves it to the second"
+        );
         assert_eq!(n.files.len(), 2);
     }
 
@@ -84,8 +104,16 @@ mod tests {
         std::fs::write(dir.path().join("special_tokens_map.json"), "{ nope").unwrap();
         let e = read_special_names(dir.path()).unwrap_err();
         assert_eq!(e.code, openseek_common::ExitCode::DataErr);
-        assert!(e.message.contains("special_tokens_map.json") && e.message.contains("not valid JSON"), "{}", e.message);
-        std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"eos_token": 3}"#).unwrap();
+        assert!(
+            e.message.contains("special_tokens_map.json") && e.message.contains("not valid JSON"),
+            "{}",
+            e.message
+        );
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"eos_token": 3}"#,
+        )
+        .unwrap();
         let e = read_special_names(dir.path()).unwrap_err();
         assert!(e.message.contains("eos_token"), "{}", e.message);
     }

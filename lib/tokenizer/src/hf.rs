@@ -20,10 +20,18 @@ pub struct Hf {
 impl Hf {
     pub fn load(file: &Path) -> Result<Hf, Failure> {
         let tk = tokenizers::Tokenizer::from_file(file).map_err(|e| {
-            Failure::data(format!("{}: not a Hugging Face tokenizer.json the tokenizers crate can load: {e}", file.display()))
+            Failure::data(format!(
+                "{}: not a Hugging Face tokenizer.json the tokenizers crate can load: {e}",
+                file.display()
+            ))
         })?;
         // Ids run 0..max; count added tokens placed past the model's vocabulary too.
-        let max_id = tk.get_vocab(true).values().copied().max().map_or(0, |m| m as usize + 1);
+        let max_id = tk
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
         let vocab_size = tk.get_vocab_size(true).max(max_id);
         Ok(Hf { tk, vocab_size })
     }
@@ -40,15 +48,23 @@ impl Hf {
         match self.tk.encode_fast(text, false) {
             Ok(encoding) => out.extend_from_slice(encoding.get_ids()),
             // A byte-level BPE cannot fail; other tokenizer.json models can (e.g. no unk token).
-            Err(e) => panic!("the tokenizers crate failed to encode a text of {} bytes: {e}", text.len()),
+            Err(e) => panic!(
+                "the tokenizers crate failed to encode a text of {} bytes: {e}",
+                text.len()
+            ),
         }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, Failure> {
         if let Some(&bad) = ids.iter().find(|&&id| self.tk.id_to_token(id).is_none()) {
-            return Err(Failure::data(format!("token id {bad} is outside the vocabulary (size {})", self.vocab_size)));
+            return Err(Failure::data(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.vocab_size
+            )));
         }
-        self.tk.decode(ids, false).map_err(|e| Failure::data(format!("cannot decode ids: {e}")))
+        self.tk
+            .decode(ids, false)
+            .map_err(|e| Failure::data(format!("cannot decode ids: {e}")))
     }
 }
 
@@ -60,13 +76,21 @@ impl Hf {
 /// `special_tokens` get the first ids in the order given; by convention they are
 /// `[pad/unk, bos, eos]`, and tokenizer_config.json names the first as pad_token and unk_token,
 /// the second as bos_token and the third as eos_token (those given; extra ones are only added).
-pub fn train_bpe(files: &[PathBuf], vocab_size: usize, special_tokens: &[&str], output: &Path) -> Result<(), Failure> {
+pub fn train_bpe(
+    files: &[PathBuf],
+    vocab_size: usize,
+    special_tokens: &[&str],
+    output: &Path,
+) -> Result<(), Failure> {
     if files.is_empty() {
         return Err(Failure::usage("train_bpe: no training files given"));
     }
     for f in files {
         if !f.is_file() {
-            return Err(Failure::no_input(format!("{}: training text file not found", f.display())));
+            return Err(Failure::no_input(format!(
+                "{}: training text file not found",
+                f.display()
+            )));
         }
     }
     let min_vocab = 256 + special_tokens.len();
@@ -77,14 +101,23 @@ pub fn train_bpe(files: &[PathBuf], vocab_size: usize, special_tokens: &[&str], 
         )));
     }
     let (dir, json_path) = if output.extension().is_some_and(|e| e == "json") {
-        let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let dir = output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         (dir, output.to_path_buf())
     } else {
         (output.to_path_buf(), output.join("tokenizer.json"))
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Failure::io_at(&dir, "cannot create the output directory", &e).context("train_bpe"))?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Failure::io_at(&dir, "cannot create the output directory", &e).context("train_bpe")
+    })?;
 
-    let specials: Vec<AddedToken> = special_tokens.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
+    let specials: Vec<AddedToken> = special_tokens
+        .iter()
+        .map(|s| AddedToken::from(s.to_string(), true))
+        .collect();
     let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(0)
@@ -94,19 +127,36 @@ pub fn train_bpe(files: &[PathBuf], vocab_size: usize, special_tokens: &[&str], 
         .build()
         .into();
     let mut tk = tokenizers::Tokenizer::new(BPE::default());
-    tk.with_normalizer(Some(NFC)).map_err(|e| Failure::software(format!("train_bpe: {e}")))?;
+    tk.with_normalizer(Some(NFC))
+        .map_err(|e| Failure::software(format!("train_bpe: {e}")))?;
     tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tk.with_decoder(Some(ByteLevelDecoder::default()));
-    let names: Vec<String> = files.iter().map(|f| f.to_string_lossy().into_owned()).collect();
-    tk.train_from_files(&mut trainer, names)
-        .map_err(|e| Failure::data(format!("train_bpe: training on {} file(s) failed: {e}", files.len())))?;
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    tk.train_from_files(&mut trainer, names).map_err(|e| {
+        Failure::data(format!(
+            "train_bpe: training on {} file(s) failed: {e}",
+            files.len()
+        ))
+    })?;
     tk.add_special_tokens(specials)
         .map_err(|e| Failure::software(format!("train_bpe: cannot add the special tokens: {e}")))?;
-    let json = tk.to_string(false).map_err(|e| Failure::software(format!("train_bpe: cannot serialise the tokenizer: {e}")))?;
+    let json = tk.to_string(false).map_err(|e| {
+        Failure::software(format!("train_bpe: cannot serialise the tokenizer: {e}"))
+    })?;
 
     let mut config = serde_json::Map::new();
     config.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
-    for (i, keys) in [&["pad_token", "unk_token"][..], &["bos_token"], &["eos_token"]].iter().enumerate() {
+    for (i, keys) in [
+        &["pad_token", "unk_token"][..],
+        &["bos_token"],
+        &["eos_token"],
+    ]
+    .iter()
+    .enumerate()
+    {
         if let Some(tok) = special_tokens.get(i) {
             for key in *keys {
                 config.insert((*key).into(), (*tok).into());
@@ -119,7 +169,11 @@ pub fn train_bpe(files: &[PathBuf], vocab_size: usize, special_tokens: &[&str], 
         .write_all(json.as_bytes())
         .map_err(|e| Failure::io_at(&json_path, "cannot write", &e))?;
     out.create(&config_path)?
-        .write_all(serde_json::to_string_pretty(&serde_json::Value::Object(config)).unwrap().as_bytes())
+        .write_all(
+            serde_json::to_string_pretty(&serde_json::Value::Object(config))
+                .unwrap()
+                .as_bytes(),
+        )
         .map_err(|e| Failure::io_at(&config_path, "cannot write", &e))?;
     out.commit()
 }

@@ -10,6 +10,7 @@
 //! tokenizer (see [`config`]). A `Tokenizer` is `Send + Sync`: share it by reference across threads.
 
 pub mod bpe;
+pub mod cache;
 pub mod classes;
 pub mod config;
 pub mod hf;
@@ -39,10 +40,12 @@ pub struct Tokenizer {
 
 /// The `*.tiktoken` files directly in `dir`, sorted.
 fn tiktoken_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Failure::io_at(dir, "cannot list the tokenizer directory", &e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::io_at(dir, "cannot list the tokenizer directory", &e))?;
     let mut found = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Failure::io_at(dir, "cannot list the tokenizer directory", &e))?;
+        let entry =
+            entry.map_err(|e| Failure::io_at(dir, "cannot list the tokenizer directory", &e))?;
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "tiktoken") && path.is_file() {
             found.push(path);
@@ -60,7 +63,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
 fn content_hash(files: &[(PathBuf, Vec<u8>)]) -> String {
     let mut h = Sha256::new();
     for (path, bytes) in files {
-        h.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        h.update(
+            path.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
         h.update([0u8]);
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
@@ -105,7 +112,11 @@ impl Tokenizer {
                 }
             }
         } else {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
             let is_tiktoken = path.extension().is_some_and(|e| e == "tiktoken");
             (dir, path.to_path_buf(), is_tiktoken)
         };
@@ -114,7 +125,11 @@ impl Tokenizer {
         let main_bytes = read_file(&main)?;
         let backend = if is_tiktoken {
             let tokens = tiktoken::parse_ranks(&main, &main_bytes)?;
-            Backend::Tiktoken(tiktoken::Tiktoken::new(&main, tokens, &tiktoken::qwen_special_tokens())?)
+            Backend::Tiktoken(tiktoken::Tiktoken::new(
+                &main,
+                tokens,
+                &tiktoken::qwen_special_tokens(),
+            )?)
         } else {
             Backend::Hf(Box::new(hf::Hf::load(&main)?))
         };
@@ -124,20 +139,33 @@ impl Tokenizer {
         }
         let sha256 = content_hash(&hashed);
         let files: Vec<PathBuf> = hashed.into_iter().map(|(p, _)| p).collect();
-        let mut tok = Tokenizer { backend, bos: None, eos: None, pad: None, sha256, files };
-        let resolve = |tok: &Tokenizer, key: &str, name: &Option<String>| -> Result<Option<u32>, Failure> {
-            match name {
-                None => Ok(None),
-                Some(n) => tok.token_id(n).map(Some).ok_or_else(|| {
-                    Failure::data(format!(
-                        "{}: {key} {n:?} (from {}) is not a token of {}",
-                        dir.display(),
-                        names.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" / "),
-                        main.display()
-                    ))
-                }),
-            }
+        let mut tok = Tokenizer {
+            backend,
+            bos: None,
+            eos: None,
+            pad: None,
+            sha256,
+            files,
         };
+        let resolve =
+            |tok: &Tokenizer, key: &str, name: &Option<String>| -> Result<Option<u32>, Failure> {
+                match name {
+                    None => Ok(None),
+                    Some(n) => tok.token_id(n).map(Some).ok_or_else(|| {
+                        Failure::data(format!(
+                            "{}: {key} {n:?} (from {}) is not a token of {}",
+                            dir.display(),
+                            names
+                                .files
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(" / "),
+                            main.display()
+                        ))
+                    }),
+                }
+            };
         tok.bos = resolve(&tok, "bos_token", &names.bos)?;
         tok.eos = resolve(&tok, "eos_token", &names.eos)?;
         tok.pad = resolve(&tok, "pad_token", &names.pad)?;
@@ -223,6 +251,24 @@ impl Tokenizer {
         &self.files
     }
 
+    /// tiktoken mode: use a small per-thread cache of piece → ids (the default) or not. The ids
+    /// are the same either way; this exists for measuring.
+    pub fn with_piece_cache(mut self, on: bool) -> Tokenizer {
+        if let Backend::Tiktoken(t) = &mut self.backend {
+            t.set_piece_cache(on);
+        }
+        self
+    }
+
+    /// tiktoken mode: append the BPE ids of one pre-tokenizer piece (no pre-tokenizing, NFC or
+    /// special tokens), for benchmarks against other pre-tokenizers. Panics in huggingface mode.
+    pub fn bpe_piece(&self, piece: &str, out: &mut Vec<u32>) {
+        match &self.backend {
+            Backend::Tiktoken(t) => t.bpe_piece(piece.as_bytes(), out),
+            Backend::Hf(_) => panic!("bpe_piece is for tiktoken mode"),
+        }
+    }
+
     /// tiktoken mode's pieces of `text` (already NFC, no special tokens), for tests and tools.
     pub fn tiktoken_pieces<'t>(&'t self, text: &'t str) -> Option<pretok::Pieces<'t>> {
         match &self.backend {
@@ -261,7 +307,11 @@ mod tests {
     fn tiktoken_directory_with_configs() {
         let dir = tempfile::tempdir().unwrap();
         write_ranks(dir.path(), &["he", "ll", "hell", "hello"]);
-        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"model_max_length": 8}"#).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"model_max_length": 8}"#,
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("special_tokens_map.json"),
             r#"{"bos_token": "<|extra_203|>", "eos_token": {"content": "<|extra_204|>"}, "pad_token": "<|endoftext|>"}"#,
@@ -272,7 +322,10 @@ mod tests {
         let t = Tokenizer::load(dir.path()).unwrap();
         assert_eq!(t.kind(), "tiktoken");
         assert_eq!(t.vocab_size(), 260 + 208);
-        assert_eq!((t.bos_id(), t.eos_id(), t.pad_id()), (Some(260 + 206), Some(260 + 207), Some(260)));
+        assert_eq!(
+            (t.bos_id(), t.eos_id(), t.pad_id()),
+            (Some(260 + 206), Some(260 + 207), Some(260))
+        );
         assert_eq!(t.encode("hello<|im_end|>"), vec![259, 262]);
         let mut v = vec![7];
         t.encode_into("hell", &mut v);
@@ -280,12 +333,27 @@ mod tests {
         assert_eq!(t.decode(&[259, 262]).unwrap(), "hello<|im_end|>");
         assert_eq!(t.decode(&[0xE4]).unwrap(), "\u{FFFD}");
         assert_eq!(t.decode(&[9999]).unwrap_err().code, ExitCode::DataErr);
-        let names: Vec<_> = t.source_files().iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
-        assert_eq!(names, ["mini.tiktoken", "tokenizer_config.json", "special_tokens_map.json"]);
+        let names: Vec<_> = t
+            .source_files()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "mini.tiktoken",
+                "tokenizer_config.json",
+                "special_tokens_map.json"
+            ]
+        );
         let sha = t.content_sha256();
         assert_eq!(sha.len(), 64);
         // The hash follows the content of every file loaded.
-        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"model_max_length": 9}"#).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"model_max_length": 9}"#,
+        )
+        .unwrap();
         assert_ne!(Tokenizer::load(dir.path()).unwrap().content_sha256(), sha);
         // Loading the rank file itself is the same tokenizer.
         let same = Tokenizer::load(&dir.path().join("mini.tiktoken")).unwrap();
@@ -297,10 +365,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = Tokenizer::load(&dir.path().join("nope")).err().unwrap();
         assert_eq!(e.code, ExitCode::NoInput);
-        assert!(e.message.contains("nope") && e.message.contains("tiktoken"), "{}", e.message);
+        assert!(
+            e.message.contains("nope") && e.message.contains("tiktoken"),
+            "{}",
+            e.message
+        );
         let e = Tokenizer::load(dir.path()).err().unwrap();
         assert_eq!(e.code, ExitCode::NoInput);
-        assert!(e.message.contains("no tokenizer in this directory"), "{}", e.message);
+        assert!(
+            e.message.contains("no tokenizer in this directory"),
+            "{}",
+            e.message
+        );
 
         std::fs::write(dir.path().join("tokenizer.json"), "{ broken").unwrap();
         let e = Tokenizer::load(dir.path()).err().unwrap();
@@ -310,39 +386,72 @@ mod tests {
         std::fs::write(dir.path().join("bad.tiktoken"), "IQ== 0\n@@@ 1\n").unwrap();
         let e = Tokenizer::load(dir.path()).err().unwrap();
         assert_eq!(e.code, ExitCode::DataErr);
-        assert!(e.message.contains("bad.tiktoken:2") && e.message.contains("base64"), "{}", e.message);
+        assert!(
+            e.message.contains("bad.tiktoken:2") && e.message.contains("base64"),
+            "{}",
+            e.message
+        );
 
         write_ranks(dir.path(), &[]);
         let e = Tokenizer::load(dir.path()).err().unwrap();
         assert!(e.message.contains("more than one"), "{}", e.message);
         std::fs::remove_file(dir.path().join("bad.tiktoken")).unwrap();
-        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"bos_token": "<s>"}"#).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"bos_token": "<s>"}"#,
+        )
+        .unwrap();
         let e = Tokenizer::load(dir.path()).err().unwrap();
         assert_eq!(e.code, ExitCode::DataErr);
-        assert!(e.message.contains("bos_token") && e.message.contains("<s>"), "{}", e.message);
+        assert!(
+            e.message.contains("bos_token") && e.message.contains("<s>"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn train_then_load_huggingface_mode() {
         let dir = tempfile::tempdir().unwrap();
         let corpus = dir.path().join("corpus.txt");
-        let text = "the cat sat on the mat. the dog sat on the log. café naïve 中文 123\n".repeat(50);
+        let text =
+            "the cat sat on the mat. the dog sat on the log. café naïve 中文 123\n".repeat(50);
         std::fs::write(&corpus, &text).unwrap();
         let out = dir.path().join("tok");
         train_bpe(&[corpus.clone()], 300, &["<pad>", "<s>", "</s>"], &out).unwrap();
         let t = Tokenizer::load(&out).unwrap();
         assert_eq!(t.kind(), "huggingface");
-        assert_eq!((t.pad_id(), t.bos_id(), t.eos_id()), (Some(0), Some(1), Some(2)));
-        assert!(t.vocab_size() > 259 + 20 && t.vocab_size() <= 300, "vocab {}", t.vocab_size());
+        assert_eq!(
+            (t.pad_id(), t.bos_id(), t.eos_id()),
+            (Some(0), Some(1), Some(2))
+        );
+        assert!(
+            t.vocab_size() > 259 + 20 && t.vocab_size() <= 300,
+            "vocab {}",
+            t.vocab_size()
+        );
         let ids = t.encode("the cat sat</s>");
-        assert!(ids.len() < "the cat sat".len(), "merges were learned: {ids:?}");
-        assert_eq!(*ids.last().unwrap(), 2, "special token in text becomes its id");
+        assert!(
+            ids.len() < "the cat sat".len(),
+            "merges were learned: {ids:?}"
+        );
+        assert_eq!(
+            *ids.last().unwrap(),
+            2,
+            "special token in text becomes its id"
+        );
         assert_eq!(t.decode(&ids).unwrap(), "the cat sat</s>");
         // NFC: a decomposed é encodes like the composed one.
         assert_eq!(t.encode("cafe\u{301}"), t.encode("café"));
         assert_eq!(t.source_files().len(), 2);
         // Errors: missing input, and nothing left behind.
-        let e = train_bpe(&[dir.path().join("missing.txt")], 300, &[], &dir.path().join("t2")).unwrap_err();
+        let e = train_bpe(
+            &[dir.path().join("missing.txt")],
+            300,
+            &[],
+            &dir.path().join("t2"),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ExitCode::NoInput);
         assert!(!dir.path().join("t2/tokenizer.json").exists());
     }

@@ -18,7 +18,10 @@
 //!    followed by a non-space: all but its last char (`(?!\S)` needs whitespace after).
 //! 7. otherwise (a single whitespace char before a non-space): that char.
 
-use crate::classes::{Classes, Folds, FOLD_D, FOLD_E, FOLD_L, FOLD_M, FOLD_R, FOLD_S, FOLD_T, FOLD_V, LETTER, NUMBER, SPACE};
+use crate::classes::{
+    Classes, Folds, FOLD_D, FOLD_E, FOLD_L, FOLD_M, FOLD_R, FOLD_S, FOLD_T, FOLD_V, LETTER, NUMBER,
+    SPACE,
+};
 
 /// The pattern tiktoken and the Hugging Face tokenizer.json use for OpenSeek.
 pub const PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -37,10 +40,16 @@ fn decode(b: &[u8], i: usize) -> (u32, usize) {
     } else if b0 < 0xE0 {
         (((b0 & 0x1F) << 6) | (b[i + 1] as u32 & 0x3F), 2)
     } else if b0 < 0xF0 {
-        (((b0 & 0x0F) << 12) | ((b[i + 1] as u32 & 0x3F) << 6) | (b[i + 2] as u32 & 0x3F), 3)
+        (
+            ((b0 & 0x0F) << 12) | ((b[i + 1] as u32 & 0x3F) << 6) | (b[i + 2] as u32 & 0x3F),
+            3,
+        )
     } else {
         (
-            ((b0 & 0x07) << 18) | ((b[i + 1] as u32 & 0x3F) << 12) | ((b[i + 2] as u32 & 0x3F) << 6) | (b[i + 3] as u32 & 0x3F),
+            ((b0 & 0x07) << 18)
+                | ((b[i + 1] as u32 & 0x3F) << 12)
+                | ((b[i + 2] as u32 & 0x3F) << 6)
+                | (b[i + 3] as u32 & 0x3F),
             4,
         )
     }
@@ -53,12 +62,19 @@ fn is_crlf(cp: u32) -> bool {
 
 impl PreTokenizer {
     pub fn new() -> PreTokenizer {
-        PreTokenizer { classes: Classes::build(), folds: Folds::build() }
+        PreTokenizer {
+            classes: Classes::build(),
+            folds: Folds::build(),
+        }
     }
 
     /// The pieces of `text`, in order; they concatenate to `text`.
     pub fn pieces<'t>(&'t self, text: &'t str) -> Pieces<'t> {
-        Pieces { pre: self, text, pos: 0 }
+        Pieces {
+            pre: self,
+            text,
+            pos: 0,
+        }
     }
 
     #[inline(always)]
@@ -217,7 +233,9 @@ mod tests {
     use super::*;
 
     fn reference(re: &fancy_regex::Regex, text: &str) -> Vec<String> {
-        re.find_iter(text).map(|m| m.expect("fancy-regex failed").as_str().to_string()).collect()
+        re.find_iter(text)
+            .map(|m| m.expect("fancy-regex failed").as_str().to_string())
+            .collect()
     }
 
     fn ours(pre: &PreTokenizer, text: &str) -> Vec<String> {
@@ -241,11 +259,88 @@ mod tests {
 
     /// Characters chosen to hit every branch and its edges.
     const ALPHABET: &[&str] = &[
-        " ", " ", " ", "\t", "\r", "\n", "\r\n", "\u{a0}", "\u{3000}", "\u{85}", "\u{2028}", "\u{b}", "\u{c}", "a", "b",
-        "Z", "s", "S", "t", "T", "r", "R", "e", "E", "v", "V", "m", "M", "l", "L", "d", "D", "k", "\u{17f}", "\u{212a}",
-        "é", "ß", "中", "文", "日", "한", "д", "Ж", "ا", "ש", "0", "7", "٣", "５", "Ⅻ", "½", "²", "'", "'", "'", "’",
-        "\"", ".", ",", "!", "?", "-", "_", "(", ")", "<", "|", ">", "#", "$", "\u{301}", "\u{308}", "\u{200b}",
-        "\u{200d}", "😀", "👍🏽", "🇫🇷", "\u{0}", "\u{7f}", "\u{feff}", "\u{1d400}", "\u{10ffff}",
+        " ",
+        " ",
+        " ",
+        "\t",
+        "\r",
+        "\n",
+        "\r\n",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{85}",
+        "\u{2028}",
+        "\u{b}",
+        "\u{c}",
+        "a",
+        "b",
+        "Z",
+        "s",
+        "S",
+        "t",
+        "T",
+        "r",
+        "R",
+        "e",
+        "E",
+        "v",
+        "V",
+        "m",
+        "M",
+        "l",
+        "L",
+        "d",
+        "D",
+        "k",
+        "\u{17f}",
+        "\u{212a}",
+        "é",
+        "ß",
+        "中",
+        "文",
+        "日",
+        "한",
+        "д",
+        "Ж",
+        "ا",
+        "ש",
+        "0",
+        "7",
+        "٣",
+        "５",
+        "Ⅻ",
+        "½",
+        "²",
+        "'",
+        "'",
+        "'",
+        "’",
+        "\"",
+        ".",
+        ",",
+        "!",
+        "?",
+        "-",
+        "_",
+        "(",
+        ")",
+        "<",
+        "|",
+        ">",
+        "#",
+        "$",
+        "\u{301}",
+        "\u{308}",
+        "\u{200b}",
+        "\u{200d}",
+        "😀",
+        "👍🏽",
+        "🇫🇷",
+        "\u{0}",
+        "\u{7f}",
+        "\u{feff}",
+        "\u{1d400}",
+        "\u{10ffff}",
     ];
 
     fn random_text(rng: &mut Rng, len: usize) -> String {
@@ -261,9 +356,36 @@ mod tests {
         let re = fancy_regex::Regex::new(PATTERN).unwrap();
         let pre = PreTokenizer::new();
         for text in [
-            "", "Hello world", "  two", "a  \n  b", "trailing  ", "x\t\ty", "I'll we've HE'S 'ſ 'Ll 're'", "!!abc", " !!\n\nx",
-            "\r\n\r\n", " \u{a0}b", "\tabc", "\t!", "a'b", "'", "' ", "12ab", "中文，测试。", "e\u{301}", "😀😀 hi",
-            "   ", "\n", " \n ", "a \r\n", "'ss", "'re", "'rE", "'r", "'l", "'LL",
+            "",
+            "Hello world",
+            "  two",
+            "a  \n  b",
+            "trailing  ",
+            "x\t\ty",
+            "I'll we've HE'S 'ſ 'Ll 're'",
+            "!!abc",
+            " !!\n\nx",
+            "\r\n\r\n",
+            " \u{a0}b",
+            "\tabc",
+            "\t!",
+            "a'b",
+            "'",
+            "' ",
+            "12ab",
+            "中文，测试。",
+            "e\u{301}",
+            "😀😀 hi",
+            "   ",
+            "\n",
+            " \n ",
+            "a \r\n",
+            "'ss",
+            "'re",
+            "'rE",
+            "'r",
+            "'l",
+            "'LL",
         ] {
             assert_eq!(ours(&pre, text), reference(&re, text), "text {text:?}");
         }
@@ -306,8 +428,16 @@ mod tests {
         let re = fancy_regex::Regex::new(PATTERN).unwrap();
         let pre = PreTokenizer::new();
         for cp in (0..0x110000u32).step_by(3) {
-            let Some(c) = char::from_u32(cp) else { continue };
-            for text in [format!("{c}"), format!(" {c}a"), format!("'{c}x"), format!("{c}  a"), format!("x{c}\n")] {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            for text in [
+                format!("{c}"),
+                format!(" {c}a"),
+                format!("'{c}x"),
+                format!("{c}  a"),
+                format!("x{c}\n"),
+            ] {
                 assert_eq!(ours(&pre, &text), reference(&re, &text), "text {text:?}");
             }
         }

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
@@ -13,12 +14,17 @@ use rustc_hash::FxHashMap;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::bpe::Ranks;
+use crate::cache::{PieceCache, MAX_PIECE};
 use crate::pretok::PreTokenizer;
 
 /// Qwen's special tokens, in id order from the first id after the ranks:
 /// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, `<|extra_0|>` .. `<|extra_204|>`.
 pub fn qwen_special_tokens() -> Vec<String> {
-    let mut names = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
+    let mut names = vec![
+        "<|endoftext|>".to_string(),
+        "<|im_start|>".to_string(),
+        "<|im_end|>".to_string(),
+    ];
     names.extend((0..205).map(|i| format!("<|extra_{i}|>")));
     names
 }
@@ -32,7 +38,12 @@ pub struct Tiktoken {
     /// Pattern index of `special_matcher` → id.
     special_ids: Vec<u32>,
     pre: PreTokenizer,
+    /// Identity for the per-thread piece cache.
+    id: u64,
+    use_cache: bool,
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Parse a rank file's bytes (`path` only names it in errors).
 pub fn parse_ranks(path: &Path, data: &[u8]) -> Result<Vec<Box<[u8]>>, Failure> {
@@ -52,11 +63,15 @@ pub fn parse_ranks(path: &Path, data: &[u8]) -> Result<Vec<Box<[u8]>>, Failure> 
                 String::from_utf8_lossy(&line[..line.len().min(80)])
             ))
         };
-        let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+        let mut fields = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
         let (Some(token), Some(rank), None) = (fields.next(), fields.next(), fields.next()) else {
             return Err(bad("expected two fields"));
         };
-        let token = engine.decode(token).map_err(|e| bad(&format!("bad base64 ({e})")))?;
+        let token = engine
+            .decode(token)
+            .map_err(|e| bad(&format!("bad base64 ({e})")))?;
         if token.is_empty() {
             return Err(bad("empty token"));
         }
@@ -75,14 +90,21 @@ pub fn parse_ranks(path: &Path, data: &[u8]) -> Result<Vec<Box<[u8]>>, Failure> 
         count += 1;
     }
     if count == 0 {
-        return Err(Failure::data(format!("{}: no ranks in the file; expected `<base64 token> <rank>` lines", path.display())));
+        return Err(Failure::data(format!(
+            "{}: no ranks in the file; expected `<base64 token> <rank>` lines",
+            path.display()
+        )));
     }
     by_rank
         .into_iter()
         .enumerate()
         .map(|(rank, t)| {
             t.ok_or_else(|| {
-                Failure::data(format!("{}: rank {rank} is missing; ranks must run 0..{} without gaps", path.display(), count - 1))
+                Failure::data(format!(
+                    "{}: rank {rank} is missing; ranks must run 0..{} without gaps",
+                    path.display(),
+                    count - 1
+                ))
             })
         })
         .collect()
@@ -90,7 +112,11 @@ pub fn parse_ranks(path: &Path, data: &[u8]) -> Result<Vec<Box<[u8]>>, Failure> 
 
 impl Tiktoken {
     /// Build from the tokens in rank order and the special-token names (ids follow the ranks).
-    pub fn new(path: &Path, tokens: Vec<Box<[u8]>>, special_names: &[String]) -> Result<Tiktoken, Failure> {
+    pub fn new(
+        path: &Path,
+        tokens: Vec<Box<[u8]>>,
+        special_names: &[String],
+    ) -> Result<Tiktoken, Failure> {
         let mut map: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
         map.reserve(tokens.len());
         for (rank, token) in tokens.iter().enumerate() {
@@ -123,8 +149,19 @@ impl Tiktoken {
         let special_matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(special_names)
-            .map_err(|e| Failure::software(format!("cannot build the special-token matcher: {e}")))?;
-        Ok(Tiktoken { ranks: Ranks::new(map), decoder, specials, special_matcher, special_ids, pre: PreTokenizer::new() })
+            .map_err(|e| {
+                Failure::software(format!("cannot build the special-token matcher: {e}"))
+            })?;
+        Ok(Tiktoken {
+            ranks: Ranks::new(map),
+            decoder,
+            specials,
+            special_matcher,
+            special_ids,
+            pre: PreTokenizer::new(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            use_cache: true,
+        })
     }
 
     /// Ranks plus specials.
@@ -133,7 +170,10 @@ impl Tiktoken {
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.specials.get(token).copied().or_else(|| self.ranks.get(token.as_bytes()))
+        self.specials
+            .get(token)
+            .copied()
+            .or_else(|| self.ranks.get(token.as_bytes()))
     }
 
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
@@ -150,16 +190,45 @@ impl Tiktoken {
     /// Text without special tokens (already NFC): pieces, then BPE.
     #[inline]
     pub fn encode_ordinary(&self, text: &str, out: &mut Vec<u32>) {
-        for piece in self.pre.pieces(text) {
-            self.ranks.encode_piece(piece.as_bytes(), out);
+        if text.is_empty() {
+            return;
         }
+        if !self.use_cache {
+            for piece in self.pre.pieces(text) {
+                self.ranks.encode_piece(piece.as_bytes(), out);
+            }
+            return;
+        }
+        PieceCache::with(self.id, |cache| {
+            for piece in self.pre.pieces(text) {
+                let bytes = piece.as_bytes();
+                if bytes.len() <= MAX_PIECE {
+                    cache.encode(bytes, out, |p, o| self.ranks.encode_piece(p, o));
+                } else {
+                    self.ranks.encode_piece(bytes, out);
+                }
+            }
+        })
+    }
+
+    /// Turn the per-thread piece cache on or off (on by default; ids are the same either way).
+    pub fn set_piece_cache(&mut self, on: bool) {
+        self.use_cache = on;
+    }
+
+    #[inline]
+    pub fn bpe_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        self.ranks.encode_piece(piece, out);
     }
 
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, Failure> {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
             let token = self.decoder.get(id as usize).ok_or_else(|| {
-                Failure::data(format!("token id {id} is outside the vocabulary (size {})", self.decoder.len()))
+                Failure::data(format!(
+                    "token id {id} is outside the vocabulary (size {})",
+                    self.decoder.len()
+                ))
             })?;
             bytes.extend_from_slice(token);
         }
@@ -188,7 +257,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn line(token: &[u8], rank: usize) -> String {
-        format!("{} {rank}\n", base64::engine::general_purpose::STANDARD.encode(token))
+        format!(
+            "{} {rank}\n",
+            base64::engine::general_purpose::STANDARD.encode(token)
+        )
     }
 
     /// All bytes, then "ab", "cd", "abcd".
@@ -202,7 +274,16 @@ mod tests {
         }
         let p = PathBuf::from("x.tiktoken");
         let tokens = parse_ranks(&p, file.as_bytes()).unwrap();
-        Tiktoken::new(&p, tokens, &["<|a|>".to_string(), "<|ab|>".to_string(), "<|endoftext|>".to_string()]).unwrap()
+        Tiktoken::new(
+            &p,
+            tokens,
+            &[
+                "<|a|>".to_string(),
+                "<|ab|>".to_string(),
+                "<|endoftext|>".to_string(),
+            ],
+        )
+        .unwrap()
     }
 
     fn enc(t: &Tiktoken, s: &str) -> Vec<u32> {
@@ -217,13 +298,19 @@ mod tests {
         assert_eq!(t.vocab_size(), 260 + 3);
         assert_eq!(enc(&t, "abcd"), vec![258]);
         assert_eq!(enc(&t, "<|endoftext|>"), vec![262]);
-        assert_eq!(enc(&t, "ab<|a|>cd<|ab|><|endoftext|>"), vec![256, 260, 257, 261, 262]);
+        assert_eq!(
+            enc(&t, "ab<|a|>cd<|ab|><|endoftext|>"),
+            vec![256, 260, 257, 261, 262]
+        );
         // Inside a word, and the text round-trips.
         let ids = enc(&t, "x<|a|>y ab");
         assert_eq!(ids, vec![b'x' as u32, 260, b'y' as u32, 259]);
         assert_eq!(t.decode_bytes(&ids).unwrap(), b"x<|a|>y ab");
         // Almost-specials are plain text.
-        assert_eq!(enc(&t, "<|a|"), vec![b'<' as u32, b'|' as u32, b'a' as u32, b'|' as u32]);
+        assert_eq!(
+            enc(&t, "<|a|"),
+            vec![b'<' as u32, b'|' as u32, b'a' as u32, b'|' as u32]
+        );
         assert_eq!(t.token_id("<|ab|>"), Some(261));
         assert_eq!(t.token_id("cd"), Some(257));
         assert_eq!(t.token_id("zz"), None);
@@ -247,9 +334,17 @@ mod tests {
         let p = PathBuf::from("r.tiktoken");
         let e = parse_ranks(&p, b"IQ== 0\nnot-base64!! 1\n").unwrap_err();
         assert_eq!(e.code, openseek_common::ExitCode::DataErr);
-        assert!(e.message.contains("r.tiktoken:2") && e.message.contains("base64"), "{}", e.message);
+        assert!(
+            e.message.contains("r.tiktoken:2") && e.message.contains("base64"),
+            "{}",
+            e.message
+        );
         let e = parse_ranks(&p, b"IQ== 0\nIg==\n").unwrap_err();
-        assert!(e.message.contains(":2") && e.message.contains("two fields"), "{}", e.message);
+        assert!(
+            e.message.contains(":2") && e.message.contains("two fields"),
+            "{}",
+            e.message
+        );
         let e = parse_ranks(&p, b"IQ== 0\nIg== x\n").unwrap_err();
         assert!(e.message.contains("rank is not"), "{}", e.message);
         let e = parse_ranks(&p, b"IQ== 0\nIg== 0\n").unwrap_err();
@@ -259,7 +354,13 @@ mod tests {
         let e = parse_ranks(&p, b"\n\n").unwrap_err();
         assert!(e.message.contains("no ranks"), "{}", e.message);
         let tokens = parse_ranks(&p, b"IQ== 0\r\n\r\nIg== 1\n").unwrap();
-        assert_eq!(tokens, vec![b"!".to_vec().into_boxed_slice(), b"\"".to_vec().into_boxed_slice()]);
+        assert_eq!(
+            tokens,
+            vec![
+                b"!".to_vec().into_boxed_slice(),
+                b"\"".to_vec().into_boxed_slice()
+            ]
+        );
         let e = Tiktoken::new(&p, tokens, &[]).err().unwrap();
         assert!(e.message.contains("single byte"), "{}", e.message);
     }
