@@ -39,7 +39,7 @@ pub fn human(bytes: u64) -> String {
 /// Fail when `needed` bytes (plus a 1% / 64 MiB margin) do not fit in `available`.
 pub fn check(needed: u64, available: Option<u64>, dir: &Path) -> Result<(), Failure> {
     let Some(available) = available else { return Ok(()) };
-    let margin = (needed / 100).max(64 << 20).min(4 << 30);
+    let margin = (needed / 100).clamp(64 << 20, 4 << 30);
     if needed > 0 && needed.saturating_add(margin) > available {
         return Err(Failure::new(
             ExitCode::IoErr,
