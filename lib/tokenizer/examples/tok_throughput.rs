@@ -3,7 +3,7 @@
 //! runs), and the huggingface mode (`tokenizers` crate) when a tokenizer.json is given.
 //!
 //! cargo run --release -p openseek-tokenizer --example tok_throughput -- \
-//!     TOKENIZER_DIR [--hf TOKENIZER_JSON] [--rounds N] [--no-reference] FILE...
+//!     TOKENIZER_DIR [--hf TOKENIZER_JSON] [--rounds N] [--no-reference] [--threads N] FILE...
 //!
 //! FILE: `.jsonl` (every string value of a line is one document) or plain text (paragraphs split
 //! on blank lines). All ids are checked equal across the implementations.
@@ -72,15 +72,23 @@ fn measure(
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().expect("usage: tok_throughput TOKENIZER_DIR [--hf TOKENIZER_JSON] [--rounds N] [--no-reference] FILE..."));
+    let dir = PathBuf::from(args.next().expect("usage: tok_throughput TOKENIZER_DIR [--hf TOKENIZER_JSON] [--rounds N] [--no-reference] [--threads N] FILE..."));
     let mut hf_path = None;
     let mut rounds = 3;
     let mut files = Vec::new();
     let mut reference = true;
+    let mut threads = 0usize;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--hf" => hf_path = Some(PathBuf::from(args.next().expect("--hf needs a path"))),
             "--no-reference" => reference = false,
+            "--threads" => {
+                threads = args
+                    .next()
+                    .expect("--threads needs N")
+                    .parse()
+                    .expect("--threads N")
+            }
             "--rounds" => {
                 rounds = args
                     .next()
@@ -92,7 +100,9 @@ fn main() {
         }
     }
     let docs = documents(&files);
+    let t0 = Instant::now();
     let tok = Tokenizer::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    println!("load: {:.3} s", t0.elapsed().as_secs_f64());
     assert_eq!(
         tok.kind(),
         "tiktoken",
@@ -106,9 +116,12 @@ fn main() {
         |d, v| tok.encode_into(d, v),
     );
     let uncached = Tokenizer::load(&dir).unwrap().with_piece_cache(false);
-    let plain = measure("  the same without the piece cache", &docs, rounds, |d, v| {
-        uncached.encode_into(d, v)
-    });
+    let plain = measure(
+        "  the same without the piece cache",
+        &docs,
+        rounds,
+        |d, v| uncached.encode_into(d, v),
+    );
     assert_eq!(ours, plain, "the piece cache changed ids");
 
     // Where the time goes: the pre-tokenizer alone (pieces counted, not encoded).
@@ -137,6 +150,44 @@ fn main() {
                 panic!("document {i}: ids differ between our pre-tokenizer and fancy-regex");
             }
         }
+    }
+
+    if threads > 0 {
+        // Documents dealt round-robin to N threads sharing one &Tokenizer.
+        let bytes: usize = docs.iter().map(String::len).sum();
+        let mut best = f64::INFINITY;
+        let mut tokens = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            tokens = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|k| {
+                        let (tok, docs) = (&tok, &docs);
+                        s.spawn(move || {
+                            let mut v = Vec::new();
+                            let mut n = 0;
+                            for d in docs.iter().skip(k).step_by(threads) {
+                                v.clear();
+                                tok.encode_into(d, &mut v);
+                                n += v.len();
+                            }
+                            n
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .sum::<usize>()
+            });
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{:<34} {:>8.2} MB/s {:>10.0} tokens/s  ({tokens} tokens, best of {rounds}: {best:.3} s)",
+            format!("tiktoken mode, {threads} threads"),
+            bytes as f64 / best / 1e6,
+            tokens as f64 / best
+        );
     }
 
     if let Some(p) = hf_path {

@@ -31,6 +31,8 @@ fn pack(bytes: &[u8]) -> u128 {
 pub struct Ranks {
     short: FxHashMap<u128, u32>,
     long: FxHashMap<Box<[u8]>, u32>,
+    /// The id of each single byte (a rank file without one is rejected before this).
+    byte_ids: [u32; 256],
 }
 
 impl Ranks {
@@ -44,7 +46,15 @@ impl Ranks {
                 long.insert(k, v);
             }
         }
-        Ranks { short, long }
+        let mut byte_ids = [NONE; 256];
+        for (b, id) in byte_ids.iter_mut().enumerate() {
+            *id = short.get(&pack(&[b as u8])).copied().unwrap_or(NONE);
+        }
+        Ranks {
+            short,
+            long,
+            byte_ids,
+        }
     }
 
     #[inline(always)]
@@ -81,47 +91,52 @@ impl Ranks {
         }
     }
 
-    /// tiktoken's algorithm: `parts[k] = (start, rank of merging part k with part k+1)`.
+    /// tiktoken's algorithm: `parts[k] = (start, rank of merging part k with part k+1)`, plus
+    /// a sentinel at the end; `ids[k]` is the id of part k (a merge's id is the pair's rank), so
+    /// no lookup is needed at the end. Fixed arrays on the stack: no allocation per piece.
     fn merge_linear(&self, piece: &[u8], out: &mut Vec<u32>) {
         let n = piece.len();
-        debug_assert!(n >= 2);
-        let mut parts: Vec<(u32, u32)> = Vec::with_capacity(n + 1);
+        debug_assert!((2..=LINEAR_MAX).contains(&n));
+        let mut parts = [(0u32, NONE); LINEAR_MAX + 1];
+        let mut ids = [0u32; LINEAR_MAX];
         let mut min = (NONE, usize::MAX);
         for i in 0..n - 1 {
             let r = self.rank(&piece[i..i + 2]);
             if r < min.0 {
                 min = (r, i);
             }
-            parts.push((i as u32, r));
+            parts[i] = (i as u32, r);
+            ids[i] = self.byte_ids[piece[i] as usize];
         }
-        parts.push(((n - 1) as u32, NONE));
-        parts.push((n as u32, NONE));
-        let rank_at = |parts: &Vec<(u32, u32)>, i: usize| -> u32 {
-            // Rank of parts[i] merged with parts[i+1] once parts[i+1] is removed: bytes up to parts[i+3].
-            if i + 3 < parts.len() {
+        parts[n - 1] = ((n - 1) as u32, NONE);
+        ids[n - 1] = self.byte_ids[piece[n - 1] as usize];
+        parts[n] = (n as u32, NONE);
+        let mut len = n + 1;
+        while min.0 != NONE {
+            let i = min.1;
+            ids[i] = min.0;
+            // Ranks of parts[i-1] and parts[i] with their successors once parts[i+1] is gone:
+            // their bytes end at parts[i+2] and parts[i+3].
+            if i > 0 {
+                parts[i - 1].1 =
+                    self.rank(&piece[parts[i - 1].0 as usize..parts[i + 2].0 as usize]);
+            }
+            parts[i].1 = if i + 3 < len {
                 self.rank(&piece[parts[i].0 as usize..parts[i + 3].0 as usize])
             } else {
                 NONE
-            }
-        };
-        while min.0 != NONE {
-            let i = min.1;
-            if i > 0 {
-                parts[i - 1].1 = rank_at(&parts, i - 1);
-            }
-            parts[i].1 = rank_at(&parts, i);
-            parts.remove(i + 1);
+            };
+            parts.copy_within(i + 2..len, i + 1);
+            ids.copy_within(i + 2..len - 1, i + 1);
+            len -= 1;
             min = (NONE, usize::MAX);
-            for (k, &(_, r)) in parts[..parts.len() - 1].iter().enumerate() {
+            for (k, &(_, r)) in parts[..len - 1].iter().enumerate() {
                 if r < min.0 {
                     min = (r, k);
                 }
             }
         }
-        for w in parts.windows(2) {
-            let bytes = &piece[w[0].0 as usize..w[1].0 as usize];
-            out.push(self.get(bytes).expect("every part left by BPE is a token"));
-        }
+        out.extend_from_slice(&ids[..len - 1]);
     }
 
     /// The same merges, chosen from a heap of (pair rank, start) with stale entries skipped.
@@ -203,15 +218,47 @@ mod tests {
         Ranks::new(map)
     }
 
+    /// The definition, slowly: merge the leftmost adjacent pair of lowest rank until none is a token.
+    fn naive(r: &Ranks, piece: &[u8]) -> Vec<u32> {
+        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
+        loop {
+            let best = (0..bounds.len().saturating_sub(2))
+                .filter_map(|k| {
+                    r.get(&piece[bounds[k]..bounds[k + 2]])
+                        .map(|rank| (rank, k))
+                })
+                .min();
+            match best {
+                Some((_, k)) => {
+                    bounds.remove(k + 1);
+                }
+                None => break,
+            }
+        }
+        bounds
+            .windows(2)
+            .map(|w| r.get(&piece[w[0]..w[1]]).unwrap())
+            .collect()
+    }
+
     fn both(r: &Ranks, piece: &[u8]) -> Vec<u32> {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let want = naive(r, piece);
         if piece.len() >= 2 {
-            r.merge_linear(piece, &mut a);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            if piece.len() <= LINEAR_MAX {
+                r.merge_linear(piece, &mut a);
+                assert_eq!(
+                    a,
+                    want,
+                    "linear merge on {:?}",
+                    String::from_utf8_lossy(piece)
+                );
+            }
             r.merge_heap(piece, &mut b);
             assert_eq!(
-                a,
                 b,
-                "linear and heap merges differ on {:?}",
+                want,
+                "heap merge on {:?}",
                 String::from_utf8_lossy(piece)
             );
         }
@@ -259,7 +306,7 @@ mod tests {
                         state = state
                             .wrapping_mul(6364136223846793005)
                             .wrapping_add(1442695040888963407);
-                        if (state >> 33) % 2 == 0 {
+                        if (state >> 33) & 1 == 0 {
                             b'a'
                         } else {
                             b'b'

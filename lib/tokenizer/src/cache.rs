@@ -19,7 +19,12 @@ struct Slot {
     ids: [u32; MAX_IDS],
 }
 
-const EMPTY: Slot = Slot { words: [0; MAX_PIECE / 8], len: 0, n_ids: 0, ids: [0; MAX_IDS] };
+const EMPTY: Slot = Slot {
+    words: [0; MAX_PIECE / 8],
+    len: 0,
+    n_ids: 0,
+    ids: [0; MAX_IDS],
+};
 
 pub struct PieceCache {
     owner: u64,
@@ -51,7 +56,10 @@ impl PieceCache {
     pub fn with<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
         CACHE.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let cache = guard.get_or_insert_with(|| PieceCache { owner, slots: vec![EMPTY; SLOTS].into_boxed_slice() });
+            let cache = guard.get_or_insert_with(|| PieceCache {
+                owner,
+                slots: vec![EMPTY; SLOTS].into_boxed_slice(),
+            });
             if cache.owner != owner {
                 cache.owner = owner;
                 cache.slots.fill(EMPTY);
@@ -62,7 +70,12 @@ impl PieceCache {
 
     /// Append the ids of `piece` (1..=MAX_PIECE bytes), computing them with `compute` on a miss.
     #[inline(always)]
-    pub fn encode(&mut self, piece: &[u8], out: &mut Vec<u32>, compute: impl FnOnce(&[u8], &mut Vec<u32>)) {
+    pub fn encode(
+        &mut self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        compute: impl FnOnce(&[u8], &mut Vec<u32>),
+    ) {
         debug_assert!(!piece.is_empty() && piece.len() <= MAX_PIECE);
         let (words, index) = key(piece);
         let slot = &mut self.slots[index];
@@ -111,7 +124,11 @@ mod tests {
         // Too many ids: not stored, still correct.
         let mut many = Vec::new();
         for _ in 0..2 {
-            PieceCache::with(2, |c| c.encode(b"0123456789", &mut many, |p, o| o.extend(p.iter().map(|&b| b as u32))));
+            PieceCache::with(2, |c| {
+                c.encode(b"0123456789", &mut many, |p, o| {
+                    o.extend(p.iter().map(|&b| b as u32))
+                })
+            });
         }
         assert_eq!(many.len(), 20);
     }

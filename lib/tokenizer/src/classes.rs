@@ -138,9 +138,9 @@ mod tests {
         let within =
             |ranges: &[(u32, u32)], cp: u32| ranges.iter().any(|&(lo, hi)| lo <= cp && cp <= hi);
         for cp in (0..0x110000u32).step_by(7).chain(0..0x3000) {
-            let want = (within(&letters, cp) as u8) * LETTER
-                | (within(&numbers, cp) as u8) * NUMBER
-                | (within(&spaces, cp) as u8) * SPACE;
+            let want = ((within(&letters, cp) as u8) * LETTER)
+                | ((within(&numbers, cp) as u8) * NUMBER)
+                | ((within(&spaces, cp) as u8) * SPACE);
             assert_eq!(classes.of(cp), want, "U+{cp:04X}");
         }
     }

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 pub use hf::train_bpe;
 
 enum Backend {
-    Tiktoken(tiktoken::Tiktoken),
+    Tiktoken(Box<tiktoken::Tiktoken>),
     Hf(Box<hf::Hf>),
 }
 
@@ -125,11 +125,8 @@ impl Tokenizer {
         let main_bytes = read_file(&main)?;
         let backend = if is_tiktoken {
             let tokens = tiktoken::parse_ranks(&main, &main_bytes)?;
-            Backend::Tiktoken(tiktoken::Tiktoken::new(
-                &main,
-                tokens,
-                &tiktoken::qwen_special_tokens(),
-            )?)
+            let specials = tiktoken::qwen_special_tokens();
+            Backend::Tiktoken(Box::new(tiktoken::Tiktoken::new(&main, tokens, &specials)?))
         } else {
             Backend::Hf(Box::new(hf::Hf::load(&main)?))
         };
@@ -418,7 +415,13 @@ mod tests {
             "the cat sat on the mat. the dog sat on the log. café naïve 中文 123\n".repeat(50);
         std::fs::write(&corpus, &text).unwrap();
         let out = dir.path().join("tok");
-        train_bpe(&[corpus.clone()], 300, &["<pad>", "<s>", "</s>"], &out).unwrap();
+        train_bpe(
+            std::slice::from_ref(&corpus),
+            300,
+            &["<pad>", "<s>", "</s>"],
+            &out,
+        )
+        .unwrap();
         let t = Tokenizer::load(&out).unwrap();
         assert_eq!(t.kind(), "huggingface");
         assert_eq!(
