@@ -63,3 +63,50 @@ fn weight_normalisation_matches_numpy_bit_for_bit() {
         assert_eq!(norm, want, "normalised {} weights", w.len());
     }
 }
+
+/// Twelve shards written by megatron-core, blended by megatron-core and by os-mix: every index
+/// array byte-identical, every sample's tokens and documents identical.
+#[test]
+fn os_mix_blend_is_megatron_blended_dataset_sample_by_sample() {
+    let work = tempfile::tempdir().unwrap();
+    let weights = [0.1, 0.3, 0.05, 0.2, 0.07, 0.5, 1.5, 0.01, 0.3, 0.2, 0.11, 0.3];
+    let config = json!({
+        "shards": [[40,1,30],[100,5,200],[30,100,300],[300,1,5],[50,20,60],[60,1,100],[70,2,50],[80,3,40],[30,10,90],[25,1,400],[90,1,20],[55,4,70]],
+        "weights": weights, "seq_len": 32, "samples": 3000, "seed": 4321, "split": "90,5,5",
+        "vocab": 1000, "eod": 999, "data_seed": 3,
+    });
+    let work_s = work.path().to_str().unwrap();
+    let meg: Value = serde_json::from_str(&run_python("megatron_gpt_blend.py", &[work_s, &config.to_string()])).unwrap();
+    let prefixes: Vec<&str> = meg["prefixes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let spec: Vec<String> = weights.iter().zip(&prefixes).map(|(w, p)| format!("{w} {p}")).collect();
+    let out_dir = work.path().join("ours");
+    let out = openseek_tests::run_tool(
+        "os-mix",
+        &["--weights", &spec.join(" "), "--seq-len", "32", "--samples", "3000", "--seed", "4321", "--split", "90,5,5", "--output", out_dir.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "os-mix failed: {}", String::from_utf8_lossy(&out.stderr));
+    let megdir = work.path().join("megatron");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&megdir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.ends_with("_index.npy") {
+            continue;
+        }
+        let want = std::fs::read(megdir.join(&name)).unwrap();
+        let got = std::fs::read(out_dir.join(&name)).unwrap_or_else(|e| panic!("{name} missing from the os-mix store: {e}"));
+        assert!(want == got, "{name} differs from megatron-core's");
+        compared += 1;
+    }
+    assert_eq!(compared, 2 + 3 * 12);
+    let store = openseek_mix::store::SampleStore::open(&out_dir).unwrap();
+    assert_eq!(store.len(), meg["num_samples"].as_u64().unwrap());
+    let samples = openseek_mix::array::NpyMap::open(&megdir.join("samples.npy")).unwrap();
+    let width = 33;
+    for i in 0..store.len() {
+        let (tokens, src) = store.sample(i);
+        let want: Vec<u32> = (0..width).map(|k| samples.get(i as usize * width + k) as u32).collect();
+        assert_eq!(tokens, want, "sample {i} tokens");
+        let docs: Vec<u64> = meg["documents"][i as usize].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        assert_eq!(src.pieces.iter().map(|p| p.sequence).collect::<Vec<_>>(), docs, "sample {i} documents");
+    }
+}

@@ -5,4 +5,8 @@
 pub mod array;
 pub mod blend;
 pub mod gpt;
+pub mod inspect;
 pub mod rng;
+pub mod mix;
+pub mod recipe;
+pub mod store;
