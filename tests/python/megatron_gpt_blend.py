@@ -9,7 +9,7 @@ document ending in EOD), builds the train split with BlendedMegatronDatasetBuild
 WORKDIR/megatron/: dNNN_{document,sample,shuffle}_index.npy of every GPTDataset,
 blend_dataset_index.npy / blend_dataset_sample_index.npy, samples.npy (int64 [N, seq_len+1], the
 raw text of each blended sample), and, for the first 64 samples, tokens/labels/loss_mask/
-position_ids from __getitem__ (batch.npz). Prints JSON: {"prefixes": [...], "num_samples": N,
+position_ids from __getitem__ (batch_{tokens,labels,loss_mask,position_ids}.npy, int64). Prints JSON: {"prefixes": [...], "num_samples": N,
 "documents": [[doc ids of blended sample i], ...]}.
 """
 import json
@@ -59,7 +59,7 @@ def main():
     # BlendedDataset asks torch.distributed for the rank when it caches: one local process group.
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", init_method="file://" + os.path.join(work, "pg"), rank=0, world_size=1)
-    tok = Tok(vocab, eod, cfg.get("pad", vocab - 1))
+    tok = Tok(vocab, eod, cfg.get("pad", vocab - 1))  # pad == eod makes Megatron use no pad
     config = GPTDatasetConfig(
         random_seed=cfg["seed"],
         sequence_length=cfg["seq_len"],
@@ -89,13 +89,9 @@ def main():
         documents.append([int(x) for x in docs])
     numpy.save(os.path.join(out, "samples.npy"), numpy.stack(samples).astype(numpy.int64))
     batch = [train[i] for i in range(min(64, len(train)))]
-    numpy.savez(
-        os.path.join(out, "batch.npz"),
-        tokens=numpy.stack([b["tokens"].numpy() for b in batch]),
-        labels=numpy.stack([b["labels"].numpy() for b in batch]),
-        loss_mask=numpy.stack([b["loss_mask"].numpy() for b in batch]),
-        position_ids=numpy.stack([b["position_ids"].numpy() for b in batch]),
-    )
+    for key in ("tokens", "labels", "loss_mask", "position_ids"):
+        # int64 everywhere (the loss mask is 0.0/1.0), so one reader serves all four.
+        numpy.save(os.path.join(out, f"batch_{key}.npy"), numpy.stack([b[key].numpy() for b in batch]).astype(numpy.int64))
     print(json.dumps({"prefixes": prefixes, "num_samples": len(train), "documents": documents}))
 
 

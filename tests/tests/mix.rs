@@ -110,3 +110,104 @@ fn os_mix_blend_is_megatron_blended_dataset_sample_by_sample() {
         assert_eq!(src.pieces.iter().map(|p| p.sequence).collect::<Vec<_>>(), docs, "sample {i} documents");
     }
 }
+
+fn megatron_blend(work: &std::path::Path, extra: Value) -> (Value, std::path::PathBuf) {
+    let mut config = json!({
+        "shards": [[40,1,30],[100,5,200],[30,100,300],[300,1,5],[50,20,60],[60,1,100],[70,2,50],[80,3,40],[30,10,90],[25,1,400],[90,1,20],[55,4,70]],
+        "weights": [0.1, 0.3, 0.05, 0.2, 0.07, 0.5, 1.5, 0.01, 0.3, 0.2, 0.11, 0.3], "seq_len": 32, "samples": 3000, "seed": 4321, "split": "90,5,5",
+        "vocab": 1000, "eod": 999, "data_seed": 3,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let meg: Value = serde_json::from_str(&run_python("megatron_gpt_blend.py", &[work.to_str().unwrap(), &config.to_string()])).unwrap();
+    let prefixes: Vec<&str> = meg["prefixes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let weights: Vec<f64> = config["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+    let spec: Vec<String> = weights.iter().zip(&prefixes).map(|(w, p)| format!("{w} {p}")).collect();
+    let out_dir = work.join("ours");
+    let out = openseek_tests::run_tool(
+        "os-mix",
+        &["--weights", &spec.join(" "), "--seq-len", "32", "--samples", "3000", "--seed", "4321", "--split", "90,5,5", "--output", out_dir.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "os-mix failed: {}", String::from_utf8_lossy(&out.stderr));
+    (meg, out_dir)
+}
+
+/// The reader's tokens, labels, loss mask and position ids equal megatron-core's GPTDataset
+/// `__getitem__` with reset_position_ids, reset_attention_mask, eod_mask_loss and a pad token.
+#[test]
+fn reader_matches_megatron_getitem_with_all_options() {
+    use openseek_mix::reader::{Boundaries, Cursor, DataLoader, ReaderOptions};
+    let work = tempfile::tempdir().unwrap();
+    let (_, dir) = megatron_blend(
+        work.path(),
+        json!({"reset_position_ids": true, "reset_attention_mask": true, "eod_mask_loss": true, "pad": 998}),
+    );
+    let store = openseek_mix::store::SampleStore::open(&dir).unwrap();
+    let opts = ReaderOptions {
+        reset_position_ids: true,
+        reset_attention_mask: true,
+        eod_mask_loss: true,
+        eod_token: Some(999),
+        pad_token: Some(998),
+        boundaries: Boundaries::Eod,
+    };
+    let meg = |name: &str| openseek_mix::array::NpyMap::open(&work.path().join("megatron").join(format!("batch_{name}.npy"))).unwrap();
+    let (mt, ml, mm, mp) = (meg("tokens"), meg("labels"), meg("loss_mask"), meg("position_ids"));
+    let mut loader = DataLoader::new(&store, opts, 0, 1, 4, Cursor::default()).unwrap();
+    let mut checked_resets = 0;
+    for step in 0..16 {
+        let b = loader.next_batch().unwrap().unwrap();
+        for r in 0..4 {
+            let i = step * 4 + r;
+            for k in 0..32 {
+                let at = i * 32 + k;
+                assert_eq!(b.tokens[r * 32 + k] as i64, mt.get(at), "sample {i} token {k}");
+                assert_eq!(b.labels[r * 32 + k] as i64, ml.get(at), "sample {i} label {k}");
+                assert_eq!(b.loss_mask[r * 32 + k] as i64, mm.get(at), "sample {i} loss mask {k}");
+                assert_eq!(b.position_ids[r * 32 + k] as i64, mp.get(at), "sample {i} position {k}");
+            }
+            // Attention blocks: every block starts right after an EOD and none spans one.
+            let cu = &b.cu_seqlens[r];
+            assert_eq!((cu[0], *cu.last().unwrap()), (0, 32));
+            checked_resets += cu.len() - 2;
+        }
+    }
+    assert!(checked_resets > 20, "the data must exercise document resets ({checked_resets})");
+    assert_eq!(loader.cursor(), Cursor { consumed_samples: 64 });
+}
+
+/// Resuming from a saved cursor continues with the very next sample, also when the number of
+/// data-parallel ranks and the micro-batch size change.
+#[test]
+fn cursor_resumes_exactly_across_data_parallel_sizes() {
+    use openseek_mix::reader::{Cursor, DataLoader, ReaderOptions};
+    let work = tempfile::tempdir().unwrap();
+    let (_, dir) = megatron_blend(work.path(), json!({}));
+    let store = openseek_mix::store::SampleStore::open(&dir).unwrap();
+    let reference = openseek_mix::store::SampleStore::open(&dir).unwrap();
+    let mut seen: Vec<(u64, Vec<u32>)> = Vec::new();
+    let mut cursor = Cursor::default();
+    // Phase 1: 4 ranks x micro-batch 2 for 5 steps; phase 2: 3 ranks x 3; phase 3: 1 rank x 5.
+    for (dp, mbs, steps) in [(4usize, 2usize, 5usize), (3, 3, 4), (1, 5, 3)] {
+        let saved = serde_json::to_string(&cursor).unwrap();
+        let restored: Cursor = serde_json::from_str(&saved).unwrap();
+        let mut loaders: Vec<DataLoader> =
+            (0..dp).map(|r| DataLoader::new(&store, ReaderOptions::default(), r, dp, mbs, restored).unwrap()).collect();
+        for _ in 0..steps {
+            for l in loaders.iter_mut() {
+                let b = l.next_batch().unwrap().unwrap();
+                for (r, id) in b.sample_ids.iter().enumerate() {
+                    seen.push((*id, b.tokens[r * 32..(r + 1) * 32].to_vec()));
+                }
+            }
+        }
+        cursor = loaders[0].cursor();
+        assert!(loaders.iter().all(|l| l.cursor() == cursor));
+    }
+    assert_eq!(cursor.consumed_samples, 40 + 36 + 15);
+    for (k, (id, tokens)) in seen.iter().enumerate() {
+        assert_eq!(*id, k as u64, "samples must follow the global order without gaps or repeats");
+        assert_eq!(tokens[..], reference.sample(*id).0[..32]);
+    }
+}

@@ -8,5 +8,6 @@ pub mod gpt;
 pub mod inspect;
 pub mod rng;
 pub mod mix;
+pub mod reader;
 pub mod recipe;
 pub mod store;
