@@ -38,6 +38,19 @@ pub struct Tokenizer {
     files: Vec<PathBuf>,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("pad", &self.pad)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
 /// The `*.tiktoken` files directly in `dir`, sorted.
 fn tiktoken_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
     let entries = std::fs::read_dir(dir)
@@ -318,6 +331,7 @@ mod tests {
         std::fs::write(dir.path().join("tokenizer.json"), "not json").unwrap();
         let t = Tokenizer::load(dir.path()).unwrap();
         assert_eq!(t.kind(), "tiktoken");
+        assert!(format!("{t:?}").contains("vocab_size: 468"), "{t:?}");
         assert_eq!(t.vocab_size(), 260 + 208);
         assert_eq!(
             (t.bos_id(), t.eos_id(), t.pad_id()),
