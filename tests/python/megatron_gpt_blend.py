@@ -4,6 +4,7 @@ Usage: megatron_gpt_blend.py WORKDIR CONFIG_JSON
 CONFIG_JSON: {"shards": [[num_docs, min_len, max_len], ...], "weights": [...], "seq_len": N,
               "samples": N, "seed": S, "split": "98,1,1", "vocab": V, "eod": E, "data_seed": D,
               "reset_position_ids": bool, "reset_attention_mask": bool, "eod_mask_loss": bool}
+"weights": null with one shard builds Megatron's plain GPTDataset (no blend files).
 Writes WORKDIR/shards/dNN.{bin,idx} with megatron's IndexedDatasetBuilder (int32 tokens, every
 document ending in EOD), builds the train split with BlendedMegatronDatasetBuilder, and saves under
 WORKDIR/megatron/: dNNN_{document,sample,shuffle}_index.npy of every GPTDataset,
@@ -75,6 +76,19 @@ def main():
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [cfg["samples"], 0, 0], lambda: True, config).build()
     out = os.path.join(work, "megatron")
     os.makedirs(out, exist_ok=True)
+    if isinstance(train, GPTDataset):
+        # One unweighted prefix ("weights": null): Megatron returns the GPTDataset itself.
+        single = train
+        for name, arr in (("document", single.document_index), ("sample", single.sample_index), ("shuffle", single.shuffle_index)):
+            numpy.save(os.path.join(out, f"d000_{name}_index.npy"), arr)
+        samples, documents = [], []
+        for i in range(len(single)):
+            text, docs = single._query_document_sample_shuffle_indices(i)
+            samples.append(text)
+            documents.append([int(x) for x in docs])
+        numpy.save(os.path.join(out, "samples.npy"), numpy.stack(samples).astype(numpy.int64))
+        print(json.dumps({"prefixes": prefixes, "num_samples": len(single), "documents": documents}))
+        return
     for d, ds in enumerate(train.datasets):
         numpy.save(os.path.join(out, f"d{d:03d}_document_index.npy"), ds.document_index)
         numpy.save(os.path.join(out, f"d{d:03d}_sample_index.npy"), ds.sample_index)

@@ -8,6 +8,7 @@ pub mod gpt;
 pub mod inspect;
 pub mod rng;
 pub mod mix;
+pub mod pack;
 pub mod reader;
 pub mod recipe;
 pub mod store;

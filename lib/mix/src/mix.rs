@@ -261,7 +261,9 @@ pub fn build(plan: MixPlan, dir: &Path, provenance: Option<serde_json::Value>, b
         write_array(&mut outputs, &dir.join(store::BLEND_DATASET_INDEX), &IndexArray::I16(plan.dataset_index.clone()), 1)?;
         write_array(&mut outputs, &dir.join(store::BLEND_DATASET_SAMPLE_INDEX), &IndexArray::I64(plan.dataset_sample_index.clone()), 1)?;
     }
-    let total = plan.num_samples();
+    // Unblended (one dataset, os-pack): the store is the whole GPT index, as Megatron's
+    // GPTDataset exposes every sample of its epochs.
+    let total = if blended { plan.num_samples() } else { built.first().map(|b| b.0).unwrap_or(0) };
     let datasets = plan
         .datasets
         .iter()

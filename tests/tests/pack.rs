@@ -1,0 +1,138 @@
+//! os-pack's three strategies: megatron checked against megatron-core's GPTDataset sample by
+//! sample; bfd and truncate checked for whole documents, capacity and the padding they report,
+//! fed from a token document stream on stdin.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use openseek_mix::store::SampleStore;
+use openseek_shards::docstream::DocStreamWriter;
+use openseek_tests::{run_python, run_tool, tool};
+use serde_json::{json, Value};
+
+#[test]
+fn megatron_strategy_is_megatron_gpt_dataset() {
+    let work = tempfile::tempdir().unwrap();
+    let config = json!({
+        "shards": [[400, 1, 90]], "weights": null, "seq_len": 48, "samples": 1500, "seed": 77,
+        "split": "1", "vocab": 70000, "eod": 69999, "data_seed": 5,
+    });
+    let meg: Value = serde_json::from_str(&run_python("megatron_gpt_blend.py", &[work.path().to_str().unwrap(), &config.to_string()])).unwrap();
+    let prefix = meg["prefixes"][0].as_str().unwrap();
+    let out_dir = work.path().join("ours");
+    let out = run_tool(
+        "os-pack",
+        &["--input", prefix, "--strategy", "megatron", "--seq-len", "48", "--samples", "1500", "--seed", "77", "--output", out_dir.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "os-pack failed: {}", String::from_utf8_lossy(&out.stderr));
+    for name in ["d000_document_index.npy", "d000_sample_index.npy", "d000_shuffle_index.npy"] {
+        let want = std::fs::read(work.path().join("megatron").join(name)).unwrap();
+        let got = std::fs::read(out_dir.join(name)).unwrap();
+        assert!(want == got, "{name} differs from megatron-core's");
+    }
+    let store = SampleStore::open(&out_dir).unwrap();
+    assert_eq!(store.len(), meg["num_samples"].as_u64().unwrap());
+    assert!(store.manifest().datasets[0].epochs > 1, "the case must span several epochs");
+    let samples = openseek_mix::array::NpyMap::open(&work.path().join("megatron/samples.npy")).unwrap();
+    for i in 0..store.len() {
+        let (tokens, src) = store.sample(i);
+        let want: Vec<u32> = (0..49).map(|k| samples.get(i as usize * 49 + k) as u32).collect();
+        assert_eq!(tokens, want, "sample {i}");
+        let docs: Vec<u64> = meg["documents"][i as usize].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        assert_eq!(src.pieces.iter().map(|p| p.sequence).collect::<Vec<_>>(), docs, "sample {i} documents");
+    }
+}
+
+fn documents() -> Vec<Vec<u32>> {
+    let mut x = 12345u64;
+    let mut next = || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as u32
+    };
+    (0..300)
+        .map(|_| {
+            let len = 1 + next() % if next() % 10 == 0 { 300 } else { 60 };
+            let mut d: Vec<u32> = (0..len - 1).map(|_| next() % 50_000).collect();
+            d.push(99_999);
+            d
+        })
+        .collect()
+}
+
+fn pack_stream(strategy: &str, dir: &std::path::Path, docs: &[Vec<u32>]) -> Value {
+    let mut stream = DocStreamWriter::new(Vec::new(), 100_000).unwrap();
+    for d in docs {
+        stream.write_document(d).unwrap();
+    }
+    let bytes = stream.finish().unwrap();
+    let mut child = Command::new(tool("os-pack"))
+        .args(["--input", "-", "--strategy", strategy, "--seq-len", "64", "--pad-token", "0", "--eod-token", "99999", "--json", "--output"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "os-pack {strategy} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bfd_packs_whole_documents_from_a_stream_and_reports_padding() {
+    let docs = documents();
+    let work = tempfile::tempdir().unwrap();
+    let manifest = pack_stream("bfd", work.path(), &docs);
+    let store = SampleStore::open(work.path()).unwrap();
+    let mut seen: Vec<Vec<(u64, Vec<u32>)>> = vec![Vec::new(); docs.len()];
+    let mut padding = 0u64;
+    for i in 0..store.len() {
+        let (tokens, src) = store.sample(i);
+        assert_eq!(tokens.len(), 65);
+        let mut at = 0usize;
+        for p in &src.pieces {
+            seen[p.sequence as usize].push((p.offset, tokens[at..at + p.len as usize].to_vec()));
+            at += p.len as usize;
+        }
+        assert!(tokens[at..].iter().all(|&t| t == 0), "padding is the pad token");
+        padding += src.padding;
+    }
+    for (d, mut parts) in seen.into_iter().enumerate() {
+        parts.sort();
+        let joined: Vec<u32> = parts.into_iter().flat_map(|p| p.1).collect();
+        assert_eq!(joined, docs[d], "document {d} must appear once, whole, in order");
+    }
+    let total: u64 = docs.iter().map(|d| d.len() as u64).sum();
+    assert_eq!(padding, store.len() * 65 - total);
+    let p = &manifest["packing"];
+    assert_eq!(p["padding_tokens"].as_u64().unwrap(), padding);
+    assert!((p["padding_fraction"].as_f64().unwrap() - padding as f64 / (store.len() * 65) as f64).abs() < 1e-12);
+    // Best fit decreasing stays close to the bound of perfect packing.
+    assert!(store.len() <= total.div_ceil(65) * 105 / 100 + 1, "{} samples for {total} tokens", store.len());
+    // Piece boundaries reach the reader as document starts.
+    use openseek_mix::reader::{Boundaries, Cursor, DataLoader, ReaderOptions};
+    let opts = ReaderOptions { reset_attention_mask: true, boundaries: Boundaries::Pieces, ..Default::default() };
+    let mut l = DataLoader::new(&store, opts, 0, 1, 1, Cursor::default()).unwrap();
+    let b = l.next_batch().unwrap().unwrap();
+    let src = store.source(0);
+    assert_eq!(b.document_starts[0].len(), src.pieces.len() + usize::from(src.padding > 0 && src.padding < 65) - usize::from(src.pieces.is_empty()));
+}
+
+#[test]
+fn truncate_takes_one_document_per_sample() {
+    let docs = documents();
+    let work = tempfile::tempdir().unwrap();
+    let manifest = pack_stream("truncate", work.path(), &docs);
+    let store = SampleStore::open(work.path()).unwrap();
+    assert_eq!(store.len(), docs.len() as u64);
+    let mut cut = 0;
+    for (i, d) in docs.iter().enumerate() {
+        let (tokens, _) = store.sample(i as u64);
+        let take = d.len().min(65);
+        assert_eq!(&tokens[..take], &d[..take]);
+        assert!(tokens[take..].iter().all(|&t| t == 0));
+        cut += d.len() - take;
+    }
+    assert_eq!(manifest["packing"]["truncated_tokens"].as_u64().unwrap(), cut as u64);
+}
