@@ -16,6 +16,18 @@ const NONE: u32 = u32::MAX;
 /// Keys of at most this many bytes are packed into a u128 (bytes, then the length in the top byte).
 const SHORT_MAX: usize = 15;
 
+/// Keys of at most this many bytes are packed into a u64 (bytes, then the length in the top byte).
+const TINY_MAX: usize = 7;
+
+#[inline(always)]
+fn pack_tiny(bytes: &[u8]) -> u64 {
+    debug_assert!(bytes.len() <= TINY_MAX);
+    let mut buf = [0u8; 8];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[7] = bytes.len() as u8;
+    u64::from_le_bytes(buf)
+}
+
 #[inline(always)]
 fn pack(bytes: &[u8]) -> u128 {
     debug_assert!(bytes.len() <= SHORT_MAX);
@@ -26,21 +38,31 @@ fn pack(bytes: &[u8]) -> u128 {
 }
 
 /// Token bytes → rank (= token id). Short tokens (most of them, and every pair looked up early in
-/// a merge) live in a map keyed by one packed integer, so a lookup hashes two words and compares
-/// one integer instead of hashing and comparing a byte slice.
+/// a merge) live in maps keyed by one packed integer, so a lookup hashes one or two words and
+/// compares one integer instead of hashing and comparing a byte slice; the smallest map, of
+/// tokens up to 7 bytes, is the one hit most and stays the most cache-friendly.
 pub struct Ranks {
+    /// Tokens of 3..=7 bytes, one map per length (index = length), keyed by the bytes as a u64:
+    /// each map is small enough to stay mostly in cache for the lengths a text hits most.
+    tiny: [FxHashMap<u64, u32>; TINY_MAX + 1],
     short: FxHashMap<u128, u32>,
     long: FxHashMap<Box<[u8]>, u32>,
     /// The id of each single byte (a rank file without one is rejected before this).
     byte_ids: [u32; 256],
+    /// The rank of every two-byte token, indexed by `b0 << 8 | b1` (NONE where it is no token):
+    /// the first lookups of every merge, 256 KiB, answered without hashing.
+    pairs: Box<[u32]>,
 }
 
 impl Ranks {
     pub fn new(map: FxHashMap<Box<[u8]>, u32>) -> Ranks {
+        let mut tiny: [FxHashMap<u64, u32>; TINY_MAX + 1] = Default::default();
         let mut short = FxHashMap::default();
         let mut long = FxHashMap::default();
         for (k, v) in map {
-            if k.len() <= SHORT_MAX {
+            if k.len() <= TINY_MAX {
+                tiny[k.len()].insert(pack_tiny(&k), v);
+            } else if k.len() <= SHORT_MAX {
                 short.insert(pack(&k), v);
             } else {
                 long.insert(k, v);
@@ -48,18 +70,33 @@ impl Ranks {
         }
         let mut byte_ids = [NONE; 256];
         for (b, id) in byte_ids.iter_mut().enumerate() {
-            *id = short.get(&pack(&[b as u8])).copied().unwrap_or(NONE);
+            *id = tiny[1].get(&pack_tiny(&[b as u8])).copied().unwrap_or(NONE);
+        }
+        let mut pairs = vec![NONE; 1 << 16].into_boxed_slice();
+        for (i, rank) in pairs.iter_mut().enumerate() {
+            *rank = tiny[2]
+                .get(&pack_tiny(&[(i >> 8) as u8, i as u8]))
+                .copied()
+                .unwrap_or(NONE);
         }
         Ranks {
+            tiny,
             short,
             long,
             byte_ids,
+            pairs,
         }
     }
 
     #[inline(always)]
     pub fn get(&self, bytes: &[u8]) -> Option<u32> {
-        if bytes.len() <= SHORT_MAX {
+        if bytes.len() == 2 {
+            let r = self.pairs[((bytes[0] as usize) << 8) | bytes[1] as usize];
+            return (r != NONE).then_some(r);
+        }
+        if bytes.len() <= TINY_MAX {
+            self.tiny[bytes.len()].get(&pack_tiny(bytes)).copied()
+        } else if bytes.len() <= SHORT_MAX {
             self.short.get(&pack(bytes)).copied()
         } else {
             self.long.get(bytes).copied()
@@ -72,7 +109,7 @@ impl Ranks {
     }
 
     pub fn len(&self) -> usize {
-        self.short.len() + self.long.len()
+        self.tiny.iter().map(|m| m.len()).sum::<usize>() + self.short.len() + self.long.len()
     }
 
     pub fn is_empty(&self) -> bool {
