@@ -211,3 +211,66 @@ fn cursor_resumes_exactly_across_data_parallel_sizes() {
         assert_eq!(tokens[..], reference.sample(*id).0[..32]);
     }
 }
+
+/// The shipped recipes parse and resolve to what their seeds say.
+#[test]
+fn shipped_recipes_resolve() {
+    use openseek_mix::recipe::{load, resolve, Overrides};
+    let dir = openseek_tests::root().join("recipes");
+    let get = |name: &str| {
+        let path = dir.join(name);
+        let r = load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        resolve(&r, Some(&path), &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}")).0
+    };
+    let base = get("openseek-small-v1-baseline.toml");
+    assert_eq!(base.stages.len(), 1);
+    assert_eq!(base.stages[0].entries.len(), 84);
+    assert_eq!((base.seq_len, base.total_samples()), (4096, 24_576_000));
+    assert_eq!(base.stages[0].entries[0].weight, 1.1068);
+    assert!(base.stages[0].entries[0].prefix.ends_with("data/OpenSeek-Pretrain-100B/Nemotron-CC-high-actual-actual-high/part_142_text_document"));
+    let cur = get("seed001-curriculum.toml");
+    assert_eq!(cur.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["foundation", "specialization", "integration"]);
+    assert_eq!(cur.stages[0].samples, (5.0e10f64 / 4096.0).ceil() as u64);
+    let sel = get("seed003-selection.yaml");
+    assert_eq!(sel.stages[0].entries.len(), 18);
+    assert_eq!(sel.total_samples(), (14.88e9f64 / 4096.0).ceil() as u64);
+    assert_eq!(sel.split, "998,1,1");
+    let ratio = get("seed004-ratio-mix.json");
+    assert_eq!((ratio.seed, ratio.total_samples(), ratio.stages[0].entries.len()), (233, 7_500_000, 32));
+}
+
+/// A curriculum is one continuous index: stage boundaries recorded, each stage blended by its own
+/// weights, and a dataset shared by stages continues where the previous stage stopped.
+#[test]
+fn curriculum_stages_form_one_continuous_index() {
+    let work = tempfile::tempdir().unwrap();
+    let (meg, _) = megatron_blend(work.path(), json!({}));
+    let p: Vec<&str> = meg["prefixes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let recipe = format!(
+        "seq_len = 32\nseed = 9\n[[stages]]\nname = \"a\"\nsamples = 500\n[[stages.datasets]]\nprefix = \"{}\"\nweight = 3\n[[stages.datasets]]\nprefix = \"{}\"\nweight = 1\n\
+         [[stages]]\nname = \"b\"\ntokens = 16000\n[[stages.datasets]]\nprefix = \"{}\"\nweight = 1\n[[stages.datasets]]\nprefix = \"{}\"\nweight = 1\n",
+        p[1], p[5], p[5], p[9]
+    );
+    let path = work.path().join("cur.toml");
+    std::fs::write(&path, recipe).unwrap();
+    let out_dir = work.path().join("cur");
+    let dry = openseek_tests::run_tool("os-mix", &["--recipe", path.to_str().unwrap(), "--dry-run", "--json"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let plan: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(plan["datasets"].as_array().unwrap().len(), 3);
+    let out = openseek_tests::run_tool("os-mix", &["--recipe", path.to_str().unwrap(), "--output", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = openseek_mix::store::SampleStore::open(&out_dir).unwrap();
+    let st = &store.manifest().stages;
+    assert_eq!((st[0].start, st[0].end, st[1].start, st[1].end), (0, 500, 500, 1000));
+    let mut per_stage = [[0u64; 3]; 2];
+    let mut next = [0u64; 3];
+    for i in 0..store.len() {
+        let s = store.source(i);
+        per_stage[(i >= 500) as usize][s.dataset as usize] += 1;
+        assert_eq!(s.dataset_sample, next[s.dataset as usize], "sample {i}: each dataset is read in order, across stages");
+        next[s.dataset as usize] += 1;
+    }
+    assert_eq!(per_stage, [[375, 125, 0], [0, 250, 250]]);
+    assert_eq!(store.manifest().datasets[1].samples_used, 375);
+}
