@@ -52,6 +52,22 @@ pub struct Ranks {
     /// The rank of every two-byte token, indexed by `b0 << 8 | b1` (NONE where it is no token):
     /// the first lookups of every merge, 256 KiB, answered without hashing.
     pairs: Box<[u32]>,
+    /// The rank of every three-byte token of the form `[E0-EF][80-BF][80-BF]` (one BMP character
+    /// in UTF-8: CJK and most scripts), indexed by the 16 payload bits, NONE where no token.
+    triples: Box<[u32]>,
+}
+
+/// Index into `Ranks::triples` when `b` has the shape of a three-byte UTF-8 sequence. The map
+/// from such triples to their payload bits is one-to-one, so the table is exact for any bytes.
+#[inline(always)]
+fn triple_index(b: &[u8]) -> Option<usize> {
+    if b[0] & 0xF0 == 0xE0 && b[1] & 0xC0 == 0x80 && b[2] & 0xC0 == 0x80 {
+        Some(
+            ((b[0] as usize & 0x0F) << 12) | ((b[1] as usize & 0x3F) << 6) | (b[2] as usize & 0x3F),
+        )
+    } else {
+        None
+    }
 }
 
 impl Ranks {
@@ -79,12 +95,20 @@ impl Ranks {
                 .copied()
                 .unwrap_or(NONE);
         }
+        let mut triples = vec![NONE; 1 << 16].into_boxed_slice();
+        for (&key, &rank) in &tiny[3] {
+            let bytes = key.to_le_bytes();
+            if let Some(i) = triple_index(&bytes[..3]) {
+                triples[i] = rank;
+            }
+        }
         Ranks {
             tiny,
             short,
             long,
             byte_ids,
             pairs,
+            triples,
         }
     }
 
@@ -93,6 +117,12 @@ impl Ranks {
         if bytes.len() == 2 {
             let r = self.pairs[((bytes[0] as usize) << 8) | bytes[1] as usize];
             return (r != NONE).then_some(r);
+        }
+        if bytes.len() == 3 {
+            if let Some(i) = triple_index(bytes) {
+                let r = self.triples[i];
+                return (r != NONE).then_some(r);
+            }
         }
         if bytes.len() <= TINY_MAX {
             self.tiny[bytes.len()].get(&pack_tiny(bytes)).copied()

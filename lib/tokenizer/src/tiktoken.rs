@@ -6,11 +6,13 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 use openseek_common::Failure;
 use rustc_hash::FxHashMap;
+use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::bpe::Ranks;
@@ -240,9 +242,36 @@ impl Tiktoken {
     }
 }
 
-/// NFC form of `text`, borrowed when it already is (ASCII, or the quick check says yes).
+/// One bit per BMP code point: NFC_Quick_Check=Yes and canonical combining class 0. A text made
+/// only of such characters is NFC (nothing to reorder, and nothing composes with a preceding
+/// character: every character that does has NFC_Quick_Check=Maybe).
+static NFC_SAFE: LazyLock<Box<[u64]>> = LazyLock::new(|| {
+    let mut bits = vec![0u64; 0x10000 / 64];
+    for c in (0..0x10000u32).filter_map(char::from_u32) {
+        if canonical_combining_class(c) == 0
+            && is_nfc_quick(std::iter::once(c)) == IsNormalized::Yes
+        {
+            bits[c as usize >> 6] |= 1 << (c as u32 & 63);
+        }
+    }
+    bits.into_boxed_slice()
+});
+
+/// Whether every char of `text` is below U+0300 or NFC-safe in the BMP table (a fast, partial
+/// test: false sends the text to the full quick check).
+#[inline]
+fn all_nfc_safe(text: &str) -> bool {
+    let bits = &*NFC_SAFE;
+    text.chars().all(|c| {
+        let cp = c as u32;
+        cp < 0x300 || (cp < 0x10000 && (bits[(cp >> 6) as usize] >> (cp & 63)) & 1 == 1)
+    })
+}
+
+/// NFC form of `text`, borrowed when it already is (ASCII, only NFC-safe chars, or the quick
+/// check says yes).
 pub fn nfc(text: &str) -> Cow<'_, str> {
-    if text.is_ascii() {
+    if text.is_ascii() || all_nfc_safe(text) {
         return Cow::Borrowed(text);
     }
     match is_nfc_quick(text.chars()) {
@@ -327,6 +356,35 @@ mod tests {
         assert_eq!(t.decode_bytes(&ids).unwrap(), "<|a|\u{226f}".as_bytes());
         assert!(matches!(nfc("plain"), Cow::Borrowed(_)));
         assert!(matches!(nfc("已经是NFC"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn nfc_safe_chars_never_need_normalizing() {
+        // Every safe BMP char, in runs and next to other safe chars, is left as it is by NFC.
+        let safe: Vec<char> = (0..0x10000u32)
+            .filter_map(char::from_u32)
+            .filter(|c| all_nfc_safe(&c.to_string()))
+            .collect();
+        assert!(safe.len() > 50_000, "{}", safe.len());
+        assert!(
+            !all_nfc_safe("e\u{301}") && !all_nfc_safe("\u{f900}") && !all_nfc_safe("\u{1161}")
+        );
+        for pair in safe.windows(2) {
+            let text = format!("a{}{}{}é中", pair[0], pair[1], pair[0]);
+            assert!(unicode_normalization::is_nfc(&text), "{text:?}");
+        }
+        // And nfc() agrees with full normalization on mixed text.
+        for text in [
+            "中文e\u{301}",
+            "가\u{11a8}",
+            "\u{f900}x",
+            "Å",
+            "ｆｕｌｌ",
+            "が",
+            "か\u{3099}",
+        ] {
+            assert_eq!(nfc(text), text.nfc().collect::<String>(), "{text:?}");
+        }
     }
 
     #[test]
