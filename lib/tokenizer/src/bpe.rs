@@ -349,6 +349,48 @@ mod tests {
     }
 
     #[test]
+    fn every_lookup_table_answers_exactly() {
+        // Lengths 2 (pair table), 3 UTF-8-shaped (triple table) and not, 4..7, 8..15 and 16+.
+        let words = [
+            "ab",
+            "中",
+            "\u{fffd}",
+            "abc",
+            "é",
+            "中文",
+            "abcdefg",
+            "abcdefghijklmno",
+            "abcdefghijklmnopq",
+        ];
+        let r = ranks(&words);
+        for (i, w) in words.iter().enumerate() {
+            assert_eq!(r.get(w.as_bytes()), Some(256 + i as u32), "{w:?}");
+        }
+        for absent in [
+            "ba",
+            "文",
+            "abd",
+            "abcdefh",
+            "abcdefghijklmnp",
+            "abcdefghijklmnopr",
+        ] {
+            assert_eq!(r.get(absent.as_bytes()), None, "{absent:?}");
+        }
+        // Raw three-byte sequences of UTF-8 shape that are not valid UTF-8 (overlong, surrogate).
+        let mut map = FxHashMap::default();
+        for b in 0..=255u8 {
+            map.insert(vec![b].into_boxed_slice(), b as u32);
+        }
+        map.insert(vec![0xE0, 0x80, 0x80].into_boxed_slice(), 300);
+        map.insert(vec![0xED, 0xA0, 0x80].into_boxed_slice(), 301);
+        let r = Ranks::new(map);
+        assert_eq!(r.get(&[0xE0, 0x80, 0x80]), Some(300));
+        assert_eq!(r.get(&[0xED, 0xA0, 0x80]), Some(301));
+        assert_eq!(r.get(&[0xE0, 0x80, 0x81]), None);
+        assert_eq!(r.len(), 258);
+    }
+
+    #[test]
     fn unknown_pairs_stay_bytes() {
         let r = ranks(&[]);
         assert_eq!(
