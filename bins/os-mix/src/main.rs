@@ -59,7 +59,7 @@ struct BuildArgs {
     #[arg(long)]
     dry_run: bool,
     /// Warn when a dataset is used more than this many times over.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.25)]
     repeat_warning: f64,
     /// Machine-readable plan/summary on stdout.
     #[arg(long)]
