@@ -8,15 +8,16 @@ work=${1:-/tmp/os-mix-bench}
 scale=${2:-1}
 py=${OPENSEEK_PYTHON:-.venv/bin/python}
 recipe=recipes/openseek-small-v1-baseline.toml
-mkdir -p "$work/data" "$work/cache"
-[ -f "$work/data/.done-$scale" ] || { $py bench/mix/make_shards.py $recipe "$work/data" "$scale"; touch "$work/data/.done-$scale"; }
+data="$work/data-$scale"
+mkdir -p "$data" "$work/cache"
+[ -f "$data/.done" ] || { $py bench/mix/make_shards.py $recipe "$data" "$scale"; touch "$data/.done"; }
 samples=$($py -c "print(int(24576000*$scale))")
 sed "s/^total_samples = .*/total_samples = $samples/" $recipe > "$work/recipe.toml"
 rm -rf "$work/ours" "$work/cache"/*
 echo "== os-mix"
-/usr/bin/time -f "os-mix: %e s wall, peak RSS %M KiB" target/release/os-mix --recipe "$work/recipe.toml" --data-root "$work/data" --output "$work/ours" >/dev/null
+/usr/bin/time -f "os-mix: %e s wall, peak RSS %M KiB" target/release/os-mix --recipe "$work/recipe.toml" --data-root "$data" --output "$work/ours" >/dev/null
 echo "== megatron-core"
-/usr/bin/time -f "megatron-core process: %e s wall, peak RSS %M KiB" $py bench/mix/megatron_build.py "$work/recipe.toml" "$work/data" "$work/cache"
+/usr/bin/time -f "megatron-core process: %e s wall, peak RSS %M KiB" $py bench/mix/megatron_build.py "$work/recipe.toml" "$data" "$work/cache"
 echo "== agreement"
 $py - "$work" <<'PY'
 import filecmp, glob, json, os, sys, numpy
