@@ -1,6 +1,10 @@
 //! A small per-thread cache of piece → ids for short pieces, in front of the rank BPE. Direct
 //! mapped (a new piece overwrites its slot), fixed size (~600 KiB a thread, so it stays in L2),
 //! and tagged with the tokenizer it belongs to, so several tokenizers in one process never mix.
+//! Off by default (`Tokenizer::with_piece_cache`): measured single-thread, it gained ~10% before
+//! the direct pair/triple rank tables existed and nothing after them on text that does not repeat
+//! itself (mixed code/English 75 vs 78 MB/s, Chinese 24 vs 25 MB/s); it only wins when the same
+//! text comes round again.
 
 use std::cell::RefCell;
 

@@ -162,7 +162,7 @@ impl Tiktoken {
             special_ids,
             pre: PreTokenizer::new(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            use_cache: true,
+            use_cache: false,
         })
     }
 
@@ -213,7 +213,7 @@ impl Tiktoken {
         })
     }
 
-    /// Turn the per-thread piece cache on or off (on by default; ids are the same either way).
+    /// Turn the per-thread piece cache on or off (off by default; ids are the same either way).
     pub fn set_piece_cache(&mut self, on: bool) {
         self.use_cache = on;
     }
