@@ -28,6 +28,19 @@ venv: $(VENV)/.installed
 test: venv build
 	$(CARGO) test --release --workspace
 
+# The demo: generate a bilingual corpus and its tokenizer, tokenize it (three formats, all
+# cores) into Megatron shards, then validate and summarise them.
+BIN := target/release
+DEMO := demo-out
+
+demo: build
+	rm -rf $(DEMO)
+	$(BIN)/os-demo-data --output $(DEMO)
+	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --output $(DEMO)/shards/demo '$(DEMO)/corpus/*'
+	$(BIN)/os-shards check $(DEMO)/shards/demo
+	$(BIN)/os-shards info $(DEMO)/shards/demo
+	@echo "demo: outputs in $(DEMO)/ (manifest: $(DEMO)/shards/demo.json)"
+
 clean:
 	$(CARGO) clean
 	rm -rf demo-out

@@ -1,0 +1,54 @@
+//! os-demo-data: the demo's inputs, made locally: a synthetic English + Chinese corpus with
+//! learnable structure (three files in three formats) and a small byte-level BPE tokenizer
+//! trained on it with the `tokenizers` crate.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use openseek_common::exit::run_main;
+use openseek_corpus::synthetic;
+
+#[derive(Parser)]
+#[command(name = "os-demo-data", version, about = "Generate the demo corpus and train its tokenizer")]
+struct Args {
+    /// Output directory: writes DIR/corpus/* and DIR/tokenizer/{tokenizer.json,tokenizer_config.json}.
+    #[arg(long)]
+    output: PathBuf,
+    /// Number of documents.
+    #[arg(long, default_value_t = 20_000)]
+    documents: usize,
+    /// Tokenizer vocabulary size, special tokens included.
+    #[arg(long, default_value_t = 2048)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    run_main("os-demo-data", || {
+        let files = synthetic::write_demo_corpus(&args.output.join("corpus"), args.documents, args.seed)?;
+        let tokenizer_dir = args.output.join("tokenizer");
+        std::fs::create_dir_all(&tokenizer_dir)
+            .map_err(|e| openseek_common::Failure::io_at(&tokenizer_dir, "cannot create directory", &e))?;
+        let training_text = tokenizer_dir.join(".training-text.txt");
+        synthetic::write_plain_text(&training_text, args.documents, args.seed)?;
+        let trained = openseek_tokenizer::train_bpe(
+            std::slice::from_ref(&training_text),
+            args.vocab_size,
+            &["<|endoftext|>", "<|bos|>", "<|eos|>"],
+            &tokenizer_dir.join("tokenizer.json"),
+        );
+        let _ = std::fs::remove_file(&training_text);
+        trained?;
+        eprintln!(
+            "os-demo-data: {} documents in {} files under {}, tokenizer ({} tokens) in {}",
+            args.documents,
+            files.len(),
+            args.output.join("corpus").display(),
+            args.vocab_size,
+            tokenizer_dir.display()
+        );
+        Ok(())
+    });
+}

@@ -1,0 +1,124 @@
+//! os-tokenize: raw text corpora to Megatron `.bin/.idx` token shards (plus a JSON manifest), or
+//! to the token document stream on stdout for `os-tokenize … | os-pack …`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use openseek_common::{exit::run_main, Failure};
+use openseek_corpus::inputs;
+use openseek_corpus::pipeline::{self, OnError, Output, TokenizeConfig};
+use openseek_tokenizer::Tokenizer;
+
+#[derive(Parser)]
+#[command(
+    name = "os-tokenize",
+    version,
+    about = "Tokenize raw text into Megatron-compatible token shards",
+    after_help = "Examples:\n  \
+      os-tokenize --tokenizer ../shared/tokenizers/openseek --wrap-docs --output data/part_0 'raw/*.jsonl.zst'\n  \
+      os-tokenize --tokenizer tok/tokenizer.json --output - corpus.parquet | os-pack …\n\n\
+      Inputs: .jsonl/.ndjson, .json (array or lines), .parquet, .txt (one document per file), each .jsonl/.json/.txt\n\
+      optionally .gz or .zst; globs; directories (walked); - for JSON lines on stdin."
+)]
+struct Args {
+    /// HF tokenizer.json (file or directory), or a directory with OpenSeek's qwen.tiktoken + tokenizer_config.json.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Output prefix (writes PREFIX.bin, PREFIX.idx, PREFIX.json), or - for the token document stream on stdout.
+    #[arg(long)]
+    output: String,
+    /// JSON field or Parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    text_key: String,
+    /// Wrap each document as BOS + text + EOS, as OpenSeek's preprocessing does (ids from the tokenizer config).
+    #[arg(long)]
+    wrap_docs: bool,
+    /// Worker threads [default: $SLURM_CPUS_PER_TASK, else all cores]. The output is the same for any value.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// What to do with a bad record (invalid JSON or UTF-8, missing text, empty document).
+    #[arg(long, value_enum, default_value_t = ErrorMode::Fail)]
+    on_error: ErrorMode,
+    /// This run's part of the inputs when split over a job array (use with --num-shards; e.g. $SLURM_ARRAY_TASK_ID).
+    #[arg(long, requires = "num_shards")]
+    shard_index: Option<usize>,
+    /// Number of parts the inputs are split into (files dealt round-robin in sorted order).
+    #[arg(long, requires = "shard_index")]
+    num_shards: Option<usize>,
+    /// Replace existing output files.
+    #[arg(long)]
+    force: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Input files, globs, directories, or - (JSON lines on stdin).
+    #[arg(required = true)]
+    inputs: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ErrorMode {
+    Fail,
+    Skip,
+}
+
+fn default_workers() -> usize {
+    std::env::var("SLURM_CPUS_PER_TASK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+fn main() {
+    let args = Args::parse();
+    run_main("os-tokenize", || {
+        let mut resolved = inputs::resolve(&args.inputs)?;
+        let shard = match (args.shard_index, args.num_shards) {
+            (Some(i), Some(n)) => {
+                resolved = inputs::select_shard(resolved, i, n)?;
+                Some((i, n))
+            }
+            _ => None,
+        };
+        let output = if args.output == "-" { Output::Stdout } else { Output::Shards(PathBuf::from(&args.output)) };
+        if output == Output::Stdout && resolved.iter().any(|i| i.is_stdin()) && args.inputs.len() > 1 {
+            return Err(Failure::usage("stdin can only be combined with --output PREFIX when it is the only input"));
+        }
+        let tokenizer = Tokenizer::load(&args.tokenizer)?;
+        let config = TokenizeConfig {
+            inputs: resolved,
+            text_key: args.text_key.clone(),
+            wrap_docs: args.wrap_docs,
+            workers: args.workers.unwrap_or_else(default_workers),
+            on_error: match args.on_error {
+                ErrorMode::Fail => OnError::Fail,
+                ErrorMode::Skip => OnError::Skip,
+            },
+            output,
+            force: args.force,
+            quiet: args.quiet,
+            shard,
+        };
+        let report = pipeline::run(&config, &tokenizer)?;
+        if !args.quiet {
+            let skipped: u64 = report.skipped.values().sum();
+            let rate = report.tokens as f64 / report.wall_seconds.max(1e-9);
+            eprintln!(
+                "os-tokenize: {} documents, {} tokens ({}) from {} inputs in {:.1}s ({:.2}M tokens/s){}{}",
+                report.documents,
+                report.tokens,
+                report.dtype,
+                report.inputs.len(),
+                report.wall_seconds,
+                rate / 1e6,
+                if skipped > 0 { format!(", {skipped} records skipped") } else { String::new() },
+                match &config.output {
+                    Output::Shards(p) => format!(" -> {}.{{bin,idx,json}}", p.display()),
+                    Output::Stdout => String::new(),
+                }
+            );
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,9 @@
+//! From raw text corpora to token documents: which input files to read (globs, directories,
+//! Slurm array shards), how to read each format as a stream of records, and the parallel,
+//! order-preserving tokenize pipeline behind `os-tokenize`.
+
+pub mod inputs;
+pub mod json_text;
+pub mod pipeline;
+pub mod records;
+pub mod synthetic;
