@@ -28,18 +28,27 @@ venv: $(VENV)/.installed
 test: venv build
 	$(CARGO) test --release --workspace
 
-# The demo: generate a bilingual corpus and its tokenizer, tokenize it (three formats, all
-# cores) into Megatron shards, then validate and summarise them.
+# The demo: generate a bilingual corpus and its tokenizer; tokenize it (three formats, all
+# cores) into Megatron shards; validate them; pack a piped token stream with best-fit-decreasing;
+# blend two shards Megatron-style (dry run, then the index) and look at a sample.
+# The demo tokenizer's special ids: pad <|endoftext|> = 0, bos = 1, eos = 2.
 BIN := target/release
 DEMO := demo-out
 
 demo: build
 	rm -rf $(DEMO)
 	$(BIN)/os-demo-data --output $(DEMO)
-	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --output $(DEMO)/shards/demo '$(DEMO)/corpus/*'
-	$(BIN)/os-shards check $(DEMO)/shards/demo
-	$(BIN)/os-shards info $(DEMO)/shards/demo
-	@echo "demo: outputs in $(DEMO)/ (manifest: $(DEMO)/shards/demo.json)"
+	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --output $(DEMO)/shards/all '$(DEMO)/corpus/*'
+	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --quiet --output $(DEMO)/shards/part-0 $(DEMO)/corpus/part-0.jsonl
+	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --quiet --output $(DEMO)/shards/part-1 $(DEMO)/corpus/part-1.jsonl.zst
+	$(BIN)/os-shards check $(DEMO)/shards/all $(DEMO)/shards/part-0 $(DEMO)/shards/part-1
+	$(BIN)/os-shards info $(DEMO)/shards/all $(DEMO)/shards/part-0 $(DEMO)/shards/part-1
+	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --quiet --output - $(DEMO)/corpus/part-2.json \
+	  | $(BIN)/os-pack --input - --strategy bfd --seq-len 256 --pad-token 0 --eod-token 2 --output $(DEMO)/packed
+	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --dry-run
+	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --output $(DEMO)/mix
+	$(BIN)/os-mix inspect $(DEMO)/mix --range 0:1 --decode $(DEMO)/tokenizer
+	@echo "demo: outputs in $(DEMO)/ (shards + manifests in $(DEMO)/shards, packed samples in $(DEMO)/packed, the blend in $(DEMO)/mix)"
 
 clean:
 	$(CARGO) clean
