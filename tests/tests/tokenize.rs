@@ -306,3 +306,30 @@ fn a_json_file_of_lines_reports_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x.json: line 2: the \"text\" field is a number"), "{err}");
 }
+
+#[test]
+fn sigterm_stops_with_75_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("interrupted");
+    let mut child = std::process::Command::new(openseek_tests::tool("os-tokenize"))
+        .args(["--tokenizer", openseek_tokenizer_dir().to_str().unwrap(), "--quiet", "--output", prefix.to_str().unwrap(), "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Some records arrive, then the producer stalls with the pipe open (a slow upstream).
+    let mut stdin = child.stdin.take().unwrap();
+    for t in sample_texts(100) {
+        writeln!(stdin, "{}", serde_json::json!({"text": t})).unwrap();
+    }
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGTERM"));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "an interrupted run left files: {left:?}");
+}

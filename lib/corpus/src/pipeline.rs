@@ -193,51 +193,57 @@ pub fn run(config: &TokenizeConfig, tokenizer: &Tokenizer) -> Result<TokenizeRep
     let mut skipped: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut examples = Vec::new();
 
+    // The reader owns its inputs so that, when the run stops early (bad record, signal), it can be
+    // left to notice the closed channel on its own instead of being joined while blocked on a read.
+    let reader_inputs = config.inputs.clone();
+    let reader_key = config.text_key.clone();
+    let reader_bytes = bytes_read.clone();
+    let reader = std::thread::spawn(move || {
+        let reader = RecordReader { inputs: &reader_inputs, text_key: &reader_key, batch_bytes, bytes_read: reader_bytes };
+        reader.run(&mut |batch| send.send(batch).is_ok())
+    });
     let inputs = &config.inputs;
     let text_key = config.text_key.as_str();
-    let reader_bytes = bytes_read.clone();
-    let outcome: Result<Vec<InputStats>, Failure> = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            let reader = RecordReader { inputs, text_key, batch_bytes, bytes_read: reader_bytes };
-            reader.run(&mut |batch| send.send(batch).is_ok())
-        });
-        let consumed = (|| -> Result<(), Failure> {
-            for batch in receive.iter() {
-                let results: Vec<Result<Vec<u32>, Problem>> =
-                    pool.install(|| batch.par_iter().map(|record| tokenize_record(record, text_key, tokenizer, bos, eos)).collect());
-                for (record, result) in batch.iter().zip(results) {
-                    match result {
-                        Ok(ids) => {
-                            sink.write(&ids)?;
-                            documents += 1;
-                            tokens += ids.len() as u64;
+    let stop = openseek_common::signals::watch();
+    let consumed = (|| -> Result<(), Failure> {
+        loop {
+            stop.check("no output was written; run the same command again to redo it")?;
+            let batch = match receive.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(batch) => batch,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            let results: Vec<Result<Vec<u32>, Problem>> =
+                pool.install(|| batch.par_iter().map(|record| tokenize_record(record, text_key, tokenizer, bos, eos)).collect());
+            for (record, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(ids) => {
+                        sink.write(&ids)?;
+                        documents += 1;
+                        tokens += ids.len() as u64;
+                    }
+                    Err(problem) => {
+                        let input = &inputs[record.input];
+                        let location = format!("{} {}", location_name(record.layout), record.location);
+                        if config.on_error == OnError::Fail {
+                            return Err(Failure::data(format!(
+                                "{}: {location}: {problem}; fix the input or pass --on-error skip to skip such records",
+                                input.display()
+                            )));
                         }
-                        Err(problem) => {
-                            let input = &inputs[record.input];
-                            let location = format!("{} {}", location_name(record.layout), record.location);
-                            if config.on_error == OnError::Fail {
-                                return Err(Failure::data(format!(
-                                    "{}: {location}: {problem}; fix the input or pass --on-error skip to skip such records",
-                                    input.display()
-                                )));
-                            }
-                            *skipped.entry(problem.kind()).or_default() += 1;
-                            if examples.len() < MAX_EXAMPLES {
-                                examples.push(SkippedExample { input: input.display(), location, problem: problem.to_string() });
-                            }
+                        *skipped.entry(problem.kind()).or_default() += 1;
+                        if examples.len() < MAX_EXAMPLES {
+                            examples.push(SkippedExample { input: input.display(), location, problem: problem.to_string() });
                         }
                     }
                 }
-                progress.update(bytes_read.load(Ordering::Relaxed), || format!("{documents} docs, {tokens} tokens"));
             }
-            Ok(())
-        })();
-        // Dropping the receiver stops the reader if we stopped early.
-        drop(receive);
-        let read = reader.join().map_err(|_| Failure::software("the input reader thread panicked"))?;
-        consumed?;
-        read
-    });
+            progress.update(bytes_read.load(Ordering::Relaxed), || format!("{documents} docs, {tokens} tokens"));
+        }
+    })();
+    drop(receive);
+    // On success the channel closed because the reader finished, so joining is immediate.
+    let outcome = consumed.and_then(|()| reader.join().map_err(|_| Failure::software("the input reader thread panicked"))?);
     progress.finish();
     let input_stats = outcome?;
 
