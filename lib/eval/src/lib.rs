@@ -1,0 +1,105 @@
+//! The OpenSeek benchmark suite without a model: task definitions, data readers, requests
+//! built exactly as lighteval v0.3.0 with OpenSeek's task file builds them, and the metrics,
+//! stderr and 12-number table. The model side (`os-eval`) runs the requests and hands back
+//! log-probs or generated text.
+//!
+//! # Use
+//! ```no_run
+//! use openseek_eval::{build_requests, score, Item, Options, Output, Task};
+//! # fn model(_: &Item) -> Output { unimplemented!() }
+//! let tok = openseek_tokenizer::Tokenizer::load("model_dir".as_ref()).unwrap();
+//! for task in Task::parse_list("openseek").unwrap() {
+//!     let items = build_requests(&task, "data".as_ref(), &tok, &Options::default()).unwrap();
+//!     let outputs: Vec<Output> = items.iter().map(model).collect();
+//!     let result = score(&task, &items, &outputs).unwrap();
+//!     println!("{} {} {:.4} ± {:.4}", result.task, result.metric, result.value, result.stderr);
+//! }
+//! ```
+//! For an [`Item::Choice`] the model returns [`Output::LogLikelihoods`]: per request, the sum of
+//! the log-probs of `continuation_ids` given what precedes them (see
+//! [`LoglikelihoodRequest::input`]). For an [`Item::Generate`] it returns [`Output::Text`]: the
+//! greedy continuation of `context_ids` (no BOS), at most `max_new_tokens`, stopped at EOS or a
+//! stop string (cutting it is optional: `score` cuts at the first stop string again).
+//!
+//! # Data directory layout
+//! One folder per benchmark under the data directory (the layout of `shared/eval-dev`). A split
+//! is `<split>.jsonl`, `<split>.parquet` or parquet shards `<split>-*.parquet` (the Hub's
+//! names, e.g. `validation-00000-of-00001.parquet`), with the Hugging Face schema lighteval reads:
+//!
+//! | task | files | split (default) |
+//! | --- | --- | --- |
+//! | hellaswag | `hellaswag/<split>` | validation |
+//! | winogrande | `winogrande/<split>` (winogrande_xl) | validation |
+//! | piqa | `piqa/<split>`, or the original `piqa/valid.jsonl` + `piqa/valid-labels.lst` | validation |
+//! | siqa | `siqa/<split>` | validation |
+//! | openbookqa | `openbookqa/<split>` (main) | validation |
+//! | arc:easy, arc:challenge | `arc/ARC-Easy_<split>`, `arc/ARC-Challenge_<split>` (or `arc/ARC-Easy/<split>`) | test |
+//! | commonsense_qa | `commonsense_qa/<split>` | validation |
+//! | mmlu:<subject> | `mmlu/<split>/<subject>` (question, subject, choices, answer) or `mmlu/<subject>/<split>` | test |
+//! | cmmlu:<subject> | `cmmlu/<split>/<subject>.csv` (original CSV) or `.jsonl`/`.parquet` (question, choices, answer) | test |
+//! | ceval:<subject> | `ceval/<split>/<subject>_<split>.csv` (original CSV) or `<subject>.jsonl`/`.parquet` | val |
+//! | triviaqa | `triviaqa/<split>` (rc.nocontext schema: question, answer.aliases) | validation |
+//! | gsm8k | `gsm8k/<split>` and `gsm8k/train` for the shots (original jsonl: question, answer) | test |
+//! | boolq | `boolq/<split>` (google/boolq `answer` bool, or super_glue `label`) | validation |
+//!
+//! A missing split or column is an error naming the file, what was looked for and what is there.
+//!
+//! # GSM8K generation budget
+//! lighteval v0.3.0 compares the generation budget with the prompt length in *characters*, so
+//! GSM8K prompts longer than 4096 characters get one new token (19 of 1,319 at 5 shots) and
+//! score 0. By default the budget uses tokens (the correct behaviour);
+//! [`Options::lighteval_budget_quirk`] reproduces lighteval (see [`requests::generation_budget`]).
+
+pub mod data;
+pub mod metrics;
+pub mod pyrandom;
+pub mod requests;
+pub mod subjects;
+pub mod table;
+pub mod tasks;
+pub mod text;
+
+use std::path::Path;
+
+use openseek_common::Failure;
+use openseek_tokenizer::Tokenizer;
+
+pub use requests::{ChoiceItem, GenerateItem, Item, LoglikelihoodRequest, Options};
+pub use table::{Table, TaskResult, ItemScore};
+pub use tasks::{Doc, Kind, Metric, Task};
+
+/// What the model produced for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// One summed continuation log-prob per request of a [`ChoiceItem`], in order.
+    LogLikelihoods(Vec<f64>),
+    /// The generated text of a [`GenerateItem`].
+    Text(String),
+}
+
+/// Read a task's documents (its default split unless `options.split` is set).
+pub fn read_docs(task: &Task, data_dir: &Path, options: &Options) -> Result<Vec<Doc>, Failure> {
+    let split = options.split.as_deref().unwrap_or(task.default_split());
+    let rows = task.read_rows(data_dir, split).map_err(|e| e.context(format!("task {}", task.name)))?;
+    if rows.is_empty() {
+        return Err(Failure::data(format!("task {}: {} holds no rows", task.name, rows.source)));
+    }
+    (0..rows.len()).map(|i| task.doc(rows.get(i))).collect()
+}
+
+/// All requests of one task, one [`Item`] per document, in file order.
+pub fn build_requests(task: &Task, data_dir: &Path, tokenizer: &Tokenizer, options: &Options) -> Result<Vec<Item>, Failure> {
+    let docs = read_docs(task, data_dir, options)?;
+    let train = if task.kind == Kind::Gsm8k {
+        let rows = task.read_rows(data_dir, "train").map_err(|e| e.context("task gsm8k (few-shot split train)"))?;
+        Some((0..rows.len()).map(|i| task.doc(rows.get(i))).collect::<Result<Vec<_>, _>>()?)
+    } else {
+        None
+    };
+    requests::items_for(task, &docs, train.as_deref(), tokenizer, options)
+}
+
+/// Score a task's items given the model's outputs (same order). See [`table::score`].
+pub fn score(task: &Task, items: &[Item], outputs: &[Output]) -> Result<TaskResult, Failure> {
+    table::score(task, items, outputs)
+}

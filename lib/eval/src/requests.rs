@@ -1,0 +1,239 @@
+//! Requests as lighteval v0.3.0 builds them. Log-likelihood: the context's trailing whitespace
+//! moves to the front of the continuation, context ids = enc(context), continuation ids =
+//! enc(context + continuation)[len(enc(context))..], the model input = (context ids +
+//! continuation ids) without its last token, left-truncated. Generation: the whole prompt,
+//! stop strings and a token budget. GSM8K's 5 shots come from CPython's `random.Random(42)`.
+
+use openseek_common::Failure;
+use openseek_tokenizer::Tokenizer;
+
+use crate::pyrandom::PyRandom;
+use crate::tasks::{Doc, Kind, Task};
+use crate::text::{char_len, py_rstrip};
+
+/// How requests are built.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The model's maximum sequence length (inputs are left-truncated to it). Default 4096.
+    pub max_length: usize,
+    /// Evaluate this split instead of each task's default (e.g. `validation` for ARC).
+    pub split: Option<String>,
+    /// Only the first N documents of each task (after reading; GSM8K shots are still drawn as
+    /// for the full split, so the first N prompts equal those of a full run).
+    pub limit: Option<usize>,
+    /// Reproduce lighteval v0.3.0's generation budget quirk (see [`generation_budget`]).
+    pub lighteval_budget_quirk: bool,
+    /// Seed of the GSM8K shot sampler (lighteval: 42).
+    pub fewshot_seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { max_length: 4096, split: None, limit: None, lighteval_budget_quirk: false, fewshot_seed: 42 }
+    }
+}
+
+/// One log-likelihood request: one choice of one document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoglikelihoodRequest {
+    /// The context after the whitespace move.
+    pub context: String,
+    /// The continuation after the whitespace move.
+    pub continuation: String,
+    pub context_ids: Vec<u32>,
+    pub continuation_ids: Vec<u32>,
+    /// What acc_norm ("nospace") divides by: code points of the choice, minus 1 when it starts
+    /// with a space.
+    pub norm_chars: usize,
+}
+
+impl LoglikelihoodRequest {
+    /// The model input and the index of the first scored position: `input[first..]` are the
+    /// positions whose next-token log-probs, gathered at `continuation_ids`, sum to the score.
+    /// The input is `(context_ids + continuation_ids)[..len-1]`, keeping its last `max_length`.
+    pub fn input(&self, max_length: usize) -> (Vec<u32>, usize) {
+        let mut all: Vec<u32> = Vec::with_capacity(self.context_ids.len() + self.continuation_ids.len());
+        all.extend_from_slice(&self.context_ids);
+        all.extend_from_slice(&self.continuation_ids);
+        all.pop();
+        let start = all.len().saturating_sub(max_length);
+        let input = all[start..].to_vec();
+        let first = input.len().saturating_sub(self.continuation_ids.len());
+        (input, first)
+    }
+}
+
+/// A multiple-choice document: one request per choice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceItem {
+    pub doc_index: usize,
+    pub query: String,
+    pub choices: Vec<String>,
+    pub gold: Vec<usize>,
+    pub requests: Vec<LoglikelihoodRequest>,
+}
+
+/// A generative document: greedy decoding of `context_ids` until a stop string, EOS or
+/// `max_new_tokens`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateItem {
+    pub doc_index: usize,
+    pub context: String,
+    pub context_ids: Vec<u32>,
+    /// Stop strings; the generated text is cut before the first one. EOS also stops.
+    pub stop: Vec<String>,
+    pub max_new_tokens: usize,
+    pub golds: Vec<String>,
+}
+
+/// What the model is asked for one document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Choice(ChoiceItem),
+    Generate(GenerateItem),
+}
+
+/// lighteval's `tok_encode_pair`.
+pub fn loglikelihood_request(tok: &Tokenizer, context: &str, choice: &str) -> LoglikelihoodRequest {
+    let kept = py_rstrip(context);
+    let (ctx, cont) = (kept.to_string(), format!("{}{choice}", &context[kept.len()..]));
+    let whole = tok.encode(&format!("{ctx}{cont}"));
+    let context_ids = tok.encode(&ctx);
+    let continuation_ids = whole.get(context_ids.len()..).unwrap_or(&[]).to_vec();
+    let n = char_len(choice);
+    let norm_chars = if choice.starts_with(' ') { n - 1 } else { n };
+    LoglikelihoodRequest { context: ctx, continuation: cont, context_ids, continuation_ids, norm_chars }
+}
+
+/// The generation budget. Correct (default): `min(max_new, max_length - prompt tokens)`, at
+/// least 1. lighteval v0.3.0 (`quirk`): it measures the prompt in *characters*: a prompt of more
+/// than `max_length` characters gets 1 token, otherwise `min(max_new, max_length - chars)`. On
+/// GSM8K 5-shot at 4096 this cuts 19 of 1,319 prompts to one token (which then score 0).
+pub fn generation_budget(max_new: usize, max_length: usize, prompt_tokens: usize, prompt_chars: usize, quirk: bool) -> usize {
+    let used = if quirk { prompt_chars } else { prompt_tokens };
+    if used > max_length {
+        1
+    } else {
+        max_new.min(max_length - used).max(1)
+    }
+}
+
+/// The GSM8K shots: `Random(seed)` shuffles the order of the test documents, then for each
+/// document in that order draws `sample(train, k)`. Returns, per test document (file order),
+/// the train indices, and the evaluation order position of each document.
+pub fn gsm8k_fewshot(n_test: usize, n_train: usize, k: usize, seed: u64) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let mut rng = PyRandom::new(seed);
+    let mut order: Vec<usize> = (0..n_test).collect();
+    rng.shuffle(&mut order);
+    let mut shots = vec![Vec::new(); n_test];
+    let mut position = vec![0; n_test];
+    for (pos, &doc) in order.iter().enumerate() {
+        shots[doc] = rng.sample_indices(n_train, k);
+        position[doc] = pos;
+    }
+    (shots, position)
+}
+
+/// The GSM8K few-shot prompt: shots "Question: q\nAnswer: a" joined by a blank line, a blank
+/// line, then the query.
+pub fn gsm8k_prompt(shots: &[&Doc], doc: &Doc) -> String {
+    let mut s = String::new();
+    for shot in shots {
+        s.push_str(&shot.query);
+        s.push_str(&shot.gold_texts[0]);
+        s.push_str("\n\n");
+    }
+    s.push_str(&doc.query);
+    s
+}
+
+/// Build the items of one task from its documents (and, for GSM8K, the train documents).
+pub fn items_for(task: &Task, docs: &[Doc], train: Option<&[Doc]>, tok: &Tokenizer, opts: &Options) -> Result<Vec<Item>, Failure> {
+    let n = opts.limit.map_or(docs.len(), |l| l.min(docs.len()));
+    let mut items = Vec::with_capacity(n);
+    match task.kind {
+        Kind::TriviaQa => {
+            for (i, d) in docs[..n].iter().enumerate() {
+                items.push(generate_item(i, d.query.clone(), &["\n", ".", ","], 20, d.gold_texts.clone(), tok, opts));
+            }
+        }
+        Kind::Gsm8k => {
+            let train = train.ok_or_else(|| Failure::software("gsm8k needs its train split for the shots"))?;
+            if train.len() < 5 {
+                return Err(Failure::data(format!("gsm8k: the train split has {} rows; 5 shots need at least 5", train.len())));
+            }
+            let (shots, _) = gsm8k_fewshot(docs.len(), train.len(), 5, opts.fewshot_seed);
+            for (i, d) in docs[..n].iter().enumerate() {
+                let picked: Vec<&Doc> = shots[i].iter().map(|&j| &train[j]).collect();
+                let prompt = gsm8k_prompt(&picked, d);
+                items.push(generate_item(i, prompt, &["Question:", "Question"], 256, d.gold_texts.clone(), tok, opts));
+            }
+        }
+        _ => {
+            for (i, d) in docs[..n].iter().enumerate() {
+                let requests = d.choices.iter().map(|c| loglikelihood_request(tok, &d.query, c)).collect();
+                items.push(Item::Choice(ChoiceItem {
+                    doc_index: i,
+                    query: d.query.clone(),
+                    choices: d.choices.clone(),
+                    gold: d.gold.clone(),
+                    requests,
+                }));
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn generate_item(i: usize, context: String, stop: &[&str], max_new: usize, golds: Vec<String>, tok: &Tokenizer, opts: &Options) -> Item {
+    let context_ids = tok.encode(&context);
+    let max_new_tokens = generation_budget(max_new, opts.max_length, context_ids.len(), char_len(&context), opts.lighteval_budget_quirk);
+    Item::Generate(GenerateItem {
+        doc_index: i,
+        context,
+        context_ids,
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+        max_new_tokens,
+        golds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_drops_last_token_and_left_truncates() {
+        let r = LoglikelihoodRequest {
+            context: String::new(),
+            continuation: String::new(),
+            context_ids: vec![1, 2, 3, 4],
+            continuation_ids: vec![5, 6],
+            norm_chars: 0,
+        };
+        let (input, first) = r.input(100);
+        assert_eq!(input, vec![1, 2, 3, 4, 5]);
+        assert_eq!(first, 3); // positions 3 and 4 predict 5 and 6
+        let (input, first) = r.input(3);
+        assert_eq!(input, vec![3, 4, 5]);
+        assert_eq!(first, 1);
+    }
+
+    #[test]
+    fn budget_correct_and_quirk() {
+        // 1000 tokens, 5000 characters: correct budget 256, lighteval's 1.
+        assert_eq!(generation_budget(256, 4096, 1000, 5000, false), 256);
+        assert_eq!(generation_budget(256, 4096, 1000, 5000, true), 1);
+        assert_eq!(generation_budget(256, 4096, 1000, 4000, true), 96);
+        assert_eq!(generation_budget(256, 4096, 4000, 4000, false), 96);
+        assert_eq!(generation_budget(256, 4096, 5000, 100, false), 1);
+        assert_eq!(generation_budget(256, 4096, 4096, 100, false), 1);
+    }
+
+    #[test]
+    fn gsm8k_prompt_joins_shots() {
+        let d = |q: &str, a: &str| Doc { query: format!("Question: {q}\nAnswer:"), choices: vec![], gold: vec![], gold_texts: vec![format!(" {a}")] };
+        let (a, b, q) = (d("1+1?", "2"), d("2+2?", "4"), d("3+3?", "6"));
+        assert_eq!(gsm8k_prompt(&[&a, &b], &q), "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\nQuestion: 3+3?\nAnswer:");
+    }
+}
