@@ -5,7 +5,9 @@
 PYTHON ?= python3
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
-CARGO ?= cargo
+# torch-sys links the venv's PyTorch (2.11.0): LIBTORCH_USE_PYTORCH and the venv's python first on PATH.
+export LIBTORCH_USE_PYTORCH := 1
+CARGO ?= env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo
 export OPENSEEK_PYTHON := $(CURDIR)/$(VENV_PY)
 export OPENSEEK_BIN_DIR := $(CURDIR)/target/release
 
@@ -13,7 +15,7 @@ export OPENSEEK_BIN_DIR := $(CURDIR)/target/release
 
 all: build
 
-build:
+build: venv
 	$(CARGO) build --release --workspace --bins
 
 # The venv is rebuilt when the pinned requirements change.

@@ -1,0 +1,340 @@
+//! Hugging Face checkpoints in and out: `model.safetensors` or shards with
+//! `model.safetensors.index.json`, bf16/fp16/fp32, routed experts stored one tensor per expert
+//! (OpenSeek release, older transformers) or fused (transformers 5). Names and shapes are all
+//! checked before any data is read; one error lists every missing, unexpected and mis-shaped tensor.
+//! Saving writes sharded safetensors + index, config.json and generation_config.json, experts per expert.
+
+use crate::config::Config;
+use crate::model::{DeepseekV3, Weights};
+use crate::safetensors::{self, SafetensorsFile};
+use openseek_common::{AtomicOutputs, Failure};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Every tensor of the model with its shape, HF names, fused experts (the model's own layout).
+pub fn expected_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
+    let h = cfg.hidden_size;
+    let heads = cfg.num_attention_heads;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut put = |name: &str, shape: Vec<i64>| out.push((format!("{p}.{name}"), shape));
+        put("input_layernorm.weight", vec![h]);
+        put("post_attention_layernorm.weight", vec![h]);
+        let q_out = heads * cfg.qk_head_dim();
+        match cfg.q_lora_rank {
+            None => put("self_attn.q_proj.weight", vec![q_out, h]),
+            Some(r) => {
+                put("self_attn.q_a_proj.weight", vec![r, h]);
+                if cfg.attention_bias {
+                    put("self_attn.q_a_proj.bias", vec![r]);
+                }
+                put("self_attn.q_a_layernorm.weight", vec![r]);
+                put("self_attn.q_b_proj.weight", vec![q_out, r]);
+            }
+        }
+        let kv_a = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+        put("self_attn.kv_a_proj_with_mqa.weight", vec![kv_a, h]);
+        put("self_attn.kv_a_layernorm.weight", vec![cfg.kv_lora_rank]);
+        put("self_attn.kv_b_proj.weight", vec![heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank]);
+        put("self_attn.o_proj.weight", vec![h, heads * cfg.v_head_dim]);
+        if cfg.attention_bias {
+            put("self_attn.kv_a_proj_with_mqa.bias", vec![kv_a]);
+            put("self_attn.o_proj.bias", vec![h]);
+        }
+        if cfg.is_moe_layer(i) {
+            let (e, inter) = (cfg.n_routed_experts, cfg.moe_intermediate_size);
+            let shared = inter * cfg.n_shared_experts;
+            put("mlp.gate.weight", vec![e, h]);
+            put("mlp.gate.e_score_correction_bias", vec![e]);
+            put("mlp.experts.gate_up_proj", vec![e, 2 * inter, h]);
+            put("mlp.experts.down_proj", vec![e, h, inter]);
+            put("mlp.shared_experts.gate_proj.weight", vec![shared, h]);
+            put("mlp.shared_experts.up_proj.weight", vec![shared, h]);
+            put("mlp.shared_experts.down_proj.weight", vec![h, shared]);
+        } else {
+            let inter = cfg.intermediate_size;
+            put("mlp.gate_proj.weight", vec![inter, h]);
+            put("mlp.up_proj.weight", vec![inter, h]);
+            put("mlp.down_proj.weight", vec![h, inter]);
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+    }
+    out
+}
+
+/// The stored layout of one fused expert tensor: per expert, `experts.{e}.{proj}.weight` with shape `shape`.
+fn per_expert_names(fused: &str, cfg: &Config) -> Option<Vec<(String, Vec<i64>)>> {
+    let (prefix, kind) = fused.rsplit_once('.')?;
+    if !prefix.ends_with("mlp.experts") {
+        return None;
+    }
+    let (h, inter) = (cfg.hidden_size, cfg.moe_intermediate_size);
+    let projs: &[(&str, [i64; 2])] = match kind {
+        "gate_up_proj" => &[("gate_proj", [inter, h]), ("up_proj", [inter, h])],
+        "down_proj" => &[("down_proj", [h, inter])],
+        _ => return None,
+    };
+    let mut out = vec![];
+    for e in 0..cfg.n_routed_experts {
+        for (proj, shape) in projs {
+            out.push((format!("{prefix}.{e}.{proj}.weight"), shape.to_vec()));
+        }
+    }
+    Some(out)
+}
+
+/// Where every stored tensor is: one file, or shards listed by an index.
+pub struct Stored {
+    files: Vec<SafetensorsFile>,
+    /// name -> file number.
+    pub location: BTreeMap<String, usize>,
+}
+
+impl Stored {
+    pub fn open(dir: &Path) -> Result<Stored, Failure> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let mut files = vec![];
+        let mut location = BTreeMap::new();
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Failure::io_at(&index, "cannot read", &e))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| Failure::data(format!("{}: {e}", index.display())))?;
+            let map = v["weight_map"]
+                .as_object()
+                .ok_or_else(|| Failure::data(format!("{}: no weight_map object", index.display())))?;
+            let mut shard_no: BTreeMap<String, usize> = BTreeMap::new();
+            for (name, shard) in map {
+                let shard = shard
+                    .as_str()
+                    .ok_or_else(|| Failure::data(format!("{}: weight_map[{name}] is not a file name", index.display())))?;
+                if !shard_no.contains_key(shard) {
+                    shard_no.insert(shard.to_string(), files.len());
+                    files.push(SafetensorsFile::open(&dir.join(shard))?);
+                }
+                let n = shard_no[shard];
+                if !files[n].entries.contains_key(name) {
+                    return Err(Failure::data(format!("{}: lists {name} in {shard}, which does not hold it", index.display())));
+                }
+                location.insert(name.clone(), n);
+            }
+        } else if single.is_file() {
+            let f = SafetensorsFile::open(&single)?;
+            for name in f.entries.keys() {
+                location.insert(name.clone(), 0);
+            }
+            files.push(f);
+        } else {
+            return Err(Failure::no_input(format!(
+                "{}: no model.safetensors or model.safetensors.index.json; is this a Hugging Face model directory?",
+                dir.display()
+            )));
+        }
+        Ok(Stored { files, location })
+    }
+
+    fn shape(&self, name: &str) -> Option<&Vec<i64>> {
+        self.location.get(name).map(|&n| &self.files[n].entries[name].shape)
+    }
+
+    fn read(&self, name: &str, kind: Kind) -> Result<Tensor, Failure> {
+        self.files[self.location[name]].tensor(name, kind)
+    }
+}
+
+/// How a model tensor is found in a checkpoint.
+enum Source {
+    Direct(String),
+    /// Per-expert tensors, stacked along a new first dim (gate_up: gate and up concatenated per expert).
+    PerExpert(Vec<Vec<String>>),
+}
+
+/// Match the checkpoint against the config: a source for every model tensor, or one error that
+/// lists every problem.
+fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source)>, Failure> {
+    let mut plan = vec![];
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let (mut missing, mut misshaped) = (vec![], vec![]);
+    let mut check = |name: &str, shape: &[i64], used: &mut BTreeSet<String>| match stored.shape(name) {
+        None => missing.push(name.to_string()),
+        Some(s) => {
+            used.insert(name.to_string());
+            if s.as_slice() != shape {
+                misshaped.push(format!("{name} is {s:?}, expected {shape:?}"));
+            }
+        }
+    };
+    for (name, shape) in expected_shapes(cfg) {
+        match per_expert_names(&name, cfg) {
+            // Fused in the checkpoint (transformers 5), or absent in both layouts: check the fused name.
+            Some(parts) if stored.shape(&name).is_none() && parts.iter().any(|(n, _)| stored.shape(n).is_some()) => {
+                for (n, s) in &parts {
+                    check(n, s, &mut used);
+                }
+                let per = if name.ends_with("gate_up_proj") { 2 } else { 1 };
+                let groups = parts.chunks(per).map(|c| c.iter().map(|(n, _)| n.clone()).collect()).collect();
+                plan.push((name, Source::PerExpert(groups)));
+            }
+            _ => {
+                check(&name, &shape, &mut used);
+                plan.push((name.clone(), Source::Direct(name)));
+            }
+        }
+    }
+    // Tolerated extras: multi-token-prediction layers after the main ones, and a stored head of a tied model.
+    let extra_ok = |name: &str| {
+        (cfg.tie_word_embeddings && name == "lm_head.weight")
+            || name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<i64>().ok())
+                .is_some_and(|i| i >= cfg.num_hidden_layers && i < cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
+    };
+    let unexpected: Vec<&String> = stored.location.keys().filter(|n| !used.contains(*n) && !extra_ok(n)).collect();
+    let bad_dtype: Vec<String> = stored
+        .location
+        .iter()
+        .filter(|(n, _)| used.contains(*n))
+        .filter_map(|(n, &f)| {
+            let d = &stored.files[f].entries[n].dtype;
+            safetensors::kind_of(d).is_none().then(|| format!("{n} is {d}"))
+        })
+        .collect();
+    if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && bad_dtype.is_empty() {
+        return Ok(plan);
+    }
+    let mut msg = format!("{}: the checkpoint does not fit its config.json", dir.display());
+    let mut section = |title: &str, items: Vec<String>| {
+        if !items.is_empty() {
+            msg.push_str(&format!("\n  {} {title}:", items.len()));
+            for i in items {
+                msg.push_str(&format!("\n    {i}"));
+            }
+        }
+    };
+    section("missing", missing);
+    section("unexpected", unexpected.into_iter().cloned().collect());
+    section("mis-shaped", misshaped);
+    section("of an unsupported dtype (expected F32, BF16, F16 or F64)", bad_dtype);
+    msg.push_str("\n  check that config.json belongs to these weights (layers, experts, q_lora_rank, tie_word_embeddings)");
+    Err(Failure::data(msg))
+}
+
+/// Load `DIR` (config.json + safetensors) onto `device`, weights in `kind`
+/// (the router's correction bias stays fp32).
+pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<DeepseekV3, Failure> {
+    let cfg = Config::load(dir)?;
+    let stored = Stored::open(dir)?;
+    let plan = plan(&cfg, &stored, dir)?;
+    let mut weights = Weights::new();
+    for (name, source) in plan {
+        let k = if name.ends_with("e_score_correction_bias") { Kind::Float } else { kind };
+        let t = match source {
+            Source::Direct(n) => stored.read(&n, k)?,
+            Source::PerExpert(groups) => {
+                let experts = groups
+                    .iter()
+                    .map(|g| Ok(Tensor::cat(&g.iter().map(|n| stored.read(n, k)).collect::<Result<Vec<_>, Failure>>()?, 0)))
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                Tensor::stack(&experts, 0)
+            }
+        };
+        weights.insert(name, t.to_device(device));
+    }
+    Ok(DeepseekV3::from_weights(cfg, weights))
+}
+
+/// The state dict with experts split one tensor per expert (the release layout).
+pub fn per_expert_state(model: &DeepseekV3) -> Vec<(String, Tensor)> {
+    let cfg = &model.config;
+    let mut out = vec![];
+    for (name, t) in model.named_tensors() {
+        match per_expert_names(&name, cfg) {
+            None => out.push((name, t)),
+            Some(parts) => {
+                let per = if name.ends_with("gate_up_proj") { 2 } else { 1 };
+                for (e, chunk) in parts.chunks(per).enumerate() {
+                    let expert = t.get(e as i64);
+                    let pieces = expert.chunk(per as i64, 0);
+                    for ((n, _), piece) in chunk.iter().zip(pieces) {
+                        out.push((n.clone(), piece.contiguous()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Save as a HF model directory: shards of at most `max_shard_bytes`, index, config.json,
+/// generation_config.json. All files appear together (atomic), the index last.
+pub fn save(model: &DeepseekV3, dir: &Path, kind: Kind, max_shard_bytes: usize) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create the output directory", &e))?;
+    let tensors: Vec<(String, Tensor)> = per_expert_state(model)
+        .into_iter()
+        .map(|(n, t)| {
+            let k = if n.ends_with("e_score_correction_bias") { Kind::Float } else { kind };
+            (n, t.to_kind(k))
+        })
+        .collect();
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let mut size = 0usize;
+    let mut total = 0usize;
+    for (n, t) in tensors {
+        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        if size > 0 && size + bytes > max_shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        size += bytes;
+        total += bytes;
+        shards.last_mut().unwrap().push((n, t));
+    }
+    let count = shards.len();
+    let mut out = AtomicOutputs::new();
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        let mut w = std::io::BufWriter::new(out.create(&dir.join(&file))?);
+        safetensors::write(&mut w, shard)?;
+        w.flush().map_err(|e| Failure::io(format!("{}: {e}", dir.join(&file).display())))?;
+        for (n, _) in shard {
+            weight_map.insert(n.clone(), json!(file));
+        }
+    }
+    let cfg = &model.config;
+    let mut config = cfg.raw.clone();
+    config["torch_dtype"] = json!(match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    });
+    config["dtype"] = config["torch_dtype"].clone();
+    let mut generation = json!({"_from_model_config": true});
+    if let Some(b) = cfg.bos_token_id {
+        generation["bos_token_id"] = json!(b);
+    }
+    match cfg.eos_token_ids.as_slice() {
+        [] => {}
+        [e] => generation["eos_token_id"] = json!(e),
+        many => generation["eos_token_id"] = json!(many),
+    }
+    if let Some(p) = cfg.pad_token_id {
+        generation["pad_token_id"] = json!(p);
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    for (name, value) in [("config.json", config), ("generation_config.json", generation), ("model.safetensors.index.json", index)] {
+        let path = dir.join(name);
+        let mut f = out.create(&path)?;
+        f.write_all(serde_json::to_string_pretty(&value).unwrap().as_bytes())
+            .and_then(|_| f.write_all(b"\n"))
+            .map_err(|e| Failure::io_at(&path, "cannot write", &e))?;
+    }
+    out.commit()
+}

@@ -1,0 +1,14 @@
+//! The OpenSeek-Small-v1 model (DeepSeek-V3 architecture) on libtorch through tch:
+//! config.json, the forward pass, Hugging Face checkpoints in and out, and scoring.
+
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod rope;
+pub mod safetensors;
+pub mod score;
+
+pub use checkpoint::{load, save};
+pub use config::Config;
+pub use model::DeepseekV3;
+pub use tch;
