@@ -1,42 +1,13 @@
 //! The part of an os-mix recipe that os-fetch needs: `[source]` (repo, repo_type, revision),
 //! `data_root`, and every `prefix` in `[[datasets]]` and `[[stages.datasets]]`, deduplicated,
-//! turned into the `.bin` + `.idx` paths to fetch. TOML, YAML or JSON by file extension; the
-//! full recipe (weights, budgets, validation of the mix) is os-mix's business.
+//! turned into the `.bin` + `.idx` paths to fetch. Parsing is os-mix's (`openseek_mix::recipe`),
+//! so both tools read a recipe the same way.
 
 use std::path::{Path, PathBuf};
 
 use openseek_common::Failure;
-use serde::Deserialize;
 
 use crate::repo::{RepoRef, RepoType};
-
-#[derive(Debug, Deserialize)]
-struct RawRecipe {
-    data_root: Option<String>,
-    source: Option<RawSource>,
-    #[serde(default)]
-    datasets: Vec<RawDataset>,
-    #[serde(default)]
-    stages: Vec<RawStage>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawSource {
-    repo: String,
-    repo_type: Option<String>,
-    revision: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawDataset {
-    prefix: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawStage {
-    #[serde(default)]
-    datasets: Vec<RawDataset>,
-}
 
 /// What `os-fetch --recipe` fetches.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,19 +44,7 @@ fn check_prefix(prefix: &str, recipe: &Path) -> Result<(), Failure> {
 
 /// Parse `path` (.toml, .yaml/.yml, .json).
 pub fn load(path: &Path) -> Result<RecipeNeeds, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::io_at(path, "cannot read recipe", &e))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let raw: RawRecipe = match ext.as_str() {
-        "toml" => toml::from_str(&text).map_err(|e| Failure::config(format!("{}: not a valid TOML recipe: {e}", path.display())))?,
-        "yaml" | "yml" => serde_norway::from_str(&text).map_err(|e| Failure::config(format!("{}: not a valid YAML recipe: {e}", path.display())))?,
-        "json" => serde_json::from_str(&text).map_err(|e| Failure::config(format!("{}: not a valid JSON recipe: {e}", path.display())))?,
-        _ => {
-            return Err(Failure::usage(format!(
-                "{}: unknown recipe format; use a .toml, .yaml/.yml or .json file",
-                path.display()
-            )))
-        }
-    };
+    let raw = openseek_mix::recipe::load(path)?;
     let mut prefixes: Vec<String> = Vec::new();
     for d in raw.datasets.iter().chain(raw.stages.iter().flat_map(|s| s.datasets.iter())) {
         check_prefix(&d.prefix, path)?;
@@ -189,11 +148,11 @@ weight = 0.5
         assert!(e.message.contains("relative path"), "{}", e.message);
         let e = load(&write(dir.path(), "b.toml", "[[datasets]]\nprefix = \"x.bin\"\n")).unwrap_err();
         assert!(e.message.contains("without extension"), "{}", e.message);
-        let e = load(&write(dir.path(), "c.toml", "name = 1\n")).unwrap_err();
+        let e = load(&write(dir.path(), "c.toml", "seq_len = 8\n")).unwrap_err();
         assert!(e.message.contains("no dataset prefix"), "{}", e.message);
         let e = load(&write(dir.path(), "d.txt", "")).unwrap_err();
-        assert!(e.message.contains("unknown recipe format"), "{}", e.message);
+        assert!(e.message.contains("must end in .toml"), "{}", e.message);
         let e = load(&write(dir.path(), "e.toml", "[[datasets]\n")).unwrap_err();
-        assert!(e.message.contains("not a valid TOML"), "{}", e.message);
+        assert!(e.message.contains("TOML parse error") && e.message.contains("e.toml"), "{}", e.message);
     }
 }

@@ -105,7 +105,7 @@ pub fn load(path: &Path) -> Result<Recipe, Failure> {
     let bad = |e: String| Failure::config(format!("{}: {e}", path.display()));
     match ext.as_str() {
         "toml" => toml::from_str(&text).map_err(|e| bad(e.to_string())),
-        "yaml" | "yml" => serde_yaml::from_str(&text).map_err(|e| bad(e.to_string())),
+        "yaml" | "yml" => serde_norway::from_str(&text).map_err(|e| bad(e.to_string())),
         "json" => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
         _ => Err(Failure::usage(format!(
             "{}: a recipe must end in .toml, .yaml, .yml or .json (the extension picks the format)",
