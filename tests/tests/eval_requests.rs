@@ -254,3 +254,51 @@ fn missing_split_and_column_fail_clearly() {
     assert!(e.message.contains("few-shot split train") && e.message.contains("train_first50.jsonl"), "{}", e.message);
 }
 
+
+/// SplitMix64, for deterministic random strings.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[test]
+fn text_operations_match_python() {
+    use openseek_eval::{metrics, text};
+    // Pieces that exercise the operations: brackets, [title], #### answers, punctuation, Unicode
+    // case mappings (final sigma, dotted I, sharp s, title-case digraphs), Unicode whitespace.
+    let pieces = [
+        "a", "Z", "the", " ", "  ", "   ", "\n", "\t", "[", "]", "[step]", " [title]", "[header]", "####", "#### ", "-", "1,000",
+        "3.5", "42", ".", ",", "!", "'", "\"", "_", "农业", "答案：", "ΑΣ", "Σ", "İ", "ß", "ǆ", "ﬁ", "É", "\u{3000}", "\u{a0}",
+        "\u{1c}", "\u{85}", "x", "Sunset Blvd.", "O'Neill", "—", "“", "ǅemal",
+    ];
+    let mut rng = Rng(7);
+    let mut strings: Vec<String> = vec![String::new()];
+    for _ in 0..3000 {
+        let n = 1 + rng.next() % 8;
+        strings.push((0..n).map(|_| pieces[(rng.next() % pieces.len() as u64) as usize]).collect());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strings.json");
+    std::fs::write(&path, serde_json::to_string(&strings).unwrap()).unwrap();
+    let out = run_python("eval_text_reference.py", &[path.to_str().unwrap()]);
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), strings.len());
+    for (s, want) in strings.iter().zip(&lines) {
+        let at = format!("{s:?}");
+        assert_eq!(text::py_lower(s), want["lower"].as_str().unwrap(), "lower {at}");
+        assert_eq!(text::py_capitalize(s), want["capitalize"].as_str().unwrap(), "capitalize {at}");
+        assert_eq!(text::py_rstrip(s), want["rstrip"].as_str().unwrap(), "rstrip {at}");
+        assert_eq!(text::py_strip(s), want["strip"].as_str().unwrap(), "strip {at}");
+        assert_eq!(text::hellaswag_preprocess(s), want["hellaswag"].as_str().unwrap(), "hellaswag {at}");
+        assert_eq!(metrics::triviaqa_normalize(s), want["triviaqa"].as_str().unwrap(), "triviaqa {at}");
+        assert_eq!(metrics::gsm8k_extract(s), want["gsm8k"].as_str().unwrap(), "gsm8k {at}");
+        assert_eq!(text::char_len(s) as u64, want["chars"].as_u64().unwrap(), "chars {at}");
+    }
+}

@@ -373,7 +373,7 @@ fn read_piqa(dir: &Path, split: &str) -> Result<Rows, Failure> {
     if !jsonl.is_file() {
         return Err(data::missing_split(dir, &[split, orig], &["jsonl", "parquet"]));
     }
-    let mut rows = data::read_rows(&[jsonl.clone()])?;
+    let mut rows = data::read_rows(std::slice::from_ref(&jsonl))?;
     if labels.is_file() {
         let text = std::fs::read_to_string(&labels).map_err(|e| Failure::io_at(&labels, "cannot read", &e))?;
         let ls: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();

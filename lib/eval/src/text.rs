@@ -22,25 +22,66 @@ pub fn py_lower(s: &str) -> String {
     s.to_lowercase()
 }
 
-/// `s.capitalize()`: the first character upper-cased (title case in CPython >= 3.8, equal to
-/// upper case except for a few digraphs), the rest lower-cased.
+/// `s.capitalize()`: the first character in title case (CPython >= 3.8), the rest lower-cased.
 pub fn py_capitalize(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
+    match s.chars().next() {
         None => String::new(),
         Some(first) => {
             let mut out = String::with_capacity(s.len());
-            match first {
-                // Digraphs whose title case differs from their upper case.
-                'Ǆ' | 'ǅ' | 'ǆ' => out.push('ǅ'),
-                'Ǉ' | 'ǈ' | 'ǉ' => out.push('ǈ'),
-                'Ǌ' | 'ǋ' | 'ǌ' => out.push('ǋ'),
-                'Ǳ' | 'ǲ' | 'ǳ' => out.push('ǲ'),
-                _ => out.extend(first.to_uppercase()),
+            match title_case(first) {
+                Some(t) => out.push_str(&t),
+                None => out.extend(first.to_uppercase()),
             }
-            out.push_str(&chars.as_str().to_lowercase());
+            // Lower-case the whole string so a final sigma sees its left context (as CPython
+            // does), then drop the first character's lower case.
+            let lower = s.to_lowercase();
+            let skip: usize = first.to_lowercase().map(char::len_utf8).sum();
+            out.push_str(&lower[skip..]);
             out
         }
+    }
+}
+
+/// The characters whose Unicode title case differs from their upper case (Rust has no title
+/// case mapping): ß, the Latin digraphs, Georgian Mkhedruli, Greek with ypogegrammeni, the
+/// Latin and Armenian ligatures.
+fn title_case(c: char) -> Option<String> {
+    let cp = c as u32;
+    let one = |x: u32| Some(char::from_u32(x).unwrap().to_string());
+    let many = |xs: &[u32]| Some(xs.iter().map(|&x| char::from_u32(x).unwrap()).collect::<String>());
+    match cp {
+        0xDF => many(&[0x53, 0x73]),
+        0x1C4..=0x1C6 => one(0x1C5),
+        0x1C7..=0x1C9 => one(0x1C8),
+        0x1CA..=0x1CC => one(0x1CB),
+        0x1F1..=0x1F3 => one(0x1F2),
+        0x587 => many(&[0x535, 0x582]),
+        0x10D0..=0x10FA | 0x10FD..=0x10FF => one(cp),
+        0x1F80..=0x1FAF => one(if cp & 0xF < 8 { cp + 8 } else { cp }),
+        0x1FB3 | 0x1FBC => one(0x1FBC),
+        0x1FC3 | 0x1FCC => one(0x1FCC),
+        0x1FF3 | 0x1FFC => one(0x1FFC),
+        0x1FB2 => many(&[0x1FBA, 0x345]),
+        0x1FB4 => many(&[0x386, 0x345]),
+        0x1FB7 => many(&[0x391, 0x342, 0x345]),
+        0x1FC2 => many(&[0x1FCA, 0x345]),
+        0x1FC4 => many(&[0x389, 0x345]),
+        0x1FC7 => many(&[0x397, 0x342, 0x345]),
+        0x1FF2 => many(&[0x1FFA, 0x345]),
+        0x1FF4 => many(&[0x38F, 0x345]),
+        0x1FF7 => many(&[0x3A9, 0x342, 0x345]),
+        0xFB00 => many(&[0x46, 0x66]),
+        0xFB01 => many(&[0x46, 0x69]),
+        0xFB02 => many(&[0x46, 0x6C]),
+        0xFB03 => many(&[0x46, 0x66, 0x69]),
+        0xFB04 => many(&[0x46, 0x66, 0x6C]),
+        0xFB05 | 0xFB06 => many(&[0x53, 0x74]),
+        0xFB13 => many(&[0x544, 0x576]),
+        0xFB14 => many(&[0x544, 0x565]),
+        0xFB15 => many(&[0x544, 0x56B]),
+        0xFB16 => many(&[0x54E, 0x576]),
+        0xFB17 => many(&[0x544, 0x56D]),
+        _ => None,
     }
 }
 
@@ -97,6 +138,10 @@ mod tests {
         assert_eq!(py_capitalize(""), "");
         assert_eq!(py_capitalize("ǆemal"), "ǅemal");
         assert_eq!(py_capitalize("élan VITAL"), "Élan vital");
+        assert_eq!(py_capitalize("ﬁne"), "Fine");
+        assert_eq!(py_capitalize("ßA"), "Ssa");
+        assert_eq!(py_capitalize("ᾀx"), "ᾈx");
+        assert_eq!(py_capitalize("ΑΣ."), "Ας.");
     }
 
     #[test]
