@@ -3,7 +3,7 @@ with transformers, and transformers' logits / log-probs on them.
 
   hf_deepseek.py make OUT --variant NAME [--layout fused|per-expert] [--shards N]
       writes OUT/{config.json, safetensors...}, OUT/tokens.jsonl (one sequence per line, varied
-      lengths) and OUT/reference.json: {"ids": [[...]] (a fixed batch), "logits": [...] (flat,
+      lengths), OUT/texts.jsonl with a word-level tokenizer.json, and OUT/reference.json: {"ids": [[...]] (a fixed batch), "logits": [...] (flat,
       fp32), "shape": [B, T, V], "loss": mean next-token cross-entropy over the batch,
       "scores": [{"sum_logprob", "token_logprobs"}] per tokens.jsonl line}
   hf_deepseek.py logits DIR IDS_JSON OUT_JSON
@@ -17,6 +17,9 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 VARIANTS = {
@@ -155,7 +158,22 @@ def make(args):
         for s in seqs:
             f.write(json.dumps({"tokens": s}) + "\n")
     scores = [scores_of(model, s) if len(s) >= 2 else {"sum_logprob": 0.0, "token_logprobs": []} for s in seqs]
-    ref = {"ids": ids, "logits": logits.flatten().tolist(), "shape": list(logits.shape), "loss": float(loss), "scores": scores}
+    # A small word-level tokenizer for text input (ids below the vocabulary; <s> is BOS).
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(200)] + ["the", "model", "scores", "text"]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(os.path.join(args.out, "tokenizer.json"))
+    with open(os.path.join(args.out, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>"}, f)
+    texts = ["the model scores text", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11", "text", "w150 the unknownword w7 model"]
+    with open(os.path.join(args.out, "texts.jsonl"), "w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")
+    def score_any(seq):
+        return scores_of(model, seq) if len(seq) >= 2 else {"sum_logprob": 0.0, "token_logprobs": []}
+    text_ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    ref = {"ids": ids, "logits": logits.flatten().tolist(), "shape": list(logits.shape), "loss": float(loss), "scores": scores,
+           "text_scores": [score_any(t) for t in text_ids], "text_bos_scores": [score_any([1] + t) for t in text_ids]}
     with open(os.path.join(args.out, "reference.json"), "w") as f:
         json.dump(ref, f)
     print(json.dumps({"variant": args.variant, "files": sorted(os.listdir(args.out))}))

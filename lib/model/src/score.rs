@@ -48,3 +48,36 @@ fn sequence_logprobs(model: &DeepseekV3, hidden: &Tensor, ids: &Tensor, n: usize
     }
     out
 }
+
+/// Read one sequence per line of a JSONL file: `{"tokens": [ids]}`, or `{"text": "…"}` turned into
+/// ids by `encode` (None: token input expected). Ids must be below `vocab`.
+pub fn read_sequences(
+    path: &std::path::Path,
+    encode: Option<&dyn Fn(&str) -> Vec<i64>>,
+    vocab: i64,
+) -> Result<Vec<Vec<i64>>, openseek_common::Failure> {
+    use openseek_common::Failure;
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::io_at(path, "cannot read", &e))?;
+    let mut out = vec![];
+    for (n, line) in text.lines().enumerate() {
+        let at = |what: String| Failure::data(format!("{}:{}: {what}", path.display(), n + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| at(format!("not a JSON object: {e}")))?;
+        let ids: Vec<i64> = match encode {
+            None => v["tokens"]
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_i64()).collect())
+                .ok_or_else(|| at("expected {\"tokens\": [integer ids]}".into()))?,
+            Some(encode) => encode(v["text"].as_str().ok_or_else(|| at("expected {\"text\": \"...\"}".into()))?),
+        };
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(at(format!("token id {bad} is outside the model's vocabulary (0..{vocab})")));
+        }
+        out.push(ids);
+    }
+    Ok(out)
+}
+
+/// One output line: `{"sum_logprob": …, "token_logprobs": [...]}`.
+pub fn score_line(logprobs: &[f64]) -> String {
+    serde_json::json!({"sum_logprob": logprobs.iter().sum::<f64>(), "token_logprobs": logprobs}).to_string()
+}
