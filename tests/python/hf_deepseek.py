@@ -8,6 +8,8 @@ with transformers, and transformers' logits / log-probs on them.
       "scores": [{"sum_logprob", "token_logprobs"}] per tokens.jsonl line}
   hf_deepseek.py logits DIR IDS_JSON OUT_JSON
       loads DIR with transformers and writes its logits on the batch in IDS_JSON (for round trips)
+  hf_deepseek.py score DIR TOKENS_JSONL OUT_JSONL [--dtype bfloat16] [--device cuda]
+      transformers' answer to `os-eval score`, one sequence at a time
 """
 
 import argparse
@@ -187,6 +189,21 @@ def logits_cmd(args):
         json.dump({"logits": logits.flatten().tolist(), "shape": list(logits.shape)}, f)
 
 
+def score_cmd(args):
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = DeepseekV3ForCausalLM.from_pretrained(args.dir, dtype=dtype).to(args.device).eval()
+    with open(args.tokens) as f, open(args.out, "w") as out:
+        for line in f:
+            seq = json.loads(line)["tokens"]
+            if len(seq) < 2:
+                out.write(json.dumps({"sum_logprob": 0.0, "token_logprobs": []}) + "\n")
+                continue
+            with torch.no_grad():
+                logits = model(torch.tensor([seq], device=args.device)).logits[0].float()
+            lp = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(seq[1:], device=args.device)[:, None])[:, 0].double()
+            out.write(json.dumps({"sum_logprob": float(lp.sum()), "token_logprobs": lp.tolist()}) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -200,8 +217,14 @@ def main():
     l.add_argument("dir")
     l.add_argument("ids")
     l.add_argument("out")
+    s = sub.add_parser("score")
+    s.add_argument("dir")
+    s.add_argument("tokens")
+    s.add_argument("out")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--device", default="cpu")
     args = p.parse_args()
-    {"make": make, "logits": logits_cmd}[args.cmd](args)
+    {"make": make, "logits": logits_cmd, "score": score_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":
