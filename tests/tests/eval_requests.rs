@@ -302,3 +302,30 @@ fn text_operations_match_python() {
         assert_eq!(text::char_len(s) as u64, want["chars"].as_u64().unwrap(), "chars {at}");
     }
 }
+
+#[test]
+fn hf_arrow_save_to_disk_gives_the_same_documents_as_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = shared("eval-dev");
+    for (folder, src, split_dir, shards, task) in [
+        ("hellaswag", "validation.jsonl", "validation", "3", "hellaswag"),
+        ("triviaqa", "validation.jsonl", "validation", "1", "triviaqa"),
+        ("boolq", "validation.jsonl", "validation", "2", "boolq"),
+        ("siqa", "validation.jsonl", "validation", "1", "siqa"),
+        ("arc", "ARC-Easy_validation.jsonl", "ARC-Easy_validation", "2", "arc:easy"),
+    ] {
+        let out = dir.path().join(folder).join(split_dir);
+        run_python(
+            "eval_save_to_disk.py",
+            &[dev.join(folder).join(src).to_str().unwrap(), out.to_str().unwrap(), "--shards", shards],
+        );
+        let arrows = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "arrow")).count();
+        assert_eq!(arrows.to_string(), shards, "{folder}: shard files");
+        let task = Task::parse_list(task).unwrap().remove(0);
+        let split = (folder == "arc").then(|| "validation".to_string());
+        let opts = Options { split, ..Options::default() };
+        let from_jsonl = read_docs(&task, &dev, &opts).unwrap();
+        let from_arrow = read_docs(&task, dir.path(), &opts).unwrap_or_else(|e| panic!("{folder}: {e}"));
+        assert_eq!(from_arrow, from_jsonl, "{folder}");
+    }
+}

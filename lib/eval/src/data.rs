@@ -1,6 +1,7 @@
 //! Reading benchmark rows as users have them: JSON lines, Hugging Face parquet (one file or
-//! `split-00000-of-0000N.parquet` shards), and the original CMMLU / C-Eval CSVs (RFC 4180
-//! quoting). Every row becomes a JSON object; accessors name the file, row and column on error.
+//! `split-00000-of-0000N.parquet` shards), Hugging Face Arrow (`datasets.save_to_disk`: a split
+//! folder of `data-0000N-of-0000M.arrow` IPC streams), and the original CMMLU / C-Eval CSVs
+//! (RFC 4180 quoting). Every row becomes a JSON object; accessors name the file, row and column on error.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -113,30 +114,39 @@ impl<'a> RowRef<'a> {
     }
 }
 
-/// The files holding split `stem` in `dir`: `{stem}.jsonl`, `{stem}.parquet` or the shards
-/// `{stem}-*.parquet` (sorted). A missing split is an error listing what the folder holds.
+/// The files holding split `stem` in `dir`: `{stem}.jsonl`, `{stem}.parquet`, the shards
+/// `{stem}-*.parquet` (sorted), `{stem}.arrow`, or a `datasets.save_to_disk` folder
+/// `{stem}/data-*.arrow`. A missing split is an error listing what the folder holds.
 pub fn find_split(dir: &Path, stems: &[&str]) -> Result<Vec<PathBuf>, Failure> {
+    let sorted_matching = |d: &Path, prefix: &str, suffix: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
     for stem in stems {
-        for ext in ["jsonl", "parquet"] {
+        for ext in ["jsonl", "parquet", "arrow"] {
             let p = dir.join(format!("{stem}.{ext}"));
             if p.is_file() {
                 return Ok(vec![p]);
             }
         }
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            let mut shards: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{stem}-")) && n.ends_with(".parquet"))
-                })
-                .collect();
-            if !shards.is_empty() {
-                shards.sort();
-                return Ok(shards);
-            }
+        let shards = sorted_matching(dir, &format!("{stem}-"), ".parquet");
+        if !shards.is_empty() {
+            return Ok(shards);
+        }
+        let saved = sorted_matching(&dir.join(stem), "data-", ".arrow");
+        if !saved.is_empty() {
+            return Ok(saved);
         }
     }
-    Err(missing_split(dir, stems, &["jsonl", "parquet"]))
+    Err(missing_split(dir, stems, &["jsonl", "parquet", "arrow"]))
 }
 
 /// The error for a split that is not there: what was looked for, and what the folder holds.
@@ -158,7 +168,7 @@ pub fn missing_split(dir: &Path, stems: &[&str], exts: &[&str]) -> Failure {
         Err(_) => "the folder does not exist".to_string(),
     };
     Failure::no_input(format!(
-        "{}: split not found: looked for {} (or parquet shards `<split>-*.parquet`); {holds}. See the data layout in openseek_eval's docs (README: os-eval)",
+        "{}: split not found: looked for {} (or parquet shards `<split>-*.parquet`, or a datasets.save_to_disk folder `<split>/data-*.arrow`); {holds}. See the data layout in openseek_eval's docs (README: os-eval)",
         dir.display(),
         tried.join(", ")
     ))
@@ -171,12 +181,13 @@ pub fn read_rows(files: &[PathBuf]) -> Result<Rows, Failure> {
         let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext {
             "parquet" => rows.extend(read_parquet(f)?),
+            "arrow" => rows.extend(read_arrow(f)?),
             "jsonl" | "json" | "ndjson" => rows.extend(read_jsonl(f)?),
             "csv" => {
                 let (header, records) = read_csv(f)?;
                 rows.extend(csv_rows(&header, records));
             }
-            _ => return Err(Failure::data(format!("{}: unknown format (expected .jsonl, .parquet or .csv)", f.display()))),
+            _ => return Err(Failure::data(format!("{}: unknown format (expected .jsonl, .parquet, .arrow or .csv)", f.display()))),
         }
     }
     let source = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + ");
@@ -342,6 +353,81 @@ fn parquet_field(f: &parquet::record::Field) -> Value {
         ),
         other => Value::String(other.to_string()),
     }
+}
+
+
+/// An Arrow IPC file (`datasets` writes the stream format; the file format is read too) as
+/// JSON objects.
+pub fn read_arrow(path: &Path) -> Result<Vec<Row>, Failure> {
+    use arrow_array::RecordBatch;
+    let bytes = std::fs::read(path).map_err(|e| Failure::io_at(path, "cannot read", &e))?;
+    let bad = |e: arrow_schema::ArrowError| Failure::data(format!("{}: not a readable Arrow IPC file: {e}", path.display()));
+    let batches: Vec<RecordBatch> = if bytes.starts_with(b"ARROW1") {
+        arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(bad)?
+            .collect::<Result<_, _>>()
+            .map_err(bad)?
+    } else {
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(bad)?
+            .collect::<Result<_, _>>()
+            .map_err(bad)?
+    };
+    let mut rows = Vec::new();
+    for batch in &batches {
+        let schema = batch.schema();
+        for r in 0..batch.num_rows() {
+            let mut row = Row::new();
+            for (field, col) in schema.fields().iter().zip(batch.columns()) {
+                let v = arrow_value(col.as_ref(), r).map_err(|e| Failure::data(format!("{}: column {:?}: {e}", path.display(), field.name())))?;
+                row.insert(field.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn arrow_value(col: &dyn arrow_array::Array, i: usize) -> Result<Value, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_schema::DataType as D;
+    if col.is_null(i) {
+        return Ok(Value::Null);
+    }
+    Ok(match col.data_type() {
+        D::Null => Value::Null,
+        D::Boolean => Value::Bool(col.as_boolean().value(i)),
+        D::Int8 => Value::from(col.as_primitive::<Int8Type>().value(i)),
+        D::Int16 => Value::from(col.as_primitive::<Int16Type>().value(i)),
+        D::Int32 => Value::from(col.as_primitive::<Int32Type>().value(i)),
+        D::Int64 => Value::from(col.as_primitive::<Int64Type>().value(i)),
+        D::UInt8 => Value::from(col.as_primitive::<UInt8Type>().value(i)),
+        D::UInt16 => Value::from(col.as_primitive::<UInt16Type>().value(i)),
+        D::UInt32 => Value::from(col.as_primitive::<UInt32Type>().value(i)),
+        D::UInt64 => Value::from(col.as_primitive::<UInt64Type>().value(i)),
+        D::Float32 => Value::from(col.as_primitive::<Float32Type>().value(i) as f64),
+        D::Float64 => Value::from(col.as_primitive::<Float64Type>().value(i)),
+        D::Utf8 => Value::String(col.as_string::<i32>().value(i).to_string()),
+        D::LargeUtf8 => Value::String(col.as_string::<i64>().value(i).to_string()),
+        D::Utf8View => Value::String(col.as_string_view().value(i).to_string()),
+        D::List(_) => list_value(col.as_list::<i32>().value(i).as_ref())?,
+        D::LargeList(_) => list_value(col.as_list::<i64>().value(i).as_ref())?,
+        D::FixedSizeList(_, _) => list_value(col.as_fixed_size_list().value(i).as_ref())?,
+        D::Struct(fields) => {
+            let s = col.as_struct();
+            let mut m = Row::new();
+            for (f, c) in fields.iter().zip(s.columns()) {
+                m.insert(f.name().clone(), arrow_value(c.as_ref(), i)?);
+            }
+            Value::Object(m)
+        }
+        other => return Err(format!("unsupported Arrow type {other}")),
+    })
+}
+
+fn list_value(values: &dyn arrow_array::Array) -> Result<Value, String> {
+    (0..values.len()).map(|j| arrow_value(values, j)).collect::<Result<Vec<_>, _>>().map(Value::Array)
 }
 
 #[cfg(test)]

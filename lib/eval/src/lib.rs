@@ -23,8 +23,10 @@
 //!
 //! # Data directory layout
 //! One folder per benchmark under the data directory (the layout of `shared/eval-dev`). A split
-//! is `<split>.jsonl`, `<split>.parquet` or parquet shards `<split>-*.parquet` (the Hub's
-//! names, e.g. `validation-00000-of-00001.parquet`), with the Hugging Face schema lighteval reads:
+//! is `<split>.jsonl`, `<split>.parquet`, parquet shards `<split>-*.parquet` (the Hub's names,
+//! e.g. `validation-00000-of-00001.parquet`), `<split>.arrow`, or a `datasets.save_to_disk`
+//! folder `<split>/data-0000N-of-0000M.arrow` (so `DatasetDict.save_to_disk("hellaswag")` is
+//! read as is), with the Hugging Face schema lighteval reads:
 //!
 //! | task | files | split (default) |
 //! | --- | --- | --- |
