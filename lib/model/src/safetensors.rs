@@ -129,9 +129,8 @@ pub fn write(out: &mut impl Write, tensors: &[(String, Tensor)]) -> Result<(), F
         cpu.push(t);
     }
     let mut text = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while (8 + text.len()) % 8 != 0 {
-        text.push(b' ');
-    }
+    // The data starts 8-byte aligned: pad the header with spaces.
+    text.resize(text.len() + (8 - text.len() % 8) % 8, b' ');
     let io = |e: std::io::Error| Failure::io(format!("writing safetensors: {e}"));
     out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
     out.write_all(&text).map_err(io)?;

@@ -49,11 +49,14 @@ fn sequence_logprobs(model: &DeepseekV3, hidden: &Tensor, ids: &Tensor, n: usize
     out
 }
 
+/// Text to token ids.
+pub type Encoder<'a> = &'a dyn Fn(&str) -> Vec<i64>;
+
 /// Read one sequence per line of a JSONL file: `{"tokens": [ids]}`, or `{"text": "…"}` turned into
 /// ids by `encode` (None: token input expected). Ids must be below `vocab`.
 pub fn read_sequences(
     path: &std::path::Path,
-    encode: Option<&dyn Fn(&str) -> Vec<i64>>,
+    encode: Option<Encoder>,
     vocab: i64,
 ) -> Result<Vec<Vec<i64>>, openseek_common::Failure> {
     use openseek_common::Failure;
