@@ -121,6 +121,8 @@ pub fn loglikelihood_request(tok: &Tokenizer, context: &str, choice: &str) -> Lo
 /// least 1. lighteval v0.3.0 (`quirk`): it measures the prompt in *characters*: a prompt of more
 /// than `max_length` characters gets 1 token, otherwise `min(max_new, max_length - chars)`. On
 /// GSM8K 5-shot at 4096 this cuts 19 of 1,319 prompts to one token (which then score 0).
+/// The budget is per request; lighteval takes it from the first (longest) prompt of each batch
+/// and applies it to the whole batch, which agrees at batch size 1.
 pub fn generation_budget(max_new: usize, max_length: usize, prompt_tokens: usize, prompt_chars: usize, quirk: bool) -> usize {
     let used = if quirk { prompt_chars } else { prompt_tokens };
     if used > max_length {
