@@ -196,6 +196,11 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source
                 .and_then(|i| i.parse::<i64>().ok())
                 .is_some_and(|i| i >= cfg.num_hidden_layers && i < cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
     };
+    if cfg.tie_word_embeddings {
+        if let Some(s) = stored.shape("lm_head.weight").filter(|s| **s != [cfg.vocab_size, cfg.hidden_size]) {
+            misshaped.push(format!("lm_head.weight is {s:?}, expected {:?}", [cfg.vocab_size, cfg.hidden_size]));
+        }
+    }
     let unexpected: Vec<&String> = stored.location.keys().filter(|n| !used.contains(*n) && !extra_ok(n)).collect();
     let bad_dtype: Vec<String> = stored
         .location
@@ -229,9 +234,24 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source
 /// Load `DIR` (config.json + safetensors) onto `device`, weights in `kind`
 /// (the router's correction bias stays fp32).
 pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<DeepseekV3, Failure> {
-    let cfg = Config::load(dir)?;
+    let mut cfg = Config::load(dir)?;
     let stored = Stored::open(dir)?;
-    let plan = plan(&cfg, &stored, dir)?;
+    let mut plan = plan(&cfg, &stored, dir)?;
+    // A tied config with a stored head that differs from the embeddings: transformers keeps
+    // the stored head (and warns), so do the same.
+    if cfg.tie_word_embeddings && stored.location.contains_key("lm_head.weight") {
+        let head = stored.read("lm_head.weight", Kind::Float)?;
+        let embed = stored.read("model.embed_tokens.weight", Kind::Float)?;
+        if !head.equal(&embed) {
+            eprintln!(
+                "warning: {}: config.json ties the embeddings, yet the checkpoint holds a different lm_head.weight; using it as an untied head, as transformers does",
+                dir.display()
+            );
+            cfg.tie_word_embeddings = false;
+            cfg.raw["tie_word_embeddings"] = json!(false);
+            plan.push(("lm_head.weight".to_string(), Source::Direct("lm_head.weight".to_string())));
+        }
+    }
     let mut weights = Weights::new();
     for (name, source) in plan {
         let k = if name.ends_with("e_score_correction_bias") { Kind::Float } else { kind };

@@ -110,6 +110,24 @@ fn saved_checkpoints_load_in_transformers_with_equal_logits() {
 }
 
 #[test]
+fn a_tied_config_with_a_different_stored_head_uses_it_like_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = make(dir.path(), "plain", &[]);
+    let path = dir.path().join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["tie_word_embeddings"] = true.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let got_file = dir.path().join("hf_logits.json");
+    python(&["logits", dir.path().to_str().unwrap(), dir.path().join("reference.json").to_str().unwrap(), got_file.to_str().unwrap()]);
+    let hf: Value = serde_json::from_str(&std::fs::read_to_string(&got_file).unwrap()).unwrap();
+    let model = checkpoint::load(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    assert!(model.lm_head.is_some());
+    let logits = openseek_model::tch::no_grad(|| model.forward(&ids_of(&reference)));
+    let diff = max_abs(&logits, &tensor_of(&hf));
+    assert!(diff <= 1e-4, "differs from transformers by {diff}");
+}
+
+#[test]
 fn a_checkpoint_that_does_not_fit_gets_one_error_listing_everything() {
     let dir = tempfile::tempdir().unwrap();
     make(dir.path(), "plain", &[]);
