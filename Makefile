@@ -19,10 +19,12 @@ build: venv
 	$(CARGO) build --release --workspace --bins
 
 # The venv is rebuilt when the pinned requirements change.
-$(VENV)/.installed: tests/requirements.txt
+# requirements-nodeps.txt holds packages whose declared pins clash with ours (installed without deps).
+$(VENV)/.installed: tests/requirements.txt tests/requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r tests/requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -r tests/requirements-nodeps.txt
 	touch $@
 
 venv: $(VENV)/.installed
