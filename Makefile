@@ -30,7 +30,7 @@ $(VENV)/.installed: tests/requirements.txt tests/requirements-nodeps.txt
 venv: $(VENV)/.installed
 
 test: venv build
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 
 # The demo: generate a bilingual corpus and its tokenizer; tokenize it (three formats, all
 # cores) into Megatron shards; validate them; pack a piped token stream with best-fit-decreasing;
