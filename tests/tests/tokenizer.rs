@@ -24,24 +24,7 @@ fn hf_mode() -> Tokenizer {
     t
 }
 
-/// SplitMix64: a deterministic generator without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
+use openseek_common::rng::SplitMix as Rng;
 
 const WORDS: &[&str] = &[
     "the", "of", "and", "to", "in", "is", "was", "that", "for", "it", "with", "as", "on", "model", "training", "data",
@@ -155,7 +138,7 @@ fn segment(rng: &mut Rng) -> String {
 
 /// About `target` bytes of documents, deterministic; a few long ones with long runs of one kind.
 fn corpus(target: usize) -> Vec<String> {
-    let mut rng = Rng(0x0DE5_EED5);
+    let mut rng = Rng::new(0x0DE5_EED5);
     let mut docs = vec![
         "a".repeat(5000),
         "中文".repeat(3000),

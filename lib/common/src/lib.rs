@@ -6,6 +6,7 @@ pub mod exit;
 pub mod hash;
 pub mod progress;
 pub mod provenance;
+pub mod rng;
 pub mod signals;
 
 pub use atomic::AtomicOutputs;

@@ -3,28 +3,7 @@
 //! correct answers, and the same facts stated in both languages. A model that learns the facts
 //! predicts the corpus better than its token frequencies alone. Deterministic for a seed.
 
-/// SplitMix64: a tiny, well-mixed deterministic generator (no external crate needed).
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (n > 0); the tiny modulo bias is irrelevant here.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use openseek_common::rng::SplitMix;
 
 /// (English, Chinese) animal names with the food each eats and the place each lives.
 const ANIMALS: [(&str, &str, usize, usize); 8] = [

@@ -242,20 +242,7 @@ mod tests {
         pre.pieces(text).map(str::to_string).collect()
     }
 
-    /// A small deterministic generator (SplitMix64), so the tests need no rand crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use openseek_common::rng::SplitMix as Rng;
 
     /// Characters chosen to hit every branch and its edges.
     const ALPHABET: &[&str] = &[
@@ -395,7 +382,7 @@ mod tests {
     fn random_strings_match_fancy_regex() {
         let re = fancy_regex::Regex::new(PATTERN).unwrap();
         let pre = PreTokenizer::new();
-        let mut rng = Rng(0x5EED_0001);
+        let mut rng = Rng::new(0x5EED_0001);
         for round in 0..20_000 {
             let len = 1 + rng.below(if round % 100 == 0 { 400 } else { 24 });
             let text = random_text(&mut rng, len);
@@ -407,7 +394,7 @@ mod tests {
     fn long_runs_match_fancy_regex() {
         let re = fancy_regex::Regex::new(PATTERN).unwrap();
         let pre = PreTokenizer::new();
-        let mut rng = Rng(0x5EED_0002);
+        let mut rng = Rng::new(0x5EED_0002);
         for _ in 0..200 {
             // Long runs of one kind, separated by random glue.
             let mut text = String::new();
