@@ -40,8 +40,8 @@ fn number_zh(n: usize) -> String {
 }
 
 fn english_sentence(rng: &mut SplitMix) -> String {
-    let &(animal, _, food, place) = rng.pick(&ANIMALS);
-    let (color, _) = *rng.pick(&COLORS);
+    let (animal, _, food, place) = rng.pick(&ANIMALS);
+    let (color, _) = rng.pick(&COLORS);
     match rng.below(5) {
         0 => format!("The {color} {animal} eats {}.", FOODS[food].0),
         1 => format!("A {animal} lives in the {}.", PLACES[place].0),
@@ -55,8 +55,8 @@ fn english_sentence(rng: &mut SplitMix) -> String {
 }
 
 fn chinese_sentence(rng: &mut SplitMix) -> String {
-    let &(_, animal, food, place) = rng.pick(&ANIMALS);
-    let (_, color) = *rng.pick(&COLORS);
+    let (_, animal, food, place) = rng.pick(&ANIMALS);
+    let (_, color) = rng.pick(&COLORS);
     match rng.below(4) {
         0 => format!("{color}的{animal}喜欢吃{}。", FOODS[food].1),
         1 => format!("{animal}住在{}里。", PLACES[place].1),
@@ -88,7 +88,7 @@ pub fn document(rng: &mut SplitMix) -> String {
         }
         _ => {
             for _ in 0..sentences {
-                let &(en, zh, food, _) = rng.pick(&ANIMALS);
+                let (en, zh, food, _) = rng.pick(&ANIMALS);
                 text.push_str(&format!("English: The {en} eats {}.\n中文：{zh}吃{}。\n", FOODS[food].0, FOODS[food].1));
             }
         }
