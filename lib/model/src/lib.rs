@@ -1,9 +1,12 @@
 //! The OpenSeek-Small-v1 model (DeepSeek-V3 architecture) on libtorch through tch:
 //! config.json, the forward pass, Hugging Face checkpoints in and out, and scoring.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod layers;
 pub mod model;
+pub mod moe;
 pub mod rope;
 pub mod safetensors;
 pub mod score;
