@@ -253,26 +253,31 @@ fn hf_mode_cached() -> &'static Tokenizer {
     HF.get_or_init(hf_mode)
 }
 
-#[test]
-fn python_tiktoken_agrees_on_generated_text() {
-    let tok = tiktoken_mode();
-    let texts = corpus(4_000_000);
+/// Python tiktoken's ids for each text, with the OpenSeek rank file.
+fn python_tiktoken_ids(texts: &[String]) -> Vec<Vec<u32>> {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("texts.jsonl");
     let output = dir.path().join("ids.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-    for t in &texts {
+    for t in texts {
         writeln!(f, "{}", serde_json::json!({ "text": t })).unwrap();
     }
     f.flush().unwrap();
     drop(f);
     let rank_file = openseek_dir().join("qwen.tiktoken");
     run_python("tiktoken_encode.py", &[rank_file.to_str().unwrap(), input.to_str().unwrap(), output.to_str().unwrap()]);
-    let theirs: Vec<Vec<u32>> = std::fs::read_to_string(&output)
+    std::fs::read_to_string(&output)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).expect("ids line"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn python_tiktoken_agrees_on_generated_text() {
+    let tok = tiktoken_mode();
+    let texts = corpus(4_000_000);
+    let theirs = python_tiktoken_ids(&texts);
     let ours: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
     let total: usize = ours.iter().map(Vec::len).sum();
     assert!(total > 1_000_000, "only {total} tokens compared");
@@ -328,22 +333,7 @@ fn every_code_point_agrees_with_python_tiktoken() {
     }
     texts.push(doc);
     assert!(compared > 250_000, "only {compared} code points compared");
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("texts.jsonl");
-    let output = dir.path().join("ids.jsonl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-    for t in &texts {
-        writeln!(f, "{}", serde_json::json!({ "text": t })).unwrap();
-    }
-    f.flush().unwrap();
-    drop(f);
-    let rank_file = openseek_dir().join("qwen.tiktoken");
-    run_python("tiktoken_encode.py", &[rank_file.to_str().unwrap(), input.to_str().unwrap(), output.to_str().unwrap()]);
-    let theirs: Vec<Vec<u32>> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("ids line"))
-        .collect();
+    let theirs = python_tiktoken_ids(&texts);
     let ours: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
     assert_same_ids("every code point: tiktoken mode vs Python tiktoken", &texts, &ours, &theirs);
 }
