@@ -1,0 +1,19 @@
+//! Data parallelism for os-train: rendezvous from Slurm or torchrun variables, a TCP store,
+//! NCCL collectives on tch tensors (with a watchdog), fp32 gradient buckets, a ZeRO-1 sharded
+//! AdamW and optimizer state that reloads on any number of GPUs.
+
+pub mod comm;
+pub mod dp;
+pub mod hostlist;
+pub mod launch;
+pub mod layout;
+pub mod nccl;
+pub mod reshard;
+pub mod store;
+
+pub use comm::{Comm, CommOptions, ReduceOp};
+pub use dp::{AdamW, GradBuckets, NamedParam, Zero1};
+
+pub use launch::Launch;
+pub use layout::{FlatLayout, Param};
+pub use store::Store;
