@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::layers::{Linear, RmsNorm};
 use crate::model::Weights;
 use crate::rope::Rope;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// The query projection: plain, or low-rank with a norm between (q_lora_rank set).
 pub enum QueryProj {
@@ -55,8 +55,32 @@ impl Attention {
         }
     }
 
-    /// Causal self-attention over x [B, T, hidden].
+    /// Causal self-attention over x [B, T, hidden] at positions 0..T (cos/sin [T, rope_dim]).
     pub fn forward(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+        let (k, v) = self.expand(&latent, &k_rot);
+        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, self.scale, false);
+        self.output(&y)
+    }
+
+    /// Attention with an explicit mask, for padded batches and incremental decoding.
+    /// x [B, S, hidden]; cos/sin [B, 1, S, rope_dim] at each token's position; `mask` [B, 1, S, K]
+    /// bool, true where a query may see a key, K counting the cached keys first. With a cache the
+    /// new latents are appended to it and attention runs over all K of them.
+    pub fn forward_masked(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut MlaCache>) -> Tensor {
+        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+        let (latent, k_rot) = match cache {
+            Some(c) => c.append(&latent, &k_rot),
+            None => (latent, k_rot),
+        };
+        let (k, v) = self.expand(&latent, &k_rot);
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, self.scale, false);
+        self.output(&y)
+    }
+
+    /// Queries [B, H, S, nope + rope] (rotated part last), the normalised latent [B, S, kv_lora_rank]
+    /// and the rotated shared key [B, 1, S, rope]. cos/sin broadcast against [B, H, S, rope].
+    fn project(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = match &self.q {
             QueryProj::Plain(q) => q.forward(x),
@@ -64,23 +88,63 @@ impl Attention {
         };
         let q = q.view([b, t, self.heads, self.nope + self.rope_dim]).transpose(1, 2);
         let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
-
         let kv_a = self.kv_a_proj_with_mqa.forward(x);
         let kv_parts = kv_a.split_with_sizes([self.kv_lora_rank, self.rope_dim], -1);
         let latent = self.kv_a_layernorm.forward(&kv_parts[0]);
-        let k_rot = kv_parts[1].view([b, 1, t, self.rope_dim]);
+        let k_rot = rope.apply(&kv_parts[1].view([b, 1, t, self.rope_dim]), cos, sin);
+        let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], cos, sin)], -1);
+        (q, latent, k_rot)
+    }
 
-        let q_rot = rope.apply(&q_parts[1], cos, sin);
-        let k_rot = rope.apply(&k_rot, cos, sin);
-
-        let kv = self.kv_b_proj.forward(&latent).view([b, t, self.heads, self.nope + self.v_dim]).transpose(1, 2);
+    /// Keys [B, H, K, nope + rope] and values [B, H, K, v] from latents [B, K, r] and k_rot [B, 1, K, rope].
+    fn expand(&self, latent: &Tensor, k_rot: &Tensor) -> (Tensor, Tensor) {
+        let (b, t) = (latent.size()[0], latent.size()[1]);
+        let kv = self.kv_b_proj.forward(latent).view([b, t, self.heads, self.nope + self.v_dim]).transpose(1, 2);
         let kv_parts = kv.split_with_sizes([self.nope, self.v_dim], -1);
         let k = Tensor::cat(&[&kv_parts[0], &k_rot.expand([b, self.heads, t, self.rope_dim], false)], -1);
-        let q = Tensor::cat(&[&q_parts[0], &q_rot], -1);
-        let v = &kv_parts[1];
+        (k, kv_parts[1].shallow_clone())
+    }
 
-        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, v, None, 0.0, true, self.scale, false);
+    fn output(&self, y: &Tensor) -> Tensor {
+        let (b, t) = (y.size()[0], y.size()[2]);
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, self.heads * self.v_dim]))
+    }
+
+    /// An empty cache for `batch` sequences of up to `capacity` tokens.
+    pub fn new_cache(&self, batch: i64, capacity: i64, kind: Kind, device: Device) -> MlaCache {
+        MlaCache {
+            latent: Tensor::zeros([batch, capacity, self.kv_lora_rank], (kind, device)),
+            k_rot: Tensor::zeros([batch, 1, capacity, self.rope_dim], (kind, device)),
+            len: 0,
+        }
     }
 }
 
+/// One layer's KV cache in MLA form: the normalised latent (before kv_b_proj) and the rotated
+/// shared key, preallocated to a capacity; `len` positions are filled.
+pub struct MlaCache {
+    /// [B, capacity, kv_lora_rank]
+    pub latent: Tensor,
+    /// [B, 1, capacity, qk_rope_head_dim]
+    pub k_rot: Tensor,
+    pub len: i64,
+}
+
+impl MlaCache {
+    /// Store latents [B, S, r] and k_rot [B, 1, S, rope] after the cached ones; return all filled entries.
+    fn append(&mut self, latent: &Tensor, k_rot: &Tensor) -> (Tensor, Tensor) {
+        let s = latent.size()[1];
+        let capacity = self.latent.size()[1];
+        assert!(self.len + s <= capacity, "KV cache full: {} + {s} positions > capacity {capacity}", self.len);
+        self.latent.narrow(1, self.len, s).copy_(latent);
+        self.k_rot.narrow(2, self.len, s).copy_(k_rot);
+        self.len += s;
+        (self.latent.narrow(1, 0, self.len), self.k_rot.narrow(2, 0, self.len))
+    }
+
+    /// Keep only the batch rows `rows` (int64 indices), e.g. when some sequences have finished.
+    pub fn keep_rows(&mut self, rows: &Tensor) {
+        self.latent = self.latent.index_select(0, rows);
+        self.k_rot = self.k_rot.index_select(0, rows);
+    }
+}

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 pub mod layers;
 pub mod model;
 pub mod moe;

@@ -1,0 +1,105 @@
+//! Inference parity with transformers on CPU in fp32: the masked forward over a left-padded batch
+//! against transformers' logits with that attention_mask, and greedy decoding (left-padded
+//! batches, KV cache) against `generate(do_sample=False)`, on small random checkpoints written by
+//! `tests/python/hf_deepseek.py`, references from `tests/python/model_generate.py`.
+
+use openseek_model::generate::{greedy, GenerateOptions};
+use openseek_model::tch::{no_grad, Device, Kind, Tensor};
+use openseek_model::{checkpoint, DeepseekV3};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python(script: &str, args: &[&str]) {
+    let py = std::env::var_os("OPENSEEK_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(py.is_file(), "the project venv's Python is missing at {}; run `make venv`", py.display());
+    let out = Command::new(&py).arg(root().join("tests/python").join(script)).args(args).output().unwrap();
+    assert!(out.status.success(), "{script} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn matrix(v: &Value) -> Tensor {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(v.clone()).unwrap();
+    Tensor::from_slice(&rows.concat()).view([rows.len() as i64, rows[0].len() as i64])
+}
+
+fn lists(v: &Value) -> Vec<Vec<i64>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+const EOS: i64 = 2;
+const MAX_NEW: usize = 10;
+
+/// A checkpoint of `variant`, prompts of varied lengths, and transformers' answers.
+fn reference(dir: &Path, variant: &str) -> (DeepseekV3, Vec<Vec<i64>>, Value) {
+    let d = dir.to_str().unwrap();
+    python("hf_deepseek.py", &["make", d, "--variant", variant]);
+    let lengths = [3usize, 8, 1, 5, 12, 2, 7];
+    let prompts: Vec<Vec<i64>> = lengths.iter().enumerate().map(|(i, &n)| (0..n).map(|j| 3 + ((i * 37 + j * 11) % 250) as i64).collect()).collect();
+    let request = json!({"prompts": prompts, "batch_size": 3, "max_new_tokens": MAX_NEW, "eos": [EOS]});
+    let req_file = dir.join("request.json");
+    std::fs::write(&req_file, request.to_string()).unwrap();
+    let out_file = dir.join("generated.json");
+    python("model_generate.py", &[d, req_file.to_str().unwrap(), out_file.to_str().unwrap()]);
+    let out: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let model = checkpoint::load(dir, Kind::Float, Device::Cpu).unwrap_or_else(|e| panic!("{}", e.message));
+    (model, prompts, out)
+}
+
+fn options(batch_size: usize, eos: Vec<i64>) -> GenerateOptions {
+    GenerateOptions { max_new_tokens: MAX_NEW, eos, batch_size }
+}
+
+#[test]
+fn masked_forward_and_greedy_match_transformers() {
+    for variant in ["plain", "lora_tied", "yarn"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, prompts, out) = reference(dir.path(), variant);
+
+        // Masked forward over the left-padded batch: equal at every token position.
+        let m = &out["masked"];
+        let (ids, mask) = (matrix(&m["ids"]), matrix(&m["mask"]));
+        let logits = no_grad(|| model.forward_masked(&ids, &mask));
+        let flat: Vec<f32> = m["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let want = Tensor::from_slice(&flat).view(logits.size().as_slice());
+        let at_tokens = mask.ne(0).unsqueeze(-1);
+        let diff = (&logits - &want).abs().masked_fill(&at_tokens.logical_not(), 0.0).max().double_value(&[]);
+        eprintln!("{variant}: masked forward, max |logits - transformers| = {diff:.3e}");
+        assert!(diff <= 1e-4, "{variant}: masked logits differ from transformers by {diff}");
+        assert!(mask.eq(0).any().int64_value(&[]) == 1, "the batch must contain padding");
+
+        // Greedy: batched (left padding) and one at a time, both equal to transformers.
+        let want = lists(&out["generated"]);
+        assert_eq!(want, lists(&out["alone"]), "{variant}: transformers' batched and single outputs differ");
+        for batch_size in [3, 1, prompts.len()] {
+            let got = greedy(&model, &prompts, &options(batch_size, vec![EOS]), &mut |_, _| false);
+            assert_eq!(got, want, "{variant}: greedy (batch size {batch_size}) differs from transformers");
+        }
+        eprintln!("{variant}: greedy equals transformers' generate on {} prompts: {want:?}", prompts.len());
+        assert!(want.iter().filter(|s| s.len() == MAX_NEW).count() >= prompts.len() - 1, "most continuations run to the limit");
+
+        // Another EOS: a token the first continuation produces after a few others ends it there.
+        let first = &want[0];
+        let at = (2..first.len()).find(|&i| !first[..i].contains(&first[i])).expect("a fresh token in the first continuation");
+        let got = greedy(&model, &prompts, &options(3, vec![EOS, first[at]]), &mut |_, _| false);
+        for (g, w) in got.iter().zip(&want) {
+            let cut = w.iter().position(|t| *t == first[at]).map_or(w.as_slice(), |p| &w[..p]);
+            assert_eq!(g, cut, "{variant}: EOS {} did not end the continuation where it first appears", first[at]);
+        }
+
+        // The stop callback ends one sequence; the others continue unchanged.
+        let mut calls = 0;
+        let got = greedy(&model, &prompts, &options(3, vec![EOS]), &mut |i, new| {
+            calls += 1;
+            i == 1 && new.len() == 4
+        });
+        assert_eq!(got[1], want[1][..4.min(want[1].len())]);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate().filter(|(i, _)| *i != 1) {
+            assert_eq!(g, w, "{variant}: stopping sequence 1 changed sequence {i}");
+        }
+        assert_eq!(calls, got.iter().map(Vec::len).sum::<usize>(), "stop is called once per new token");
+    }
+}
