@@ -4,7 +4,7 @@ use openseek_tests::run_tool;
 
 #[test]
 fn unbuilt_tools_exit_69_with_a_message() {
-    for tool in ["os-train", "os-megatron2hf"] {
+    for tool in ["os-megatron2hf"] {
         let out = run_tool(tool, &["--help"]);
         assert_eq!(out.status.code(), Some(69), "{tool}");
         assert!(out.stdout.is_empty(), "{tool} printed output");

@@ -1,5 +1,57 @@
-//! os-train: not built yet. It says so and exits 69 (EX_UNAVAILABLE) rather than produce fake output.
+//! os-train: train OpenSeek-Small-v1 (DeepSeek-V3) from a sample store, resuming from the newest
+//! checkpoint in the run directory. Exit 0 when training is done, 75 after a checkpoint on
+//! SIGUSR1/SIGTERM/SIGINT (rerun to resume).
+
+use clap::Parser;
+use openseek_common::Failure;
+use openseek_train::{config, RunInfo, TrainConfig};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "os-train",
+    version,
+    about = "Train OpenSeek-Small-v1 (DeepSeek-V3) on one node; resumes from the newest checkpoint in --run-dir",
+    after_help = "Every config option can also be given as a flag, --name value or --name=value (e.g. --lr 3e-4 \
+                  --train-iters 100); flags override the config file. See the README's os-train section."
+)]
+struct Cli {
+    /// Training config (TOML, YAML or JSON).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run directory: checkpoints, logs, TensorBoard events and the resolved config.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Print the resolved config as JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Config options as flags: --name value ...
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    options: Vec<String>,
+}
 
 fn main() {
-    openseek_common::exit::not_implemented("os-train");
+    openseek_common::exit::run_main("os-train", || {
+        let cli = Cli::parse();
+        let mut map = match &cli.config {
+            Some(path) => config::read_file(path)?,
+            None => serde_json::Map::new(),
+        };
+        config::apply_flags(&mut map, &cli.options)?;
+        let cfg = TrainConfig::from_map(map)?;
+        let resolved = serde_json::to_string_pretty(&cfg).unwrap();
+        if cli.print_config {
+            println!("{resolved}");
+            return Ok(());
+        }
+        let run_dir = cli.run_dir.ok_or_else(|| Failure::usage("--run-dir is required"))?;
+        eprintln!("os-train: config\n{resolved}");
+        let info = RunInfo {
+            tool: "os-train".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: env!("OS_TRAIN_GIT_COMMIT").into(),
+        };
+        let stop = openseek_common::signals::watch();
+        openseek_train::train(&cfg, &run_dir, &info, &stop)
+    })
 }

@@ -1,4 +1,6 @@
 //! The plain building blocks: linear maps, RMSNorm and the SwiGLU MLP (dense layers and shared experts).
+//! Weights are cast to the activations' dtype where they are used, so fp32 master weights run in
+//! bf16 (as autocast does) and their gradients come back in fp32; equal dtypes cost nothing.
 
 use crate::model::{take, Weights};
 use tch::{Kind, Tensor};
@@ -16,7 +18,8 @@ impl Linear {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let k = x.kind();
+        x.linear(&self.weight.to_kind(k), self.bias.as_ref().map(|b| b.to_kind(k)).as_ref())
     }
 }
 
@@ -35,7 +38,7 @@ impl RmsNorm {
         let x = x.to_kind(Kind::Float);
         let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let x = x * (variance + self.eps).rsqrt();
-        &self.weight * x.to_kind(kind)
+        self.weight.to_kind(kind) * x.to_kind(kind)
     }
 }
 
@@ -55,8 +58,9 @@ impl Mlp {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let h = x.linear::<Tensor>(&self.gate_proj, None).silu() * x.linear::<Tensor>(&self.up_proj, None);
-        h.linear::<Tensor>(&self.down_proj, None)
+        let k = x.kind();
+        let h = x.linear::<Tensor>(&self.gate_proj.to_kind(k), None).silu() * x.linear::<Tensor>(&self.up_proj.to_kind(k), None);
+        h.linear::<Tensor>(&self.down_proj.to_kind(k), None)
     }
 }
 

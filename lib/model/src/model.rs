@@ -10,7 +10,7 @@
 use crate::attention::{Attention, QueryProj};
 use crate::config::Config;
 use crate::layers::{Linear, Mlp, RmsNorm};
-use crate::moe::Moe;
+use crate::moe::{AuxCoefficients, Moe, RoutingStats};
 use crate::rope::Rope;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
@@ -36,13 +36,21 @@ pub struct Layer {
 
 impl Layer {
     pub fn forward(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> Tensor {
+        self.forward_train(x, rope, cos, sin, &AuxCoefficients::default()).0
+    }
+
+    /// The forward pass plus, for an MoE layer, what its router did (loads, auxiliary losses).
+    pub fn forward_train(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, aux: &AuxCoefficients) -> (Tensor, Option<RoutingStats>) {
         let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, cos, sin);
         let h = self.post_attention_layernorm.forward(&x);
-        let y = match &self.mlp {
-            FeedForward::Dense(m) => m.forward(&h),
-            FeedForward::Moe(m) => m.forward(&h),
+        let (y, stats) = match &self.mlp {
+            FeedForward::Dense(m) => (m.forward(&h), None),
+            FeedForward::Moe(m) => {
+                let (y, stats) = m.forward_train(&h, aux);
+                (y, Some(stats))
+            }
         };
-        x + y
+        (x + y, stats)
     }
 }
 
@@ -54,6 +62,8 @@ pub struct DeepseekV3 {
     /// None when tied to the embeddings.
     pub lm_head: Option<Tensor>,
     pub rope: Rope,
+    /// The activations' dtype; weights of another dtype (fp32 master weights) are cast where used.
+    pub compute_kind: Kind,
 }
 
 impl DeepseekV3 {
@@ -80,24 +90,32 @@ impl DeepseekV3 {
         let norm = RmsNorm::take(&mut w, "model.norm", eps);
         let lm_head = (!config.tie_word_embeddings).then(|| take(&mut w, "lm_head.weight"));
         let rope = Rope::new(&config, device);
-        DeepseekV3 { config, embed_tokens, layers, norm, lm_head, rope }
+        let compute_kind = embed_tokens.kind();
+        DeepseekV3 { config, embed_tokens, layers, norm, lm_head, rope, compute_kind }
     }
 
     pub fn device(&self) -> Device {
         self.embed_tokens.device()
     }
 
+    /// The weights' dtype.
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
+    }
+
+    /// Embeddings of token ids [B, T] in the compute dtype, and the RoPE tables for positions 0..T.
+    pub fn embed(&self, ids: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let t = ids.size()[1];
+        let positions = Tensor::arange(t, (Kind::Int64, self.device()));
+        let (cos, sin) = self.rope.cos_sin(&positions, self.compute_kind);
+        let x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false).to_kind(self.compute_kind);
+        (x, cos, sin)
     }
 
     /// Final hidden states [B, T, hidden] for token ids [B, T] at positions 0..T.
     /// Right padding needs no mask: a causal model's outputs before the padding do not see it.
     pub fn hidden(&self, ids: &Tensor) -> Tensor {
-        let t = ids.size()[1];
-        let positions = Tensor::arange(t, (Kind::Int64, self.device()));
-        let (cos, sin) = self.rope.cos_sin(&positions, self.kind());
-        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let (mut x, cos, sin) = self.embed(ids);
         for layer in &self.layers {
             x = layer.forward(&x, &self.rope, &cos, &sin);
         }
@@ -106,7 +124,7 @@ impl DeepseekV3 {
 
     /// Logits from hidden states.
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        hidden.linear::<Tensor>(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).to_kind(hidden.kind()), None)
     }
 
     /// Logits [B, T, vocab] for token ids [B, T].

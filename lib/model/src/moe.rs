@@ -19,14 +19,33 @@ pub struct Router {
     scaling: f64,
 }
 
+/// One routing decision for N tokens.
+pub struct Routing {
+    /// Router logits x W_gate^T [N, E], fp32 (before the sigmoid).
+    pub logits: Tensor,
+    /// sigmoid(logits) [N, E], fp32.
+    pub scores: Tensor,
+    /// Weights of the chosen experts [N, k], fp32.
+    pub weights: Tensor,
+    /// Chosen expert ids [N, k].
+    pub idx: Tensor,
+}
+
 impl Router {
     /// x [N, hidden] -> (weights [N, k] fp32, expert ids [N, k]).
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let r = self.route(x);
+        (r.weights, r.idx)
+    }
+
+    /// The full routing of x [N, hidden]: logits, scores, chosen experts and their weights.
+    pub fn route(&self, x: &Tensor) -> Routing {
         let n = x.size()[0];
         let experts = self.weight.size()[0];
         let per_group = experts / self.n_group;
-        let scores = x.to_kind(Kind::Float).linear::<Tensor>(&self.weight.to_kind(Kind::Float), None).sigmoid();
-        let for_choice = &scores + &self.bias;
+        let logits = x.to_kind(Kind::Float).linear::<Tensor>(&self.weight.to_kind(Kind::Float), None);
+        let scores = logits.sigmoid();
+        let for_choice = (&scores + &self.bias).detach();
         // Rank groups by the sum of their two best experts; keep the best topk_group groups.
         let group_scores = for_choice.view([n, self.n_group, per_group]).topk(per_group.min(2), -1, true, true).0.sum_dim_intlist(-1, false, Kind::Float);
         let group_idx = group_scores.topk(self.topk_group, -1, true, false).1;
@@ -38,7 +57,15 @@ impl Router {
         if self.norm_topk_prob {
             weights = &weights / (weights.sum_dim_intlist(-1, true, Kind::Float) + 1e-20);
         }
-        (weights * self.scaling, idx)
+        Routing { logits, scores, weights: weights * self.scaling, idx }
+    }
+
+    pub fn num_experts(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    pub fn top_k(&self) -> i64 {
+        self.top_k
     }
 }
 
@@ -68,9 +95,10 @@ impl Experts {
         let token = order.floor_divide_scalar(k);
         let counts = idx.view([-1]).bincount::<Tensor>(None, experts);
         let offsets = counts.cumsum(0, Kind::Int);
-        let h = x.index_select(0, &token).internal_grouped_mm(&self.gate_up_proj.transpose(1, 2), Some(&offsets), None, None);
+        let kind = x.kind();
+        let h = x.index_select(0, &token).internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
         let h = (h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter)).contiguous();
-        let y = h.internal_grouped_mm(&self.down_proj.transpose(1, 2), Some(&offsets), None, None);
+        let y = h.internal_grouped_mm(&self.down_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
         let w = weights.view([-1]).index_select(0, &order).unsqueeze(1);
         x.zeros_like().index_add(0, &token, &(y * w).to_kind(x.kind()))
     }
@@ -79,6 +107,7 @@ impl Experts {
     pub fn forward_loop(&self, x: &Tensor, weights: &Tensor, idx: &Tensor) -> Tensor {
         let mut out = x.zeros_like();
         let inter = self.down_proj.size()[2];
+        let (gate_up, down) = (self.gate_up_proj.to_kind(x.kind()), self.down_proj.to_kind(x.kind()));
         for e in 0..self.gate_up_proj.size()[0] {
             let hits = idx.eq(e).nonzero();
             if hits.size()[0] == 0 {
@@ -86,9 +115,9 @@ impl Experts {
             }
             let token = hits.select(1, 0);
             let slot = hits.select(1, 1);
-            let h = x.index_select(0, &token).linear::<Tensor>(&self.gate_up_proj.get(e), None);
+            let h = x.index_select(0, &token).linear::<Tensor>(&gate_up.get(e), None);
             let h = h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter);
-            let y = h.linear::<Tensor>(&self.down_proj.get(e), None);
+            let y = h.linear::<Tensor>(&down.get(e), None);
             let w = weights.index_select(0, &token).gather(1, &slot.unsqueeze(1), false);
             out = out.index_add(0, &token, &(y * w).to_kind(x.kind()));
         }
@@ -122,14 +151,60 @@ impl Moe {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_train(x, &AuxCoefficients::default()).0
+    }
+
+    /// x [B, T, hidden] -> (output, what the router did). The auxiliary losses are computed when
+    /// their coefficients are non-zero, already multiplied by them.
+    pub fn forward_train(&self, x: &Tensor, aux: &AuxCoefficients) -> (Tensor, RoutingStats) {
         let shape = x.size();
         let flat = x.view([-1, *shape.last().unwrap()]);
-        let (weights, idx) = self.gate.forward(&flat);
-        let routed = self.experts.forward(&flat, &weights, &idx).view(shape.as_slice());
-        routed + self.shared_experts.forward(x)
+        let r = self.gate.route(&flat);
+        let routed = self.experts.forward(&flat, &r.weights, &r.idx).view(shape.as_slice());
+        let experts = self.gate.num_experts();
+        let load = r.idx.view([-1]).bincount::<Tensor>(None, experts).detach();
+        let seq_aux_loss = (aux.seq_aux_loss != 0.0).then(|| {
+            sequence_aux_loss(&r.scores, &r.idx, shape[0], self.gate.top_k()) * aux.seq_aux_loss
+        });
+        let z_loss = (aux.z_loss != 0.0).then(|| {
+            r.logits.logsumexp([-1], false).square().mean(Kind::Float) * aux.z_loss
+        });
+        (routed + self.shared_experts.forward(x), RoutingStats { load, seq_aux_loss, z_loss })
     }
 }
 
+/// The coefficients of the router's auxiliary losses (0 = not computed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuxCoefficients {
+    /// DeepSeek-V3's complementary sequence-wise balance loss (Megatron `--moe-aux-loss-coeff`
+    /// with `seq_aux_loss`).
+    pub seq_aux_loss: f64,
+    /// Router z-loss: mean over tokens of logsumexp(router logits)² (Megatron `--moe-z-loss-coeff`).
+    pub z_loss: f64,
+}
+
+/// What one MoE layer's router did on a batch.
+pub struct RoutingStats {
+    /// Tokens routed to each expert [E], int64, detached.
+    pub load: Tensor,
+    /// The sequence-wise balance loss times its coefficient (a scalar with gradient).
+    pub seq_aux_loss: Option<Tensor>,
+    /// The router z-loss times its coefficient.
+    pub z_loss: Option<Tensor>,
+}
+
+/// DeepSeek-V3's sequence-wise balance loss for `batch` sequences of equal length:
+/// per sequence, sum over experts of f_e * P_e with f_e = E/(k T) * tokens of the sequence routed
+/// to e and P_e = the mean over its tokens of the normalised score s_e / sum_j s_j; averaged over
+/// the sequences.
+pub fn sequence_aux_loss(scores: &Tensor, idx: &Tensor, batch: i64, top_k: i64) -> Tensor {
+    let (n, experts) = (scores.size()[0], scores.size()[1]);
+    let t = n / batch;
+    let routed = scores.zeros_like().scatter_value(1, idx, 1.0).view([batch, t, experts]).sum_dim_intlist(1, false, Kind::Float);
+    let f = routed * (experts as f64 / (top_k * t) as f64);
+    let p = (scores / scores.sum_dim_intlist(-1, true, Kind::Float)).view([batch, t, experts]).mean_dim(1, false, Kind::Float);
+    (f * p).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float)
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,145 @@
+//! Training checkpoints under `RUN_DIR/checkpoints/step-NNNNNNN/`: the model as a Hugging Face
+//! directory (config.json, safetensors, generation_config.json; weights in the master dtype, so a
+//! resume is exact), `optimizer.safetensors` (Adam moments) and `trainer_state.json` (step, data
+//! cursor, optimizer step count, skipped steps, seed), written last.
+//!
+//! A save writes everything into `.tmp-step-NNNNNNN/`, syncs it, renames it into place and then
+//! rewrites the `latest` pointer: a crash at any point leaves the previous checkpoint complete,
+//! and the newest directory holding `trainer_state.json` is what a restart resumes from.
+
+use crate::optim::AdamW;
+use openseek_common::{AtomicOutputs, Failure};
+use openseek_model::DeepseekV3;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const STATE: &str = "trainer_state.json";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// Largest model shard written (bytes).
+const SHARD_BYTES: usize = 4 << 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub format: String,
+    /// Optimizer steps (iterations) done, skipped ones included.
+    pub step: u64,
+    /// The data cursor: samples consumed by all ranks together.
+    pub consumed_samples: u64,
+    /// Updates the optimizer took (its bias-correction count).
+    pub optimizer_steps: u64,
+    pub skipped_steps: u64,
+    /// The seed of the initial weights. Training itself draws no random numbers (no dropout,
+    /// deterministic routing), so the seed and the cursor are the whole random state.
+    pub seed: u64,
+    pub tool: String,
+    pub version: String,
+    pub git_commit: String,
+}
+
+pub fn root(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+pub fn name(step: u64) -> String {
+    format!("step-{step:07}")
+}
+
+/// Complete checkpoints (those holding trainer_state.json), oldest first.
+pub fn complete(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root(run_dir)) else { return vec![] };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().join(STATE).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The newest complete checkpoint, if any.
+pub fn newest(run_dir: &Path) -> Option<(u64, PathBuf)> {
+    complete(run_dir).pop()
+}
+
+/// Remove what interrupted saves left behind.
+pub fn clean_temporaries(run_dir: &Path) -> Result<(), Failure> {
+    let Ok(entries) = std::fs::read_dir(root(run_dir)) else { return Ok(()) };
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
+            eprintln!("os-train: removing {} (left by an interrupted save)", e.path().display());
+            std::fs::remove_dir_all(e.path()).map_err(|err| Failure::io_at(&e.path(), "cannot remove", &err))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainerState, Failure> {
+    let path = dir.join(STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Failure::io_at(&path, "cannot read", &e))?;
+    serde_json::from_str(&text).map_err(|e| Failure::data(format!("{}: not a trainer state: {e}", path.display())))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// A test hook: `OPENSEEK_TRAIN_FAULT=kill-during-save:STEP` kills the process (SIGKILL) after
+/// the model files of that step's checkpoint are written and before the checkpoint is complete.
+fn fault_during_save(step: u64) {
+    if let Ok(f) = std::env::var("OPENSEEK_TRAIN_FAULT") {
+        if f.strip_prefix("kill-during-save:").and_then(|s| s.parse::<u64>().ok()) == Some(step) {
+            // SAFETY: kill(2) on our own pid; no memory is touched.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Save step `state.step`; returns its directory. Older checkpoints beyond `keep_last` are removed.
+pub fn save(run_dir: &Path, model: &DeepseekV3, opt: &AdamW, state: &TrainerState, keep_last: Option<usize>) -> Result<PathBuf, Failure> {
+    let root = root(run_dir);
+    std::fs::create_dir_all(&root).map_err(|e| Failure::io_at(&root, "cannot create", &e))?;
+    let name = name(state.step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
+    }
+    openseek_model::save(model, &tmp, model.kind(), SHARD_BYTES)?;
+    fault_during_save(state.step);
+    let mut out = AtomicOutputs::new();
+    opt.save(&tmp.join(OPTIMIZER), &mut out)?;
+    let state_path = tmp.join(STATE);
+    let mut f = out.create(&state_path)?;
+    f.write_all(serde_json::to_string_pretty(state).unwrap().as_bytes())
+        .and_then(|_| f.write_all(b"\n"))
+        .map_err(|e| Failure::io_at(&state_path, "cannot write", &e))?;
+    drop(f);
+    out.commit()?;
+    sync_dir(&tmp);
+    let dest = root.join(&name);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(|e| Failure::io_at(&dest, "cannot replace", &e))?;
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| Failure::io_at(&dest, "cannot rename the checkpoint into place", &e))?;
+    sync_dir(&root);
+    let mut out = AtomicOutputs::new();
+    let latest = root.join("latest");
+    let mut f = out.create(&latest)?;
+    f.write_all(format!("{name}\n").as_bytes()).map_err(|e| Failure::io_at(&latest, "cannot write", &e))?;
+    drop(f);
+    out.commit()?;
+    if let Some(k) = keep_last {
+        let all = complete(run_dir);
+        for (_, old) in all.iter().take(all.len().saturating_sub(k)) {
+            std::fs::remove_dir_all(old).map_err(|e| Failure::io_at(old, "cannot remove an old checkpoint", &e))?;
+        }
+    }
+    Ok(dest)
+}

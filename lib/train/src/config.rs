@@ -1,0 +1,367 @@
+//! The training configuration: one flat set of options read from TOML or YAML, each also settable
+//! on the command line as `--name value` (or `--name=value`, dashes or underscores), checked and
+//! resolved into the lengths the loop needs.
+
+use crate::schedule::{Schedule, Style, WsdDecay};
+use openseek_common::Failure;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// bf16 compute, fp32 master weights and fp32 Adam moments (Megatron's default).
+    Bf16Mixed,
+    /// bf16 weights and compute; Adam moments fp32, updates rounded into the bf16 weights.
+    Bf16,
+    /// fp32 throughout (the CPU path).
+    Fp32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNan {
+    /// Skip the update (the batch is consumed), log the batch's sample ids, carry on.
+    Skip,
+    /// Log the sample ids and stop (exit 65).
+    Stop,
+}
+
+/// Where a from-scratch model's shape comes from: a config.json path, or the config inline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModelConfig {
+    Path(PathBuf),
+    Inline(serde_json::Map<String, Value>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Start from this Hugging Face checkpoint directory (continued pretraining).
+    pub init_from: Option<PathBuf>,
+    /// Or from scratch with this model config (a config.json path or an inline table).
+    pub model_config: Option<ModelConfig>,
+    /// Init std from scratch (default: the model config's initializer_range).
+    pub init_std: Option<f64>,
+    /// The sample store (os-mix / os-pack output directory).
+    pub data: PathBuf,
+    /// Loss mask 0 on EOD tokens of the input (Megatron --eod-mask-loss).
+    #[serde(default)]
+    pub eod_mask_loss: bool,
+
+    pub micro_batch_size: usize,
+    /// Samples per optimizer step (gradient accumulation makes up the difference).
+    pub global_batch_size: usize,
+    pub train_iters: Option<u64>,
+    pub train_samples: Option<u64>,
+
+    pub lr: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "cosine")]
+    pub lr_schedule: Style,
+    pub warmup_iters: Option<u64>,
+    pub warmup_samples: Option<u64>,
+    /// Where the decay ends (default: the end of training).
+    pub decay_iters: Option<u64>,
+    pub decay_samples: Option<u64>,
+    /// WSD: the length of the final decay.
+    pub wsd_decay_iters: Option<u64>,
+    pub wsd_decay_samples: Option<u64>,
+    #[serde(default = "linear")]
+    pub wsd_decay_style: WsdDecay,
+
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "eps")]
+    pub adam_eps: f64,
+    /// Global gradient-norm clipping (0 = off).
+    #[serde(default = "one")]
+    pub clip_grad: f64,
+    #[serde(default = "bf16_mixed")]
+    pub precision: Precision,
+
+    /// The aux-loss-free balance: bias_e += rate * sign(mean load - load_e) after each step (0 = off).
+    #[serde(default = "bias_rate")]
+    pub router_bias_update_rate: f64,
+    /// The sequence-wise balance loss coefficient (0 = off).
+    #[serde(default = "seq_aux")]
+    pub seq_aux_loss_coeff: f64,
+    /// Router z-loss coefficient (0 = off).
+    #[serde(default)]
+    pub z_loss_coeff: f64,
+
+    /// Layers whose activations are recomputed in the backward pass: "none", "all" or "0,2,4".
+    #[serde(default = "none")]
+    pub recompute: String,
+    /// Tokens per chunk of the LM head + loss (bounds the logits' memory).
+    #[serde(default = "chunk")]
+    pub loss_chunk_tokens: usize,
+
+    /// cpu, cuda, cuda:N or auto.
+    #[serde(default = "auto")]
+    pub device: String,
+    #[serde(default = "seed")]
+    pub seed: u64,
+    /// CPU threads for torch (default: torch's choice).
+    pub threads: Option<usize>,
+
+    /// Checkpoint every N steps (a checkpoint is always written at the end).
+    pub save_interval: Option<u64>,
+    /// Keep only the newest K checkpoints.
+    pub keep_last: Option<usize>,
+    #[serde(default = "skip")]
+    pub on_nan: OnNan,
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// The MFU basis in TFLOP/s (default: H100 SXM dense bf16, 989).
+    #[serde(default = "peak")]
+    pub peak_tflops: f64,
+}
+
+fn cosine() -> Style {
+    Style::Cosine
+}
+fn linear() -> WsdDecay {
+    WsdDecay::Linear
+}
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.95
+}
+fn eps() -> f64 {
+    1e-8
+}
+fn one() -> f64 {
+    1.0
+}
+fn bf16_mixed() -> Precision {
+    Precision::Bf16Mixed
+}
+fn bias_rate() -> f64 {
+    1e-3
+}
+fn seq_aux() -> f64 {
+    1e-4
+}
+fn none() -> String {
+    "none".into()
+}
+fn chunk() -> usize {
+    8192
+}
+fn auto() -> String {
+    "auto".into()
+}
+fn seed() -> u64 {
+    1234
+}
+fn skip() -> OnNan {
+    OnNan::Skip
+}
+fn yes() -> bool {
+    true
+}
+fn peak() -> f64 {
+    crate::metrics::H100_BF16_PEAK_TFLOPS
+}
+
+/// Read a config file (`.toml`, `.yaml`/`.yml` or `.json`) as a JSON object.
+pub fn read_file(path: &Path) -> Result<serde_json::Map<String, Value>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::io_at(path, "cannot read the config", &e))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let value: Value = match ext {
+        "toml" => {
+            let t: toml::Value = toml::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+            serde_json::to_value(t).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?
+        }
+        "yaml" | "yml" => serde_norway::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?,
+        "json" => serde_json::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?,
+        _ => return Err(Failure::config(format!("{}: expected a .toml, .yaml, .yml or .json config", path.display()))),
+    };
+    let Value::Object(mut map) = value else {
+        return Err(Failure::config(format!("{}: the config must be a table of options", path.display())));
+    };
+    // Relative paths in a config file are relative to the file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for key in ["init_from", "data", "model_config"] {
+        if let Some(Value::String(p)) = map.get(key) {
+            let p = Path::new(p);
+            if p.is_relative() {
+                map.insert(key.into(), Value::String(base.join(p).to_string_lossy().into_owned()));
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Apply `--name value` / `--name=value` pairs over `map`. Values are read as JSON (numbers,
+/// booleans, arrays, objects) and fall back to strings.
+pub fn apply_flags(map: &mut serde_json::Map<String, Value>, flags: &[String]) -> Result<(), Failure> {
+    let mut i = 0;
+    while i < flags.len() {
+        let Some(flag) = flags[i].strip_prefix("--") else {
+            return Err(Failure::usage(format!("unexpected argument {:?}: options are --name value", flags[i])));
+        };
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => {
+                i += 1;
+                let v = flags.get(i).ok_or_else(|| Failure::usage(format!("--{flag} needs a value")))?;
+                (flag.to_string(), v.clone())
+            }
+        };
+        let key = name.replace('-', "_");
+        let v = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
+        map.insert(key, v);
+        i += 1;
+    }
+    Ok(())
+}
+
+impl TrainConfig {
+    pub fn from_map(map: serde_json::Map<String, Value>) -> Result<TrainConfig, Failure> {
+        let cfg: TrainConfig = serde_json::from_value(Value::Object(map)).map_err(|e| Failure::config(format!("training config: {e}")))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), Failure> {
+        let bad = |m: String| Err(Failure::config(m));
+        match (&self.init_from, &self.model_config) {
+            (Some(_), Some(_)) => return bad("set either init_from (a checkpoint) or model_config (from scratch), not both".into()),
+            (None, None) => return bad("set init_from (a Hugging Face checkpoint directory) or model_config (from scratch)".into()),
+            _ => {}
+        }
+        if self.micro_batch_size == 0 || self.global_batch_size == 0 || self.global_batch_size % self.micro_batch_size != 0 {
+            return bad(format!(
+                "global_batch_size {} must be a positive multiple of micro_batch_size {}",
+                self.global_batch_size, self.micro_batch_size
+            ));
+        }
+        if self.train_iters.is_some() == self.train_samples.is_some() {
+            return bad("set exactly one of train_iters and train_samples".into());
+        }
+        if self.warmup_iters.is_some() && self.warmup_samples.is_some() {
+            return bad("set at most one of warmup_iters and warmup_samples".into());
+        }
+        if self.decay_iters.is_some() && self.decay_samples.is_some() {
+            return bad("set at most one of decay_iters and decay_samples".into());
+        }
+        if self.lr_schedule == Style::Wsd && self.wsd_decay_iters.is_none() && self.wsd_decay_samples.is_none() {
+            return bad("lr_schedule wsd needs wsd_decay_iters or wsd_decay_samples".into());
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            return bad(format!("adam betas must be in [0, 1): {} {}", self.adam_beta1, self.adam_beta2));
+        }
+        if self.keep_last == Some(0) || self.save_interval == Some(0) {
+            return bad("keep_last and save_interval must be at least 1".into());
+        }
+        if self.loss_chunk_tokens == 0 {
+            return bad("loss_chunk_tokens must be at least 1".into());
+        }
+        self.schedule().check().map_err(|m| Failure::config(format!("learning-rate schedule: {m}")))?;
+        Ok(())
+    }
+
+    /// Optimizer steps in the run.
+    pub fn total_steps(&self) -> u64 {
+        match (self.train_iters, self.train_samples) {
+            (Some(i), _) => i,
+            (None, Some(s)) => s / self.global_batch_size as u64,
+            (None, None) => 0,
+        }
+    }
+
+    pub fn accumulation(&self) -> usize {
+        self.global_batch_size / self.micro_batch_size
+    }
+
+    /// The schedule in samples (iterations times the global batch).
+    pub fn schedule(&self) -> Schedule {
+        let gbs = self.global_batch_size as u64;
+        let in_samples = |iters: Option<u64>, samples: Option<u64>| iters.map(|i| i * gbs).or(samples);
+        let total = self.total_steps() * gbs;
+        Schedule {
+            max_lr: self.lr,
+            min_lr: self.min_lr,
+            style: self.lr_schedule,
+            warmup: in_samples(self.warmup_iters, self.warmup_samples).unwrap_or(0),
+            decay_end: in_samples(self.decay_iters, self.decay_samples).unwrap_or(total),
+            wsd_decay: in_samples(self.wsd_decay_iters, self.wsd_decay_samples).unwrap_or(0),
+            wsd_style: self.wsd_decay_style,
+        }
+    }
+
+    /// Which of `layers` layers recompute their activations.
+    pub fn recompute_layers(&self, layers: usize) -> Result<Vec<bool>, Failure> {
+        match self.recompute.trim() {
+            "none" | "" => Ok(vec![false; layers]),
+            "all" | "full" => Ok(vec![true; layers]),
+            list => {
+                let mut out = vec![false; layers];
+                for part in list.split(',') {
+                    let i: usize = part.trim().parse().map_err(|_| {
+                        Failure::config(format!("recompute {list:?}: expected none, all or layer numbers like 0,2,4"))
+                    })?;
+                    if i >= layers {
+                        return Err(Failure::config(format!("recompute names layer {i}; the model has {layers}")));
+                    }
+                    out[i] = true;
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Map<String, Value> {
+        serde_json::from_value(serde_json::json!({
+            "model_config": {"vocab_size": 10}, "data": "d", "micro_batch_size": 2,
+            "global_batch_size": 8, "train_iters": 100, "lr": 1e-3, "warmup_iters": 10
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn flags_override_and_iterations_count_in_samples() {
+        let mut m = base();
+        apply_flags(&mut m, &["--lr".into(), "3e-4".into(), "--lr-schedule=wsd".into(), "--wsd-decay-iters".into(), "20".into()]).unwrap();
+        let c = TrainConfig::from_map(m).unwrap();
+        assert_eq!(c.lr, 3e-4);
+        assert_eq!(c.accumulation(), 4);
+        let s = c.schedule();
+        assert_eq!((s.warmup, s.decay_end, s.wsd_decay), (80, 800, 160));
+        assert_eq!(s.style, Style::Wsd);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let mut m = base();
+        m.insert("lr_shedule".into(), Value::from("cosine"));
+        assert!(TrainConfig::from_map(m).unwrap_err().message.contains("lr_shedule"));
+        let mut m = base();
+        m.insert("global_batch_size".into(), Value::from(7));
+        assert!(TrainConfig::from_map(m).unwrap_err().message.contains("multiple"));
+        let mut m = base();
+        m.insert("train_samples".into(), Value::from(7));
+        assert!(TrainConfig::from_map(m).unwrap_err().message.contains("exactly one"));
+        let c = TrainConfig::from_map(base()).unwrap();
+        assert_eq!(c.recompute_layers(3).unwrap(), vec![false; 3]);
+        let mut m = base();
+        m.insert("recompute".into(), Value::from("0,2"));
+        assert_eq!(TrainConfig::from_map(m).unwrap().recompute_layers(3).unwrap(), vec![true, false, true]);
+    }
+}

@@ -1,0 +1,15 @@
+//! os-train's library: training OpenSeek-Small-v1 (DeepSeek-V3) on libtorch through tch from a
+//! sample store, with exact resume, atomic checkpoints, JSON-line and TensorBoard logs.
+
+pub mod checkpoint;
+pub mod config;
+pub mod init;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod step;
+pub mod tensorboard;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{train, RunInfo};

@@ -1,0 +1,77 @@
+//! Throughput accounting: training FLOPs per token by Megatron's formula
+//! (`megatron/training/training.py num_floating_point_operations`, MLA + MoE branch), MFU against
+//! a named peak, and peak memory.
+
+use openseek_model::Config;
+
+/// Megatron pads the vocabulary to a multiple of this (`make_vocab_size_divisible_by`, TP 1).
+pub const VOCAB_PAD: i64 = 64;
+
+/// H100 SXM dense bf16 peak, the MFU basis unless the config names another.
+pub const H100_BF16_PEAK_TFLOPS: f64 = 989.0;
+
+/// Forward + backward FLOPs per token at sequence length `seq` (no recompute), Megatron's formula.
+pub fn flops_per_token(cfg: &Config, seq: i64) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let layers = cfg.num_hidden_layers as f64;
+    let moe_layers = (0..cfg.num_hidden_layers).filter(|&i| cfg.is_moe_layer(i)).count() as f64;
+    let dense_layers = layers - moe_layers;
+    let swiglu = 1.5;
+    let shared = (cfg.moe_intermediate_size * cfg.n_shared_experts) as f64;
+    let mlp = 12.0
+        * layers
+        * h
+        * (cfg.intermediate_size as f64 * swiglu * dense_layers / layers
+            + cfg.moe_intermediate_size as f64 * cfg.num_experts_per_tok as f64 * swiglu * moe_layers / layers
+            + shared * swiglu * moe_layers / layers);
+    let heads = cfg.num_attention_heads as f64;
+    let (nope, rope, v) = (cfg.qk_nope_head_dim as f64, cfg.qk_rope_head_dim as f64, cfg.v_head_dim as f64);
+    let q_term = match cfg.q_lora_rank {
+        None => h * heads * (nope + rope),
+        Some(r) => r as f64 * (h + heads * (nope + rope) + 1.0),
+    };
+    let s = seq as f64;
+    let attn = 6.0
+        * layers
+        * (q_term
+            + cfg.kv_lora_rank as f64 * (h + heads * (nope + v) + 1.0)
+            + h * rope
+            + heads * v * h
+            + s * heads * (nope + rope) / 2.0
+            + s * heads * v / 2.0);
+    let vocab = ((cfg.vocab_size + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD) as f64;
+    let logits = 6.0 * h * vocab;
+    mlp + attn + logits
+}
+
+/// The process' peak resident memory (VmHWM) in bytes, if the kernel reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openseek_small_v1_is_2_614_gflop_per_token_at_4096() {
+        let cfg = Config::from_json(serde_json::json!({
+            "model_type": "deepseek_v3", "vocab_size": 151851, "hidden_size": 1280, "num_hidden_layers": 6,
+            "num_attention_heads": 10, "num_key_value_heads": 10, "q_lora_rank": null, "kv_lora_rank": 512,
+            "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "intermediate_size": 7168,
+            "moe_intermediate_size": 896, "n_routed_experts": 64, "num_experts_per_tok": 6, "n_shared_experts": 2,
+            "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1
+        }))
+        .unwrap();
+        // MODEL.md: MLP 0.991 + attention 0.457 + logits 1.166 GFLOP.
+        let mlp = 12.0 * 1280.0 * (7168.0 * 1.5 + 5.0 * (896.0 * 6.0 * 1.5 + 1792.0 * 1.5));
+        let attn = 36.0 * (1280.0 * 10.0 * 192.0 + 512.0 * 3841.0 + 1280.0 * 64.0 + 1280.0 * 1280.0 + 4096.0 * 960.0 + 4096.0 * 640.0);
+        let logits = 6.0 * 1280.0 * 151872.0;
+        let f = flops_per_token(&cfg, 4096);
+        assert!((f - (mlp + attn + logits)).abs() < 1.0, "{f} vs {}", mlp + attn + logits);
+        assert!((f / 1e9 - 2.614).abs() < 0.001, "{f}");
+    }
+}

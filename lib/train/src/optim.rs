@@ -1,0 +1,135 @@
+//! AdamW written with tensor ops, as `torch.optim.AdamW` (single-tensor path) computes it:
+//! decoupled weight decay (none on norms, biases and the router's correction bias), bias-corrected
+//! moments kept in fp32, and global gradient-norm clipping as `clip_grad_norm_`.
+
+use openseek_common::Failure;
+use openseek_model::safetensors::{self, SafetensorsFile};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub struct Param {
+    pub name: String,
+    /// The weight the model uses (a leaf that requires grad): fp32 master or pure bf16.
+    pub tensor: Tensor,
+    pub decay: bool,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+}
+
+pub struct AdamW {
+    pub params: Vec<Param>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Updates taken so far (the bias-correction count).
+    pub steps: u64,
+}
+
+/// Norms, biases and the router's correction bias get no weight decay.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with("norm.weight") || name.ends_with(".bias") || name.ends_with("e_score_correction_bias"))
+}
+
+impl AdamW {
+    /// Optimise `params` (name, leaf tensor); moments start at zero, fp32, on the params' device.
+    pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> AdamW {
+        let params = params
+            .into_iter()
+            .map(|(name, tensor)| {
+                let zeros = || Tensor::zeros(tensor.size(), (Kind::Float, tensor.device()));
+                Param { decay: decays(&name), exp_avg: zeros(), exp_avg_sq: zeros(), name, tensor }
+            })
+            .collect();
+        AdamW { params, beta1, beta2, eps, weight_decay, steps: 0 }
+    }
+
+    /// sqrt of the sum of squared gradient entries, all parameters together (fp32 accumulation per tensor).
+    pub fn grad_norm(&self) -> Tensor {
+        let norms: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.to_kind(Kind::Float).norm())
+            .collect();
+        Tensor::stack(&norms, 0).norm()
+    }
+
+    pub fn param_norm(&self) -> Tensor {
+        let norms: Vec<Tensor> = self.params.iter().map(|p| p.tensor.detach().to_kind(Kind::Float).norm()).collect();
+        Tensor::stack(&norms, 0).norm()
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.tensor.zero_grad();
+        }
+    }
+
+    /// One update at learning rate `lr`, gradients scaled by `grad_scale` (the clipping factor).
+    pub fn step(&mut self, lr: f64, grad_scale: f64) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let bias_correction1 = 1.0 - b1.powi(t);
+        let bias_correction2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let step_size = lr / bias_correction1;
+        let _guard = tch::no_grad_guard();
+        for p in &mut self.params {
+            let g = p.tensor.grad();
+            if !g.defined() {
+                continue;
+            }
+            let mut g = g.to_kind(Kind::Float);
+            if grad_scale != 1.0 {
+                g = g * grad_scale;
+            }
+            let master = p.tensor.kind() == Kind::Float;
+            let mut w = if master { p.tensor.shallow_clone() } else { p.tensor.to_kind(Kind::Float) };
+            if p.decay && self.weight_decay != 0.0 {
+                let _ = w.g_mul_scalar_(1.0 - lr * self.weight_decay);
+            }
+            let _ = p.exp_avg.lerp_(&g, 1.0 - b1);
+            // addcmul_(g, g, value=1-b2) evaluates (value * g) * g.
+            let _ = p.exp_avg_sq.g_mul_scalar_(b2).g_add_(&((&g * (1.0 - b2)) * &g));
+            let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
+            let _ = w.addcdiv_(&(&p.exp_avg * -step_size), &denom);
+            if !master {
+                let _ = p.tensor.copy_(&w);
+            }
+        }
+    }
+
+    /// The moments, for a checkpoint (the step count goes into the trainer state).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![];
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
+            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()));
+        }
+        out
+    }
+
+    pub fn save(&self, path: &Path, out: &mut openseek_common::AtomicOutputs) -> Result<(), Failure> {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(out.create(path)?);
+        safetensors::write(&mut w, &self.state())?;
+        w.flush().map_err(|e| Failure::io_at(path, "cannot write", &e))
+    }
+
+    pub fn load(&mut self, path: &Path, steps: u64) -> Result<(), Failure> {
+        let f = SafetensorsFile::open(path)?;
+        self.steps = steps;
+        for p in &mut self.params {
+            for (what, dst) in [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)] {
+                let t = f.tensor(&format!("{what}.{}", p.name), Kind::Float)?;
+                if t.size() != dst.size() {
+                    return Err(Failure::data(format!("{}: {what}.{} is {:?}, the model's is {:?}", path.display(), p.name, t.size(), dst.size())));
+                }
+                *dst = t.to_device(dst.device());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! One micro-batch forward and backward, layer by layer. Every layer's input is a leaf of its
+//! own graph, so a layer can run its forward without keeping activations (under no_grad) and
+//! recompute them in the backward pass; the LM head and the loss run in chunks of tokens so the
+//! logits of a whole micro-batch never exist at once.
+
+use openseek_model::moe::{AuxCoefficients, RoutingStats};
+use openseek_model::DeepseekV3;
+use tch::{Kind, Reduction, Tensor};
+
+pub struct MicroBatch {
+    /// [B, T] int64.
+    pub ids: Tensor,
+    /// [B*T] int64.
+    pub labels: Tensor,
+    /// [B*T] fp32.
+    pub loss_mask: Tensor,
+}
+
+/// What a micro-batch contributed; detached scalars already divided by the step's denominators.
+pub struct MicroOutput {
+    /// Sum of masked token losses / tokens in the step's loss.
+    pub lm_loss: Tensor,
+    pub seq_aux_loss: Tensor,
+    pub z_loss: Tensor,
+    /// Tokens per expert for each MoE layer (model layer order), int64.
+    pub loads: Vec<Tensor>,
+}
+
+fn sum_losses(stats: &Option<RoutingStats>) -> (Option<Tensor>, Option<Tensor>) {
+    match stats {
+        None => (None, None),
+        Some(s) => (s.seq_aux_loss.as_ref().map(|t| t.shallow_clone()), s.z_loss.as_ref().map(|t| t.shallow_clone())),
+    }
+}
+
+/// Forward and backward of one micro-batch; gradients accumulate into the parameters' `.grad`.
+/// `token_denominator`: tokens in the loss over the whole step; `micro_batches`: micro-batches in
+/// the step (the auxiliary losses are means over them).
+pub fn forward_backward(
+    model: &DeepseekV3,
+    batch: &MicroBatch,
+    recompute: &[bool],
+    aux: &AuxCoefficients,
+    chunk_tokens: i64,
+    token_denominator: f64,
+    micro_batches: usize,
+) -> MicroOutput {
+    let device = model.device();
+    let zero = || Tensor::zeros([], (Kind::Float, device));
+    let aux_scale = 1.0 / micro_batches as f64;
+    let (x0, cos, sin) = model.embed(&batch.ids);
+    let mut x = x0.detach().set_requires_grad(true);
+    // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
+    let mut saved: Vec<(Tensor, Option<(Tensor, Option<Tensor>)>)> = Vec::with_capacity(model.layers.len());
+    let (mut seq_aux, mut z) = (zero(), zero());
+    let mut loads = vec![];
+    for (layer, &again) in model.layers.iter().zip(recompute) {
+        let input = x;
+        let (y, stats) = if again {
+            tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, aux))
+        } else {
+            layer.forward_train(&input, &model.rope, &cos, &sin, aux)
+        };
+        let (a, zl) = sum_losses(&stats);
+        if let Some(a) = &a {
+            seq_aux += a.detach() * aux_scale;
+        }
+        if let Some(zl) = &zl {
+            z += zl.detach() * aux_scale;
+        }
+        if let Some(s) = stats {
+            loads.push(s.load);
+        }
+        x = y.detach().set_requires_grad(true);
+        let graph = (!again).then(|| (y, aux_total(a, zl, aux_scale)));
+        saved.push((input, graph));
+    }
+
+    // Final norm, then head + loss chunk by chunk, each chunk's backward right away.
+    let h = model.norm.forward(&x);
+    let h_leaf = h.detach().set_requires_grad(true);
+    let hidden = h_leaf.view([-1, *h_leaf.size().last().unwrap()]);
+    let n = hidden.size()[0];
+    let mut lm_loss = zero();
+    let mut start = 0;
+    while start < n {
+        let len = chunk_tokens.min(n - start);
+        let logits = model.head(&hidden.narrow(0, start, len)).to_kind(Kind::Float);
+        let ce = logits.cross_entropy_loss::<Tensor>(&batch.labels.narrow(0, start, len), None, Reduction::None, -100, 0.0);
+        let loss = (ce * batch.loss_mask.narrow(0, start, len)).sum(Kind::Float) / token_denominator;
+        loss.backward();
+        lm_loss += loss.detach();
+        start += len;
+    }
+    (h * h_leaf.grad()).sum(Kind::Float).backward();
+
+    let mut grad = x.grad();
+    for (layer, (input, graph)) in model.layers.iter().zip(saved).rev() {
+        let (y, aux_loss) = match graph {
+            Some(g) => g,
+            None => {
+                let (y, stats) = layer.forward_train(&input, &model.rope, &cos, &sin, aux);
+                let (a, zl) = sum_losses(&stats);
+                (y, aux_total(a, zl, aux_scale))
+            }
+        };
+        let mut objective = (y * &grad).sum(Kind::Float);
+        if let Some(a) = aux_loss {
+            objective = objective + a;
+        }
+        objective.backward();
+        grad = input.grad();
+    }
+    (x0 * grad).sum(Kind::Float).backward();
+    MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads }
+}
+
+fn aux_total(a: Option<Tensor>, z: Option<Tensor>, scale: f64) -> Option<Tensor> {
+    match (a, z) {
+        (None, None) => None,
+        (Some(a), None) => Some(a * scale),
+        (None, Some(z)) => Some(z * scale),
+        (Some(a), Some(z)) => Some((a + z) * scale),
+    }
+}

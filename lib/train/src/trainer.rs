@@ -1,0 +1,371 @@
+//! The training loop: build or resume the model, optimizer and data cursor; per step, gather the
+//! global batch, run forward/backward per micro-batch, check for NaN/inf, clip, update, adjust
+//! the router biases, log, checkpoint; stop cleanly on USR1/TERM (checkpoint, exit 75).
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{ModelConfig, OnNan, Precision, TrainConfig};
+use crate::metrics;
+use crate::optim::AdamW;
+use crate::step::{self, MicroBatch};
+use crate::tensorboard::EventWriter;
+use openseek_common::signals::StopSignal;
+use openseek_common::{AtomicOutputs, ExitCode, Failure};
+use openseek_mix::reader::{Cursor, DataLoader, ReaderOptions};
+use openseek_mix::store::SampleStore;
+use openseek_model::model::FeedForward;
+use openseek_model::moe::AuxCoefficients;
+use openseek_model::{Config, DeepseekV3};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Cuda, Device, Kind, Tensor};
+
+/// Who is training: recorded in the run directory and in checkpoints.
+pub struct RunInfo {
+    pub tool: String,
+    pub version: String,
+    pub git_commit: String,
+}
+
+pub fn device_of(name: &str) -> Result<Device, Failure> {
+    let cuda = |i: usize| {
+        if Cuda::is_available() {
+            Ok(Device::Cuda(i))
+        } else {
+            Err(Failure::new(ExitCode::Unavailable, format!("device {name}: CUDA is not available on this machine")))
+        }
+    };
+    match name {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => cuda(i),
+            None => Err(Failure::config(format!("device {other}: expected cpu, cuda, cuda:N or auto"))),
+        },
+    }
+}
+
+fn kinds(p: Precision) -> (Kind, Kind) {
+    match p {
+        Precision::Bf16Mixed => (Kind::Float, Kind::BFloat16),
+        Precision::Bf16 => (Kind::BFloat16, Kind::BFloat16),
+        Precision::Fp32 => (Kind::Float, Kind::Float),
+    }
+}
+
+/// The model to start from: the newest checkpoint of the run, else `init_from`, else from scratch.
+fn build_model(cfg: &TrainConfig, resume: Option<&Path>, kind: Kind, device: Device) -> Result<DeepseekV3, Failure> {
+    if let Some(dir) = resume {
+        return openseek_model::load(dir, kind, device);
+    }
+    if let Some(dir) = &cfg.init_from {
+        return openseek_model::load(dir, kind, device);
+    }
+    let config = match cfg.model_config.as_ref().unwrap() {
+        ModelConfig::Path(p) => Config::load(p)?,
+        ModelConfig::Inline(m) => Config::from_json(Value::Object(m.clone())).map_err(|e| Failure::config(format!("model_config: {e}")))?,
+    };
+    let std = cfg.init_std.unwrap_or(config.initializer_range);
+    let w = crate::init::init_weights(&config, std, cfg.seed, kind, device);
+    Ok(DeepseekV3::from_weights(config, w))
+}
+
+fn to_i64(v: &[u32]) -> Vec<i64> {
+    v.iter().map(|&t| t as i64).collect()
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<(), Failure> {
+    let mut out = AtomicOutputs::new();
+    let mut f = out.create(path)?;
+    f.write_all(serde_json::to_string_pretty(value).unwrap().as_bytes())
+        .and_then(|_| f.write_all(b"\n"))
+        .map_err(|e| Failure::io_at(path, "cannot write", &e))?;
+    drop(f);
+    out.commit()
+}
+
+/// Min, max, std (population) and zero count of tokens per expert.
+fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
+    let n = load.len() as f64;
+    let mean = load.iter().sum::<i64>() as f64 / n;
+    let var = load.iter().map(|&l| (l as f64 - mean).powi(2)).sum::<f64>() / n;
+    (*load.iter().min().unwrap(), *load.iter().max().unwrap(), var.sqrt(), load.iter().filter(|&&l| l == 0).count())
+}
+
+/// Train as `cfg` says in `run_dir`, resuming from its newest checkpoint. Returns after the last
+/// step; a stop signal returns `TempFail` after a checkpoint.
+pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSignal) -> Result<(), Failure> {
+    std::fs::create_dir_all(run_dir).map_err(|e| Failure::io_at(run_dir, "cannot create the run directory", &e))?;
+    if let Some(t) = cfg.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let device = device_of(&cfg.device)?;
+    let (master, compute) = kinds(cfg.precision);
+    let store = SampleStore::open(&cfg.data)?;
+    let total_steps = cfg.total_steps();
+    let gbs = cfg.global_batch_size as u64;
+    if total_steps * gbs > store.len() {
+        return Err(Failure::config(format!(
+            "{} steps of {} samples need {} samples; the store {} holds {}",
+            total_steps,
+            gbs,
+            total_steps * gbs,
+            cfg.data.display(),
+            store.len()
+        )));
+    }
+
+    checkpoint::clean_temporaries(run_dir)?;
+    let resume = checkpoint::newest(run_dir);
+    let mut state = match &resume {
+        Some((_, dir)) => {
+            let s = checkpoint::read_state(dir)?;
+            eprintln!("os-train: resuming from {} (step {}, {} samples consumed)", dir.display(), s.step, s.consumed_samples);
+            s
+        }
+        None => TrainerState {
+            format: "openseek-trainer-state".into(),
+            step: 0,
+            consumed_samples: 0,
+            optimizer_steps: 0,
+            skipped_steps: 0,
+            seed: cfg.seed,
+            tool: info.tool.clone(),
+            version: info.version.clone(),
+            git_commit: info.git_commit.clone(),
+        },
+    };
+    write_json(
+        &run_dir.join("train_config.json"),
+        &json!({
+            "tool": info.tool, "version": info.version, "git_commit": info.git_commit,
+            "provenance": openseek_common::provenance::Provenance::capture(&info.tool, &info.version),
+            "resumed_from": resume.as_ref().map(|(_, d)| d.display().to_string()),
+            "config": cfg,
+        }),
+    )?;
+    if state.step >= total_steps {
+        eprintln!("os-train: the run is complete ({} of {total_steps} steps); nothing to do", state.step);
+        return Ok(());
+    }
+
+    let mut model = build_model(cfg, resume.as_ref().map(|(_, d)| d.as_path()), master, device)?;
+    model.compute_kind = compute;
+    let vocab = model.config.vocab_size;
+    let recompute = cfg.recompute_layers(model.layers.len())?;
+    let params: Vec<(String, Tensor)> = model
+        .named_tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("e_score_correction_bias"))
+        .map(|(n, t)| (n, t.set_requires_grad(true)))
+        .collect();
+    let mut opt = AdamW::new(params, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay);
+    if let Some((_, dir)) = &resume {
+        opt.load(&dir.join(checkpoint::OPTIMIZER), state.optimizer_steps)?;
+    }
+    let schedule = cfg.schedule();
+    let aux = AuxCoefficients { seq_aux_loss: cfg.seq_aux_loss_coeff, z_loss: cfg.z_loss_coeff };
+    let seq = store.seq_len() as i64;
+    let flops_per_token = metrics::flops_per_token(&model.config, seq);
+    let options = ReaderOptions {
+        eod_mask_loss: cfg.eod_mask_loss,
+        eod_token: store.manifest().eod_token.or(model.config.eos_token_ids.first().map(|&e| e as u32)),
+        pad_token: store.manifest().pad_token,
+        ..Default::default()
+    };
+    let mut loader = DataLoader::new(&store, options, 0, 1, cfg.micro_batch_size, Cursor { consumed_samples: state.consumed_samples })?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("log.jsonl"))
+        .map_err(|e| Failure::io_at(&run_dir.join("log.jsonl"), "cannot open", &e))?;
+    let mut tb = if cfg.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
+    let moe_layers: Vec<usize> = model.layers.iter().enumerate().filter(|(_, l)| matches!(l.mlp, FeedForward::Moe(_))).map(|(i, _)| i).collect();
+    eprintln!(
+        "os-train: {} parameters, {} steps of {} samples x {} tokens ({} micro-batches of {}), {:?} on {:?}; MFU basis {} TFLOP/s",
+        opt.params.iter().map(|p| p.tensor.numel()).sum::<usize>(),
+        total_steps,
+        gbs,
+        seq,
+        cfg.accumulation(),
+        cfg.micro_batch_size,
+        cfg.precision,
+        device,
+        cfg.peak_tflops
+    );
+
+    let mut saved_at = state.step;
+    while state.step < total_steps {
+        let started = Instant::now();
+        let consumed_before = state.consumed_samples;
+        let mut batches = Vec::with_capacity(cfg.accumulation());
+        let mut sample_ids = vec![];
+        for _ in 0..cfg.accumulation() {
+            let b = loader.next_batch()?.ok_or_else(|| Failure::software("the store ran out of samples"))?;
+            if let Some(&bad) = b.tokens.iter().chain(&b.labels).find(|&&t| t as i64 >= vocab) {
+                return Err(Failure::data(format!(
+                    "{}: samples {:?} hold token {bad}, outside the model's vocabulary of {vocab}",
+                    cfg.data.display(),
+                    b.sample_ids
+                )));
+            }
+            sample_ids.extend_from_slice(&b.sample_ids);
+            batches.push(b);
+        }
+        let tokens_in_loss: f64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as f64).sum::<f64>()).sum();
+        let data_wait = started.elapsed().as_secs_f64();
+
+        let mut lm_loss = Tensor::zeros([], (Kind::Float, device));
+        let mut seq_aux = Tensor::zeros([], (Kind::Float, device));
+        let mut z_loss = Tensor::zeros([], (Kind::Float, device));
+        let mut loads: Vec<Tensor> = vec![];
+        for b in &batches {
+            let rows = b.sample_ids.len() as i64;
+            let mb = MicroBatch {
+                ids: Tensor::from_slice(&to_i64(&b.tokens)).view([rows, seq]).to_device(device),
+                labels: Tensor::from_slice(&to_i64(&b.labels)).to_device(device),
+                loss_mask: Tensor::from_slice(&b.loss_mask).to_device(device),
+            };
+            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, tokens_in_loss.max(1.0), batches.len());
+            lm_loss += out.lm_loss;
+            seq_aux += out.seq_aux_loss;
+            z_loss += out.z_loss;
+            if loads.is_empty() {
+                loads = out.loads;
+            } else {
+                for (a, l) in loads.iter_mut().zip(out.loads) {
+                    *a += l;
+                }
+            }
+        }
+        state.consumed_samples = loader.cursor().consumed_samples;
+        let loss = lm_loss.double_value(&[]);
+        let grad_norm = opt.grad_norm().double_value(&[]);
+        let lr = schedule.lr(consumed_before);
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        if !finite {
+            eprintln!(
+                "os-train: step {}: loss {loss}, grad norm {grad_norm}; samples {:?}{}",
+                state.step + 1,
+                sample_ids,
+                if cfg.on_nan == OnNan::Skip { "; skipping the update" } else { "" }
+            );
+            if cfg.on_nan == OnNan::Stop {
+                return Err(Failure::data(format!(
+                    "step {}: loss {loss}, grad norm {grad_norm} (not finite) on samples {sample_ids:?} of {}; stopped (on_nan = stop)",
+                    state.step + 1,
+                    cfg.data.display()
+                )));
+            }
+            state.skipped_steps += 1;
+        } else {
+            let scale = if cfg.clip_grad > 0.0 { (cfg.clip_grad / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
+            opt.step(lr, scale);
+            state.optimizer_steps = opt.steps;
+            if cfg.router_bias_update_rate != 0.0 {
+                let _guard = tch::no_grad_guard();
+                for (&i, load) in moe_layers.iter().zip(&loads) {
+                    if let FeedForward::Moe(m) = &mut model.layers[i].mlp {
+                        let load = load.to_kind(Kind::Float);
+                        let delta = (load.mean(Kind::Float) - &load).sign() * cfg.router_bias_update_rate;
+                        let _ = m.gate.bias.g_add_(&delta);
+                    }
+                }
+            }
+        }
+        opt.zero_grad();
+        state.step += 1;
+        let param_norm = opt.param_norm().double_value(&[]);
+        let step_time = started.elapsed().as_secs_f64();
+
+        // The step's record.
+        let tokens = (gbs * seq as u64) as f64;
+        let tokens_per_s = tokens / step_time;
+        let tflops = tokens_per_s * flops_per_token / 1e12;
+        let peak_memory = match device {
+            Device::Cpu => metrics::peak_rss_bytes().map(|b| b as f64 / (1u64 << 30) as f64),
+            _ => None,
+        };
+        let mut moe = serde_json::Map::new();
+        let mut scalars: Vec<(String, f32)> = vec![];
+        for (&i, load) in moe_layers.iter().zip(&loads) {
+            let l: Vec<i64> = Vec::<i64>::try_from(load.to_device(Device::Cpu)).unwrap_or_default();
+            let (min, max, std, dead) = load_stats(&l);
+            let bias = match &model.layers[i].mlp {
+                FeedForward::Moe(m) => Vec::<f32>::try_from(m.gate.bias.to_device(Device::Cpu)).unwrap_or_default(),
+                _ => vec![],
+            };
+            let bmin = bias.iter().cloned().fold(f32::INFINITY, f32::min);
+            let bmax = bias.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let bmean = bias.iter().sum::<f32>() / bias.len().max(1) as f32;
+            let key = format!("layer_{i}");
+            for (name, v) in [
+                ("tokens_min", min as f64),
+                ("tokens_max", max as f64),
+                ("tokens_std", std),
+                ("dead_experts", dead as f64),
+                ("bias_min", bmin as f64),
+                ("bias_max", bmax as f64),
+                ("bias_mean", bmean as f64),
+            ] {
+                scalars.push((format!("moe/{key}/{name}"), v as f32));
+            }
+            moe.insert(
+                key,
+                json!({"tokens_min": min, "tokens_max": max, "tokens_std": std, "dead_experts": dead,
+                       "bias_min": bmin, "bias_max": bmax, "bias_mean": bmean}),
+            );
+        }
+        let record = json!({
+            "step": state.step,
+            "consumed_samples": state.consumed_samples,
+            "loss": loss,
+            "seq_aux_loss": seq_aux.double_value(&[]),
+            "z_loss": z_loss.double_value(&[]),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "param_norm": param_norm,
+            "tokens": tokens,
+            "tokens_per_s": tokens_per_s,
+            "tflops": tflops,
+            "mfu": tflops / cfg.peak_tflops,
+            "step_time_s": step_time,
+            "data_wait_s": data_wait,
+            "peak_memory_gib": peak_memory,
+            "skipped": !finite,
+            "sample_ids": if finite { Value::Null } else { json!(sample_ids) },
+            "moe": moe,
+        });
+        let line = serde_json::to_string(&record).unwrap();
+        println!("{line}");
+        writeln!(log, "{line}").map_err(|e| Failure::io(format!("{}: {e}", run_dir.join("log.jsonl").display())))?;
+        if let Some(tb) = &mut tb {
+            for key in ["loss", "seq_aux_loss", "z_loss", "lr", "grad_norm", "param_norm", "tokens_per_s", "tflops", "mfu", "step_time_s", "data_wait_s", "peak_memory_gib"] {
+                if let Some(v) = record[key].as_f64() {
+                    scalars.push((format!("train/{key}"), v as f32));
+                }
+            }
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            tb.scalars(state.step as i64, wall, &scalars)?;
+            tb.flush()?;
+        }
+
+        let stopping = stop.received();
+        let due = cfg.save_interval.is_some_and(|n| state.step % n == 0);
+        if due || state.step == total_steps || stopping.is_some() {
+            let dir = checkpoint::save(run_dir, &model, &opt, &state, cfg.keep_last)?;
+            saved_at = state.step;
+            eprintln!("os-train: saved {}", dir.display());
+        }
+        if let Some(signal) = stopping {
+            return Err(Failure::new(
+                ExitCode::TempFail,
+                format!("stopped by {signal} after step {}; checkpoint {} saved; run again to resume", state.step, checkpoint::name(saved_at)),
+            ));
+        }
+    }
+    eprintln!("os-train: done: {} steps ({} skipped)", state.step, state.skipped_steps);
+    Ok(())
+}
