@@ -1,7 +1,8 @@
 //! `torch.save` archives: a zip (entries stored, not compressed) holding `<stem>/data.pkl` and one
 //! raw little-endian storage per `<stem>/data/<key>`. The pickle is read at once (it is small);
 //! storages are sliced out of the memory map only when a tensor is asked for. The same reader
-//! serves whole `.pt` files and the byte ranges of a `.distcp` file that hold one archive each.
+//! serves whole `.pt` files and the byte ranges of a `.distcp` file that hold one archive each;
+//! it keeps byte ranges, not the bytes, so callers keep the memory map.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -10,17 +11,16 @@ use openseek_common::Failure;
 
 use crate::pickle::{self, TensorRef, Value};
 
-/// One parsed archive over borrowed bytes.
-pub struct Archive<'a> {
-    bytes: &'a [u8],
-    /// Storage key -> byte range in `bytes`.
+/// One parsed archive: its pickle and where its storages lie in the bytes it was parsed from.
+pub struct Archive {
+    /// Storage key -> byte range in the archive's bytes.
     storages: HashMap<String, std::ops::Range<usize>>,
     pub root: Value,
 }
 
-impl<'a> Archive<'a> {
+impl Archive {
     /// Parse the archive in `bytes`; `what` names it in errors (a path, or a path and offset).
-    pub fn parse(bytes: &'a [u8], what: &str) -> Result<Archive<'a>, Failure> {
+    pub fn parse(bytes: &[u8], what: &str) -> Result<Archive, Failure> {
         let bad = |m: String| Failure::data(format!("{what}: not a torch.save archive: {m}"));
         let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
         let mut storages = HashMap::new();
@@ -46,16 +46,19 @@ impl<'a> Archive<'a> {
         }
         let range = pickle_range.ok_or_else(|| bad("no <stem>/data.pkl entry".into()))?;
         let root = pickle::loads(&bytes[range]).map_err(|e| Failure::data(format!("{what}: data.pkl: {e}")))?;
-        Ok(Archive { bytes, storages, root })
+        Ok(Archive { storages, root })
     }
 
-    /// The tensor's elements, contiguous (row-major), as raw little-endian bytes.
-    pub fn tensor_bytes(&self, t: &TensorRef, what: &str) -> Result<Vec<u8>, Failure> {
+    /// The tensor's elements, contiguous (row-major), as raw little-endian bytes; `bytes` are the
+    /// archive's bytes as given to `parse`.
+    pub fn tensor_bytes(&self, bytes: &[u8], t: &TensorRef, what: &str) -> Result<Vec<u8>, Failure> {
         let range = self
             .storages
             .get(&t.key)
             .ok_or_else(|| Failure::data(format!("{what}: storage {} is missing from the archive", t.key)))?;
-        let storage = &self.bytes[range.clone()];
+        let storage = bytes
+            .get(range.clone())
+            .ok_or_else(|| Failure::data(format!("{what}: storage {} lies past the archive", t.key)))?;
         let es = t.dtype.size();
         if storage.len() < t.numel * es {
             return Err(Failure::data(format!("{what}: storage {} holds {} bytes, {} expected", t.key, storage.len(), t.numel * es)));
@@ -131,14 +134,14 @@ mod tests {
         let bytes = archive(pkl, &[("0", f32s(&[0., 1., 2., 3., 4., 5.]))]);
         let a = Archive::parse(&bytes, "t.pt").unwrap();
         let Value::Tensor(t) = a.root.get("w").unwrap() else { panic!() };
-        assert_eq!(a.tensor_bytes(&t, "w").unwrap(), f32s(&[0., 1., 2., 3., 4., 5.]));
+        assert_eq!(a.tensor_bytes(&bytes, &t, "w").unwrap(), f32s(&[0., 1., 2., 3., 4., 5.]));
         // The transpose (3, 2) with strides (1, 3), and a view at offset 1.
         let tt = TensorRef { shape: vec![3, 2], stride: vec![1, 3], ..t.clone() };
-        assert_eq!(a.tensor_bytes(&tt, "w").unwrap(), f32s(&[0., 3., 1., 4., 2., 5.]));
+        assert_eq!(a.tensor_bytes(&bytes, &tt, "w").unwrap(), f32s(&[0., 3., 1., 4., 2., 5.]));
         let v = TensorRef { offset: 1, shape: vec![2], stride: vec![2], ..t.clone() };
-        assert_eq!(a.tensor_bytes(&v, "w").unwrap(), f32s(&[1., 3.]));
+        assert_eq!(a.tensor_bytes(&bytes, &v, "w").unwrap(), f32s(&[1., 3.]));
         let past = TensorRef { offset: 4, shape: vec![3], stride: vec![1], ..t };
-        assert!(a.tensor_bytes(&past, "w").unwrap_err().message.contains("past its storage"));
+        assert!(a.tensor_bytes(&bytes, &past, "w").unwrap_err().message.contains("past its storage"));
         assert_eq!(t_dtype(&a), Dtype::F32);
     }
 

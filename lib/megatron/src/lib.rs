@@ -3,4 +3,11 @@
 //! a Hugging Face DeepSeek-V3 checkpoint, tensor by tensor.
 
 pub mod archive;
+pub mod checkpoint;
+pub mod convert;
+pub mod dcp;
+pub mod hf;
+pub mod legacy;
+pub mod mapping;
 pub mod pickle;
+pub use convert::{convert, Options, Report};

@@ -491,11 +491,8 @@ impl<'a> Vm<'a> {
                     let state = self.pop()?;
                     match self.top()? {
                         Value::Object(o) => o.borrow_mut().state = Some(state),
-                        Value::Dict(d) => {
-                            if let Some(e) = state.entries() {
-                                d.borrow_mut().extend(e)
-                            }
-                        }
+                        // A dict subclass's attributes (OrderedDict's `_metadata` of a state dict) are not items.
+                        Value::Dict(_) => {}
                         // Tensors carry no state the converter needs (e.g. parameter flags).
                         Value::Tensor(_) => {}
                         other => return Err(format!("pickle: BUILD on {other:?} at byte {at}")),

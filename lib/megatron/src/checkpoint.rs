@@ -1,0 +1,236 @@
+//! A Megatron checkpoint opened for conversion: the iteration directory chosen, the format
+//! recognised, Megatron's `args`, and one [`Entry`] per global parameter that says where its
+//! pieces lie. Nothing but pickles is read until [`Checkpoint::read`] is asked for one tensor;
+//! it reads that tensor's pieces (every rank's shard of it) and returns it whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use openseek_common::Failure;
+
+use crate::archive::Archive;
+use crate::mapping::Merge;
+use crate::pickle::{Dtype, TensorRef, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `iter_N/mp_rank_*/model_optim_rng.pt`, one `torch.save` archive per rank.
+    Torch,
+    /// PyTorch Distributed Checkpoint: `.metadata`, `common.pt`, `__R_I.distcp`.
+    TorchDist,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Torch => "torch",
+            Format::TorchDist => "torch_dist",
+        }
+    }
+}
+
+/// One global parameter of the checkpoint, as it will be read.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Global Megatron key (see `mapping`).
+    pub key: String,
+    pub dtype: Dtype,
+    /// Shape of the whole (merged) tensor.
+    pub shape: Vec<usize>,
+    /// The files it is read from, for messages.
+    pub files: Vec<PathBuf>,
+    pub(crate) src: Src,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Src {
+    /// Pieces by tensor-parallel rank: (rank file index, tensor), merged by the rule.
+    Legacy { pieces: Vec<(usize, TensorRef)>, merge: Merge },
+    /// The sub-tensor `fixed` (leading indices) of a DCP tensor.
+    Dcp { fqn: String, fixed: Vec<usize> },
+}
+
+/// An opened checkpoint.
+pub struct Checkpoint {
+    pub format: Format,
+    /// The iteration directory read.
+    pub dir: PathBuf,
+    /// The iteration (None for `release`).
+    pub iteration: Option<u64>,
+    pub args: Value,
+    pub entries: Vec<Entry>,
+    /// Keys skipped on purpose: reason -> count.
+    pub ignored: BTreeMap<String, usize>,
+    /// Model keys that are neither mapped nor known (with the file they came from).
+    pub unknown: Vec<(String, PathBuf)>,
+    /// Tensor / pipeline / expert parallel sizes seen.
+    pub parallel: (usize, usize, usize),
+    pub(crate) files: Vec<MappedFile>,
+    pub(crate) dcp: Option<crate::dcp::DcpIndex>,
+}
+
+/// A memory-mapped file; for rank files also its parsed archive.
+pub(crate) struct MappedFile {
+    pub path: PathBuf,
+    pub map: Mmap,
+    pub archive: Option<Archive>,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<MappedFile, Failure> {
+        let f = std::fs::File::open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))?;
+        // Safety: checkpoints are not modified while being converted; a concurrent writer would at
+        // worst make the conversion read garbage, which the shape checks or the pickle VM report.
+        let map = unsafe { Mmap::map(&f) }.map_err(|e| Failure::io_at(path, "cannot map", &e))?;
+        Ok(MappedFile { path: path.to_path_buf(), map, archive: None })
+    }
+}
+
+/// Choose the iteration directory under `load`: `--iteration` if given, else the one named in
+/// `latest_checkpointed_iteration.txt`; `load` may also be an iteration directory itself.
+pub fn iteration_dir(load: &Path, iteration: Option<&str>) -> Result<(PathBuf, Option<u64>), Failure> {
+    if !load.is_dir() {
+        return Err(Failure::no_input(format!("{}: no such checkpoint directory", load.display())));
+    }
+    let looks_like_iteration = |d: &Path| {
+        d.join(".metadata").is_file()
+            || std::fs::read_dir(d).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("mp_rank_"))).unwrap_or(false)
+    };
+    let name = match iteration {
+        Some(it) => it.trim().to_string(),
+        None if looks_like_iteration(load) => {
+            let n = load.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let it = n.strip_prefix("iter_").and_then(|s| s.parse().ok());
+            return Ok((load.to_path_buf(), it));
+        }
+        None => {
+            let tracker = load.join("latest_checkpointed_iteration.txt");
+            std::fs::read_to_string(&tracker)
+                .map_err(|e| Failure::io_at(&tracker, "cannot read (or pass --iteration)", &e))?
+                .trim()
+                .to_string()
+        }
+    };
+    let (dir, it) = if name == "release" {
+        (load.join("release"), None)
+    } else {
+        let n: u64 = name
+            .trim_start_matches("iter_")
+            .parse()
+            .map_err(|_| Failure::data(format!("{}: iteration {name:?} is neither a number nor `release`", load.display())))?;
+        (load.join(format!("iter_{n:07}")), Some(n))
+    };
+    if !dir.is_dir() {
+        let mut have: Vec<String> = std::fs::read_dir(load)
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("iter_") || n == "release").collect())
+            .unwrap_or_default();
+        have.sort();
+        return Err(Failure::no_input(format!(
+            "{}: iteration directory missing (present: {})",
+            dir.display(),
+            if have.is_empty() { "none".to_string() } else { have.join(", ") }
+        )));
+    }
+    Ok((dir, it))
+}
+
+impl Checkpoint {
+    /// Open the checkpoint in `load` (see [`iteration_dir`]), recognising its format.
+    pub fn open(load: &Path, iteration: Option<&str>) -> Result<Checkpoint, Failure> {
+        let (dir, it) = iteration_dir(load, iteration)?;
+        let mut ck = if dir.join(".metadata").is_file() { crate::dcp::open(&dir)? } else { crate::legacy::open(&dir)? };
+        ck.iteration = it;
+        Ok(ck)
+    }
+
+    /// An integer field of `args`.
+    pub fn arg_int(&self, name: &str) -> Option<i64> {
+        self.args.get(name).and_then(|v| v.as_int())
+    }
+
+    /// The whole tensor of an entry, row-major little-endian bytes.
+    pub fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure> {
+        match &e.src {
+            Src::Legacy { pieces, merge } => {
+                let mut parts = Vec::with_capacity(pieces.len());
+                for (f, t) in pieces {
+                    let file = &self.files[*f];
+                    let archive = file.archive.as_ref().expect("rank files are parsed");
+                    let what = format!("{}: {}", file.path.display(), e.key);
+                    parts.push(archive.tensor_bytes(&file.map, t, &what)?);
+                }
+                let piece_shape = &pieces[0].1.shape;
+                Ok(merge_pieces(parts, piece_shape, *merge, e.dtype.size()))
+            }
+            Src::Dcp { fqn, fixed } => self.dcp.as_ref().expect("DCP index").read(&self.files, fqn, fixed, e),
+        }
+    }
+}
+
+/// Put tensor-parallel pieces (same shape each) together.
+pub(crate) fn merge_pieces(mut parts: Vec<Vec<u8>>, piece: &[usize], merge: Merge, es: usize) -> Vec<u8> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap();
+    }
+    match merge {
+        Merge::Replicated => parts.swap_remove(0),
+        Merge::Dim(d) | Merge::DimOrDuplicated(d) => concat(&parts, piece, d, es),
+        Merge::GateUp => {
+            let half = parts[0].len() / 2;
+            let mut out = Vec::with_capacity(parts.len() * parts[0].len());
+            for p in &parts {
+                out.extend_from_slice(&p[..half]);
+            }
+            for p in &parts {
+                out.extend_from_slice(&p[half..]);
+            }
+            out
+        }
+    }
+}
+
+/// Concatenate equal-shaped row-major tensors along dimension `d`.
+pub(crate) fn concat(parts: &[Vec<u8>], shape: &[usize], d: usize, es: usize) -> Vec<u8> {
+    let outer: usize = shape[..d].iter().product();
+    let inner: usize = shape[d..].iter().product::<usize>() * es;
+    let mut out = Vec::with_capacity(inner * outer * parts.len());
+    for o in 0..outer {
+        for p in parts {
+            out.extend_from_slice(&p[o * inner..(o + 1) * inner]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_rows_columns_and_gate_up() {
+        // Two ranks of a [2, 2] u8 piece each.
+        let a = vec![1u8, 2, 3, 4];
+        let b = vec![5u8, 6, 7, 8];
+        assert_eq!(merge_pieces(vec![a.clone(), b.clone()], &[2, 2], Merge::Dim(0), 1), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(merge_pieces(vec![a.clone(), b.clone()], &[2, 2], Merge::Dim(1), 1), [1, 2, 5, 6, 3, 4, 7, 8]);
+        // Rank r holds [gate_r; up_r]: the whole is [gate_0; gate_1; up_0; up_1].
+        assert_eq!(merge_pieces(vec![a.clone(), b.clone()], &[2, 2], Merge::GateUp, 1), [1, 2, 5, 6, 3, 4, 7, 8]);
+        assert_eq!(merge_pieces(vec![a, b], &[2, 2], Merge::Replicated, 1), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn iteration_choice_and_missing_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let e = iteration_dir(d.path(), None).unwrap_err();
+        assert!(e.message.contains("latest_checkpointed_iteration.txt"), "{}", e.message);
+        std::fs::write(d.path().join("latest_checkpointed_iteration.txt"), "200\n").unwrap();
+        std::fs::create_dir(d.path().join("iter_0000100")).unwrap();
+        let e = iteration_dir(d.path(), None).unwrap_err();
+        assert!(e.message.contains("iter_0000200: iteration directory missing (present: iter_0000100)"), "{}", e.message);
+        assert_eq!(e.code as i32, 66);
+        let (dir, it) = iteration_dir(d.path(), Some("100")).unwrap();
+        assert_eq!((dir.file_name().unwrap().to_str().unwrap(), it), ("iter_0000100", Some(100)));
+        assert!(iteration_dir(d.path(), Some("abc")).is_err());
+    }
+}

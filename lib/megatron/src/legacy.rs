@@ -1,0 +1,235 @@
+//! The legacy `torch` format: `mp_rank_{tp:02d}[_{pp:03d}][_{ep:03d}]/model_optim_rng.pt` per rank
+//! (Megatron's `get_checkpoint_name`: the pipeline suffix only when PP > 1, the expert suffix only
+//! when EP > 1; only expert-data-parallel rank 0 writes, so with expert parallelism not every
+//! (tp, ep) pair has a file). Local layer numbers are shifted by the layers of the earlier pipeline
+//! stages, local experts by `ep * experts_per_rank`; pieces are grouped by tensor-parallel rank.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use openseek_common::Failure;
+
+use crate::archive::Archive;
+use crate::checkpoint::{Checkpoint, Entry, Format, MappedFile, Src};
+use crate::mapping::{self, Merge};
+use crate::pickle::{TensorRef, Value};
+
+struct Rank {
+    tp: usize,
+    pp: usize,
+    ep: usize,
+}
+
+fn rank_dirs(dir: &Path) -> Result<Vec<(String, Vec<usize>, PathBuf)>, Failure> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Failure::io_at(dir, "cannot list", &e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(nums) = name.strip_prefix("mp_rank_") else { continue };
+        let nums: Option<Vec<usize>> = nums.split('_').map(|n| n.parse().ok()).collect();
+        let nums = nums.filter(|n| (1..=3).contains(&n.len())).ok_or_else(|| {
+            Failure::data(format!("{}: not a Megatron rank directory name (mp_rank_TT[_PPP][_EEE])", e.path().display()))
+        })?;
+        let file = ["model_optim_rng.pt", "model_rng.pt"].iter().map(|f| e.path().join(f)).find(|p| p.is_file()).ok_or_else(|| {
+            Failure::no_input(format!("{}: no model_optim_rng.pt in this rank directory", e.path().display()))
+        })?;
+        out.push((name, nums, file));
+    }
+    if out.is_empty() {
+        return Err(Failure::no_input(format!("{}: neither a torch_dist checkpoint (.metadata) nor mp_rank_* directories", dir.display())));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn int_arg(args: &Value, name: &str) -> Option<usize> {
+    args.get(name).and_then(|v| v.as_int()).filter(|v| *v > 0).map(|v| v as usize)
+}
+
+/// Split a model key into (layer, rest) when it is a decoder layer's.
+fn layer_of(key: &str) -> Option<(usize, &str)> {
+    let rest = key.strip_prefix("decoder.layers.")?;
+    let (l, rest) = rest.split_once('.')?;
+    Some((l.parse().ok()?, rest))
+}
+
+/// The local expert of a layer key and the weight name, for the three expert layouts.
+fn local_expert(rest: &str) -> Option<(usize, String)> {
+    let e = rest.strip_prefix("mlp.experts.")?;
+    if let Some(x) = e.strip_prefix("local_experts.") {
+        let (k, w) = x.split_once('.')?;
+        return Some((k.parse().ok()?, w.to_string()));
+    }
+    // Transformer Engine grouped GEMM: linear_fc1.weight{k}
+    for w in ["linear_fc1.weight", "linear_fc2.weight"] {
+        if let Some(k) = e.strip_prefix(w) {
+            return Some((k.parse().ok()?, w.to_string()));
+        }
+    }
+    None
+}
+
+pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
+    let found = rank_dirs(dir)?;
+    let mut files = Vec::with_capacity(found.len());
+    for (_, _, path) in &found {
+        let mut f = MappedFile::open(path)?;
+        f.archive = Some(Archive::parse(&f.map, &path.display().to_string())?);
+        files.push(f);
+    }
+    let root0 = &files[0].archive.as_ref().unwrap().root;
+    let args = root0.get("args").ok_or_else(|| Failure::data(format!("{}: no `args` in the checkpoint", files[0].path.display())))?;
+    let pp_size = int_arg(&args, "pipeline_model_parallel_size").unwrap_or(1);
+    let ranks: Vec<Rank> = found
+        .iter()
+        .map(|(_, n, _)| match n.as_slice() {
+            [t] => Rank { tp: *t, pp: 0, ep: 0 },
+            [t, p] if pp_size > 1 => Rank { tp: *t, pp: *p, ep: 0 },
+            [t, e] => Rank { tp: *t, pp: 0, ep: *e },
+            [t, p, e] => Rank { tp: *t, pp: *p, ep: *e },
+            _ => unreachable!(),
+        })
+        .collect();
+    let tp_size = ranks.iter().map(|r| r.tp).max().unwrap() + 1;
+    let pp_seen = ranks.iter().map(|r| r.pp).max().unwrap() + 1;
+    let ep_size = ranks.iter().map(|r| r.ep).max().unwrap() + 1;
+    let etp = int_arg(&args, "expert_tensor_parallel_size").unwrap_or(tp_size);
+
+    // Models of each file; layers per pipeline stage; experts per rank.
+    let mut models = Vec::with_capacity(files.len());
+    let mut stage_layers: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); pp_seen];
+    let mut local_experts = BTreeSet::new();
+    let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
+    for (f, r) in files.iter().zip(&ranks) {
+        let root = &f.archive.as_ref().unwrap().root;
+        if root.get("model0").is_some() {
+            return Err(Failure::data(format!("{}: virtual pipeline stages (model0, model1, ...) are not supported", f.path.display())));
+        }
+        let model = root.get("model").ok_or_else(|| Failure::data(format!("{}: no `model` state dict", f.path.display())))?;
+        let entries = model.entries().ok_or_else(|| Failure::data(format!("{}: `model` is not a dict", f.path.display())))?;
+        for (k, _) in &entries {
+            if let Some((l, rest)) = k.as_str().and_then(layer_of) {
+                stage_layers[r.pp].insert(l);
+                if let Some((e, _)) = local_expert(rest) {
+                    local_experts.insert(e);
+                }
+            }
+        }
+        if let Some(top) = root.entries() {
+            for (k, _) in top {
+                if let Some(k) = k.as_str().filter(|k| *k != "model") {
+                    *ignored.entry(format!("checkpoint `{k}` (not model weights)")).or_default() += 1;
+                }
+            }
+        }
+        models.push(entries);
+    }
+    let mut offsets = vec![0usize; pp_seen];
+    for p in 1..pp_seen {
+        offsets[p] = offsets[p - 1] + stage_layers[p - 1].len();
+    }
+    let per_rank = int_arg(&args, "num_experts").map(|n| n / ep_size).unwrap_or(local_experts.len());
+    let tied = !args.get("untie_embeddings_and_output_weights").and_then(|v| v.as_int()).map(|v| v != 0).unwrap_or(false);
+
+    // Global key -> pieces by tensor-parallel slot.
+    let mut groups: BTreeMap<String, BTreeMap<usize, (usize, TensorRef)>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (fi, (entries, r)) in models.iter().zip(&ranks).enumerate() {
+        for (k, v) in entries {
+            let Some(k) = k.as_str() else { continue };
+            let global = match layer_of(k) {
+                Some((l, rest)) => {
+                    let rest = match local_expert(rest) {
+                        Some((e, w)) => format!("mlp.experts.{}.{w}", r.ep * per_rank + e),
+                        None => rest.to_string(),
+                    };
+                    format!("decoder.layers.{}.{rest}", offsets[r.pp] + l)
+                }
+                None => k.to_string(),
+            };
+            match mapping::target(&global, tied) {
+                mapping::Target::Ignored(why) => {
+                    *ignored.entry(why.to_string()).or_default() += 1;
+                    continue;
+                }
+                mapping::Target::Unknown => {
+                    unknown.push((k.to_string(), files[fi].path.clone()));
+                    continue;
+                }
+                mapping::Target::Hf(_) => {}
+            }
+            let Value::Tensor(t) = v else {
+                unknown.push((k.to_string(), files[fi].path.clone()));
+                continue;
+            };
+            let slot = if mapping::is_expert(&global) && etp == 1 { 0 } else { r.tp };
+            groups.entry(global).or_default().entry(slot).or_insert((fi, t.clone()));
+        }
+    }
+
+    let kv_down_rows = |a: &Value| Some(int_arg(a, "kv_lora_rank")? + int_arg(a, "qk_pos_emb_head_dim")?);
+    let mut out = Vec::with_capacity(groups.len());
+    for (key, pieces) in groups {
+        let pieces: Vec<(usize, TensorRef)> = pieces.into_values().collect();
+        let paths: Vec<PathBuf> = pieces.iter().map(|(f, _)| files[*f].path.clone()).collect();
+        let want = if mapping::is_expert(&key) { etp } else { tp_size };
+        let (f0, t0) = &pieces[0];
+        for (f, t) in &pieces[1..] {
+            if t.shape != t0.shape || t.dtype != t0.dtype {
+                return Err(Failure::data(format!(
+                    "shape mismatch between ranks for {key}: {} has {:?} {:?}, {} has {:?} {:?}",
+                    files[*f0].path.display(),
+                    t0.shape,
+                    t0.dtype,
+                    files[*f].path.display(),
+                    t.shape,
+                    t.dtype
+                )));
+            }
+        }
+        let mut merge = mapping::merge(&key);
+        if let Merge::DimOrDuplicated(d) = merge {
+            let full = if key.ends_with("linear_kv_down_proj.weight") { kv_down_rows(&args) } else { int_arg(&args, "q_lora_rank") };
+            merge = if full == Some(t0.shape[d]) { Merge::Replicated } else { Merge::Dim(d) };
+        }
+        if merge != Merge::Replicated && pieces.len() != want {
+            return Err(Failure::data(format!(
+                "{key}: found in {} tensor-parallel rank(s) ({}), {want} expected",
+                pieces.len(),
+                paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut shape = t0.shape.clone();
+        match merge {
+            Merge::Dim(d) | Merge::DimOrDuplicated(d) => shape[d] *= pieces.len(),
+            Merge::GateUp => shape[0] *= pieces.len(),
+            Merge::Replicated => {}
+        }
+        out.push(Entry { key, dtype: t0.dtype, shape, files: paths, src: Src::Legacy { pieces, merge } });
+    }
+    Ok(Checkpoint {
+        format: Format::Torch,
+        dir: dir.to_path_buf(),
+        iteration: None,
+        args,
+        entries: out,
+        ignored,
+        unknown,
+        parallel: (tp_size, pp_seen, ep_size),
+        files,
+        dcp: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expert_layouts_and_layers() {
+        assert_eq!(local_expert("mlp.experts.local_experts.3.linear_fc1.weight"), Some((3, "linear_fc1.weight".into())));
+        assert_eq!(local_expert("mlp.experts.linear_fc2.weight12"), Some((12, "linear_fc2.weight".into())));
+        assert_eq!(local_expert("mlp.shared_experts.linear_fc1.weight"), None);
+        assert_eq!(layer_of("decoder.layers.7.mlp.router.weight"), Some((7, "mlp.router.weight")));
+        assert_eq!(layer_of("decoder.final_layernorm.weight"), None);
+    }
+}
