@@ -2,6 +2,7 @@
 //! NCCL collectives on tch tensors (with a watchdog), fp32 gradient buckets, a ZeRO-1 sharded
 //! AdamW and optimizer state that reloads on any number of GPUs.
 
+pub mod check;
 pub mod comm;
 pub mod dp;
 pub mod hostlist;
