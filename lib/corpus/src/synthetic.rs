@@ -6,7 +6,7 @@
 use openseek_common::rng::SplitMix;
 
 /// (English, Chinese) animal names with the food each eats and the place each lives.
-const ANIMALS: [(&str, &str, usize, usize); 8] = [
+pub const ANIMALS: [(&str, &str, usize, usize); 8] = [
     ("cat", "猫", 0, 0),
     ("dog", "狗", 1, 0),
     ("rabbit", "兔子", 2, 1),
@@ -16,7 +16,7 @@ const ANIMALS: [(&str, &str, usize, usize); 8] = [
     ("bird", "鸟", 6, 3),
     ("fish", "鱼", 7, 4),
 ];
-const FOODS: [(&str, &str); 8] = [
+pub const FOODS: [(&str, &str); 8] = [
     ("fish", "鱼"),
     ("bones", "骨头"),
     ("carrots", "胡萝卜"),
@@ -26,8 +26,8 @@ const FOODS: [(&str, &str); 8] = [
     ("seeds", "种子"),
     ("plankton", "浮游生物"),
 ];
-const PLACES: [(&str, &str); 5] = [("house", "房子"), ("farm", "农场"), ("forest", "森林"), ("tree", "树"), ("river", "河")];
-const COLORS: [(&str, &str); 6] = [("red", "红色"), ("black", "黑色"), ("white", "白色"), ("brown", "棕色"), ("grey", "灰色"), ("small", "小")];
+pub const PLACES: [(&str, &str); 5] = [("house", "房子"), ("farm", "农场"), ("forest", "森林"), ("tree", "树"), ("river", "河")];
+pub const COLORS: [(&str, &str); 6] = [("red", "红色"), ("black", "黑色"), ("white", "白色"), ("brown", "棕色"), ("grey", "灰色"), ("small", "小")];
 const NAMES: [&str; 6] = ["Alice", "Bob", "Li Wei", "Zhang San", "Maria", "Ken"];
 const DIGITS_ZH: [&str; 10] = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九"];
 

@@ -1,7 +1,8 @@
 //! The OpenSeek benchmark suite without a model: task definitions, data readers, requests
-//! built exactly as lighteval v0.3.0 with OpenSeek's task file builds them, and the metrics,
-//! stderr and 12-number table. The model side (`os-eval`) runs the requests and hands back
-//! log-probs or generated text.
+//! built exactly as lighteval v0.3.0 with OpenSeek's task file builds them, the metrics, stderr
+//! and 12-number table, and the run around a model [`Backend`] (resumable per-task records,
+//! `results.json`, `details.h5`), checkpoint sweeps and their charts. The model side
+//! (`os-eval`) implements the backend: log-probs and generated text.
 //!
 //! # Use
 //! ```no_run
@@ -53,10 +54,15 @@
 //! [`Options::lighteval_budget_quirk`] reproduces lighteval (see [`requests::generation_budget`]).
 
 pub mod data;
+pub mod demo;
+pub mod details;
 pub mod metrics;
+pub mod plot;
 pub mod pyrandom;
 pub mod requests;
+pub mod run;
 pub mod subjects;
+pub mod sweep;
 pub mod table;
 pub mod tasks;
 pub mod text;
@@ -66,7 +72,8 @@ use std::path::Path;
 use openseek_common::Failure;
 use openseek_tokenizer::Tokenizer;
 
-pub use requests::{ChoiceItem, GenerateItem, Item, LoglikelihoodRequest, Options};
+pub use requests::{ChoiceItem, GenerateItem, Harness, Item, LoglikelihoodRequest, Options};
+pub use run::{Backend, RunConfig, RunSummary, TaskRecord};
 pub use table::{Table, TaskResult, ItemScore};
 pub use tasks::{Doc, Kind, Metric, Task};
 

@@ -5,11 +5,38 @@
 //! stop strings and a token budget. GSM8K's 5 shots come from CPython's `random.Random(42)`.
 
 use openseek_common::Failure;
+use serde::{Deserialize, Serialize};
 use openseek_tokenizer::Tokenizer;
 
 use crate::pyrandom::PyRandom;
 use crate::tasks::{Doc, Kind, Task};
 use crate::text::{char_len, py_rstrip};
+
+/// Which evaluation convention builds the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Harness {
+    /// lighteval v0.3.0 with OpenSeek's task file (the seeds' numbers).
+    Lighteval,
+    /// EleutherAI lm-evaluation-harness where it differs (see [`Options::harness`]).
+    LmEval,
+}
+
+impl Harness {
+    pub fn parse(s: &str) -> Result<Harness, Failure> {
+        match s {
+            "lighteval" => Ok(Harness::Lighteval),
+            "lm-eval" | "lm-evaluation-harness" | "lm_eval" => Ok(Harness::LmEval),
+            _ => Err(Failure::usage(format!("--harness {s}: expected lighteval or lm-eval"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Harness::Lighteval => "lighteval",
+            Harness::LmEval => "lm-eval",
+        }
+    }
+}
 
 /// How requests are built.
 #[derive(Debug, Clone)]
@@ -25,11 +52,13 @@ pub struct Options {
     pub lighteval_budget_quirk: bool,
     /// Seed of the GSM8K shot sampler (lighteval: 42).
     pub fewshot_seed: u64,
+    /// The convention: lighteval (default) or lm-evaluation-harness where it differs.
+    pub harness: Harness,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_length: 4096, split: None, limit: None, lighteval_budget_quirk: false, fewshot_seed: 42 }
+        Options { max_length: 4096, split: None, limit: None, lighteval_budget_quirk: false, fewshot_seed: 42, harness: Harness::Lighteval }
     }
 }
 
