@@ -92,12 +92,10 @@ fn sync_dir(dir: &Path) {
 /// A test hook: `OPENSEEK_TRAIN_FAULT=kill-during-save:STEP` kills the process (SIGKILL) after
 /// the model files of that step's checkpoint are written and before the checkpoint is complete.
 fn fault_during_save(step: u64) {
-    if let Ok(f) = std::env::var("OPENSEEK_TRAIN_FAULT") {
-        if f.strip_prefix("kill-during-save:").and_then(|s| s.parse::<u64>().ok()) == Some(step) {
-            // SAFETY: kill(2) on our own pid; no memory is touched.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+    if crate::trainer::fault("kill-during-save", step) {
+        // SAFETY: kill(2) on our own pid; no memory is touched.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
         }
     }
 }

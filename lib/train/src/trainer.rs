@@ -86,6 +86,26 @@ fn write_json(path: &Path, value: &Value) -> Result<(), Failure> {
     out.commit()
 }
 
+/// The JSON-lines log, opened for appending; a line cut short by a kill is removed first.
+fn open_log(path: &Path) -> Result<std::fs::File, Failure> {
+    if let Ok(bytes) = std::fs::read(path) {
+        if !bytes.is_empty() && *bytes.last().unwrap() != b'\n' {
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+            let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))?;
+            f.set_len(keep as u64).map_err(|e| Failure::io_at(path, "cannot truncate", &e))?;
+        }
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))
+}
+
+/// Test hooks: `OPENSEEK_TRAIN_FAULT=NAME:STEP` (see also `checkpoint::save`).
+pub(crate) fn fault(name: &str, step: u64) -> bool {
+    std::env::var("OPENSEEK_TRAIN_FAULT")
+        .ok()
+        .and_then(|f| f.strip_prefix(name).and_then(|r| r.strip_prefix(':')).and_then(|s| s.parse::<u64>().ok()))
+        == Some(step)
+}
+
 /// Min, max, std (population) and zero count of tokens per expert.
 fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
     let n = load.len() as f64;
@@ -176,11 +196,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         ..Default::default()
     };
     let mut loader = DataLoader::new(&store, options, 0, 1, cfg.micro_batch_size, Cursor { consumed_samples: state.consumed_samples })?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("log.jsonl"))
-        .map_err(|e| Failure::io_at(&run_dir.join("log.jsonl"), "cannot open", &e))?;
+    let mut log = open_log(&run_dir.join("log.jsonl"))?;
     let mut tb = if cfg.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
     let moe_layers: Vec<usize> = model.layers.iter().enumerate().filter(|(_, l)| matches!(l.mlp, FeedForward::Moe(_))).map(|(i, _)| i).collect();
     eprintln!(
@@ -241,6 +257,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             }
         }
         state.consumed_samples = loader.cursor().consumed_samples;
+        if fault("nan-grad-at-step", state.step + 1) {
+            let _ = opt.params[0].tensor.grad().fill_(f64::NAN);
+        }
         let loss = lm_loss.double_value(&[]);
         let grad_norm = opt.grad_norm().double_value(&[]);
         let lr = schedule.lr(consumed_before);
