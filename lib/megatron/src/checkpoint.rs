@@ -87,6 +87,12 @@ impl MappedFile {
     }
 }
 
+/// Whether the output layer shares the embedding: Megatron ties them unless
+/// `--untie-embeddings-and-output-weights` was given.
+pub fn tied_embeddings(args: &Value) -> bool {
+    args.get("untie_embeddings_and_output_weights").and_then(|v| v.as_int()).is_none_or(|v| v == 0)
+}
+
 /// Choose the iteration directory under `load`: `--iteration` if given, else the one named in
 /// `latest_checkpointed_iteration.txt`; `load` may also be an iteration directory itself.
 pub fn iteration_dir(load: &Path, iteration: Option<&str>) -> Result<(PathBuf, Option<u64>), Failure> {

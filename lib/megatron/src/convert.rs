@@ -81,7 +81,7 @@ fn part_shape(e: &Entry, part: Part, vocab: usize) -> Result<Vec<usize>, Failure
     match part {
         Part::Whole => {}
         Part::Gate | Part::Up => {
-            if s[0] % 2 != 0 {
+            if !s[0].is_multiple_of(2) {
                 return Err(Failure::data(format!("{}: fused gate/up tensor with an odd number of rows {:?}", e.key, e.shape)));
             }
             s[0] /= 2;
@@ -182,7 +182,7 @@ pub fn convert(opts: &Options, provenance: Provenance, mut progress: impl FnMut(
             plan.push(Planned { entry: i, part, out: OutTensor { name, dtype: e.dtype.safetensors_name(), shape: s, bytes } });
         }
     }
-    plan.sort_by(|a, b| order_key(&a.out.name).cmp(&order_key(&b.out.name)));
+    plan.sort_by_key(|p| order_key(&p.out.name));
     let missing: Vec<String> = expected_names(&shape).into_iter().filter(|n| !plan.iter().any(|p| &p.out.name == n)).collect();
     if !missing.is_empty() {
         return Err(Failure::data(format!(

@@ -153,7 +153,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     let common = MappedFile::open(&common_path)?;
     let root = Archive::parse(&common.map, &common_path.display().to_string())?.root;
     let args = root.get("args").ok_or_else(|| Failure::data(format!("{}: no `args` in the common state", common_path.display())))?;
-    let tied = !args.get("untie_embeddings_and_output_weights").and_then(|v| v.as_int()).map(|v| v != 0).unwrap_or(false);
+    let tied = crate::checkpoint::tied_embeddings(&args);
 
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
     if let Some(top) = root.entries() {

@@ -42,7 +42,7 @@ impl Shape {
     pub fn from_checkpoint(ck: &Checkpoint, vocab: usize) -> Result<Shape, Failure> {
         let a = &ck.args;
         let what = ck.dir.display().to_string();
-        if !a.get("multi_latent_attention").and_then(|v| v.as_int()).is_some_and(|v| v != 0) {
+        if a.get("multi_latent_attention").and_then(|v| v.as_int()).is_none_or(|v| v == 0) {
             return Err(Failure::data(format!("{what}: args.multi_latent_attention is not set: not a DeepSeek-V3 (MLA) checkpoint")));
         }
         if let Some(f) = a.get("moe_router_score_function").and_then(|v| v.as_str().map(String::from)) {
@@ -74,7 +74,7 @@ impl Shape {
             experts: get_int(a, "num_experts").unwrap_or(0),
             shared_intermediate: get_int(a, "moe_shared_expert_intermediate_size").unwrap_or(0),
             first_k_dense,
-            tied: !a.get("untie_embeddings_and_output_weights").and_then(|v| v.as_int()).is_some_and(|v| v != 0),
+            tied: crate::checkpoint::tied_embeddings(a),
         })
     }
 
@@ -158,7 +158,7 @@ pub fn config_json(ck: &Checkpoint, s: &Shape, torch_dtype: &str, bos: Option<i6
         "num_hidden_layers": s.layers,
         "num_attention_heads": s.heads,
         "num_key_value_heads": s.heads,
-        "n_shared_experts": if s.moe_intermediate > 0 { s.shared_intermediate / s.moe_intermediate } else { 0 },
+        "n_shared_experts": s.shared_intermediate.checked_div(s.moe_intermediate).unwrap_or(0),
         "n_routed_experts": s.experts,
         "num_experts_per_tok": topk,
         "routed_scaling_factor": f("moe_router_topk_scaling_factor", 1.0),

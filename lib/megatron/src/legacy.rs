@@ -92,6 +92,15 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     let tp_size = ranks.iter().map(|r| r.tp).max().unwrap() + 1;
     let pp_seen = ranks.iter().map(|r| r.pp).max().unwrap() + 1;
     let ep_size = ranks.iter().map(|r| r.ep).max().unwrap() + 1;
+    for (name, want, seen) in [("tensor_model_parallel_size", int_arg(&args, "tensor_model_parallel_size"), tp_size), ("pipeline_model_parallel_size", Some(pp_size), pp_seen)] {
+        if want.is_some_and(|w| w != seen) {
+            return Err(Failure::no_input(format!(
+                "{}: args.{name} is {}, but the rank directories there cover {seen}: rank files are missing",
+                dir.display(),
+                want.unwrap()
+            )));
+        }
+    }
     let etp = int_arg(&args, "expert_tensor_parallel_size").unwrap_or(tp_size);
 
     // Models of each file; layers per pipeline stage; experts per rank.
@@ -128,7 +137,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         offsets[p] = offsets[p - 1] + stage_layers[p - 1].len();
     }
     let per_rank = int_arg(&args, "num_experts").map(|n| n / ep_size).unwrap_or(local_experts.len());
-    let tied = !args.get("untie_embeddings_and_output_weights").and_then(|v| v.as_int()).map(|v| v != 0).unwrap_or(false);
+    let tied = crate::checkpoint::tied_embeddings(&args);
 
     // Global key -> pieces by tensor-parallel slot.
     let mut groups: BTreeMap<String, BTreeMap<usize, (usize, TensorRef)>> = BTreeMap::new();

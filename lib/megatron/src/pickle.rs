@@ -553,7 +553,7 @@ impl<'a> Vm<'a> {
     }
 
     fn set_items(&mut self, target: &Value, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("pickle: odd number of dict items".into());
         }
         let mut it = items.into_iter();
