@@ -1,0 +1,211 @@
+//! The native ATen operations the model and trainer need beyond what tch 0.24 exposes, reached
+//! through a small C++ shim (`src/shim.cpp`, compiled by `build.rs` against the build venv's torch
+//! headers) that takes tch's tensor handles:
+//!
+//! - [`fused_adamw`]: one AdamW step over lists of tensors (`at::_fused_adamw_`, CPU and CUDA), the
+//!   step counters included;
+//! - [`foreach_norm`] and [`clip_grad_norm`]: per-tensor L2 norms (`at::_foreach_norm`) and the global
+//!   gradient-norm clip of `torch.nn.utils.clip_grad_norm_`;
+//! - [`current_stream`] and [`synchronize`]: the accelerator's current stream and a device sync;
+//! - [`flash_attention_varlen`]: the varlen flash-attention forward (`at::_flash_attention_forward`
+//!   with cumulative sequence lengths), CUDA only, differentiable through autograd.
+//!
+//! Errors that ATen raises come back as `TchError::Torch` with its message.
+
+use std::ffi::{c_char, c_void, CStr};
+use tch::{TchError, Tensor};
+use torch_sys::C_tensor;
+
+type Handle = *mut C_tensor;
+
+extern "C" {
+    fn oskern_fused_adamw(
+        params: *const Handle,
+        grads: *const Handle,
+        exp_avgs: *const Handle,
+        exp_avg_sqs: *const Handle,
+        state_steps: *const Handle,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        maximize: bool,
+    ) -> *mut c_char;
+    fn oskern_foreach_norm(tensors: *const Handle, n: usize, out: *mut Handle) -> *mut c_char;
+    fn oskern_foreach_mul_(tensors: *const Handle, n: usize, scale: Handle) -> *mut c_char;
+    fn oskern_current_stream(device: i32, id: *mut i64, handle: *mut u64) -> *mut c_char;
+    fn oskern_synchronize(device: i32) -> *mut c_char;
+    fn oskern_flash_attention_varlen(
+        q: Handle,
+        k: Handle,
+        v: Handle,
+        cu_q: Handle,
+        cu_k: Handle,
+        max_q: i64,
+        max_k: i64,
+        dropout_p: f64,
+        causal: bool,
+        scale: f64,
+        out: *mut Handle,
+    ) -> *mut c_char;
+    fn free(p: *mut c_void);
+}
+
+/// The shim's result: null, or a malloc'd message.
+fn check(err: *mut c_char) -> Result<(), TchError> {
+    if err.is_null() {
+        return Ok(());
+    }
+    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { free(err.cast()) };
+    // ATen appends the C++ stack; the message is what comes before it.
+    let msg = msg.split("\nException raised from").next().unwrap_or_default().trim_end();
+    Err(TchError::Torch(msg.to_string()))
+}
+
+fn handles(ts: &[Tensor]) -> Vec<Handle> {
+    ts.iter().map(|t| t.as_ptr() as Handle).collect()
+}
+
+/// AdamW hyper-parameters (PyTorch's names and meaning; decoupled weight decay).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    pub maximize: bool,
+}
+
+/// One AdamW step in place, as `torch.optim.AdamW(fused=True)` takes it: every `state_steps[i]`
+/// (a 0-dim fp32 tensor on the parameter's device) is incremented, then `at::_fused_adamw_`
+/// updates `params`, `exp_avgs` and `exp_avg_sqs` from `grads`. The five lists correspond index
+/// by index; all tensors of one entry share device, and params/grads/moments their dtype and
+/// shape (fp32 or bf16 on CUDA, fp32 on CPU). No amsgrad. Runs without autograd recording.
+pub fn fused_adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    state_steps: &[Tensor],
+    h: &AdamW,
+) -> Result<(), TchError> {
+    let n = params.len();
+    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), state_steps.len()].iter().any(|&l| l != n) {
+        return Err(TchError::Shape(format!(
+            "fused_adamw: {n} params but {} grads, {} exp_avgs, {} exp_avg_sqs, {} state_steps",
+            grads.len(),
+            exp_avgs.len(),
+            exp_avg_sqs.len(),
+            state_steps.len()
+        )));
+    }
+    for i in 0..n {
+        let shape = params[i].size();
+        for (what, t) in [("grad", &grads[i]), ("exp_avg", &exp_avgs[i]), ("exp_avg_sq", &exp_avg_sqs[i])] {
+            if t.size() != shape || t.device() != params[i].device() {
+                return Err(TchError::Shape(format!(
+                    "fused_adamw: entry {i}: {what} is {:?} on {:?}, the parameter {shape:?} on {:?}",
+                    t.size(),
+                    t.device(),
+                    params[i].device()
+                )));
+            }
+        }
+        if state_steps[i].numel() != 1 || state_steps[i].kind() != tch::Kind::Float {
+            return Err(TchError::Shape(format!("fused_adamw: entry {i}: the step counter must be one fp32 value")));
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let (p, g, m, v, s) = (handles(params), handles(grads), handles(exp_avgs), handles(exp_avg_sqs), handles(state_steps));
+    check(unsafe {
+        oskern_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, h.lr, h.beta1, h.beta2, h.weight_decay, h.eps, h.maximize)
+    })
+}
+
+/// The L2 norm of each tensor (`at::_foreach_norm`), 0-dim tensors in each input's dtype.
+pub fn foreach_norm(tensors: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
+    if tensors.is_empty() {
+        return Ok(vec![]);
+    }
+    let input = handles(tensors);
+    let mut out: Vec<Handle> = vec![std::ptr::null_mut(); tensors.len()];
+    check(unsafe { oskern_foreach_norm(input.as_ptr(), input.len(), out.as_mut_ptr()) })?;
+    Ok(out.into_iter().map(|h| unsafe { Tensor::from_ptr(h) }).collect())
+}
+
+/// `torch.nn.utils.clip_grad_norm_(grads, max_norm)` (L2, foreach): the global norm of all
+/// gradients (fp32, 0-dim, on the first gradient's device; per-tensor norms are taken in fp32), and
+/// every gradient scaled in place by min(1, max_norm / (norm + 1e-6)). Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor, TchError> {
+    let Some(first) = grads.first() else {
+        return Ok(Tensor::from(0f32));
+    };
+    let device = first.device();
+    let norms: Vec<Tensor> = foreach_norm(grads)?.iter().map(|n| n.to_kind(tch::Kind::Float).to_device(device)).collect();
+    let total = Tensor::stack(&norms, 0).norm();
+    let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+    let input = handles(grads);
+    check(unsafe { oskern_foreach_mul_(input.as_ptr(), input.len(), coef.as_ptr() as Handle) })?;
+    Ok(total)
+}
+
+/// A stream of the accelerator (CUDA): PyTorch's stream id and the native handle (`cudaStream_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stream {
+    pub id: i64,
+    pub handle: u64,
+}
+
+/// The current stream on accelerator device `device`. An error when there is no accelerator.
+pub fn current_stream(device: usize) -> Result<Stream, TchError> {
+    let (mut id, mut handle) = (0i64, 0u64);
+    check(unsafe { oskern_current_stream(device as i32, &mut id, &mut handle) })?;
+    Ok(Stream { id, handle })
+}
+
+/// Wait until all work queued on accelerator device `device` has finished.
+pub fn synchronize(device: usize) -> Result<(), TchError> {
+    check(unsafe { oskern_synchronize(device as i32) })
+}
+
+/// What the varlen flash-attention forward returns; `logsumexp` and the philox state are what
+/// `internal_flash_attention_backward` needs.
+pub struct FlashOutput {
+    /// [total_q, heads, v_dim]
+    pub out: Tensor,
+    pub logsumexp: Tensor,
+    pub philox_seed: Tensor,
+    pub philox_offset: Tensor,
+}
+
+/// Flash attention over packed variable-length sequences (CUDA, fp16/bf16): `q` [total_q, heads,
+/// dim], `k`/`v` [total_k, heads, dim]; `cu_seqlens_q`/`cu_seqlens_k` int32 [batch + 1] running
+/// sequence starts; `max_q`/`max_k` the longest sequences. Sequence i's queries attend only to its own
+/// keys (causally when `causal`, aligned at the end). Recorded by autograd when inputs require grad.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens_q: &Tensor,
+    cu_seqlens_k: &Tensor,
+    max_q: i64,
+    max_k: i64,
+    dropout_p: f64,
+    causal: bool,
+    scale: f64,
+) -> Result<FlashOutput, TchError> {
+    let h = |t: &Tensor| t.as_ptr() as Handle;
+    let mut out: [Handle; 4] = [std::ptr::null_mut(); 4];
+    check(unsafe {
+        oskern_flash_attention_varlen(h(q), h(k), h(v), h(cu_seqlens_q), h(cu_seqlens_k), max_q, max_k, dropout_p, causal, scale, out.as_mut_ptr())
+    })?;
+    let [o, lse, seed, offset] = out.map(|p| unsafe { Tensor::from_ptr(p) });
+    Ok(FlashOutput { out: o, logsumexp: lse, philox_seed: seed, philox_offset: offset })
+}

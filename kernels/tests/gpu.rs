@@ -1,0 +1,123 @@
+//! The shim on a CUDA device (run on the GPU machine: `gpu -- --ignored`): fused AdamW in fp32 and
+//! bf16, gradient clipping, the current stream and a device sync, and varlen flash attention
+//! (forward and autograd backward) against attention computed one sequence at a time.
+
+use openseek_kernels::{clip_grad_norm, current_stream, flash_attention_varlen, fused_adamw, synchronize, AdamW};
+use tch::{Device, Kind, Tensor};
+
+const H: AdamW = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, eps: 1e-8, maximize: false };
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().max().double_value(&[])
+}
+
+fn cuda() -> Device {
+    assert!(tch::Cuda::is_available(), "these tests need a CUDA device");
+    Device::Cuda(0)
+}
+
+#[test]
+#[ignore]
+fn fused_adamw_on_cuda_equals_the_cpu_kernel() {
+    let dev = cuda();
+    for kind in [Kind::Float, Kind::BFloat16] {
+        tch::manual_seed(11);
+        let shapes: [&[i64]; 3] = [&[64, 33], &[1000], &[3, 7, 5]];
+        let mut cpu_params: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)).to_kind(kind)).collect();
+        let gpu_params: Vec<Tensor> = cpu_params.iter().map(|p| p.to_device(dev)).collect();
+        let state = |d: Device| -> (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) {
+            (
+                shapes.iter().map(|s| Tensor::zeros(*s, (kind, d))).collect(),
+                shapes.iter().map(|s| Tensor::zeros(*s, (kind, d))).collect(),
+                shapes.iter().map(|_| Tensor::zeros([], (Kind::Float, d))).collect(),
+            )
+        };
+        let (mut cm, mut cv, cs) = state(Device::Cpu);
+        let initial = gpu_params[0].copy();
+        let (gm, gv, gs) = state(dev);
+        for _ in 0..3 {
+            let grads: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)).to_kind(kind)).collect();
+            let ggrads: Vec<Tensor> = grads.iter().map(|g| g.to_device(dev)).collect();
+            if kind == Kind::Float {
+                fused_adamw(&cpu_params, &grads, &cm, &cv, &cs, &H).unwrap();
+            } else {
+                // No bf16 CPU kernel: the reference steps fp32 copies and rounds.
+                let p32: Vec<Tensor> = cpu_params.iter().map(|p| p.to_kind(Kind::Float)).collect();
+                let m32: Vec<Tensor> = cm.iter().map(|p| p.to_kind(Kind::Float)).collect();
+                let v32: Vec<Tensor> = cv.iter().map(|p| p.to_kind(Kind::Float)).collect();
+                let g32: Vec<Tensor> = grads.iter().map(|p| p.to_kind(Kind::Float)).collect();
+                fused_adamw(&p32, &g32, &m32, &v32, &cs, &H).unwrap();
+                for i in 0..shapes.len() {
+                    cpu_params[i].copy_(&p32[i]);
+                    cm[i].copy_(&m32[i]);
+                    cv[i].copy_(&v32[i]);
+                }
+            }
+            fused_adamw(&gpu_params, &ggrads, &gm, &gv, &gs, &H).unwrap();
+        }
+        let diff = cpu_params.iter().zip(&gpu_params).map(|(c, g)| max_abs(c, &g.to_device(Device::Cpu))).fold(0f64, f64::max);
+        let moved = max_abs(&gpu_params[0], &initial);
+        eprintln!("fused AdamW {kind:?}: max |cuda - cpu| after 3 steps = {diff:.3e}; step counters {}", gs[0].double_value(&[]));
+        let tol = if kind == Kind::Float { 1e-6 } else { 1.6e-2 };
+        assert!(diff <= tol && moved > 1e-3, "{kind:?}: CUDA fused AdamW differs by {diff}");
+        assert_eq!(gs[0].double_value(&[]), 3.0);
+    }
+}
+
+#[test]
+#[ignore]
+fn clip_stream_and_sync_on_cuda() {
+    let dev = cuda();
+    tch::manual_seed(2);
+    let grads: Vec<Tensor> = [[300i64, 20], [7, 1]].iter().map(|s| Tensor::randn(*s, (Kind::BFloat16, dev))).collect();
+    let want = grads.iter().map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    let total = clip_grad_norm(&grads, 1.0).unwrap();
+    assert_eq!(total.device(), dev);
+    assert!((total.double_value(&[]) - want).abs() / want < 1e-3, "{} vs {want}", total.double_value(&[]));
+    let after = grads.iter().map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    assert!((after - 1.0).abs() < 1e-2, "clipped norm {after}");
+    let s = current_stream(0).unwrap();
+    eprintln!("current stream: {s:?}; grad norm {want:.4} clipped to {after:.4}");
+    synchronize(0).unwrap();
+}
+
+#[test]
+#[ignore]
+fn varlen_flash_attention_equals_attention_per_sequence() {
+    let dev = cuda();
+    tch::manual_seed(4);
+    let (heads, dim) = (4i64, 64i64);
+    let lengths = [5i64, 17, 9, 1];
+    let total: i64 = lengths.iter().sum();
+    let mk = || (Tensor::randn([total, heads, dim], (Kind::BFloat16, dev))).set_requires_grad(true);
+    let (q, k, v) = (mk(), mk(), mk());
+    let mut cu = vec![0i32];
+    for l in lengths {
+        cu.push(cu.last().unwrap() + l as i32);
+    }
+    let cu = Tensor::from_slice(&cu).to_device(dev);
+    let max = *lengths.iter().max().unwrap();
+    let scale = 1.0 / (dim as f64).sqrt();
+    let out = flash_attention_varlen(&q, &k, &v, &cu, &cu, max, max, 0.0, true, scale).unwrap();
+    assert_eq!(out.out.size(), vec![total, heads, dim]);
+    // Reference: each sequence alone, fp32 math attention.
+    let (q32, k32, v32) = (q.to_kind(Kind::Float), k.to_kind(Kind::Float), v.to_kind(Kind::Float));
+    let mut parts = vec![];
+    let mut start = 0;
+    for l in lengths {
+        let s = |t: &Tensor| t.narrow(0, start, l).transpose(0, 1).unsqueeze(0);
+        let y = Tensor::scaled_dot_product_attention::<Tensor>(&s(&q32), &s(&k32), &s(&v32), None, 0.0, true, scale, false);
+        parts.push(y.squeeze_dim(0).transpose(0, 1));
+        start += l;
+    }
+    let want = Tensor::cat(&parts, 0);
+    let diff = max_abs(&out.out, &want);
+    // Gradients through autograd against the reference's.
+    let w = Tensor::randn([total, heads, dim], (Kind::Float, dev));
+    let grads = Tensor::run_backward(&[(out.out.to_kind(Kind::Float) * &w).sum(Kind::Float)], &[&q, &k, &v], true, false);
+    let grads_ref = Tensor::run_backward(&[(want * &w).sum(Kind::Float)], &[&q, &k, &v], false, false);
+    let gdiff = grads.iter().zip(&grads_ref).map(|(a, b)| max_abs(a, b) / b.abs().max().double_value(&[])).fold(0f64, f64::max);
+    eprintln!("varlen flash attention (bf16): max |out - per-sequence fp32| = {diff:.3e}; max relative grad diff = {gdiff:.3e}");
+    assert!(diff <= 2e-2, "flash output differs by {diff}");
+    assert!(gdiff <= 3e-2, "flash gradients differ by {gdiff}");
+}
