@@ -8,6 +8,8 @@
 #   tests/slurm/start-cluster.sh && export SLURM_CONF=/tmp/openseek-slurm/slurm.conf
 #   tests/slurm/stop-cluster.sh
 set -euo pipefail
+# The daemons get none of this script's file descriptors: a caller reading our output to its end
+# (a test harness) must not wait for them.
 
 DIR=${OPENSEEK_SLURM_DIR:-/tmp/openseek-slurm}
 CPUS=${OPENSEEK_SLURM_CPUS:-2}
@@ -111,7 +113,7 @@ fi
 
 if ! munge_ok; then
   stop_daemon "$DIR/run/munged.pid"
-  munged 9>&- --force --socket="$SOCKET" --key-file="$DIR/munge/munge.key" --pid-file="$DIR/run/munged.pid" \
+  munged </dev/null >>"$DIR/log/daemons.out" 2>&1 9>&- --force --socket="$SOCKET" --key-file="$DIR/munge/munge.key" --pid-file="$DIR/run/munged.pid" \
     --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed"
   for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
   munge_ok || die "munged did not start; see $DIR/log/munged.log"
@@ -119,13 +121,13 @@ fi
 
 if ! ctld_ok; then
   stop_daemon "$DIR/run/slurmctld.pid"
-  slurmctld -c 9>&-   # -c: a clean start, no jobs left from an earlier cluster
+  slurmctld -c </dev/null >>"$DIR/log/daemons.out" 2>&1 9>&-   # -c: a clean start, no jobs left from an earlier cluster
   for _ in $(seq 100); do ctld_ok && break; sleep 0.1; done
   ctld_ok || die "slurmctld did not start; see $DIR/log/slurmctld.log"
 fi
 
 if ! pid_alive "$DIR/run/slurmd.pid"; then
-  slurmd -N localhost 9>&-
+  slurmd -N localhost </dev/null >>"$DIR/log/daemons.out" 2>&1 9>&-
 fi
 state=
 for _ in $(seq 150); do

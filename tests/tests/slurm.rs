@@ -1,0 +1,178 @@
+//! The Slurm templates (`slurm/`) on a real Slurm: `tests/slurm/start-cluster.sh` installs Debian's
+//! slurmctld, slurmd and munge when missing and starts a one-node cluster on localhost (2 CPUs, a
+//! `cpu` partition); the tests submit the demo pipeline through `slurm/chain` and the sbatch
+//! templates with small settings and read the outcome back from `scontrol show job`.
+//! They need root (as CI has); without it, or without apt to install Slurm, they fail.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use openseek_tests::{root, run_tool, tool};
+
+/// Options for the test cluster's one node: no GPUs, little memory, 1-CPU steps so that two jobs
+/// run side by side.
+const CPU_ARGS: &str = "--cpus-per-task=1 --mem=400M --time=10:00";
+const GPU_ARGS: &str = "--ntasks-per-node=1 --gpus-per-node=0 --cpus-per-task=1 --mem=1500M --time=10:00";
+
+/// Start the cluster once per test process; returns its slurm.conf.
+fn cluster() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let out = Command::new("bash").arg(root().join("tests/slurm/start-cluster.sh")).output().expect("cannot run bash");
+        assert!(
+            out.status.success(),
+            "tests/slurm/start-cluster.sh failed (it needs root, and apt-get when Slurm is not installed):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::env::var_os("OPENSEEK_SLURM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/openseek-slurm"));
+        dir.join("slurm.conf")
+    })
+}
+
+/// A Slurm command (or one of ours that calls sbatch) against the test cluster, from `cwd`, with
+/// the built tools on OPENSEEK_BIN_DIR.
+fn slurm_command(program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(cwd)
+        .env("SLURM_CONF", cluster())
+        .env("OPENSEEK_BIN_DIR", tool("os-tokenize").parent().unwrap());
+    cmd
+}
+
+fn checked(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn scontrol(args: &[&str]) -> String {
+    checked(slurm_command("scontrol", Path::new("/")).args(args).output().unwrap(), &format!("scontrol {args:?}"))
+}
+
+/// One line of `scontrol show job -o`: its fields.
+type Job = BTreeMap<String, String>;
+
+fn show_job(id: &str) -> Vec<Job> {
+    scontrol(&["show", "job", "-o", id])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect()
+        })
+        .collect()
+}
+
+const DONE: [&str; 9] =
+    ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"];
+
+/// Cancels the jobs it holds when dropped, so that a failing test leaves nothing running.
+struct Jobs(Vec<(String, String)>);
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        let ids: Vec<&str> = self.0.iter().map(|(_, id)| id.as_str()).collect();
+        let _ = slurm_command("scancel", Path::new("/")).args(&ids).output();
+    }
+}
+
+impl Jobs {
+
+    /// Wait until every job (every task of an array) has ended; returns step -> its jobs' lines.
+    fn wait(&self, timeout: Duration) -> BTreeMap<String, Vec<Job>> {
+        let start = Instant::now();
+        loop {
+            let all: BTreeMap<String, Vec<Job>> = self.0.iter().map(|(step, id)| (step.clone(), show_job(id))).collect();
+            let ended = all.values().flatten().all(|j| DONE.contains(&j["JobState"].as_str()));
+            if ended {
+                return all;
+            }
+            assert!(start.elapsed() < timeout, "jobs still running after {timeout:?}:\n{}", summary(&all));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+fn summary(all: &BTreeMap<String, Vec<Job>>) -> String {
+    let mut s = String::new();
+    for (step, jobs) in all {
+        for j in jobs {
+            s += &format!("{step:>16} {} {} {} exit {} restarts {}\n", j["JobId"], j["JobState"], j["Reason"], j["ExitCode"], j["Restarts"]);
+        }
+    }
+    s
+}
+
+fn states(all: &BTreeMap<String, Vec<Job>>, step: &str) -> Vec<String> {
+    all[step].iter().map(|j| j["JobState"].clone()).collect()
+}
+
+fn logs(dir: &Path) -> String {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    names.sort();
+    names.iter().map(|p| format!("==> {} <==\n{}\n", p.display(), std::fs::read_to_string(p).unwrap_or_default())).collect()
+}
+
+/// Submit `slurm/chain` with `args` from `cwd`; returns its jobs.
+fn chain(cwd: &Path, args: &[&str]) -> Jobs {
+    let stdout = checked(slurm_command(root().join("slurm/chain"), cwd).args(args).output().unwrap(), "slurm/chain");
+    Jobs(
+        stdout
+            .lines()
+            .map(|l| {
+                let (step, id) = l.split_once(' ').unwrap_or_else(|| panic!("slurm/chain printed {l:?}"));
+                (step.to_string(), id.to_string())
+            })
+            .collect(),
+    )
+}
+
+/// A file of `recipes/`, as an argument.
+fn recipe(name: &str) -> String {
+    root().join("recipes").join(name).to_str().unwrap().to_string()
+}
+
+/// The demo corpus and tokenizer (os-demo-data) under `dir`.
+fn demo_data(dir: &Path, documents: &str) {
+    checked(run_tool("os-demo-data", &["--output", dir.to_str().unwrap(), "--documents", documents]), "os-demo-data");
+}
+
+#[test]
+fn a_failed_step_cancels_its_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    demo_data(d, "300");
+    // a second file with a line that is not JSON: its array task fails (exit 65)
+    std::fs::write(d.join("corpus/part-9.jsonl"), "{\"text\": \"fine\"}\n{\"text\": broken\n").unwrap();
+    let jobs = chain(
+        d,
+        &[
+            "--name", "broken", "--run-dir", "run",
+            "--raw", "corpus/*.jsonl", "--tokenizer", "tokenizer",
+            "--recipe", &recipe("demo.toml"),
+            "--train-config", &recipe("train-demo.toml"),
+            "--cpu-args", CPU_ARGS, "--gpu-args", GPU_ARGS,
+        ],
+    );
+    let all = jobs.wait(Duration::from_secs(120));
+    let report = format!("{}\n{}", summary(&all), logs(&d.join("run/logs")));
+    let mut tokenize = states(&all, "tokenize");
+    tokenize.sort();
+    assert_eq!(tokenize, ["COMPLETED", "FAILED"], "{report}");
+    let failed = all["tokenize"].iter().find(|j| j["JobState"] == "FAILED").unwrap();
+    assert_eq!(failed["ExitCode"], "65:0", "os-tokenize's bad-data exit: {report}");
+    for step in ["merge", "mix", "train", "soup", "eval"] {
+        assert_eq!(states(&all, step), ["CANCELLED"], "{step} depends on the failed array: {report}");
+        assert_eq!(all[step][0]["Reason"], "DependencyNeverSatisfied", "{report}");
+    }
+    // the afterany sweep runs whatever happened, and finds nothing to evaluate
+    assert_eq!(states(&all, "eval-checkpoints"), ["COMPLETED"], "{report}");
+    assert!(report.contains("no checkpoints and no soup yet; nothing to do"), "{report}");
+    assert!(!d.join("run/data/corpus.bin").exists() && !d.join("run/mix").exists() && !d.join("run/checkpoints").exists());
+    // the task that succeeded left its part and its marker; the failed one neither
+    let parts: Vec<bool> = (0..2).map(|i| d.join(format!("run/data/part_0000{i}.done")).exists()).collect();
+    assert_eq!(parts, [true, false], "{report}");
+}
