@@ -9,10 +9,14 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
                OUT/dist_tp2ep2   torch_dist, TP2 EP2                   (megatron-core save)
                OUT/torch_tp2ep2  legacy torch, TP2 EP2, untied         (Megatron's file layout)
                OUT/torch_pp2     legacy torch, PP2, tied embeddings    (Megatron's file layout)
+               OUT/torch_te_ep2  legacy torch, EP2, bf16, Transformer Engine names (fused norms, grouped-GEMM
+                                 experts linear_fc1.weight{k}, BytesIO extra state): TE does not run on CPU, so
+                                 these files are the TP1 model's weights renamed and split as TE's spec
+                                 names and splits them, written with torch in Megatron's layout
                OUT/bad_unknown   torch_tp2ep2 with a key no converter knows (an MTP norm) in rank 0
                OUT/bad_shape     torch_tp2ep2 with rank 1's layer-0 q_proj cut to fewer rows
              and OUT/full.pt (the TP1 state dict), OUT/reference.json, OUT/tokens.jsonl.
-  check HF FULL [--tied]   every tensor of the converted HF dir equals the TP1 source after the
+  check HF FULL [--tied] [--bf16]   every tensor of the converted HF dir equals the TP1 source after the
              documented key mapping (prints the number of tensors compared).
 
 megatron-core (no megatron.training) has no legacy-format writer, so the legacy files are written the
@@ -223,11 +227,40 @@ def make(out):
     import torch.multiprocessing as mp
     mp.spawn(reshard, args=(2, out, 2, 1, 2, False, [("torch", "torch_tp2ep2"), ("dist", "dist_tp2ep2")], 29612), nprocs=2)
     mp.spawn(reshard, args=(2, out, 1, 2, 1, True, [("torch", "torch_pp2")], 29613), nprocs=2)
+    te_layout(out)
     broken(out, "bad_unknown", "mp_rank_00_000", lambda m: m.__setitem__("mtp.layers.0.enorm.weight", torch.ones(64)))
     key = "decoder.layers.0.self_attention.linear_q_proj.weight"
     broken(out, "bad_shape", "mp_rank_01_001", lambda m: m.__setitem__(key, m[key][:40].clone()))
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f)
+
+
+def te_layout(out):
+    import io
+    import re
+    full = torch.load(os.path.join(out, "full.pt"))
+    per_rank = 4  # 8 experts over EP 2
+    models = [{}, {}]
+    for k, v in full.items():
+        v = v.to(torch.bfloat16) if not k.endswith("expert_bias") else v
+        k = k.replace("self_attention.kv_layernorm.weight", "self_attention.linear_kv_up_proj.layer_norm_weight")
+        k = k.replace("decoder.layers.0.pre_mlp_layernorm.weight", "decoder.layers.0.mlp.linear_fc1.layer_norm_weight")
+        m = re.match(r"(decoder\.layers\.\d+\.mlp\.experts\.)local_experts\.(\d+)\.(linear_fc[12])\.weight$", k)
+        if m:
+            e = int(m.group(2))
+            models[e // per_rank][f"{m.group(1)}{m.group(3)}.weight{e % per_rank}"] = v
+            models[e // per_rank][f"{m.group(1)}{m.group(3)}._extra_state"] = io.BytesIO(b"")
+            continue
+        for r in models:
+            r[k] = v
+    for ep, model in enumerate(models):
+        d = os.path.join(out, "torch_te_ep2", f"iter_{ITER:07d}", f"mp_rank_00_{ep:03d}")
+        os.makedirs(d)
+        args = args_namespace(1, 1, 2, False, "torch")
+        args.bf16, args.params_dtype, args.moe_grouped_gemm, args.transformer_impl = True, torch.bfloat16, True, "transformer_engine"
+        torch.save({"args": args, "checkpoint_version": 3.0, "iteration": ITER, "model": model}, os.path.join(d, "model_optim_rng.pt"))
+    with open(os.path.join(out, "torch_te_ep2", "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write(str(ITER))
 
 
 def broken(out, name, rank, change):
@@ -265,7 +298,7 @@ def hf_name(k):
     return f"model.layers.{n}." + table[rest]
 
 
-def check(hf, full, tied):
+def check(hf, full, tied, bf16):
     from safetensors import safe_open
     index = json.load(open(os.path.join(hf, "model.safetensors.index.json")))["weight_map"]
     got = {}
@@ -280,6 +313,8 @@ def check(hf, full, tied):
             continue
         if k.endswith("_extra_state"):
             continue
+        if bf16 and not k.endswith("expert_bias"):
+            v = v.to(torch.bfloat16)
         name = hf_name(k)
         if k == "embedding.word_embeddings.weight" or k == "output_layer.weight":
             v = v[:VOCAB]
@@ -300,6 +335,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
     elif sys.argv[1] == "check":
-        check(sys.argv[2], sys.argv[3], "--tied" in sys.argv)
+        check(sys.argv[2], sys.argv[3], "--tied" in sys.argv, "--bf16" in sys.argv)
     else:
         sys.exit(f"unknown command {sys.argv[1]}")
