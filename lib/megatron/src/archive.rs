@@ -1,15 +1,37 @@
 //! `torch.save` archives: a zip (entries stored, not compressed) holding `<stem>/data.pkl` and one
 //! raw little-endian storage per `<stem>/data/<key>`. The pickle is read at once (it is small);
-//! storages are sliced out of the memory map only when a tensor is asked for. The same reader
-//! serves whole `.pt` files and the byte ranges of a `.distcp` file that hold one archive each;
-//! it keeps byte ranges, not the bytes, so callers keep the memory map.
+//! a tensor's bytes are read (positioned reads, no memory map, so nothing but the tensor asked for
+//! stays resident) only when it is asked for. The same reader serves whole `.pt` files and the
+//! in-memory byte range of a `.distcp` file that holds one chunk's archive.
 
 use std::collections::HashMap;
-use std::io::Cursor;
+use std::io::{Read, Seek};
+use std::os::unix::fs::FileExt;
 
 use openseek_common::Failure;
 
 use crate::pickle::{self, TensorRef, Value};
+
+/// Bytes that can be read at an offset: a file, or a buffer.
+pub trait ReadAt {
+    fn read_at_exact(&self, offset: usize, len: usize) -> std::io::Result<Vec<u8>>;
+}
+
+impl ReadAt for [u8] {
+    fn read_at_exact(&self, offset: usize, len: usize) -> std::io::Result<Vec<u8>> {
+        self.get(offset..offset + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "range past the end"))
+    }
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at_exact(&self, offset: usize, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset as u64)?;
+        Ok(buf)
+    }
+}
 
 /// One parsed archive: its pickle and where its storages lie in the bytes it was parsed from.
 pub struct Archive {
@@ -19,67 +41,69 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Parse the archive in `bytes`; `what` names it in errors (a path, or a path and offset).
-    pub fn parse(bytes: &[u8], what: &str) -> Result<Archive, Failure> {
+    /// Parse the archive `reader` holds (a `&File`, or a `Cursor` over bytes); `what` names it in
+    /// errors (a path, or a path and byte range).
+    pub fn parse<R: Read + Seek>(reader: R, what: &str) -> Result<Archive, Failure> {
         let bad = |m: String| Failure::data(format!("{what}: not a torch.save archive: {m}"));
-        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
+        let mut zip = zip::ZipArchive::new(reader).map_err(|e| bad(e.to_string()))?;
+        let mut pickle = None;
         let mut storages = HashMap::new();
-        let mut pickle_range = None;
-        for i in 0..zip.len() {
-            let f = zip.by_index_raw(i).map_err(|e| bad(e.to_string()))?;
+                for i in 0..zip.len() {
+            let mut f = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
             if f.compression() != zip::CompressionMethod::Stored {
                 return Err(bad(format!("entry {} is compressed", f.name())));
             }
             let start = f.data_start() as usize;
             let range = start..start + f.size() as usize;
-            if range.end > bytes.len() {
-                return Err(bad(format!("entry {} runs past the end", f.name())));
-            }
             let name = f.name().to_string();
+            let small = |f: &mut zip::read::ZipFile| -> Result<Vec<u8>, Failure> {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).map_err(|e| bad(format!("{name}: {e}")))?;
+                Ok(v)
+            };
             if name.ends_with("/data.pkl") && name.matches('/').count() == 1 {
-                pickle_range = Some(range);
+                pickle = Some(small(&mut f)?);
             } else if let Some((_, key)) = name.split_once("/data/") {
                 storages.insert(key.to_string(), range);
-            } else if name.ends_with("/byteorder") && &bytes[range.clone()] != b"little" {
+            } else if name.ends_with("/byteorder") && small(&mut f)? != b"little" {
                 return Err(bad("big-endian storages are not supported".into()));
             }
         }
-        let range = pickle_range.ok_or_else(|| bad("no <stem>/data.pkl entry".into()))?;
-        let root = pickle::loads(&bytes[range]).map_err(|e| Failure::data(format!("{what}: data.pkl: {e}")))?;
+        let pickle = pickle.ok_or_else(|| bad("no <stem>/data.pkl entry".into()))?;
+        let root = pickle::loads(&pickle).map_err(|e| Failure::data(format!("{what}: data.pkl: {e}")))?;
         Ok(Archive { storages, root })
     }
 
-    /// The tensor's elements, contiguous (row-major), as raw little-endian bytes; `bytes` are the
-    /// archive's bytes as given to `parse`.
-    pub fn tensor_bytes(&self, bytes: &[u8], t: &TensorRef, what: &str) -> Result<Vec<u8>, Failure> {
+    /// The tensor's elements, contiguous (row-major), as raw little-endian bytes, read from `src`
+    /// (what the archive was parsed from): only the span of the storage the view covers is read.
+    pub fn tensor_bytes<S: ReadAt + ?Sized>(&self, src: &S, t: &TensorRef, what: &str) -> Result<Vec<u8>, Failure> {
         let range = self
             .storages
             .get(&t.key)
             .ok_or_else(|| Failure::data(format!("{what}: storage {} is missing from the archive", t.key)))?;
-        let storage = bytes
-            .get(range.clone())
-            .ok_or_else(|| Failure::data(format!("{what}: storage {} lies past the archive", t.key)))?;
         let es = t.dtype.size();
-        if storage.len() < t.numel * es {
-            return Err(Failure::data(format!("{what}: storage {} holds {} bytes, {} expected", t.key, storage.len(), t.numel * es)));
+        if range.len() < t.numel * es {
+            return Err(Failure::data(format!("{what}: storage {} holds {} bytes, {} expected", t.key, range.len(), t.numel * es)));
         }
         let numel: usize = t.shape.iter().product();
-        let mut out = Vec::with_capacity(numel * es);
         if numel == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let last = (0..t.shape.len()).map(|d| (t.shape[d] - 1) * t.stride[d]).sum::<usize>() + t.offset;
         if last >= t.numel {
             return Err(Failure::data(format!("{what}: tensor view runs past its storage {}", t.key)));
         }
+        let span = src
+            .read_at_exact(range.start + t.offset * es, (last + 1 - t.offset) * es)
+            .map_err(|e| Failure::io(format!("{what}: cannot read storage {}: {e}", t.key)))?;
         if is_contiguous(&t.shape, &t.stride) {
-            out.extend_from_slice(&storage[t.offset * es..(t.offset + numel) * es]);
-            return Ok(out);
+            return Ok(span);
         }
+        let mut out = Vec::with_capacity(numel * es);
         let mut idx = vec![0usize; t.shape.len()];
         for _ in 0..numel {
-            let e = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-            out.extend_from_slice(&storage[e * es..(e + 1) * es]);
+            let e = idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+            out.extend_from_slice(&span[e * es..(e + 1) * es]);
             for d in (0..idx.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < t.shape[d] {
@@ -107,7 +131,7 @@ fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
 mod tests {
     use super::*;
     use crate::pickle::Dtype;
-    use std::io::Write;
+    use std::io::{Cursor, Write};
 
     /// A stored zip in torch.save's layout, written with the zip crate.
     pub(crate) fn archive(pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
@@ -132,16 +156,23 @@ mod tests {
     fn reads_contiguous_and_strided_views() {
         let pkl = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00wq\x02ctorch._utils\n_rebuild_tensor_v2\nq\x03((X\x07\x00\x00\x00storageq\x04ctorch\nFloatStorage\nq\x05X\x01\x00\x00\x000q\x06X\x03\x00\x00\x00cpuq\x07K\x06tq\x08QK\x00K\x02K\x03\x86q\tK\x03K\x01\x86q\n\x89h\x00)Rq\x0btq\x0cRq\rs.";
         let bytes = archive(pkl, &[("0", f32s(&[0., 1., 2., 3., 4., 5.]))]);
-        let a = Archive::parse(&bytes, "t.pt").unwrap();
+        let a = Archive::parse(Cursor::new(&bytes), "t.pt").unwrap();
+        // The same through a file.
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &bytes).unwrap();
+        let file = std::fs::File::open(tmp.path()).unwrap();
+        let af = Archive::parse(&file, "t.pt").unwrap();
+        let Value::Tensor(tf) = af.root.get("w").unwrap() else { panic!() };
+        assert_eq!(af.tensor_bytes(&file, &tf, "w").unwrap(), f32s(&[0., 1., 2., 3., 4., 5.]));
         let Value::Tensor(t) = a.root.get("w").unwrap() else { panic!() };
-        assert_eq!(a.tensor_bytes(&bytes, &t, "w").unwrap(), f32s(&[0., 1., 2., 3., 4., 5.]));
+        assert_eq!(a.tensor_bytes(&bytes[..], &t, "w").unwrap(), f32s(&[0., 1., 2., 3., 4., 5.]));
         // The transpose (3, 2) with strides (1, 3), and a view at offset 1.
         let tt = TensorRef { shape: vec![3, 2], stride: vec![1, 3], ..t.clone() };
-        assert_eq!(a.tensor_bytes(&bytes, &tt, "w").unwrap(), f32s(&[0., 3., 1., 4., 2., 5.]));
+        assert_eq!(a.tensor_bytes(&bytes[..], &tt, "w").unwrap(), f32s(&[0., 3., 1., 4., 2., 5.]));
         let v = TensorRef { offset: 1, shape: vec![2], stride: vec![2], ..t.clone() };
-        assert_eq!(a.tensor_bytes(&bytes, &v, "w").unwrap(), f32s(&[1., 3.]));
+        assert_eq!(a.tensor_bytes(&bytes[..], &v, "w").unwrap(), f32s(&[1., 3.]));
         let past = TensorRef { offset: 4, shape: vec![3], stride: vec![1], ..t };
-        assert!(a.tensor_bytes(&bytes, &past, "w").unwrap_err().message.contains("past its storage"));
+        assert!(a.tensor_bytes(&bytes[..], &past, "w").unwrap_err().message.contains("past its storage"));
         assert_eq!(t_dtype(&a), Dtype::F32);
     }
 
@@ -154,7 +185,7 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_archive() {
-        let e = Archive::parse(b"not a zip", "x.pt").err().unwrap();
+        let e = Archive::parse(Cursor::new(b"not a zip"), "x.pt").err().unwrap();
         assert!(e.message.starts_with("x.pt: not a torch.save archive"), "{}", e.message);
         let no_pickle = {
             let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
@@ -162,6 +193,6 @@ mod tests {
             w.write_all(b"3").unwrap();
             w.finish().unwrap().into_inner()
         };
-        assert!(Archive::parse(&no_pickle, "y.pt").err().unwrap().message.contains("data.pkl"));
+        assert!(Archive::parse(Cursor::new(&no_pickle), "y.pt").err().unwrap().message.contains("data.pkl"));
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use openseek_common::Failure;
 
 use crate::archive::Archive;
@@ -66,24 +65,28 @@ pub struct Checkpoint {
     pub unknown: Vec<(String, PathBuf)>,
     /// Tensor / pipeline / expert parallel sizes seen.
     pub parallel: (usize, usize, usize),
-    pub(crate) files: Vec<MappedFile>,
+    pub(crate) files: Vec<OpenFile>,
     pub(crate) dcp: Option<crate::dcp::DcpIndex>,
 }
 
-/// A memory-mapped file; for rank files also its parsed archive.
-pub(crate) struct MappedFile {
+/// An open file; for rank files also its parsed archive.
+pub(crate) struct OpenFile {
     pub path: PathBuf,
-    pub map: Mmap,
+    pub file: std::fs::File,
     pub archive: Option<Archive>,
 }
 
-impl MappedFile {
-    pub fn open(path: &Path) -> Result<MappedFile, Failure> {
-        let f = std::fs::File::open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))?;
-        // Safety: checkpoints are not modified while being converted; a concurrent writer would at
-        // worst make the conversion read garbage, which the shape checks or the pickle VM report.
-        let map = unsafe { Mmap::map(&f) }.map_err(|e| Failure::io_at(path, "cannot map", &e))?;
-        Ok(MappedFile { path: path.to_path_buf(), map, archive: None })
+impl OpenFile {
+    pub fn open(path: &Path) -> Result<OpenFile, Failure> {
+        let file = std::fs::File::open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))?;
+        Ok(OpenFile { path: path.to_path_buf(), file, archive: None })
+    }
+
+    /// Open and parse a `torch.save` archive.
+    pub fn archive(path: &Path) -> Result<OpenFile, Failure> {
+        let mut f = OpenFile::open(path)?;
+        f.archive = Some(Archive::parse(&f.file, &path.display().to_string())?);
+        Ok(f)
     }
 }
 
@@ -164,12 +167,12 @@ impl Checkpoint {
                     let file = &self.files[*f];
                     let archive = file.archive.as_ref().expect("rank files are parsed");
                     let what = format!("{}: {}", file.path.display(), e.key);
-                    parts.push(archive.tensor_bytes(&file.map, t, &what)?);
+                    parts.push(archive.tensor_bytes(&file.file, t, &what)?);
                 }
                 let piece_shape = &pieces[0].1.shape;
                 Ok(merge_pieces(parts, piece_shape, *merge, e.dtype.size()))
             }
-            Src::Dcp { fqn, fixed } => self.dcp.as_ref().expect("DCP index").read(&self.files, fqn, fixed, e),
+            Src::Dcp { fqn, fixed } => self.dcp.as_ref().expect("DCP index").read(fqn, fixed, e),
         }
     }
 }

@@ -9,12 +9,13 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use openseek_common::Failure;
 
-use crate::archive::Archive;
-use crate::checkpoint::{Checkpoint, Entry, Format, MappedFile, Src};
+use crate::archive::{Archive, ReadAt};
+use crate::checkpoint::{Checkpoint, Entry, Format, OpenFile, Src};
 use crate::mapping;
 use crate::pickle::{self, Dtype, Value};
 
@@ -38,9 +39,8 @@ struct TensorMeta {
 pub(crate) struct DcpIndex {
     dir: PathBuf,
     tensors: HashMap<String, TensorMeta>,
-    /// relative_path -> index into the checkpoint's mapped files (opened on first use).
-    opened: RefCell<HashMap<String, usize>>,
-    pending: RefCell<Vec<MappedFile>>,
+    /// relative_path -> the file, opened on first use.
+    opened: RefCell<HashMap<String, std::rc::Rc<OpenFile>>>,
 }
 
 fn usizes(v: &Value, what: &str) -> Result<Vec<usize>, String> {
@@ -150,8 +150,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     let bytes = std::fs::read(&md_path).map_err(|e| Failure::io_at(&md_path, "cannot read", &e))?;
     let tensors = parse_metadata(&bytes).map_err(|e| Failure::data(format!("{}: {e}", md_path.display())))?;
     let common_path = dir.join("common.pt");
-    let common = MappedFile::open(&common_path)?;
-    let root = Archive::parse(&common.map, &common_path.display().to_string())?.root;
+    let root = OpenFile::archive(&common_path)?.archive.unwrap().root;
     let args = root.get("args").ok_or_else(|| Failure::data(format!("{}: no `args` in the common state", common_path.display())))?;
     let tied = crate::checkpoint::tied_embeddings(&args);
 
@@ -199,14 +198,14 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         unknown,
         parallel,
         files: Vec::new(),
-        dcp: Some(DcpIndex { dir: dir.to_path_buf(), tensors, opened: Default::default(), pending: Default::default() }),
+        dcp: Some(DcpIndex { dir: dir.to_path_buf(), tensors, opened: Default::default() }),
     })
 }
 
 impl DcpIndex {
     /// The sub-tensor of `fqn` at the `fixed` leading indices, assembled from the chunks that
     /// overlap it, each chunk's archive parsed from its byte range of the `.distcp` file.
-    pub(crate) fn read(&self, _files: &[MappedFile], fqn: &str, fixed: &[usize], e: &Entry) -> Result<Vec<u8>, Failure> {
+    pub(crate) fn read(&self, fqn: &str, fixed: &[usize], e: &Entry) -> Result<Vec<u8>, Failure> {
         let meta = &self.tensors[fqn];
         let es = meta.dtype.size();
         let nd = meta.size.len();
@@ -235,26 +234,16 @@ impl DcpIndex {
     }
 
     fn chunk_bytes(&self, c: &Chunk, fqn: &str) -> Result<Vec<u8>, Failure> {
-        let idx = {
-            let mut opened = self.opened.borrow_mut();
-            match opened.get(&c.file) {
-                Some(i) => *i,
-                None => {
-                    let f = MappedFile::open(&self.dir.join(&c.file))?;
-                    let mut pending = self.pending.borrow_mut();
-                    pending.push(f);
-                    opened.insert(c.file.clone(), pending.len() - 1);
-                    pending.len() - 1
-                }
-            }
+        let f = match self.opened.borrow().get(&c.file) {
+            Some(f) => f.clone(),
+            None => std::rc::Rc::new(OpenFile::open(&self.dir.join(&c.file))?),
         };
-        let pending = self.pending.borrow();
-        let f = &pending[idx];
+        self.opened.borrow_mut().insert(c.file.clone(), f.clone());
         let what = format!("{} (bytes {}..{}, {fqn})", f.path.display(), c.offset, c.offset + c.length);
-        let bytes = f.map.get(c.offset..c.offset + c.length).ok_or_else(|| Failure::data(format!("{what}: past the end of the file")))?;
-        let a = Archive::parse(bytes, &what)?;
+        let bytes = f.file.read_at_exact(c.offset, c.length).map_err(|e| Failure::data(format!("{what}: cannot read: {e}")))?;
+        let a = Archive::parse(Cursor::new(&bytes), &what)?;
         match &a.root {
-            Value::Tensor(t) => a.tensor_bytes(bytes, t, &what),
+            Value::Tensor(t) => a.tensor_bytes(&bytes[..], t, &what),
             other => Err(Failure::data(format!("{what}: holds {other:?}, not a tensor"))),
         }
     }

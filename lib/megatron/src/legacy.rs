@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use openseek_common::Failure;
 
-use crate::archive::Archive;
-use crate::checkpoint::{Checkpoint, Entry, Format, MappedFile, Src};
+use crate::checkpoint::{Checkpoint, Entry, Format, OpenFile, Src};
 use crate::mapping::{self, Merge};
 use crate::pickle::{TensorRef, Value};
 
@@ -72,9 +71,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     let found = rank_dirs(dir)?;
     let mut files = Vec::with_capacity(found.len());
     for (_, _, path) in &found {
-        let mut f = MappedFile::open(path)?;
-        f.archive = Some(Archive::parse(&f.map, &path.display().to_string())?);
-        files.push(f);
+        files.push(OpenFile::archive(path)?);
     }
     let root0 = &files[0].archive.as_ref().unwrap().root;
     let args = root0.get("args").ok_or_else(|| Failure::data(format!("{}: no `args` in the checkpoint", files[0].path.display())))?;
