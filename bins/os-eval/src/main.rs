@@ -1,12 +1,20 @@
-//! os-eval: evaluate an OpenSeek-Small-v1 (DeepSeek-V3) checkpoint.
-//! `score` writes per-token log-probs of given sequences; the benchmark subcommands are not built yet.
+//! os-eval: evaluate an OpenSeek-Small-v1 (DeepSeek-V3) checkpoint. `run` scores the OpenSeek
+//! benchmark suite (lighteval v0.3.0 exact), `sweep` evaluates every new checkpoint of a training
+//! run, `demo-tasks` writes small benchmark files from the demo corpus, `score` writes per-token
+//! log-probs of given sequences.
+
+mod backend;
 
 use clap::{Args, Parser, Subcommand};
+use openseek_common::provenance::Provenance;
 use openseek_common::{AtomicOutputs, ExitCode, Failure};
+use openseek_eval::run::{self, RunConfig, RunSummary};
+use openseek_eval::{sweep, Harness, Options, Task};
 use openseek_model::score;
 use openseek_model::tch::{Cuda, Device, Kind};
+use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "os-eval", version, about = "Evaluate an OpenSeek-Small-v1 (DeepSeek-V3) Hugging Face checkpoint")]
@@ -20,8 +28,97 @@ enum Command {
     /// Log-probabilities of sequences: one output line {"sum_logprob", "token_logprobs"} per input line,
     /// token_logprobs[i] = log p(t_{i+1} | t_0..t_i).
     Score(ScoreArgs),
-    #[command(external_subcommand)]
-    Other(Vec<String>),
+    /// Evaluate a model on benchmark tasks: results.json, details.h5 and the table printed.
+    Run(RunArgs),
+    /// Evaluate every checkpoint of a training run not evaluated yet (safe from cron).
+    Sweep(SweepArgs),
+    /// Write small benchmark files made from the demo corpus's facts (for `make demo`).
+    DemoTasks(DemoArgs),
+}
+
+/// What to evaluate and how (shared by `run` and `sweep`).
+#[derive(Args)]
+struct EvalArgs {
+    /// Comma-separated tasks: openseek (the 12-column table), all (+ boolq), hellaswag, winogrande,
+    /// piqa, siqa, openbookqa, arc, arc:easy, arc:challenge, commonsense_qa, mmlu[:subject],
+    /// cmmlu[:subject], ceval[:subject], triviaqa, gsm8k, boolq.
+    #[arg(long, default_value = "openseek")]
+    tasks: String,
+    /// Benchmark data directory: one folder per benchmark (layout in the README, os-eval section).
+    #[arg(long)]
+    data: PathBuf,
+    /// Only the first N documents of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Evaluate this split instead of each task's default.
+    #[arg(long)]
+    split: Option<String>,
+    /// Request conventions: lighteval (v0.3.0 + OpenSeek's task file, the seeds' numbers) or lm-eval.
+    #[arg(long, default_value = "lighteval")]
+    harness: String,
+    /// Reproduce lighteval's GSM8K generation budget (prompt length counted in characters: 19 of
+    /// 1,319 5-shot prompts get one new token). Default: the budget in tokens.
+    #[arg(long)]
+    lighteval_budget_quirk: bool,
+    /// Seed of the GSM8K few-shot sampler (lighteval: 42).
+    #[arg(long, default_value_t = 42)]
+    fewshot_seed: u64,
+    /// Maximum sequence length (default: the model's max_position_embeddings).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// cpu, cuda, cuda:N, or auto (cuda when available).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// float32 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Tokens per forward pass for log-likelihoods (contexts + continuations).
+    #[arg(long, default_value_t = 32768)]
+    batch_tokens: usize,
+    /// Prompts generated together (TriviaQA, GSM8K).
+    #[arg(long, default_value_t = 64)]
+    generate_batch: usize,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model directory: config.json, safetensors, and the tokenizer (tokenizer.json or OpenSeek's tiktoken files).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory (default: eval-out/<model folder name>). Per-task records are kept in
+    /// OUTPUT/tasks/, so a killed run resumes at the task where it stopped.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Training run or checkpoints folder(s): every sub-folder with a config.json (e.g.
+    /// RUN/checkpoints/step-0000720) is a checkpoint; a model folder itself is one.
+    #[arg(long, required = true, num_args = 1..)]
+    checkpoints: Vec<PathBuf>,
+    /// Sweep output: results.jsonl, results.md, plots/*.png, runs/<checkpoint>/.
+    #[arg(long)]
+    output: PathBuf,
+    /// Tokenizer directory for checkpoints that hold none (default: each checkpoint's own).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Output data directory (one folder per benchmark).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -72,14 +169,120 @@ fn device_of(name: &str) -> Result<Device, Failure> {
     }
 }
 
+fn kind_of(dtype: Option<&str>, device: Device) -> Result<Kind, Failure> {
+    match dtype {
+        None if device == Device::Cpu => Ok(Kind::Float),
+        None | Some("bfloat16" | "bf16") => Ok(Kind::BFloat16),
+        Some("float32" | "fp32") => Ok(Kind::Float),
+        Some(other) => Err(Failure::usage(format!("--dtype {other}: expected float32 or bfloat16"))),
+    }
+}
+
+/// Load a checkpoint and its tokenizer, and evaluate it into `output`.
+fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs, tasks: &[Task]) -> Result<RunSummary, Failure> {
+    let device = device_of(&a.device)?;
+    let kind = kind_of(a.dtype.as_deref(), device)?;
+    let t0 = std::time::Instant::now();
+    let model_hash = run::model_hash(model_dir)?;
+    let tokenizer = openseek_tokenizer::Tokenizer::load(tokenizer_dir)?;
+    let model = openseek_model::load(model_dir, kind, device)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let max_length = a.max_length.unwrap_or(model.config.max_position_embeddings as usize);
+    let options = Options {
+        max_length,
+        split: a.split.clone(),
+        limit: a.limit,
+        lighteval_budget_quirk: a.lighteval_budget_quirk,
+        fewshot_seed: a.fewshot_seed,
+        harness: Harness::parse(&a.harness)?,
+    };
+    let cfg = RunConfig {
+        model_dir: model_dir.to_path_buf(),
+        model_hash,
+        data_dir: a.data.clone(),
+        output_dir: output.to_path_buf(),
+        tasks: tasks.to_vec(),
+        options,
+        backend: json!({"device": format!("{device:?}"), "dtype": format!("{kind:?}"), "tokenizer_sha256": tokenizer.content_sha256()}),
+        provenance: Provenance::capture("os-eval", env!("CARGO_PKG_VERSION")),
+        verbose: !a.quiet,
+    };
+    let mut backend = backend::ModelBackend {
+        model: &model,
+        tokenizer: &tokenizer,
+        max_length,
+        batch_tokens: a.batch_tokens,
+        generate_batch: a.generate_batch,
+    };
+    let signals = openseek_common::signals::watch();
+    let stop = || signals.check("stored the finished tasks; run again to resume");
+    let mut summary = run::run(&cfg, &tokenizer, &mut backend, &stop)?;
+    summary.results["timings"]["load_seconds"] = json!(load_seconds);
+    // Record the batch settings too (they change speed, not results).
+    summary.results["backend"]["batch_tokens"] = json!(a.batch_tokens);
+    summary.results["backend"]["generate_batch"] = json!(a.generate_batch);
+    run::write_json(&output.join("results.json"), &summary.results)?;
+    Ok(summary)
+}
+
+fn run_run(a: RunArgs) -> Result<(), Failure> {
+    let tasks = Task::parse_list(&a.eval.tasks)?;
+    let output = a.output.clone().unwrap_or_else(|| {
+        let name = a.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).unwrap_or_else(|| "model".into());
+        PathBuf::from("eval-out").join(name)
+    });
+    let summary = evaluate(&a.model, &a.model, &output, &a.eval, &tasks)?;
+    print!("{}", run::format_table(&summary.table));
+    if !a.eval.quiet {
+        eprintln!(
+            "os-eval: {} tasks ({} from earlier records); results in {}/results.json, details in {}/details.h5",
+            summary.records.len(),
+            summary.reused,
+            output.display(),
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_sweep(a: SweepArgs) -> Result<(), Failure> {
+    let tasks = Task::parse_list(&a.eval.tasks)?;
+    Harness::parse(&a.eval.harness)?;
+    let checkpoints = sweep::find_checkpoints(&a.checkpoints)?;
+    let key = json!({
+        "tasks": a.eval.tasks, "data": a.eval.data.display().to_string(), "limit": a.eval.limit, "split": a.eval.split,
+        "harness": a.eval.harness, "lighteval_budget_quirk": a.eval.lighteval_budget_quirk, "fewshot_seed": a.eval.fewshot_seed,
+        "max_length": a.eval.max_length, "dtype": a.eval.dtype,
+    });
+    let mut eval = |ck: &sweep::Checkpoint, run_dir: &Path| {
+        let tok = a.tokenizer.clone().unwrap_or_else(|| ck.path.clone());
+        evaluate(&ck.path, &tok, run_dir, &a.eval, &tasks)
+    };
+    let report = sweep::sweep(&checkpoints, &a.output, &key, &mut eval, !a.eval.quiet)?;
+    eprintln!(
+        "os-eval sweep: {} checkpoints found, {} evaluated, {} already done, {} failed (left for the next sweep); table in {}",
+        checkpoints.len(),
+        report.evaluated.len(),
+        report.skipped_done.len(),
+        report.failed.len(),
+        a.output.join("results.md").display()
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(ExitCode::TempFail, format!("{} checkpoints could not be evaluated: {}", report.failed.len(), report.failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "))))
+    }
+}
+
+fn run_demo_tasks(a: DemoArgs) -> Result<(), Failure> {
+    let files = openseek_eval::demo::write_demo_tasks(&a.output, a.seed)?;
+    eprintln!("os-eval demo-tasks: {} files under {}; evaluate with --tasks {}", files.len(), a.output.display(), openseek_eval::demo::DEMO_TASKS);
+    Ok(())
+}
+
 fn run_score(a: ScoreArgs) -> Result<(), Failure> {
     let device = device_of(&a.device)?;
-    let kind = match a.dtype.as_deref() {
-        None if device == Device::Cpu => Kind::Float,
-        None | Some("bfloat16" | "bf16") => Kind::BFloat16,
-        Some("float32" | "fp32") => Kind::Float,
-        Some(other) => return Err(Failure::usage(format!("--dtype {other}: expected float32 or bfloat16"))),
-    };
+    let kind = kind_of(a.dtype.as_deref(), device)?;
     let model = openseek_model::load(&a.model, kind, device)?;
     let vocab = model.config.vocab_size;
     let seqs = match (&a.tokens, &a.text) {
@@ -112,9 +315,8 @@ fn run_score(a: ScoreArgs) -> Result<(), Failure> {
 fn main() {
     openseek_common::exit::run_main("os-eval", || match Cli::parse().command {
         Command::Score(a) => run_score(a),
-        Command::Other(args) => Err(Failure::new(
-            ExitCode::Unavailable,
-            format!("os-eval {}: not implemented yet (only `os-eval score` is built)", args.first().map(String::as_str).unwrap_or("")),
-        )),
+        Command::Run(a) => run_run(a),
+        Command::Sweep(a) => run_sweep(a),
+        Command::DemoTasks(a) => run_demo_tasks(a),
     })
 }

@@ -1,0 +1,90 @@
+//! The model side of an evaluation: openseek-eval's items turned into token ids for
+//! openseek-model (shared-context log-likelihoods, greedy generation with stop strings).
+
+use openseek_common::Failure;
+use openseek_eval::{Backend, ChoiceItem, GenerateItem};
+use openseek_model::generate::{greedy, GenerateOptions};
+use openseek_model::score::{choice_loglikelihoods, ChoiceGroup};
+use openseek_model::DeepseekV3;
+use openseek_tokenizer::Tokenizer;
+
+pub struct ModelBackend<'a> {
+    pub model: &'a DeepseekV3,
+    pub tokenizer: &'a Tokenizer,
+    /// Requests are left-truncated to this many tokens.
+    pub max_length: usize,
+    /// Padded tokens per forward pass (log-likelihood).
+    pub batch_tokens: usize,
+    /// Prompts decoded together.
+    pub generate_batch: usize,
+}
+
+fn ids(v: &[u32]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}
+
+impl Backend for ModelBackend<'_> {
+    fn loglikelihoods(&mut self, items: &[&ChoiceItem]) -> Result<Vec<Vec<f64>>, Failure> {
+        // One group per question when its choices share the context ids (always, for lighteval's
+        // requests); otherwise one group per choice.
+        let mut groups = Vec::new();
+        let mut owner = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ctx = item.requests.first().map(|r| &r.context_ids);
+            if item.requests.iter().all(|r| Some(&r.context_ids) == ctx) {
+                groups.push(ChoiceGroup {
+                    context: ctx.map(|c| ids(c)).unwrap_or_default(),
+                    continuations: item.requests.iter().map(|r| ids(&r.continuation_ids)).collect(),
+                });
+                owner.push((i, None));
+            } else {
+                for (c, r) in item.requests.iter().enumerate() {
+                    groups.push(ChoiceGroup { context: ids(&r.context_ids), continuations: vec![ids(&r.continuation_ids)] });
+                    owner.push((i, Some(c)));
+                }
+            }
+        }
+        let scores = choice_loglikelihoods(self.model, &groups, self.max_length, self.batch_tokens);
+        let mut out: Vec<Vec<f64>> = items.iter().map(|it| vec![0.0; it.requests.len()]).collect();
+        for ((i, c), s) in owner.into_iter().zip(scores) {
+            match c {
+                None => out[i] = s,
+                Some(c) => out[i][c] = s[0],
+            }
+        }
+        Ok(out)
+    }
+
+    fn generate(&mut self, items: &[&GenerateItem]) -> Result<Vec<String>, Failure> {
+        let eos: Vec<i64> = self.tokenizer.eos_id().map(|e| e as i64).into_iter().collect();
+        let mut out = vec![String::new(); items.len()];
+        // greedy() takes one budget per call: one call per distinct budget.
+        let mut budgets: Vec<usize> = items.iter().map(|g| g.max_new_tokens).collect();
+        budgets.sort_unstable();
+        budgets.dedup();
+        for budget in budgets {
+            let members: Vec<usize> = (0..items.len()).filter(|&i| items[i].max_new_tokens == budget).collect();
+            // lighteval keeps the last (max_length - budget) prompt tokens.
+            let keep = self.max_length.saturating_sub(budget).max(1);
+            let prompts: Vec<Vec<i64>> = members
+                .iter()
+                .map(|&i| {
+                    let p = &items[i].context_ids;
+                    let p = if p.is_empty() { self.tokenizer.eos_id().map(|e| vec![e]).unwrap_or(vec![0]) } else { p[p.len().saturating_sub(keep)..].to_vec() };
+                    ids(&p)
+                })
+                .collect();
+            let tok = self.tokenizer;
+            let mut stop = |k: usize, new: &[i64]| -> bool {
+                let text = tok.decode(&new.iter().map(|&t| t as u32).collect::<Vec<_>>()).unwrap_or_default();
+                items[members[k]].stop.iter().any(|s| text.contains(s.as_str()))
+            };
+            let opts = GenerateOptions { max_new_tokens: budget, eos: eos.clone(), batch_size: self.generate_batch };
+            let generated = greedy(self.model, &prompts, &opts, &mut stop);
+            for (k, g) in generated.iter().enumerate() {
+                out[members[k]] = self.tokenizer.decode(&g.iter().map(|&t| t as u32).collect::<Vec<_>>())?;
+            }
+        }
+        Ok(out)
+    }
+}

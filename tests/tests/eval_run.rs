@@ -1,0 +1,284 @@
+//! os-eval run and sweep end to end on CPU: a tiny random DeepSeek-V3 with OpenSeek's tokenizer
+//! (`tests/python/eval_reference.py make`) over the real rows of `shared/eval-dev`.
+//! Log-likelihoods and predictions equal transformers' (one forward per request, as lighteval's
+//! HF backend); results.json, the table and details.h5 (read with h5py) have the documented
+//! structure; a run resumes from its task records; sweeps are idempotent and locked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use openseek_eval::{build_requests, Item, Options, Task};
+use openseek_tests::{run_python, run_tool, shared, tool};
+use openseek_tokenizer::Tokenizer;
+use serde_json::Value;
+
+const SUBJECTS: [&str; 3] = ["mmlu:abstract_algebra", "cmmlu:agronomy", "ceval:computer_network"];
+
+fn make_model(dir: &Path, seed: u64) {
+    run_python(
+        "eval_reference.py",
+        &["make", dir.to_str().unwrap(), "--tokenizer", shared("tokenizers/openseek").to_str().unwrap(), "--seed", &seed.to_string()],
+    );
+}
+
+/// eval-dev as a data directory with every split under the name os-eval looks for: GSM8K's
+/// train slice as `train.jsonl`, ARC's validation rows as its test split.
+fn data_dir(root: &Path) -> PathBuf {
+    let dev = shared("eval-dev");
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("gsm8k")).unwrap();
+    std::fs::create_dir_all(data.join("arc")).unwrap();
+    for e in std::fs::read_dir(&dev).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_owned();
+        if name != "gsm8k" && name != "arc" {
+            std::os::unix::fs::symlink(&p, data.join(name)).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(dev.join("gsm8k/test.jsonl"), data.join("gsm8k/test.jsonl")).unwrap();
+    std::os::unix::fs::symlink(dev.join("gsm8k/train_first50.jsonl"), data.join("gsm8k/train.jsonl")).unwrap();
+    for sub in ["ARC-Easy", "ARC-Challenge"] {
+        std::os::unix::fs::symlink(dev.join(format!("arc/{sub}_validation.jsonl")), data.join(format!("arc/{sub}_test.jsonl"))).unwrap();
+    }
+    data
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+fn os_eval(args: &[&str]) -> std::process::Output {
+    let o = run_tool("os-eval", args);
+    assert!(o.status.success(), "os-eval {args:?} failed ({:?}): {}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn record(out: &Path, task: &str) -> Value {
+    read_json(&out.join("tasks").join(format!("{}.json", task.replace(':', "__"))))
+}
+
+#[test]
+fn run_scores_like_transformers_and_writes_results_table_and_details() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    make_model(&model, 0);
+    let data = data_dir(tmp.path());
+    let out = tmp.path().join("out");
+    let tasks = format!("hellaswag,arc,piqa,{},commonsense_qa,triviaqa,winogrande,openbookqa,gsm8k,siqa,boolq", SUBJECTS.join(","));
+    let o = os_eval(&["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", &tasks, "--limit", "4", "--output", out.to_str().unwrap(), "--device", "cpu"]);
+    let printed = String::from_utf8_lossy(&o.stdout);
+
+    // results.json: every task, the 12 columns in the seeds' order, their mean.
+    let r = read_json(&out.join("results.json"));
+    let columns: Vec<&str> = r["table"]["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, openseek_eval::table::COLUMNS.to_vec());
+    let values: Vec<f64> = r["table"]["columns"].as_array().unwrap().iter().map(|c| c["value"].as_f64().unwrap()).collect();
+    let mean = r["table"]["mean"].as_f64().unwrap();
+    assert!((mean - values.iter().sum::<f64>() / 12.0).abs() < 1e-9);
+    assert!(printed.contains(&format!("Mean           {mean:>6.2}")), "{printed}");
+    for (name, t) in r["tasks"].as_object().unwrap() {
+        assert_eq!(t["n"], 4, "{name}");
+        assert!(t["value"].as_f64().unwrap() >= 0.0 && t["stderr"].is_number(), "{name}: {t}");
+        let metric = t["metric"].as_str().unwrap();
+        assert_eq!(t["value"], t["metrics"][metric]["value"], "{name}");
+    }
+    assert_eq!(r["tasks"]["commonsense_qa"]["metric"], "acc");
+    assert_eq!(r["tasks"]["gsm8k"]["metric"], "quasi_exact_match");
+    assert_eq!(r["tasks"].as_object().unwrap().len(), 14);
+    // ARC(Average) is the mean of its two tasks, ×100.
+    let arc = (r["tasks"]["arc:easy"]["value"].as_f64().unwrap() + r["tasks"]["arc:challenge"]["value"].as_f64().unwrap()) * 50.0;
+    assert!((values[1] - arc).abs() < 1e-9);
+    assert_eq!(r["seeds"]["fewshot"], 42);
+    assert_eq!(r["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(r["tool"]["tool"], "os-eval");
+    assert!(r["timings"]["total_seconds"].as_f64().unwrap() > 0.0);
+
+    // Log-likelihoods equal transformers' on the same requests (built by openseek-eval, which the
+    // request tests check against lighteval's goldens); predictions are the same.
+    let tok = Tokenizer::load(&model).unwrap();
+    let mut lines = String::new();
+    let mut ours = Vec::new();
+    for name in ["hellaswag", "arc:easy", "winogrande", "mmlu:abstract_algebra", "cmmlu:agronomy"] {
+        let task = Task::parse_list(name).unwrap().remove(0);
+        let items = build_requests(&task, &data, &tok, &Options { limit: Some(4), ..Options::default() }).unwrap();
+        let rec = record(&out, name);
+        for (item, ri) in items.iter().zip(rec["items"].as_array().unwrap()) {
+            let Item::Choice(c) = item else { panic!("{name}") };
+            let lp: Vec<f64> = ri["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            assert_eq!(lp.len(), c.requests.len());
+            for req in &c.requests {
+                lines.push_str(&serde_json::json!({"context": req.context_ids, "continuation": req.continuation_ids}).to_string());
+                lines.push('\n');
+            }
+            ours.push((name, lp, ri["prediction"].as_u64().unwrap() as usize, c.gold.clone()));
+        }
+    }
+    let reqs = tmp.path().join("requests.jsonl");
+    let refs = tmp.path().join("reference.jsonl");
+    std::fs::write(&reqs, lines).unwrap();
+    run_python("eval_reference.py", &["loglik", model.to_str().unwrap(), reqs.to_str().unwrap(), refs.to_str().unwrap()]);
+    let theirs: Vec<f64> = std::fs::read_to_string(&refs).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["logprob"].as_f64().unwrap()).collect();
+    let mut k = 0;
+    let mut worst = 0f64;
+    for (name, lp, pred, _) in &ours {
+        let t = &theirs[k..k + lp.len()];
+        k += lp.len();
+        for (a, b) in lp.iter().zip(t) {
+            worst = worst.max((a - b).abs());
+        }
+        assert_eq!(*pred, openseek_eval::metrics::argmax(t), "{name}: prediction differs from transformers' ({lp:?} vs {t:?})");
+    }
+    assert_eq!(k, theirs.len());
+    assert!(worst < 1e-3, "log-likelihoods differ from transformers by {worst}");
+    eprintln!("os-eval vs transformers on {k} requests: max |Δ log-likelihood| = {worst:.2e}");
+
+    // details.h5 read with h5py holds the same items.
+    let dump: Value = serde_json::from_str(&run_python("eval_reference.py", &["h5dump", out.join("details.h5").to_str().unwrap()])).unwrap();
+    assert_eq!(dump["attrs"]["model_sha256"], r["model"]["sha256"]);
+    assert_eq!(dump["attrs"]["harness"], "lighteval");
+    assert_eq!(dump["groups"].as_object().unwrap().len(), 14);
+    let hs = &dump["groups"]["hellaswag"];
+    let rec = record(&out, "hellaswag");
+    assert_eq!(hs["attrs"]["metric"], "acc_norm");
+    assert_eq!(hs["attrs"]["value"], rec["value"]);
+    let d = &hs["datasets"];
+    assert_eq!(d["choice_offsets"], serde_json::json!([0, 4, 8, 12, 16]));
+    let items = rec["items"].as_array().unwrap();
+    assert_eq!(d["query"][0], items[0]["query"]);
+    assert_eq!(d["choices"][5], items[1]["choices"][1]);
+    assert_eq!(d["logprobs"][5], items[1]["logprobs"][1]);
+    assert_eq!(d["prediction_norm"][2], items[2]["prediction_norm"]);
+    assert_eq!(d["gold"][3], items[3]["gold"][0]);
+    let g = &dump["groups"]["gsm8k"]["datasets"];
+    assert!(g["query"][0].as_str().unwrap().starts_with("Question: "));
+    assert_eq!(g["generated"].as_array().unwrap().len(), 4);
+    assert_eq!(g["gold_offsets"], serde_json::json!([0, 1, 2, 3, 4]));
+    assert_eq!(dump["groups"]["triviaqa"]["datasets"]["quasi_exact_match"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn a_run_resumes_from_its_task_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    make_model(&model, 1);
+    let data = data_dir(tmp.path());
+    let out = tmp.path().join("out");
+    let args = ["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", "piqa,openbookqa", "--limit", "3", "--output", out.to_str().unwrap(), "--device", "cpu"];
+    os_eval(&args);
+    // As if killed after piqa: openbookqa's record and the results are gone; piqa's record is
+    // marked so that reuse shows.
+    let piqa = out.join("tasks/piqa.json");
+    let mut rec = read_json(&piqa);
+    rec["value"] = serde_json::json!(0.123);
+    std::fs::write(&piqa, rec.to_string()).unwrap();
+    std::fs::remove_file(out.join("tasks/openbookqa.json")).unwrap();
+    std::fs::remove_file(out.join("results.json")).unwrap();
+    let o = os_eval(&args);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(1 from earlier records)"));
+    let r = read_json(&out.join("results.json"));
+    assert_eq!(r["tasks"]["piqa"]["value"], 0.123);
+    assert!(out.join("tasks/openbookqa.json").is_file());
+    // Another model (different hash) does not reuse the records.
+    make_model(&model, 2);
+    os_eval(&args);
+    assert_ne!(read_json(&out.join("results.json"))["tasks"]["piqa"]["value"], 0.123);
+}
+
+#[test]
+fn missing_split_or_column_fails_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    make_model(&model, 0);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("piqa")).unwrap();
+    std::fs::create_dir_all(data.join("hellaswag")).unwrap();
+    std::fs::write(data.join("hellaswag/validation.jsonl"), "{\"ctx_a\": \"x\", \"label\": 0}\n").unwrap();
+    let run = |task: &str| run_tool("os-eval", &["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", task, "--output", tmp.path().join("o").to_str().unwrap(), "--device", "cpu"]);
+    let o = run("piqa");
+    assert_eq!(o.status.code(), Some(66));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("piqa") && err.contains("valid.jsonl"), "{err}");
+    let o = run("hellaswag");
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hellaswag/validation.jsonl") && err.contains("no column \"ctx_b\""), "{err}");
+}
+
+/// `RUN/checkpoints/step-N` folders holding (symlinks to) the tiny model.
+fn checkpoint(run: &Path, model: &Path, step: u64) {
+    let d = run.join("checkpoints").join(format!("step-{step:07}"));
+    std::fs::create_dir_all(&d).unwrap();
+    for e in std::fs::read_dir(model).unwrap() {
+        let p = e.unwrap().path();
+        std::os::unix::fs::symlink(&p, d.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn sweep_is_idempotent_locked_and_draws_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    make_model(&model, 0);
+    let data = data_dir(tmp.path());
+    let run_dir = tmp.path().join("run");
+    let out = tmp.path().join("sweep");
+    checkpoint(&run_dir, &model, 20);
+    checkpoint(&run_dir, &model, 10);
+    let sweep = || {
+        Command::new(tool("os-eval"))
+            .args(["sweep", "--checkpoints", run_dir.to_str().unwrap(), "--output", out.to_str().unwrap(), "--data", data.to_str().unwrap()])
+            .args(["--tasks", "piqa,openbookqa", "--limit", "3", "--device", "cpu", "--quiet"])
+            .output()
+            .unwrap()
+    };
+    let rows = || -> Vec<Value> { std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let o = sweep();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = rows();
+    assert_eq!(r.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![10, 20]);
+    assert!(r[0]["table"]["PIQA"].is_number() && r[0]["table"]["OpenBookQA"].is_number());
+    // Nothing new: nothing evaluated, nothing appended.
+    let o = sweep();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 evaluated, 2 already done"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows().len(), 2);
+    // A new checkpoint is evaluated alone.
+    checkpoint(&run_dir, &model, 30);
+    let o = sweep();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows().iter().map(|r| r["checkpoint"].as_str().unwrap().to_string()).collect::<Vec<_>>(), vec!["step-0000010", "step-0000020", "step-0000030"]);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.starts_with("| checkpoint | step | PIQA | OpenBookQA | Mean |"), "{md}");
+    assert_eq!(md.lines().count(), 5);
+    for png in ["PIQA.png", "OpenBookQA.png"] {
+        assert_eq!(&std::fs::read(out.join("plots").join(png)).unwrap()[..4], b"\x89PNG");
+    }
+    assert!(out.join("runs/step-0000030/details.h5").is_file());
+    // While another sweep holds the lock, a sweep does nothing and exits 75. (`flock -o`: the lock
+    // is held by flock itself, not by `sleep`, so killing flock releases it.)
+    checkpoint(&run_dir, &model, 40);
+    let mut holder = Command::new("flock").args(["-o", out.join(".sweep.lock").to_str().unwrap(), "sleep", "30"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = sweep();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another sweep is running"));
+    assert_eq!(rows().len(), 3);
+    let o = sweep();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows().len(), 4);
+}
+
+#[test]
+fn demo_tasks_run_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    make_model(&model, 0);
+    let data = tmp.path().join("demo-data");
+    os_eval(&["demo-tasks", "--output", data.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    os_eval(&["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", openseek_eval::demo::DEMO_TASKS, "--output", out.to_str().unwrap(), "--device", "cpu", "--limit", "3"]);
+    let r = read_json(&out.join("results.json"));
+    assert_eq!(r["tasks"].as_object().unwrap().len(), 6);
+}
