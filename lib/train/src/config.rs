@@ -114,6 +114,9 @@ pub struct TrainConfig {
 
     /// Checkpoint every N steps (a checkpoint is always written at the end).
     pub save_interval: Option<u64>,
+    /// Write a checkpoint after the last step (turn off only for benchmarks).
+    #[serde(default = "yes")]
+    pub save_at_end: bool,
     /// Keep only the newest K checkpoints.
     pub keep_last: Option<usize>,
     #[serde(default = "skip")]

@@ -52,6 +52,32 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Device memory in use on the current CUDA device (total - free from `cudaMemGetInfo`: PyTorch's
+/// allocator reserve plus the CUDA context), through the CUDA runtime libtorch already loaded.
+pub fn cuda_memory_in_use_bytes() -> Option<u64> {
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    static FUNC: std::sync::OnceLock<Option<MemGetInfo>> = std::sync::OnceLock::new();
+    let f = FUNC.get_or_init(|| {
+        for name in [c"libcudart.so.13", c"libcudart.so.12", c"libcudart.so"] {
+            // SAFETY: dlopen/dlsym with valid C strings; the symbol has cudaMemGetInfo's signature.
+            unsafe {
+                let h = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                if !h.is_null() {
+                    let sym = libc::dlsym(h, c"cudaMemGetInfo".as_ptr());
+                    if !sym.is_null() {
+                        return Some(std::mem::transmute::<*mut libc::c_void, MemGetInfo>(sym));
+                    }
+                }
+            }
+        }
+        None
+    });
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: two valid out-pointers.
+    let rc = unsafe { (f.as_ref()?)(&mut free, &mut total) };
+    (rc == 0).then_some((total - free) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

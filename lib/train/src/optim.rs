@@ -1,6 +1,8 @@
-//! AdamW written with tensor ops, as `torch.optim.AdamW` (single-tensor path) computes it:
-//! decoupled weight decay (none on norms, biases and the router's correction bias), bias-corrected
-//! moments kept in fp32, and global gradient-norm clipping as `clip_grad_norm_`.
+//! AdamW as `torch.optim.AdamW` computes it: decoupled weight decay (none on norms, biases and
+//! the router's correction bias), bias-corrected moments kept in fp32, and global gradient-norm
+//! clipping as `clip_grad_norm_`. On CUDA with fp32 weights the update is PyTorch's fused kernel
+//! (`_fused_adamw_`, through openseek-kernels) and the norms `_foreach_norm`; elsewhere (the CPU
+//! path, pure bf16 weights) the same formulas run as tensor ops, one parameter at a time.
 
 use openseek_common::Failure;
 use openseek_model::safetensors::{self, SafetensorsFile};
@@ -24,6 +26,8 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Updates taken so far (the bias-correction count).
     pub steps: u64,
+    /// Whether the fused CUDA path is used.
+    fused: bool,
 }
 
 /// Norms, biases and the router's correction bias get no weight decay.
@@ -41,18 +45,23 @@ impl AdamW {
                 Param { decay: decays(&name), exp_avg: zeros(), exp_avg_sq: zeros(), name, tensor }
             })
             .collect();
-        AdamW { params, beta1, beta2, eps, weight_decay, steps: 0 }
+        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false };
+        opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.tensor.kind() == Kind::Float);
+        opt
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect()
     }
 
     /// sqrt of the sum of squared gradient entries, all parameters together (fp32 accumulation per tensor).
     pub fn grad_norm(&self) -> Tensor {
-        let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.tensor.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.to_kind(Kind::Float).norm())
-            .collect();
+        let grads = self.grads();
+        let norms: Vec<Tensor> = if self.fused {
+            openseek_kernels::foreach_norm(&grads).expect("_foreach_norm")
+        } else {
+            grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect()
+        };
         Tensor::stack(&norms, 0).norm()
     }
 
@@ -69,6 +78,9 @@ impl AdamW {
 
     /// One update at learning rate `lr`, gradients scaled by `grad_scale` (the clipping factor).
     pub fn step(&mut self, lr: f64, grad_scale: f64) {
+        if self.fused {
+            return self.step_fused(lr, grad_scale);
+        }
         self.steps += 1;
         let t = self.steps as i32;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -99,6 +111,45 @@ impl AdamW {
                 let _ = p.tensor.copy_(&w);
             }
         }
+    }
+
+    fn step_fused(&mut self, lr: f64, grad_scale: f64) {
+        let _guard = tch::no_grad_guard();
+        let device = self.params[0].tensor.device();
+        let scale = Tensor::from(grad_scale as f32).to_device(device);
+        let with_grad: Vec<&Param> = self.params.iter().filter(|p| p.tensor.grad().defined()).collect();
+        if grad_scale != 1.0 {
+            for p in &with_grad {
+                let _ = p.tensor.grad().g_mul_(&scale);
+            }
+        }
+        for decay in [true, false] {
+            let group: Vec<&&Param> = with_grad.iter().filter(|p| p.decay == decay).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let list = |f: &dyn Fn(&Param) -> Tensor| group.iter().map(|p| f(p)).collect::<Vec<Tensor>>();
+            // The kernel increments the counts before using them.
+            let steps = list(&|_| Tensor::from(self.steps as f32).to_device(device));
+            let h = openseek_kernels::AdamW {
+                lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+                maximize: false,
+            };
+            openseek_kernels::fused_adamw(
+                &list(&|p| p.tensor.shallow_clone()),
+                &list(&|p| p.tensor.grad()),
+                &list(&|p| p.exp_avg.shallow_clone()),
+                &list(&|p| p.exp_avg_sq.shallow_clone()),
+                &steps,
+                &h,
+            )
+            .expect("_fused_adamw_");
+        }
+        self.steps += 1;
     }
 
     /// The moments, for a checkpoint (the step count goes into the trainer state).

@@ -72,6 +72,13 @@ fn build_model(cfg: &TrainConfig, resume: Option<&Path>, kind: Kind, device: Dev
     Ok(DeepseekV3::from_weights(config, w))
 }
 
+/// Wait for the device, so that wall-clock times measure the work (a no-op on the CPU).
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        Cuda::synchronize(i as i64);
+    }
+}
+
 fn to_i64(v: &[u32]) -> Vec<i64> {
     v.iter().map(|&t| t as i64).collect()
 }
@@ -213,6 +220,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
     );
 
     let mut saved_at = state.step;
+    // CPU: the peak resident set; CUDA: the most device memory in use after a step (allocator reserve + context).
+    let mut peak_memory: Option<f64> = None;
     while state.step < total_steps {
         let started = Instant::now();
         let consumed_before = state.consumed_samples;
@@ -257,6 +266,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             }
         }
         state.consumed_samples = loader.cursor().consumed_samples;
+        sync(device);
+        let fwd_bwd = started.elapsed().as_secs_f64() - data_wait;
         if fault("nan-grad-at-step", state.step + 1) {
             let _ = opt.params[0].tensor.grad().fill_(f64::NAN);
         }
@@ -294,6 +305,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 }
             }
         }
+        sync(device);
+        let optimizer_time = started.elapsed().as_secs_f64() - data_wait - fwd_bwd;
         opt.zero_grad();
         state.step += 1;
         let param_norm = opt.param_norm().double_value(&[]);
@@ -303,10 +316,13 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         let tokens = (gbs * seq as u64) as f64;
         let tokens_per_s = tokens / step_time;
         let tflops = tokens_per_s * flops_per_token / 1e12;
-        let peak_memory = match device {
-            Device::Cpu => metrics::peak_rss_bytes().map(|b| b as f64 / (1u64 << 30) as f64),
-            _ => None,
+        let memory = match device {
+            Device::Cpu => metrics::peak_rss_bytes(),
+            _ => metrics::cuda_memory_in_use_bytes(),
         };
+        if let Some(gib) = memory.map(|b| b as f64 / (1u64 << 30) as f64) {
+            peak_memory = Some(peak_memory.map_or(gib, |p: f64| p.max(gib)));
+        }
         let mut moe = serde_json::Map::new();
         let mut scalars: Vec<(String, f32)> = vec![];
         for (&i, load) in moe_layers.iter().zip(&loads) {
@@ -352,6 +368,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             "mfu": tflops / cfg.peak_tflops,
             "step_time_s": step_time,
             "data_wait_s": data_wait,
+            "fwd_bwd_s": fwd_bwd,
+            "optimizer_s": optimizer_time,
             "peak_memory_gib": peak_memory,
             "skipped": !finite,
             "sample_ids": if finite { Value::Null } else { json!(sample_ids) },
@@ -373,7 +391,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
 
         let stopping = stop.received();
         let due = cfg.save_interval.is_some_and(|n| state.step % n == 0);
-        if due || state.step == total_steps || stopping.is_some() {
+        if due || (state.step == total_steps && cfg.save_at_end) || stopping.is_some() {
             let dir = checkpoint::save(run_dir, &model, &opt, &state, cfg.keep_last)?;
             saved_at = state.step;
             eprintln!("os-train: saved {}", dir.display());
