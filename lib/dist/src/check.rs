@@ -15,10 +15,10 @@ use crate::launch::Launch;
 use crate::layout::{self, split_evenly};
 
 /// Rendezvous and build the communicator (`cpu` forces the CPU even where CUDA is present).
-pub fn setup(cpu: bool, timeout: Duration) -> Result<Comm, Failure> {
+pub fn setup(cpu: bool, force_nccl: bool, timeout: Duration) -> Result<Comm, Failure> {
     let launch = Launch::from_env()?;
     let device = if cpu { Device::Cpu } else { Comm::device_for(&launch) };
-    Comm::init(launch, device, CommOptions { store_timeout: timeout, collective_timeout: timeout })
+    Comm::init(launch, device, CommOptions { store_timeout: timeout, collective_timeout: timeout, force_nccl })
 }
 
 fn values<T: tch::kind::Element>(t: &Tensor) -> Vec<T> {
@@ -197,16 +197,34 @@ pub fn bench(comm: &mut Comm, elems: usize, bucket: usize, iters: usize) -> Resu
 }
 
 /// Rank `skip` leaves out one all-reduce; every other rank must get an error (watchdog or store
-/// timeout) naming its rank, host and the collective, instead of hanging.
+/// timeout) naming its rank, host and the collective, instead of hanging. Alone on a GPU (world
+/// size 1, NCCL forced), the collective is held back instead by matrix products queued before
+/// it on the default stream for about three timeouts.
 pub fn hang(comm: &mut Comm, skip: usize, timeout: Duration) -> Result<(), Failure> {
     let dev = comm.device();
     let mut t = Tensor::ones([1024], (Kind::Float, dev));
     comm.all_reduce(&mut t, ReduceOp::Sum)?;
     comm.synchronize()?;
-    if comm.rank() == skip {
+    if comm.world() == 1 {
+        let a = Tensor::randn([8192, 8192], (Kind::Float, dev));
+        let _ = a.mm(&a); // warm-up (cuBLAS set-up), then time a few
+        comm.synchronize()?;
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            let _ = a.mm(&a);
+        }
+        comm.synchronize()?;
+        let per = (t0.elapsed().as_secs_f64() / 10.0).max(1e-4);
+        let n = ((3.0 * timeout.as_secs_f64() / per) as usize).clamp(1, 20_000);
+        for _ in 0..n {
+            let _ = a.mm(&a);
+        }
+        println!("{}: queued {n} matrix products (~{:.1} s) ahead of the all_reduce", comm.launch().who(), n as f64 * per);
+    } else if comm.rank() == skip {
         std::thread::sleep(timeout + Duration::from_secs(3));
         println!("{}: skipped the collective", comm.launch().who());
-        return Ok(());
+        // Leave without tearing down a communicator whose peers aborted it.
+        std::process::exit(0);
     }
     let t0 = Instant::now();
     let result = comm.all_reduce(&mut t, ReduceOp::Sum).and_then(|()| comm.synchronize());

@@ -27,11 +27,13 @@ pub struct CommOptions {
     pub store_timeout: Duration,
     /// Any one collective, enforced by the NCCL watchdog.
     pub collective_timeout: Duration,
+    /// Use NCCL on a CUDA device even at world size 1 (to check the NCCL path on one GPU).
+    pub force_nccl: bool,
 }
 
 impl Default for CommOptions {
     fn default() -> Self {
-        CommOptions { store_timeout: Duration::from_secs(600), collective_timeout: Duration::from_secs(600) }
+        CommOptions { store_timeout: Duration::from_secs(600), collective_timeout: Duration::from_secs(600), force_nccl: false }
     }
 }
 
@@ -54,7 +56,8 @@ impl Comm {
     pub fn init(launch: Launch, device: Device, options: CommOptions) -> Result<Comm, Failure> {
         let store = Store::connect(&launch, options.store_timeout)?;
         let backend = match device {
-            _ if launch.world == 1 => Backend::Local,
+            Device::Cpu if launch.world == 1 => Backend::Local,
+            Device::Cuda(_) if launch.world == 1 && !options.force_nccl => Backend::Local,
             Device::Cuda(index) => {
                 let id = if launch.rank == 0 { nccl::unique_id()? } else { Vec::new() };
                 let id = store.broadcast("nccl-unique-id", 0, &id)?;

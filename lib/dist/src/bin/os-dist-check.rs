@@ -16,6 +16,9 @@ struct Cli {
     /// Seconds before a rendezvous, store operation or collective counts as hung.
     #[arg(long, global = true, default_value_t = 120)]
     timeout: u64,
+    /// Use NCCL even at world size 1 (checks the NCCL path on a single GPU).
+    #[arg(long, global = true)]
+    force_nccl: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,7 +63,7 @@ fn main() {
     let cli = Cli::parse();
     openseek_common::exit::run_main("os-dist-check", || {
         let timeout = Duration::from_secs(cli.timeout);
-        let mut comm = check::setup(cli.cpu, timeout)?;
+        let mut comm = check::setup(cli.cpu, cli.force_nccl, timeout)?;
         match cli.command {
             Command::Collectives { elems } => check::collectives(&mut comm, elems),
             Command::Toy { steps, save_at, state, resume } => check::toy(&mut comm, steps, save_at, state.as_deref(), resume),
