@@ -128,7 +128,7 @@ pub fn fused_adamw(
     })
 }
 
-/// The L2 norm of each tensor (`at::_foreach_norm`), 0-dim tensors in each input's dtype.
+/// The L2 norm of each tensor (`at::_foreach_norm`), 0-dim fp32 tensors on each input's device.
 pub fn foreach_norm(tensors: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
     if tensors.is_empty() {
         return Ok(vec![]);
@@ -140,14 +140,15 @@ pub fn foreach_norm(tensors: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
 }
 
 /// `torch.nn.utils.clip_grad_norm_(grads, max_norm)` (L2, foreach): the global norm of all
-/// gradients (fp32, 0-dim, on the first gradient's device; per-tensor norms are taken in fp32), and
+/// gradients (fp32, 0-dim, on the first gradient's device; per-tensor norms come out in fp32 where
+/// PyTorch keeps the gradients' dtype), and
 /// every gradient scaled in place by min(1, max_norm / (norm + 1e-6)). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor, TchError> {
     let Some(first) = grads.first() else {
         return Ok(Tensor::from(0f32));
     };
     let device = first.device();
-    let norms: Vec<Tensor> = foreach_norm(grads)?.iter().map(|n| n.to_kind(tch::Kind::Float).to_device(device)).collect();
+    let norms: Vec<Tensor> = foreach_norm(grads)?.iter().map(|n| n.to_device(device)).collect();
     let total = Tensor::stack(&norms, 0).norm();
     let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
     let input = handles(grads);

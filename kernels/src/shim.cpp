@@ -51,11 +51,11 @@ char *oskern_fused_adamw(Tensor *const *params, Tensor *const *grads, Tensor *co
   })
 }
 
-// The L2 norm of every tensor (at::_foreach_norm), written to out[0..n] as new handles.
+// The L2 norm of every tensor (at::_foreach_norm, fp32 results), written to out[0..n] as new handles.
 char *oskern_foreach_norm(Tensor *const *tensors, size_t n, Tensor **out) {
   GUARD({
     at::NoGradGuard no_grad;
-    auto norms = at::_foreach_norm(list_of(tensors, n), 2);
+    auto norms = at::_foreach_norm(list_of(tensors, n), 2, at::kFloat);
     for (size_t i = 0; i < n; i++) out[i] = new Tensor(norms[i]);
   })
 }

@@ -92,6 +92,9 @@ fn clip_grad_norm_is_torchs() {
     for (n, g) in norms.iter().zip(&grads) {
         assert!((n.double_value(&[]) - g.square().sum(Kind::Double).sqrt().double_value(&[])).abs() < 1e-5);
     }
+    let half = foreach_norm(&[Tensor::full([1000], 0.1, (Kind::BFloat16, Device::Cpu))]).unwrap();
+    assert_eq!(half[0].kind(), Kind::Float);
+    assert!((half[0].double_value(&[]) - 0.1f32 as f64 * 1000f64.sqrt()).abs() < 1e-2);
     let want = copies.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
     // Above the limit: scaled to the limit.
     let total = clip_grad_norm(&grads, 1.0).unwrap();
