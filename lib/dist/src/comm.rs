@@ -277,7 +277,7 @@ fn reduce(parts: &[Tensor], op: ReduceOp, world: usize) -> Tensor {
         };
     }
     if op == ReduceOp::Avg {
-        acc = acc / world as f64;
+        acc /= world as f64;
     }
     acc
 }

@@ -153,7 +153,8 @@ mod tests {
         for world in [1, 2, 3, 8] {
             let l = layout(&[(1000, true), (7, false), (4096, true)], world);
             assert_eq!(l.total(), 5103);
-            assert!(l.padded() >= l.total() && l.padded() % (world * ALIGN) == 0);
+            assert!(l.padded() >= l.total());
+            assert_eq!(l.padded() % (world * ALIGN), 0);
             assert!(l.padded() - l.total() < world * ALIGN);
             let mut covered = 0;
             for r in 0..world {
