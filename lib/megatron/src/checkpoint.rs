@@ -162,70 +162,72 @@ impl Checkpoint {
     pub fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure> {
         match &e.src {
             Src::Legacy { pieces, merge } => {
-                let mut parts = Vec::with_capacity(pieces.len());
-                for (f, t) in pieces {
+                // One piece in memory at a time beside the whole tensor.
+                let piece_shape = &pieces[0].1.shape;
+                let mut out = Vec::new();
+                for (r, (f, t)) in pieces.iter().enumerate() {
                     let file = &self.files[*f];
                     let archive = file.archive.as_ref().expect("rank files are parsed");
                     let what = format!("{}: {}", file.path.display(), e.key);
-                    parts.push(archive.tensor_bytes(&file.file, t, &what)?);
+                    let piece = archive.tensor_bytes(&file.file, t, &what)?;
+                    if pieces.len() == 1 || *merge == Merge::Replicated {
+                        return Ok(piece);
+                    }
+                    if out.is_empty() {
+                        out = vec![0u8; piece.len() * pieces.len()];
+                    }
+                    place(&mut out, &piece, r, pieces.len(), piece_shape, *merge, e.dtype.size());
                 }
-                let piece_shape = &pieces[0].1.shape;
-                Ok(merge_pieces(parts, piece_shape, *merge, e.dtype.size()))
+                Ok(out)
             }
             Src::Dcp { fqn, fixed } => self.dcp.as_ref().expect("DCP index").read(fqn, fixed, e),
         }
     }
 }
 
-/// Put tensor-parallel pieces (same shape each) together.
-pub(crate) fn merge_pieces(mut parts: Vec<Vec<u8>>, piece: &[usize], merge: Merge, es: usize) -> Vec<u8> {
-    if parts.len() == 1 {
-        return parts.pop().unwrap();
-    }
+/// Copy piece `r` of `n` tensor-parallel pieces (each of shape `piece`) into its place in the whole
+/// row-major tensor `out`.
+pub(crate) fn place(out: &mut [u8], piece: &[u8], r: usize, n: usize, shape: &[usize], merge: Merge, es: usize) {
     match merge {
-        Merge::Replicated => parts.swap_remove(0),
-        Merge::Dim(d) | Merge::DimOrDuplicated(d) => concat(&parts, piece, d, es),
+        Merge::Replicated => out.copy_from_slice(piece),
+        Merge::Dim(d) | Merge::DimOrDuplicated(d) => {
+            let outer: usize = shape[..d].iter().product();
+            let inner: usize = shape[d..].iter().product::<usize>() * es;
+            for o in 0..outer {
+                let at = (o * n + r) * inner;
+                out[at..at + inner].copy_from_slice(&piece[o * inner..(o + 1) * inner]);
+            }
+        }
         Merge::GateUp => {
-            let half = parts[0].len() / 2;
-            let mut out = Vec::with_capacity(parts.len() * parts[0].len());
-            for p in &parts {
-                out.extend_from_slice(&p[..half]);
-            }
-            for p in &parts {
-                out.extend_from_slice(&p[half..]);
-            }
-            out
+            // Rank r holds [gate_r; up_r]; the whole is [gate_0 .. gate_n-1; up_0 .. up_n-1].
+            let half = piece.len() / 2;
+            out[r * half..(r + 1) * half].copy_from_slice(&piece[..half]);
+            out[(n + r) * half..(n + r + 1) * half].copy_from_slice(&piece[half..]);
         }
     }
-}
-
-/// Concatenate equal-shaped row-major tensors along dimension `d`.
-pub(crate) fn concat(parts: &[Vec<u8>], shape: &[usize], d: usize, es: usize) -> Vec<u8> {
-    let outer: usize = shape[..d].iter().product();
-    let inner: usize = shape[d..].iter().product::<usize>() * es;
-    let mut out = Vec::with_capacity(inner * outer * parts.len());
-    for o in 0..outer {
-        for p in parts {
-            out.extend_from_slice(&p[o * inner..(o + 1) * inner]);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn merged(merge: Merge) -> Vec<u8> {
+        // Two ranks of a [2, 2] u8 piece each.
+        let mut out = vec![0u8; 8];
+        place(&mut out, &[1, 2, 3, 4], 0, 2, &[2, 2], merge, 1);
+        place(&mut out, &[5, 6, 7, 8], 1, 2, &[2, 2], merge, 1);
+        out
+    }
+
     #[test]
     fn merges_rows_columns_and_gate_up() {
-        // Two ranks of a [2, 2] u8 piece each.
-        let a = vec![1u8, 2, 3, 4];
-        let b = vec![5u8, 6, 7, 8];
-        assert_eq!(merge_pieces(vec![a.clone(), b.clone()], &[2, 2], Merge::Dim(0), 1), [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(merge_pieces(vec![a.clone(), b.clone()], &[2, 2], Merge::Dim(1), 1), [1, 2, 5, 6, 3, 4, 7, 8]);
+        assert_eq!(merged(Merge::Dim(0)), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(merged(Merge::Dim(1)), [1, 2, 5, 6, 3, 4, 7, 8]);
         // Rank r holds [gate_r; up_r]: the whole is [gate_0; gate_1; up_0; up_1].
-        assert_eq!(merge_pieces(vec![a.clone(), b.clone()], &[2, 2], Merge::GateUp, 1), [1, 2, 5, 6, 3, 4, 7, 8]);
-        assert_eq!(merge_pieces(vec![a, b], &[2, 2], Merge::Replicated, 1), [1, 2, 3, 4]);
+        assert_eq!(merged(Merge::GateUp), [1, 2, 5, 6, 3, 4, 7, 8]);
+        let mut one = vec![0u8; 4];
+        place(&mut one, &[1, 2, 3, 4], 0, 1, &[2, 2], Merge::Replicated, 1);
+        assert_eq!(one, [1, 2, 3, 4]);
     }
 
     #[test]
