@@ -66,16 +66,40 @@ impl Attention {
     /// Attention with an explicit mask, for padded batches and incremental decoding.
     /// x [B, S, hidden]; cos/sin [B, 1, S, rope_dim] at each token's position; `mask` [B, 1, S, K]
     /// bool, true where a query may see a key, K counting the cached keys first. With a cache the
-    /// new latents are appended to it and attention runs over all K of them.
+    /// new latents are appended to it and attention runs over all K of them (absorbed, for one new token).
     pub fn forward_masked(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut MlaCache>) -> Tensor {
         let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+        let decoding = cache.is_some() && x.size()[1] == 1;
         let (latent, k_rot) = match cache {
             Some(c) => c.append(&latent, &k_rot),
             None => (latent, k_rot),
         };
+        if decoding {
+            return self.output(&self.attend_absorbed(&q, &latent, &k_rot, mask));
+        }
         let (k, v) = self.expand(&latent, &k_rot);
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, self.scale, false);
         self.output(&y)
+    }
+
+    /// Attention with kv_b_proj absorbed into the queries and the output (one decoding step): the
+    /// scores are taken against the cached latents directly, so per-head keys and values of the
+    /// whole cache are never built. Equal to `expand` + attention up to rounding (softmax in fp32).
+    /// q [B, H, S, nope + rope], latent [B, K, r], k_rot [B, 1, K, rope], mask [B, 1, S, K] -> [B, H, S, v].
+    fn attend_absorbed(&self, q: &Tensor, latent: &Tensor, k_rot: &Tensor, mask: &Tensor) -> Tensor {
+        let (b, h, s, k) = (q.size()[0], self.heads, q.size()[2], latent.size()[1]);
+        let r = self.kv_lora_rank;
+        let w = self.kv_b_proj.weight.view([h, self.nope + self.v_dim, r]);
+        let (w_k, w_v) = (w.narrow(1, 0, self.nope), w.narrow(1, self.nope, self.v_dim));
+        let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
+        // q_nope · (W_k latent) = (q_nope W_k) · latent, per head.
+        let q_latent = q_parts[0].matmul(&w_k);
+        let q_all = Tensor::cat(&[&q_latent, &q_parts[1]], -1).reshape([b, h * s, r + self.rope_dim]);
+        let keys = Tensor::cat(&[latent, &k_rot.squeeze_dim(1)], -1);
+        let scores = (q_all.matmul(&keys.transpose(1, 2)).view([b, h, s, k]) * self.scale).to_kind(Kind::Float);
+        let p = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float).to_kind(q.kind());
+        let context = p.view([b, h * s, k]).matmul(latent).view([b, h, s, r]);
+        context.matmul(&w_v.transpose(1, 2))
     }
 
     /// Queries [B, H, S, nope + rope] (rotated part last), the normalised latent [B, S, kv_lora_rank]
