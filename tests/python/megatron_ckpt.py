@@ -16,8 +16,8 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
                OUT/bad_unknown   torch_tp2ep2 with a key no converter knows (an MTP norm) in rank 0
                OUT/bad_shape     torch_tp2ep2 with rank 1's layer-0 q_proj cut to fewer rows
              and OUT/full.pt (the TP1 state dict), OUT/reference.json, OUT/tokens.jsonl.
-  check HF FULL [--tied] [--bf16]   every tensor of the converted HF dir equals the TP1 source after the
-             documented key mapping (prints the number of tensors compared).
+  check FULL HF[:tied][:bf16]...   every tensor of each converted HF dir equals the TP1 source FULL
+             after the documented key mapping (prints the number of tensors compared per dir).
 
 megatron-core (no megatron.training) has no legacy-format writer, so the legacy files are written the
 way megatron/training/checkpointing.py writes them: torch.save of {args, checkpoint_version,
@@ -335,6 +335,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
     elif sys.argv[1] == "check":
-        check(sys.argv[2], sys.argv[3], "--tied" in sys.argv, "--bf16" in sys.argv)
+        for spec in sys.argv[3:]:
+            hf, *flags = spec.split(":")
+            check(hf, sys.argv[2], "tied" in flags, "bf16" in flags)
     else:
         sys.exit(f"unknown command {sys.argv[1]}")

@@ -48,22 +48,23 @@ fn scores(model: &Path) -> Vec<Value> {
 #[test]
 fn every_layout_converts_to_the_source_weights_and_megatrons_logits() {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(checkpoints().join("reference.json")).unwrap()).unwrap();
-    let full = checkpoints().join("full.pt");
-    for (name, tied, bf16) in [("dist_tp1", false, false), ("dist_tp2ep2", false, false), ("torch_tp2ep2", false, false), ("torch_pp2", true, false), ("torch_te_ep2", false, true)] {
-        let out = tempfile::tempdir().unwrap();
-        let hf = out.path().join("hf");
+    let layouts = [("dist_tp1", false, false), ("dist_tp2ep2", false, false), ("torch_tp2ep2", false, false), ("torch_pp2", true, false), ("torch_te_ep2", false, true)];
+    let out = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    for (name, tied, bf16) in layouts {
+        let hf = out.path().join(name);
         ok(&convert(name, &hf, &["--vocab-size", "250", "--shard-size", "400KB", "--bos-token-id", "1", "--eos-token-id", "2"]));
+        specs.push(format!("{}{}{}", hf.display(), if tied { ":tied" } else { "" }, if bf16 { ":bf16" } else { "" }));
+    }
+    // Every HF tensor equals the megatron-core TP1 model's after the documented mapping.
+    let full = checkpoints().join("full.pt");
+    let mut check = vec!["check", full.to_str().unwrap()];
+    check.extend(specs.iter().map(String::as_str));
+    let compared: Vec<usize> = run_python("megatron_ckpt.py", &check).lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(compared, [121, 121, 121, 120, 121]);
 
-        // Every HF tensor equals the megatron-core TP1 model's after the documented mapping.
-        let mut check = vec!["check", hf.to_str().unwrap(), full.to_str().unwrap()];
-        if tied {
-            check.push("--tied");
-        }
-        if bf16 {
-            check.push("--bf16");
-        }
-        let compared: usize = run_python("megatron_ckpt.py", &check).trim().parse().unwrap();
-        assert_eq!(compared, if tied { 120 } else { 121 }, "{name}");
+    for (name, tied, bf16) in layouts {
+        let hf = out.path().join(name);
 
         let config: Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["vocab_size"], 250, "{name}");
