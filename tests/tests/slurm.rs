@@ -176,3 +176,145 @@ fn a_failed_step_cancels_its_dependents() {
     let parts: Vec<bool> = (0..2).map(|i| d.join(format!("run/data/part_0000{i}.done")).exists()).collect();
     assert_eq!(parts, [true, false], "{report}");
 }
+
+/// Steps logged in a run's log.jsonl, in order.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// The checkpoints in a run's sweep results (RUN/eval/results.jsonl), sorted.
+fn evaluated(run: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_to_string(run.join("eval/results.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["checkpoint"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_demo_chain_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    demo_data(d, "6000");
+    checked(run_tool("os-eval", &["demo-tasks", "--output", d.join("eval-data").to_str().unwrap()]), "os-eval demo-tasks");
+    let args = [
+        "--name", "demo", "--run-dir", "run",
+        "--raw", "corpus/*", "--tokenizer", "tokenizer", "--array-width", "2",
+        "--recipe", &recipe("demo.toml"),
+        "--train-config", &recipe("train-demo.toml"),
+        "--train-args", "--train-iters 4 --warmup-iters 1 --save-interval 2 --micro-batch-size 4 --global-batch-size 4",
+        "--soup-latest", "2",
+        "--eval-args", "--data eval-data --tasks openbookqa,commonsense_qa --limit 4 --tokenizer tokenizer --device cpu",
+        "--cpu-args", CPU_ARGS, "--gpu-args", GPU_ARGS,
+    ];
+    let jobs = chain(d, &args);
+    let all = jobs.wait(Duration::from_secs(300));
+    let report = format!("{}\n{}", summary(&all), logs(&d.join("run/logs")));
+    assert_eq!(states(&all, "tokenize"), ["COMPLETED"; 3], "one array task per corpus file: {report}");
+    for step in ["merge", "mix", "train", "eval-checkpoints", "soup", "eval"] {
+        assert_eq!(states(&all, step), ["COMPLETED"], "{step}: {report}");
+    }
+
+    // the array's merged parts equal the corpus tokenized in one go
+    let whole = d.join("whole");
+    checked(
+        run_tool("os-tokenize", &["--tokenizer", d.join("tokenizer").to_str().unwrap(), "--wrap-docs", "-q", "--output", whole.to_str().unwrap(), d.join("corpus/*").to_str().unwrap()]),
+        "os-tokenize",
+    );
+    for ext in ["bin", "idx"] {
+        let merged = std::fs::read(d.join(format!("run/data/corpus.{ext}"))).unwrap();
+        assert!(merged == std::fs::read(whole.with_extension(ext)).unwrap(), "run/data/corpus.{ext} differs from one os-tokenize run");
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("run/mix/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["num_samples"], 2000, "{manifest}");
+    assert_eq!(logged_steps(&d.join("run")), [1, 2, 3, 4], "{report}");
+    for step in ["step-0000002", "step-0000004"] {
+        assert!(d.join("run/checkpoints").join(step).join("config.json").is_file(), "{step}: {report}");
+    }
+    let info = std::fs::read_to_string(d.join("run/soup/merge_info.json")).unwrap();
+    assert!(info.contains("step-0000002") && info.contains("step-0000004"), "the soup averages the last two checkpoints: {info}");
+    // the two sweeps evaluated each checkpoint and the soup once
+    assert_eq!(evaluated(&d.join("run")), ["soup", "step-0000002", "step-0000004"], "{report}");
+
+    // submitted again, the chain redoes nothing: markers skip the tokenize tasks and the merge,
+    // training finds the run complete, the soup is kept
+    let bin_time = std::fs::metadata(d.join("run/data/part_00000.bin")).unwrap().modified().unwrap();
+    let again = chain(d, &args);
+    let all = again.wait(Duration::from_secs(300));
+    let report = format!("{}\n{}", summary(&all), logs(&d.join("run/logs")));
+    for step in ["tokenize", "merge", "mix", "train", "eval-checkpoints", "soup", "eval"] {
+        assert!(states(&all, step).iter().all(|s| s == "COMPLETED"), "{step}: {report}");
+    }
+    assert_eq!(report.matches("is complete; nothing to do").count(), 4, "three parts and the merge skipped: {report}");
+    assert!(report.contains("the run is complete (4 of 4 steps); nothing to do"), "{report}");
+    assert_eq!(std::fs::metadata(d.join("run/data/part_00000.bin")).unwrap().modified().unwrap(), bin_time);
+    assert_eq!(logged_steps(&d.join("run")), [1, 2, 3, 4]);
+    assert_eq!(evaluated(&d.join("run")), ["soup", "step-0000002", "step-0000004"], "nothing evaluated twice: {report}");
+}
+
+#[test]
+fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    demo_data(d, "6000");
+    let (shard, mix) = (d.join("all"), d.join("mix"));
+    checked(
+        run_tool("os-tokenize", &["--tokenizer", d.join("tokenizer").to_str().unwrap(), "--wrap-docs", "-q", "--output", shard.to_str().unwrap(), d.join("corpus/*").to_str().unwrap()]),
+        "os-tokenize",
+    );
+    let weights = format!("1 {}", shard.display());
+    checked(run_tool("os-mix", &["--weights", &weights, "--seq-len", "256", "--samples", "2000", "--output", mix.to_str().unwrap()]), "os-mix");
+
+    let run = d.join("run");
+    let total = 24;
+    let mut sbatch = slurm_command("sbatch", d);
+    sbatch.args(["--parsable", "--output=train.out"]).args(GPU_ARGS.split(' ')).arg(root().join("slurm/train.sbatch"));
+    sbatch.args([&recipe("train-demo.toml"), run.to_str().unwrap(), "--data", mix.to_str().unwrap()]);
+    sbatch.args(["--micro-batch-size", "4", "--global-batch-size", "4", "--warmup-iters", "2", "--save-interval", "1000"]);
+    sbatch.args(["--train-iters", &total.to_string()]);
+    let id = checked(sbatch.output().unwrap(), "sbatch train.sbatch").trim().to_string();
+    let jobs = Jobs(vec![("train".into(), id.clone())]);
+
+    // once training is under way, the time-limit warning: SIGUSR1 to the job's steps
+    let start = Instant::now();
+    while logged_steps(&run).len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(180), "no training steps after 180 s:\n{}", std::fs::read_to_string(d.join("train.out")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    checked(slurm_command("scancel", d).args(["--signal=USR1", &id]).output().unwrap(), "scancel --signal=USR1");
+
+    let all = jobs.wait(Duration::from_secs(300));
+    let log = std::fs::read_to_string(d.join("train.out")).unwrap();
+    let report = format!("{}\n{log}", summary(&all));
+    let job = &all["train"][0];
+    assert_eq!((job["JobState"].as_str(), job["ExitCode"].as_str(), job["Restarts"].as_str()), ("COMPLETED", "0:0", "1"), "{report}");
+    // the first start checkpointed where it stopped and exited 75; the second resumed from there
+    let stopped: u64 = log
+        .split("stopped by SIGUSR1 after step ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no stop message: {report}"));
+    assert!(stopped >= 2 && stopped < total, "{report}");
+    let checkpoint = format!("step-{stopped:07}");
+    for expected in [
+        format!("os-train: saved {}", run.join("checkpoints").join(&checkpoint).display()),
+        "os-train exited 75".to_string(),
+        format!("requeueing job {id}"),
+        format!("job {id} start 2"),
+        format!("os-train: resuming from {} (step {stopped},", run.join("checkpoints").join(&checkpoint).display()),
+        format!("os-train: done: {total} steps"),
+        "os-train exited 0".to_string(),
+    ] {
+        assert!(log.contains(&expected), "missing {expected:?} in the job's log:\n{report}");
+    }
+    // each step ran once: the second start went on after the checkpoint, it did not start over
+    assert_eq!(logged_steps(&run), (1..=total as u64).collect::<Vec<_>>(), "{report}");
+    assert!(run.join(format!("checkpoints/step-{total:07}/config.json")).is_file());
+}
