@@ -7,6 +7,8 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
              (several processes, gloo) which are saved again:
                OUT/dist_tp1      torch_dist, TP1                       (megatron-core save)
                OUT/dist_tp2ep2   torch_dist, TP2 EP2                   (megatron-core save)
+               OUT/dist_allmoe   torch_dist, TP1, a second model whose layers are all MoE: megatron-core
+                                 stacks such homogeneous layers into one tensor per name (layer axis first)
                OUT/torch_tp2ep2  legacy torch, TP2 EP2, untied         (Megatron's file layout)
                OUT/torch_pp2     legacy torch, PP2, tied embeddings    (Megatron's file layout)
                OUT/torch_te_ep2  legacy torch, EP2, bf16, Transformer Engine names (fused norms, grouped-GEMM
@@ -15,9 +17,10 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
                                  names and splits them, written with torch in Megatron's layout
                OUT/bad_unknown   torch_tp2ep2 with a key no converter knows (an MTP norm) in rank 0
                OUT/bad_shape     torch_tp2ep2 with rank 1's layer-0 q_proj cut to fewer rows
-             and OUT/full.pt (the TP1 state dict), OUT/reference.json, OUT/tokens.jsonl.
-  check FULL HF[:tied][:bf16]...   every tensor of each converted HF dir equals the TP1 source FULL
-             after the documented key mapping (prints the number of tensors compared per dir).
+             and OUT/full.pt, OUT/full_allmoe.pt (the TP1 state dicts), OUT/reference.json, OUT/tokens.jsonl.
+  check FULL HF[:tied][:bf16][:allmoe]...   every tensor of each converted HF dir equals the TP1 source
+             FULL (full_allmoe.pt beside it with :allmoe) after the documented key mapping (prints the
+             number of tensors compared per dir).
 
 megatron-core (no megatron.training) has no legacy-format writer, so the legacy files are written the
 way megatron/training/checkpointing.py writes them: torch.save of {args, checkpoint_version,
@@ -43,6 +46,7 @@ torch.cuda.synchronize = lambda *a: None  # megatron-core's checkpoint writer sy
 torch.Tensor.cuda = lambda self, *a, **k: self  # the tied output layer of the last pipeline stage is moved to CUDA
 
 VOCAB, PADDED, ITER = 250, 256, 10
+MOE_FREQ = [0, 1, 1, 1]  # layer 0 dense, as OpenSeek's first_k_dense_replace 1
 SEQS_SEED = 7
 
 
@@ -64,7 +68,7 @@ def config(tp, pp, ep):
         rotary_scaling_factor=1.0, apply_rope_fusion=False, qk_layernorm=True, gated_linear_unit=True,
         activation_func=torch.nn.functional.silu, add_bias_linear=False,
         num_moe_experts=8, moe_router_topk=2, moe_ffn_hidden_size=32, moe_shared_expert_intermediate_size=64,
-        moe_layer_freq=[0, 1, 1, 1], moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+        moe_layer_freq=MOE_FREQ, moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
         moe_router_topk_scaling_factor=2.5, moe_router_load_balancing_type="none",
         moe_token_dispatcher_type="allgather", moe_grouped_gemm=False, moe_router_dtype="fp32",
         use_cpu_initialization=True, params_dtype=torch.float32, pipeline_dtype=torch.float32, hidden_dropout=0.0, attention_dropout=0.0,
@@ -79,7 +83,7 @@ def args_namespace(tp, pp, ep, tied, fmt):
         kv_channels=16, max_position_embeddings=64, seq_length=64, padded_vocab_size=PADDED, vocab_size=None,
         make_vocab_size_divisible_by=64, multi_latent_attention=True, q_lora_rank=None, kv_lora_rank=32,
         qk_head_dim=16, qk_pos_emb_head_dim=8, v_head_dim=16, num_experts=8, moe_router_topk=2,
-        moe_ffn_hidden_size=32, moe_shared_expert_intermediate_size=64, moe_layer_freq=[0, 1, 1, 1],
+        moe_ffn_hidden_size=32, moe_shared_expert_intermediate_size=64, moe_layer_freq=MOE_FREQ,
         moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
         moe_router_topk_scaling_factor=2.5, moe_router_num_groups=None, moe_router_group_topk=None,
         moe_grouped_gemm=False, norm_epsilon=1e-6, normalization="RMSNorm", rotary_base=10000,
@@ -196,9 +200,7 @@ def reshard(rank, world, out, tp, pp, ep, tied, saves, port):
     dist.destroy_process_group()
 
 
-def make(out):
-    os.makedirs(out, exist_ok=True)
-    init_dist(0, 1, 29611)
+def source_model():
     model = build(1, 1, 1, False)
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():  # norms and expert bias are constant at init: make every tensor distinctive
@@ -209,6 +211,14 @@ def make(out):
             if name.endswith("expert_bias"):
                 b.copy_(0.05 * torch.randn(b.shape, generator=g))
     model.eval()
+    return model
+
+
+def make(out):
+    global MOE_FREQ
+    os.makedirs(out, exist_ok=True)
+    init_dist(0, 1, 29611)
+    model = source_model()
     seqs = sequences()
     ref = {"vocab": VOCAB, "untied": [logprobs(model, s) for s in seqs]}
     emb = model.embedding.word_embeddings.weight
@@ -219,6 +229,13 @@ def make(out):
         model.output_layer.weight.copy_(saved)
     torch.save({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}, os.path.join(out, "full.pt"))
     save_dist(model, os.path.join(out, "dist_tp1"), 1, 1, 1, False)
+    megatron().destroy_model_parallel()
+    MOE_FREQ = 1
+    model = source_model()
+    ref["allmoe"] = [logprobs(model, s) for s in seqs]
+    torch.save({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}, os.path.join(out, "full_allmoe.pt"))
+    save_dist(model, os.path.join(out, "dist_allmoe"), 1, 1, 1, False)
+    MOE_FREQ = [0, 1, 1, 1]
     dist.destroy_process_group()
     megatron().destroy_model_parallel()
     with open(os.path.join(out, "tokens.jsonl"), "w") as f:
@@ -337,6 +354,7 @@ if __name__ == "__main__":
     elif sys.argv[1] == "check":
         for spec in sys.argv[3:]:
             hf, *flags = spec.split(":")
-            check(hf, sys.argv[2], "tied" in flags, "bf16" in flags)
+            full = os.path.join(os.path.dirname(sys.argv[2]), "full_allmoe.pt") if "allmoe" in flags else sys.argv[2]
+            check(hf, full, "tied" in flags, "bf16" in flags)
     else:
         sys.exit(f"unknown command {sys.argv[1]}")

@@ -1,7 +1,8 @@
 //! os-megatron2hf end to end on real Megatron checkpoints made by megatron-core on CPU
 //! (`tests/python/megatron_ckpt.py`): a small DeepSeek-V3-style model (MLA, dense first layer,
 //! 8 routed experts with expert bias, shared experts) saved as torch_dist (TP1, and TP2 x EP2 as
-//! megatron-core reshards it) and in the legacy torch layout (TP2 x EP2 untied, PP2 tied, and EP2
+//! megatron-core reshards it; an all-MoE variant whose layers megatron-core stacks into one tensor
+//! per name) and in the legacy torch layout (TP2 x EP2 untied, PP2 tied, and EP2
 //! bf16 under Transformer Engine's names and grouped-GEMM expert layout). Every converted tensor
 //! must equal the TP1 source after the documented mapping, and os-eval's log-probs on the
 //! converted float32 models must equal megatron-core's forward.
@@ -48,27 +49,43 @@ fn scores(model: &Path) -> Vec<Value> {
 #[test]
 fn every_layout_converts_to_the_source_weights_and_megatrons_logits() {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(checkpoints().join("reference.json")).unwrap()).unwrap();
-    let layouts = [("dist_tp1", false, false), ("dist_tp2ep2", false, false), ("torch_tp2ep2", false, false), ("torch_pp2", true, false), ("torch_te_ep2", false, true)];
+    // (checkpoint, tied, bf16, reference forward); dist_allmoe is given as its iteration directory.
+    let layouts = [
+        ("dist_tp1", false, false, "untied"),
+        ("dist_tp2ep2", false, false, "untied"),
+        ("torch_tp2ep2", false, false, "untied"),
+        ("torch_pp2", true, false, "tied"),
+        ("torch_te_ep2", false, true, ""),
+        ("dist_allmoe/iter_0000010", false, false, "allmoe"),
+    ];
     let out = tempfile::tempdir().unwrap();
+    // Tokenizer files are copied; weights and configs beside them are not.
+    let tok = out.path().join("tok");
+    std::fs::create_dir(&tok).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"] {
+        std::fs::write(tok.join(f), f).unwrap();
+    }
     let mut specs = Vec::new();
-    for (name, tied, bf16) in layouts {
-        let hf = out.path().join(name);
-        ok(&convert(name, &hf, &["--vocab-size", "250", "--shard-size", "400KB", "--bos-token-id", "1", "--eos-token-id", "2"]));
-        specs.push(format!("{}{}{}", hf.display(), if tied { ":tied" } else { "" }, if bf16 { ":bf16" } else { "" }));
+    for (name, tied, bf16, reference) in layouts {
+        let hf = out.path().join(name.replace('/', "_"));
+        ok(&convert(name, &hf, &["--vocab-size", "250", "--shard-size", "400KB", "--bos-token-id", "1", "--eos-token-id", "2", "--tokenizer", tok.to_str().unwrap()]));
+        specs.push(format!("{}{}{}{}", hf.display(), if tied { ":tied" } else { "" }, if bf16 { ":bf16" } else { "" }, if reference == "allmoe" { ":allmoe" } else { "" }));
     }
     // Every HF tensor equals the megatron-core TP1 model's after the documented mapping.
     let full = checkpoints().join("full.pt");
     let mut check = vec!["check", full.to_str().unwrap()];
     check.extend(specs.iter().map(String::as_str));
     let compared: Vec<usize> = run_python("megatron_ckpt.py", &check).lines().map(|l| l.trim().parse().unwrap()).collect();
-    assert_eq!(compared, [121, 121, 121, 120, 121]);
+    assert_eq!(compared, [121, 121, 121, 120, 121, 147]);
 
-    for (name, tied, bf16) in layouts {
-        let hf = out.path().join(name);
+    for (name, tied, bf16, reference_key) in layouts {
+        let hf = out.path().join(name.replace('/', "_"));
+        assert_eq!(std::fs::read_to_string(hf.join("tokenizer.json")).unwrap(), "tokenizer.json");
+        assert!(hf.join("tokenizer_config.json").is_file() && !hf.join("model.safetensors").exists());
 
         let config: Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["vocab_size"], 250, "{name}");
-        assert_eq!(config["first_k_dense_replace"], 1, "{name}");
+        assert_eq!(config["first_k_dense_replace"], if reference_key == "allmoe" { 0 } else { 1 }, "{name}");
         assert_eq!(config["n_shared_experts"], 2, "{name}");
         assert_eq!(config["tie_word_embeddings"], tied, "{name}");
         assert_eq!(config["eos_token_id"], 2, "{name}");
@@ -86,7 +103,7 @@ fn every_layout_converts_to_the_source_weights_and_megatrons_logits() {
         if bf16 {
             continue; // the reference forward ran in float32
         }
-        let want = &reference[if tied { "tied" } else { "untied" }];
+        let want = &reference[reference_key];
         let got = scores(&hf);
         assert_eq!(got.len(), want.as_array().unwrap().len());
         for (g, w) in got.iter().zip(want.as_array().unwrap()) {
