@@ -47,6 +47,7 @@ print(json.dumps(dict(tool="os-train", flags=sys.argv[2], steps=len(rows), token
 PY
 done | tee "$out/os-train.jsonl"
 if [ "${HF:-1}" != 0 ]; then
-  VARIANTS="${HF_VARIANTS:-[{\"experts\":\"grouped_mm\",\"bf16_params\":false,\"compile\":true}]}" MBS='[4]' \
+  hf_default='[{"experts": "grouped_mm", "bf16_params": false, "compile": true}]'
+  VARIANTS="${HF_VARIANTS:-$hf_default}" MBS='[4]' \
     "$py" bench/train/hf_reserved.py 2>&1 | grep -v Warning | tee "$out/hf.jsonl"
 fi

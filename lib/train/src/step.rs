@@ -46,6 +46,7 @@ pub fn forward_backward(
     micro_batches: usize,
 ) -> MicroOutput {
     let device = model.device();
+    let mut profile = Profile::new(device);
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let aux_scale = 1.0 / micro_batches as f64;
     let (x0, cos, sin) = model.embed(&batch.ids);
@@ -74,6 +75,7 @@ pub fn forward_backward(
         x = y.detach().set_requires_grad(true);
         let graph = (!again).then(|| (y, aux_total(a, zl, aux_scale)));
         saved.push((input, graph));
+        profile.mark("forward layer");
     }
 
     // Final norm, then head + loss chunk by chunk, each chunk's backward right away.
@@ -82,10 +84,11 @@ pub fn forward_backward(
     let hidden = h_leaf.view([-1, *h_leaf.size().last().unwrap()]);
     let n = hidden.size()[0];
     let mut lm_loss = zero();
+    let (weight, bias) = padded_head(model, h_leaf.kind());
     let mut start = 0;
     while start < n {
         let len = chunk_tokens.min(n - start);
-        let logits = model.head(&hidden.narrow(0, start, len)).to_kind(Kind::Float);
+        let logits = hidden.narrow(0, start, len).linear(&weight, bias.as_ref()).to_kind(Kind::Float);
         let ce = logits.cross_entropy_loss::<Tensor>(&batch.labels.narrow(0, start, len), None, Reduction::None, -100, 0.0);
         let loss = (ce * batch.loss_mask.narrow(0, start, len)).sum(Kind::Float) / token_denominator;
         loss.backward();
@@ -93,6 +96,7 @@ pub fn forward_backward(
         start += len;
     }
     (h * h_leaf.grad()).sum(Kind::Float).backward();
+    profile.mark("head + loss forward/backward");
 
     let mut grad = x.grad();
     for (layer, (input, graph)) in model.layers.iter().zip(saved).rev() {
@@ -110,9 +114,63 @@ pub fn forward_backward(
         }
         objective.backward();
         grad = input.grad();
+        profile.mark("backward layer");
     }
     (x0 * grad).sum(Kind::Float).backward();
+    profile.mark("embedding backward");
+    profile.report();
     MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads }
+}
+
+/// The LM head in the compute dtype with its rows padded to a multiple of 64 (as Megatron pads
+/// the vocabulary): an odd vocabulary (151,851) makes the logits' rows misaligned and the GEMMs
+/// several times slower. The padded logits get a -inf bias, so softmax and loss are unchanged.
+fn padded_head(model: &DeepseekV3, kind: Kind) -> (Tensor, Option<Tensor>) {
+    let w = model.lm_head.as_ref().unwrap_or(&model.embed_tokens).to_kind(kind);
+    let (v, h) = (w.size()[0], w.size()[1]);
+    let padded = (v + 63) / 64 * 64;
+    if padded == v {
+        return (w, None);
+    }
+    let opts = (kind, w.device());
+    let weight = Tensor::cat(&[w, Tensor::zeros([padded - v, h], opts)], 0);
+    let bias = Tensor::cat(&[Tensor::zeros([v], opts), Tensor::full([padded - v], f64::NEG_INFINITY, opts)], 0);
+    (weight, Some(bias))
+}
+
+/// `OPENSEEK_TRAIN_PROFILE=1`: wall time of each phase (device synchronised), printed on stderr.
+struct Profile {
+    device: tch::Device,
+    on: bool,
+    last: std::time::Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    fn new(device: tch::Device) -> Profile {
+        let on = std::env::var("OPENSEEK_TRAIN_PROFILE").is_ok_and(|v| v == "1");
+        let p = Profile { device, on, last: std::time::Instant::now(), phases: vec![] };
+        p.sync();
+        p
+    }
+    fn sync(&self) {
+        if let (true, tch::Device::Cuda(i)) = (self.on, self.device) {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+    fn mark(&mut self, what: &'static str) {
+        if self.on {
+            self.sync();
+            self.phases.push((what, self.last.elapsed().as_secs_f64() * 1e3));
+            self.last = std::time::Instant::now();
+        }
+    }
+    fn report(&self) {
+        if self.on {
+            let parts: Vec<String> = self.phases.iter().map(|(w, ms)| format!("{w} {ms:.1}")).collect();
+            eprintln!("os-train: profile (ms): {}", parts.join(", "));
+        }
+    }
 }
 
 fn aux_total(a: Option<Tensor>, z: Option<Tensor>, scale: f64) -> Option<Tensor> {
