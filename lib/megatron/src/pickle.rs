@@ -585,7 +585,24 @@ fn call(f: Value, args: Vec<Value>) -> Result<Value, String> {
         Some(("torch._utils", "_rebuild_parameter")) | Some(("torch._utils", "_rebuild_parameter_with_state")) => {
             args.into_iter().next().ok_or_else(|| "pickle: _rebuild_parameter without data".to_string())
         }
-        Some(("torch._utils", "_rebuild_tensor_v2")) | Some(("torch._utils", "_rebuild_tensor")) => rebuild_tensor(args),
+        Some(("torch._utils", "_rebuild_tensor_v2")) | Some(("torch._utils", "_rebuild_tensor")) => rebuild_tensor(args, None),
+        // v3 names the dtype itself (args[6]), for storages saved untyped.
+        Some(("torch._utils", "_rebuild_tensor_v3")) => {
+            let dtype = match args.get(6) {
+                Some(Value::Global(_, n)) => Some(Dtype::from_torch_name(n).ok_or_else(|| format!("unsupported dtype torch.{n}"))?),
+                _ => None,
+            };
+            rebuild_tensor(args, dtype)
+        }
+        // A tensor subclass: (rebuild function, subclass, its arguments, state); the plain tensor will do.
+        Some(("torch._tensor", "_rebuild_from_type_v2")) => {
+            let mut it = args.into_iter();
+            let (f, _, a) = (it.next(), it.next(), it.next());
+            match (f, a.and_then(|a| a.items())) {
+                (Some(f), Some(a)) => call(f, a),
+                _ => Err("pickle: _rebuild_from_type_v2 without a function and its arguments".into()),
+            }
+        }
         _ => Ok(Value::Object(Rc::new(RefCell::new(Object { callable: f, args, state: None, items: Vec::new() })))),
     }
 }
@@ -598,7 +615,7 @@ fn usizes(v: &Value, what: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn rebuild_tensor(args: Vec<Value>) -> Result<Value, String> {
+fn rebuild_tensor(args: Vec<Value>, dtype: Option<Dtype>) -> Result<Value, String> {
     let [storage, offset, size, stride, ..] = args.as_slice() else {
         return Err("pickle: _rebuild_tensor_v2 with too few arguments".into());
     };
@@ -607,7 +624,7 @@ fn rebuild_tensor(args: Vec<Value>) -> Result<Value, String> {
     };
     Ok(Value::Tensor(TensorRef {
         key: s.key.clone(),
-        dtype: s.dtype,
+        dtype: dtype.unwrap_or(s.dtype),
         offset: offset.as_int().filter(|o| *o >= 0).ok_or("pickle: bad tensor storage offset")? as usize,
         shape: usizes(size, "size")?,
         stride: usizes(stride, "stride")?,
@@ -682,6 +699,16 @@ mod tests {
                 assert_eq!(t.dtype, Dtype::F32);
                 assert_eq!((t.shape.clone(), t.stride.clone(), t.numel), (vec![2, 3], vec![3, 1], 6));
             }
+            other => panic!("not a tensor: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tensor_subclasses_rebuild_as_plain_tensors() {
+        // torch.save({'w': torch.arange(4.).as_subclass(Sub)}) with class Sub(torch.Tensor)
+        let data = b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._tensor\n_rebuild_from_type_v2\nq\x02(ctorch._utils\n_rebuild_tensor_v2\nq\x03c__main__\nSub\nq\x04((X\x07\x00\x00\x00storageq\x05ctorch\nFloatStorage\nq\x06X\x01\x00\x00\x000q\x07X\x03\x00\x00\x00cpuq\x08K\x04tq\tQK\x00K\x04\x85q\nK\x01\x85q\x0b\x89ccollections\nOrderedDict\nq\x0c)Rq\rtq\x0eNtq\x0fRq\x10s.";
+        match loads(data).unwrap().get("w").unwrap() {
+            Value::Tensor(t) => assert_eq!((t.shape, t.dtype), (vec![4], Dtype::F32)),
             other => panic!("not a tensor: {other:?}"),
         }
     }
