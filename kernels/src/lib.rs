@@ -189,6 +189,8 @@ pub struct FlashOutput {
 /// dim], `k`/`v` [total_k, heads, dim]; `cu_seqlens_q`/`cu_seqlens_k` int32 [batch + 1] running
 /// sequence starts; `max_q`/`max_k` the longest sequences. Sequence i's queries attend only to its own
 /// keys (causally when `causal`, aligned at the end). Recorded by autograd when inputs require grad.
+/// q, k and v must share the head dim: for MLA (q/k 192, v 128) pad v with zeros and narrow the
+/// output, as transformers does (checked on an H100 in `tests/gpu.rs`).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen(
     q: &Tensor,
