@@ -258,6 +258,11 @@ fn the_demo_chain_completes() {
     assert_eq!(evaluated(&d.join("run")), ["soup", "step-0000002", "step-0000004"], "nothing evaluated twice: {report}");
 }
 
+/// The step a "stopped by SIGUSR1 after step K" message names, for each such message in `log`.
+fn stops(log: &str) -> Vec<u64> {
+    log.split("stopped by SIGUSR1 after step ").skip(1).map(|s| s.split(';').next().unwrap().parse().unwrap()).collect()
+}
+
 #[test]
 fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,7 +277,7 @@ fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
     checked(run_tool("os-mix", &["--weights", &weights, "--seq-len", "256", "--samples", "2000", "--output", mix.to_str().unwrap()]), "os-mix");
 
     let run = d.join("run");
-    let total = 24;
+    let total: u64 = 24;
     let mut sbatch = slurm_command("sbatch", d);
     sbatch.args(["--parsable", "--output=train.out"]).args(GPU_ARGS.split(' ')).arg(root().join("slurm/train.sbatch"));
     sbatch.args([&recipe("train-demo.toml"), run.to_str().unwrap(), "--data", mix.to_str().unwrap()]);
@@ -280,41 +285,55 @@ fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
     sbatch.args(["--train-iters", &total.to_string()]);
     let id = checked(sbatch.output().unwrap(), "sbatch train.sbatch").trim().to_string();
     let jobs = Jobs(vec![("train".into(), id.clone())]);
+    let log = || std::fs::read_to_string(d.join("train.out")).unwrap_or_default();
 
-    // once training is under way, the time-limit warning: SIGUSR1 to the job's steps
-    let start = Instant::now();
-    while logged_steps(&run).len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(180), "no training steps after 180 s:\n{}", std::fs::read_to_string(d.join("train.out")).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(200));
+    // Twice, once training is under way, the time-limit warning: SIGUSR1 first to the batch script
+    // alone (which passes it on), then as `--signal=USR1@120` sends it, to the job's steps.
+    let mut stopped = Vec::new();
+    for how in ["batch script", "steps"] {
+        let under_way = stopped.last().copied().unwrap_or(0) as usize + 2;
+        let start = Instant::now();
+        while logged_steps(&run).len() < under_way {
+            assert!(start.elapsed() < Duration::from_secs(180), "training not under way after 180 s:\n{}", log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut scancel = slurm_command("scancel", d);
+        scancel.arg("--signal=USR1");
+        if how == "batch script" {
+            scancel.arg("--batch");
+        }
+        checked(scancel.arg(&id).output().unwrap(), "scancel --signal=USR1");
+        // the stop is logged before the job is requeued
+        let start = Instant::now();
+        while stops(&log()).len() == stopped.len() {
+            assert!(start.elapsed() < Duration::from_secs(60), "no stop after USR1 ({how}):\n{}", log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stopped = stops(&log());
     }
-    checked(slurm_command("scancel", d).args(["--signal=USR1", &id]).output().unwrap(), "scancel --signal=USR1");
 
     let all = jobs.wait(Duration::from_secs(300));
-    let log = std::fs::read_to_string(d.join("train.out")).unwrap();
+    let log = log();
     let report = format!("{}\n{log}", summary(&all));
     let job = &all["train"][0];
-    assert_eq!((job["JobState"].as_str(), job["ExitCode"].as_str(), job["Restarts"].as_str()), ("COMPLETED", "0:0", "1"), "{report}");
-    // the first start checkpointed where it stopped and exited 75; the second resumed from there
-    let stopped: u64 = log
-        .split("stopped by SIGUSR1 after step ")
-        .nth(1)
-        .and_then(|s| s.split(';').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no stop message: {report}"));
-    assert!(stopped >= 2 && stopped < total, "{report}");
-    let checkpoint = format!("step-{stopped:07}");
-    for expected in [
-        format!("os-train: saved {}", run.join("checkpoints").join(&checkpoint).display()),
-        "os-train exited 75".to_string(),
-        format!("requeueing job {id}"),
-        format!("job {id} start 2"),
-        format!("os-train: resuming from {} (step {stopped},", run.join("checkpoints").join(&checkpoint).display()),
-        format!("os-train: done: {total} steps"),
-        "os-train exited 0".to_string(),
-    ] {
-        assert!(log.contains(&expected), "missing {expected:?} in the job's log:\n{report}");
+    assert_eq!((job["JobState"].as_str(), job["ExitCode"].as_str(), job["Restarts"].as_str()), ("COMPLETED", "0:0", "2"), "{report}");
+    assert_eq!(stopped.len(), 2, "{report}");
+    assert!(stopped[0] >= 2 && stopped[0] < stopped[1] && stopped[1] < total, "{report}");
+    // each start but the last checkpointed where it stopped and exited 75; the next resumed from there
+    for (k, &step) in stopped.iter().enumerate() {
+        let checkpoint = run.join("checkpoints").join(format!("step-{step:07}"));
+        for expected in [
+            format!("os-train: saved {}", checkpoint.display()),
+            format!("job {id} start {}", k + 2),
+            format!("os-train: resuming from {} (step {step},", checkpoint.display()),
+        ] {
+            assert!(log.contains(&expected), "missing {expected:?} in the job's log:\n{report}");
+        }
     }
-    // each step ran once: the second start went on after the checkpoint, it did not start over
-    assert_eq!(logged_steps(&run), (1..=total as u64).collect::<Vec<_>>(), "{report}");
+    assert_eq!(log.matches("os-train exited 75").count(), 2, "{report}");
+    assert_eq!(log.matches(&format!("requeueing job {id}")).count(), 2, "{report}");
+    assert!(log.contains(&format!("os-train: done: {total} steps")) && log.contains("os-train exited 0"), "{report}");
+    // each step ran once: every start went on after the checkpoint, none started over
+    assert_eq!(logged_steps(&run), (1..=total).collect::<Vec<_>>(), "{report}");
     assert!(run.join(format!("checkpoints/step-{total:07}/config.json")).is_file());
 }
