@@ -1,7 +1,7 @@
 //! os-eval: evaluate an OpenSeek-Small-v1 (DeepSeek-V3) checkpoint. `run` scores the OpenSeek
 //! benchmark suite (lighteval v0.3.0 exact), `sweep` evaluates every new checkpoint of a training
-//! run, `demo-tasks` writes small benchmark files from the demo corpus, `score` writes per-token
-//! log-probs of given sequences.
+//! run, `demo-tasks` writes small benchmark files from the demo corpus, `requests` writes the
+//! requests as token ids, `score` writes per-token log-probs of given sequences.
 
 mod backend;
 
@@ -34,6 +34,31 @@ enum Command {
     Sweep(SweepArgs),
     /// Write small benchmark files made from the demo corpus's facts (for `make demo`).
     DemoTasks(DemoArgs),
+    /// Write the requests of tasks as token ids (JSONL), for inspection or another harness.
+    Requests(RequestsArgs),
+}
+
+#[derive(Args)]
+struct RequestsArgs {
+    /// Tokenizer directory (a model directory, tokenizer.json or OpenSeek's tiktoken files).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    #[arg(long, default_value = "openseek")]
+    tasks: String,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    split: Option<String>,
+    #[arg(long, default_value_t = 4096)]
+    max_length: usize,
+    #[arg(long)]
+    lighteval_budget_quirk: bool,
+    /// Output JSONL: per multiple-choice item {task, doc_index, context, continuations, norm_chars, gold};
+    /// per generative item {task, doc_index, context, max_new_tokens, stop, golds}.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 /// What to evaluate and how (shared by `run` and `sweep`).
@@ -186,6 +211,15 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     let model_hash = run::model_hash(model_dir)?;
     let tokenizer = openseek_tokenizer::Tokenizer::load(tokenizer_dir)?;
     let model = openseek_model::load(model_dir, kind, device)?;
+    if tokenizer.vocab_size() as i64 > model.config.vocab_size {
+        return Err(Failure::data(format!(
+            "the tokenizer in {} has {} tokens but the model in {} only {} (vocab_size): they do not belong together",
+            tokenizer_dir.display(),
+            tokenizer.vocab_size(),
+            model_dir.display(),
+            model.config.vocab_size
+        )));
+    }
     let load_seconds = t0.elapsed().as_secs_f64();
     let max_length = a.max_length.unwrap_or(model.config.max_position_embeddings as usize);
     let options = Options {
@@ -280,6 +314,39 @@ fn run_demo_tasks(a: DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn run_requests(a: RequestsArgs) -> Result<(), Failure> {
+    let tok = openseek_tokenizer::Tokenizer::load(&a.tokenizer)?;
+    let opts = Options { max_length: a.max_length, split: a.split.clone(), limit: a.limit, lighteval_budget_quirk: a.lighteval_budget_quirk, ..Options::default() };
+    let mut out = AtomicOutputs::new();
+    let mut w = std::io::BufWriter::new(out.create(&a.output)?);
+    let mut n = 0;
+    for task in Task::parse_list(&a.tasks)? {
+        for item in openseek_eval::build_requests(&task, &a.data, &tok, &opts)? {
+            let line = match &item {
+                openseek_eval::Item::Choice(c) => json!({
+                    "task": task.name, "doc_index": c.doc_index,
+                    "context": c.requests.first().map(|r| r.context_ids.clone()).unwrap_or_default(),
+                    "contexts": c.requests.iter().map(|r| &r.context_ids).collect::<Vec<_>>(),
+                    "continuations": c.requests.iter().map(|r| &r.continuation_ids).collect::<Vec<_>>(),
+                    "norm_chars": c.requests.iter().map(|r| r.norm_chars).collect::<Vec<_>>(),
+                    "gold": c.gold,
+                }),
+                openseek_eval::Item::Generate(g) => json!({
+                    "task": task.name, "doc_index": g.doc_index, "context": g.context_ids,
+                    "max_new_tokens": g.max_new_tokens, "stop": g.stop, "golds": g.golds,
+                }),
+            };
+            writeln!(w, "{line}").map_err(|e| Failure::io_at(&a.output, "cannot write", &e))?;
+            n += 1;
+        }
+    }
+    w.flush().map_err(|e| Failure::io_at(&a.output, "cannot write", &e))?;
+    drop(w);
+    out.commit()?;
+    eprintln!("os-eval requests: {n} items written to {}", a.output.display());
+    Ok(())
+}
+
 fn run_score(a: ScoreArgs) -> Result<(), Failure> {
     let device = device_of(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
@@ -318,5 +385,6 @@ fn main() {
         Command::Run(a) => run_run(a),
         Command::Sweep(a) => run_sweep(a),
         Command::DemoTasks(a) => run_demo_tasks(a),
+        Command::Requests(a) => run_requests(a),
     })
 }

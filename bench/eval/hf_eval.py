@@ -1,0 +1,173 @@
+"""os-eval against transformers on the same multiple-choice requests, at the OpenSeek-Small-v1 shape.
+
+Builds a random-weight DeepseekV3ForCausalLM (bench/model/parity.py's `scaled` init: peaked logits,
+non-zero correction bias), saves it in bf16 with OpenSeek's tokenizer files, then
+  1. `os-eval requests` writes the requests of the tasks (token ids, as lighteval builds them);
+  2. `os-eval run --dtype bfloat16` scores them (shared contexts, head at scored positions);
+  3. transformers scores the same requests the way lighteval v0.3.0's HF backend does: one row per
+     (context + continuation)[:-1], rows sorted by length, padded batches of --batch, log_softmax
+     over the whole batch's logits in fp32, the continuation's log-probs summed;
+and prints items/s of each (model loaded, excluding load), the ratio, and how often the predictions
+(argmax of the raw and of the length-normalised scores) agree.
+
+  python hf_eval.py --os-eval BIN --data DIR --tokenizer DIR --tasks LIST --out DIR
+                    [--limit N] [--split validation] [--batch 64] [--device cuda] [--shape full|small]
+
+`--shape small --device cpu` is a smoke test of the script itself (tiny model), not a figure.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import transformers
+from transformers import DeepseekV3ForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
+from parity import FULL, SMALL, build  # noqa: E402
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "qwen.tiktoken"]
+
+
+def sh(cmd):
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def hf_scores(model, items, batch, device):
+    """lighteval v0.3.0 HF backend: per request one row, sorted by length (longest first)."""
+    reqs = [(i, c, item["contexts"][c], cont) for i, item in enumerate(items) for c, cont in enumerate(item["continuations"])]
+    order = sorted(range(len(reqs)), key=lambda k: -(len(reqs[k][2]) + len(reqs[k][3])))
+    out = [[0.0] * len(item["continuations"]) for item in items]
+    with torch.no_grad():
+        for b in range(0, len(order), batch):
+            rows = [reqs[k] for k in order[b:b + batch]]
+            inputs = [(ctx + cont)[:-1] for _, _, ctx, cont in rows]
+            width = max(len(x) for x in inputs)
+            ids = torch.zeros(len(rows), width, dtype=torch.long)
+            mask = torch.zeros(len(rows), width, dtype=torch.long)
+            for j, x in enumerate(inputs):
+                ids[j, :len(x)] = torch.tensor(x)
+                mask[j, :len(x)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            for j, (i, c, ctx, cont) in enumerate(rows):
+                n = len(inputs[j])
+                pos = torch.arange(n - len(cont), n, device=device)
+                out[i][c] = lp[j, pos, torch.tensor(cont, device=device)].sum().item()
+            del logits, lp
+    return out
+
+
+def argmax(xs):
+    return max(range(len(xs)), key=lambda k: (xs[k], -k))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--os-eval", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch-tokens", type=int, default=32768)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--shape", choices=["full", "small"], default="full")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="eval-bench-", dir=os.environ.get("TMPDIR"))
+    model_dir = os.path.join(work, "model")
+    res = {"tasks": a.tasks, "limit": a.limit, "split": a.split, "shape": a.shape, "device": a.device,
+           "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
+           "torch": torch.__version__, "transformers": transformers.__version__,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "hf_batch": a.batch, "os_eval_batch_tokens": a.batch_tokens}
+    try:
+        # The small shape keeps the real vocabulary: the requests are OpenSeek token ids.
+        small = SMALL | {k: FULL[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings")}
+        model = build(FULL if a.shape == "full" else small, a.device, 0, "scaled")
+        model.save_pretrained(model_dir, safe_serialization=True)
+        del model
+        for f in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(a.tokenizer, f)):
+                shutil.copy(os.path.join(a.tokenizer, f), model_dir)
+
+        reqs = os.path.join(work, "requests.jsonl")
+        limit = ["--limit", str(a.limit)] if a.limit else []
+        sh([a.os_eval, "requests", "--tokenizer", model_dir, "--data", a.data, "--tasks", a.tasks, "--split", a.split,
+            "--output", reqs] + limit)
+        items = [json.loads(l) for l in open(reqs)]
+        res["items"] = len(items)
+        res["requests"] = sum(len(i["continuations"]) for i in items)
+
+        # os-eval (its own timings: task seconds exclude process start and loading).
+        ev = os.path.join(work, "os-eval-out")
+        t0 = time.time()
+        sh([a.os_eval, "run", "--model", model_dir, "--data", a.data, "--tasks", a.tasks, "--split", a.split,
+            "--output", ev, "--device", a.device, "--dtype", "bfloat16" if a.device.startswith("cuda") else "float32",
+            "--batch-tokens", str(a.batch_tokens), "--quiet"] + limit)
+        res["os_eval_wall_s"] = round(time.time() - t0, 2)
+        results = json.load(open(os.path.join(ev, "results.json")))
+        res["os_eval_load_s"] = round(results["timings"].get("load_seconds", 0), 2)
+        res["os_eval_s"] = round(results["timings"]["task_seconds"], 3)
+        ours = {}
+        for t in results["tasks"]:
+            rec = json.load(open(os.path.join(ev, "tasks", t.replace(":", "__") + ".json")))
+            ours.update(((t, it["doc_index"]), it["logprobs"]) for it in rec["items"])
+
+        # transformers, as lighteval runs it.
+        kw = {}
+        try:
+            model = DeepseekV3ForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                          experts_implementation="grouped_mm")
+            res["hf_experts"] = "grouped_mm"
+        except (TypeError, ValueError):
+            model = DeepseekV3ForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+            res["hf_experts"] = "default"
+        model = model.to(a.device).eval()
+        if a.device == "cpu":
+            model = model.float()
+        hf_scores(model, items[:8], a.batch, a.device)  # warm-up
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.time()
+        theirs = hf_scores(model, items, a.batch, a.device)
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        res["hf_s"] = round(time.time() - t0, 3)
+
+        assert len(ours) == len(items), (len(ours), len(items))
+        agree = agree_norm = 0
+        deltas = []
+        for it, th in zip(items, theirs):
+            lp = ours[(it["task"], it["doc_index"])]
+            agree += argmax(lp) == argmax(th)
+            nc = it["norm_chars"]
+            agree_norm += argmax([x / n for x, n in zip(lp, nc)]) == argmax([x / n for x, n in zip(th, nc)])
+            deltas.extend(abs(x - y) for x, y in zip(lp, th))
+        n = len(items)
+        res["os_eval_items_per_s"] = round(n / res["os_eval_s"], 1)
+        res["hf_items_per_s"] = round(n / res["hf_s"], 1)
+        res["speedup"] = round(res["hf_s"] / res["os_eval_s"], 2)
+        res["agree_acc_pct"] = round(100 * agree / n, 2)
+        res["agree_acc_norm_pct"] = round(100 * agree_norm / n, 2)
+        res["mean_abs_delta_logprob"] = sum(deltas) / len(deltas)
+        res["max_abs_delta_logprob"] = max(deltas)
+        res["os_eval_table"] = {c["name"]: c["value"] for c in results["table"]["columns"] if c["value"] is not None}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    with open(os.path.join(a.out, "bench.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
