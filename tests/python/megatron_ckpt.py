@@ -7,8 +7,9 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
              (several processes, gloo) which are saved again:
                OUT/dist_tp1      torch_dist, TP1                       (megatron-core save)
                OUT/dist_tp2ep2   torch_dist, TP2 EP2                   (megatron-core save)
-               OUT/dist_allmoe   torch_dist, TP1, a second model whose layers are all MoE: megatron-core
-                                 stacks such homogeneous layers into one tensor per name (layer axis first)
+               OUT/dist_allmoe   torch_dist, TP1, a second model whose layers are all MoE, with q-LoRA:
+                                 megatron-core stacks homogeneous layers into one tensor per name (layer
+                                 axis first)
                OUT/torch_tp2ep2  legacy torch, TP2 EP2, untied         (Megatron's file layout)
                OUT/torch_pp2     legacy torch, PP2, tied embeddings    (Megatron's file layout)
                OUT/torch_te_ep2  legacy torch, EP2, bf16, Transformer Engine names (fused norms, grouped-GEMM
@@ -47,6 +48,7 @@ torch.Tensor.cuda = lambda self, *a, **k: self  # the tied output layer of the l
 
 VOCAB, PADDED, ITER = 250, 256, 10
 MOE_FREQ = [0, 1, 1, 1]  # layer 0 dense, as OpenSeek's first_k_dense_replace 1
+Q_LORA = None  # OpenSeek's q_proj; the all-MoE model has a q-LoRA rank
 SEQS_SEED = 7
 
 
@@ -63,7 +65,7 @@ def config(tp, pp, ep):
     from megatron.core.transformer.transformer_config import MLATransformerConfig
     return MLATransformerConfig(
         num_layers=4, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
-        q_lora_rank=None, kv_lora_rank=32, qk_head_dim=16, qk_pos_emb_head_dim=8, v_head_dim=16,
+        q_lora_rank=Q_LORA, kv_lora_rank=32, qk_head_dim=16, qk_pos_emb_head_dim=8, v_head_dim=16,
         normalization="RMSNorm", layernorm_epsilon=1e-6, rope_type="rope", rotary_base=10000,
         rotary_scaling_factor=1.0, apply_rope_fusion=False, qk_layernorm=True, gated_linear_unit=True,
         activation_func=torch.nn.functional.silu, add_bias_linear=False,
@@ -81,7 +83,7 @@ def args_namespace(tp, pp, ep, tied, fmt):
     return argparse.Namespace(
         num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=None,
         kv_channels=16, max_position_embeddings=64, seq_length=64, padded_vocab_size=PADDED, vocab_size=None,
-        make_vocab_size_divisible_by=64, multi_latent_attention=True, q_lora_rank=None, kv_lora_rank=32,
+        make_vocab_size_divisible_by=64, multi_latent_attention=True, q_lora_rank=Q_LORA, kv_lora_rank=32,
         qk_head_dim=16, qk_pos_emb_head_dim=8, v_head_dim=16, num_experts=8, moe_router_topk=2,
         moe_ffn_hidden_size=32, moe_shared_expert_intermediate_size=64, moe_layer_freq=MOE_FREQ,
         moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
@@ -215,7 +217,7 @@ def source_model():
 
 
 def make(out):
-    global MOE_FREQ
+    global MOE_FREQ, Q_LORA
     os.makedirs(out, exist_ok=True)
     init_dist(0, 1, 29611)
     model = source_model()
@@ -230,12 +232,12 @@ def make(out):
     torch.save({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}, os.path.join(out, "full.pt"))
     save_dist(model, os.path.join(out, "dist_tp1"), 1, 1, 1, False)
     megatron().destroy_model_parallel()
-    MOE_FREQ = 1
+    MOE_FREQ, Q_LORA = 1, 24
     model = source_model()
     ref["allmoe"] = [logprobs(model, s) for s in seqs]
     torch.save({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}, os.path.join(out, "full_allmoe.pt"))
     save_dist(model, os.path.join(out, "dist_allmoe"), 1, 1, 1, False)
-    MOE_FREQ = [0, 1, 1, 1]
+    MOE_FREQ, Q_LORA = [0, 1, 1, 1], None
     dist.destroy_process_group()
     megatron().destroy_model_parallel()
     with open(os.path.join(out, "tokens.jsonl"), "w") as f:
@@ -300,6 +302,9 @@ def hf_name(k):
     n, rest = m.group(1), m.group(2)
     table = {"input_layernorm.weight": "input_layernorm.weight",
              "self_attention.linear_q_proj.weight": "self_attn.q_proj.weight",
+             "self_attention.linear_q_down_proj.weight": "self_attn.q_a_proj.weight",
+             "self_attention.q_layernorm.weight": "self_attn.q_a_layernorm.weight",
+             "self_attention.linear_q_up_proj.weight": "self_attn.q_b_proj.weight",
              "self_attention.linear_kv_down_proj.weight": "self_attn.kv_a_proj_with_mqa.weight",
              "self_attention.kv_layernorm.weight": "self_attn.kv_a_layernorm.weight",
              "self_attention.linear_kv_up_proj.weight": "self_attn.kv_b_proj.weight",
