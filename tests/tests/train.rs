@@ -264,3 +264,41 @@ fn config_mistakes_exit_78_naming_the_option() {
     assert_eq!(o.status.code(), Some(78), "more samples than the store holds");
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds 800"));
 }
+
+#[test]
+fn every_recipe_resolves_and_several_ranks_are_refused() {
+    for entry in std::fs::read_dir(root().join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !(name.starts_with("train-") && name.ends_with(".toml")) {
+            continue;
+        }
+        // Recipes meant to be completed by flags (slurm/chain adds --data and the length) get them here.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut a = vec!["--config", path.to_str().unwrap(), "--print-config"];
+        if !text.contains("\ndata =") {
+            a.extend(["--data", "store"]);
+        }
+        if !text.contains("\ntrain_iters =") && !text.contains("\ntrain_samples =") {
+            a.extend(["--train-iters", "100"]);
+        }
+        let o = run_tool("os-train", &a);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let c: Value = serde_json::from_slice(&o.stdout).unwrap();
+        match name.as_str() {
+            "train-baseline.toml" => {
+                assert_eq!((c["lr"].as_f64(), c["min_lr"].as_f64(), c["warmup_samples"].as_u64()), (Some(3e-3), Some(3e-4), Some(2_048_000)));
+                assert_eq!((c["global_batch_size"].as_u64(), c["lr_schedule"].as_str()), (Some(1024), Some("cosine")));
+            }
+            "train-seed003.toml" => {
+                assert_eq!((c["lr"].as_f64(), c["warmup_iters"].as_u64(), c["train_iters"].as_u64()), (Some(1e-5), Some(50), Some(3620)));
+                assert_eq!(c["weight_decay"].as_f64(), Some(0.01));
+            }
+            "train-seed004.toml" => assert_eq!((c["save_interval"].as_u64(), c["precision"].as_str()), (Some(1000), Some("bf16-mixed"))),
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(tool("os-train")).args(args(dir.path(), &[])).env("WORLD_SIZE", "2").output().unwrap();
+    assert_eq!(o.status.code(), Some(69));
+}

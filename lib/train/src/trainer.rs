@@ -124,6 +124,14 @@ fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
 /// Train as `cfg` says in `run_dir`, resuming from its newest checkpoint. Returns after the last
 /// step; a stop signal returns `TempFail` after a checkpoint.
 pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSignal) -> Result<(), Failure> {
+    for var in ["WORLD_SIZE", "SLURM_NTASKS"] {
+        if let Some(n) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()).filter(|&n| n > 1) {
+            return Err(Failure::new(
+                ExitCode::Unavailable,
+                format!("{var}={n}: os-train trains on one GPU per run; data-parallel training over several ranks is not built yet (launch one task)"),
+            ));
+        }
+    }
     std::fs::create_dir_all(run_dir).map_err(|e| Failure::io_at(run_dir, "cannot create the run directory", &e))?;
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
