@@ -302,3 +302,28 @@ fn every_recipe_resolves_and_several_ranks_are_refused() {
     let o = Command::new(tool("os-train")).args(args(dir.path(), &[])).env("WORLD_SIZE", "2").output().unwrap();
     assert_eq!(o.status.code(), Some(69));
 }
+
+#[test]
+fn checkpoints_load_in_os_eval_and_transformers_with_equal_scores() {
+    let (dir, _) = reference();
+    let ck = dir.join(format!("checkpoints/step-{STEPS:07}"));
+    let work = tempfile::tempdir().unwrap();
+    let s = SampleStore::open(store()).unwrap();
+    let lines: Vec<String> = (0..3).map(|i| serde_json::json!({"tokens": s.sample(i).0[..65].to_vec()}).to_string()).collect();
+    let tokens = work.path().join("tokens.jsonl");
+    std::fs::write(&tokens, lines.join("\n") + "\n").unwrap();
+    let (ours, theirs) = (work.path().join("os-eval.jsonl"), work.path().join("hf.jsonl"));
+    let o = run_tool("os-eval", &["score", "--model", ck.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--output", ours.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "os-eval: {}", String::from_utf8_lossy(&o.stderr));
+    run_python("hf_deepseek.py", &["score", ck.to_str().unwrap(), tokens.to_str().unwrap(), theirs.to_str().unwrap()]);
+    let read = |p: &Path| -> Vec<f64> {
+        std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["sum_logprob"].as_f64().unwrap()).collect()
+    };
+    let (a, b) = (read(&ours), read(&theirs));
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-3, "os-eval {x} vs transformers {y}");
+        // Trained for 12 steps: well under the 64 * ln(2048) = 488 nats of a uniform guess.
+        assert!(-x < 0.7 * 64.0 * 2048f64.ln(), "sum log-prob {x}");
+    }
+}
