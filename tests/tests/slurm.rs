@@ -284,8 +284,16 @@ fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
     sbatch.args(["--micro-batch-size", "4", "--global-batch-size", "4", "--warmup-iters", "2", "--save-interval", "1000"]);
     sbatch.args(["--train-iters", &total.to_string()]);
     let id = checked(sbatch.output().unwrap(), "sbatch train.sbatch").trim().to_string();
-    let jobs = Jobs(vec![("train".into(), id.clone())]);
+    let mut jobs = Jobs(vec![("train".into(), id.clone())]);
     let log = || std::fs::read_to_string(d.join("train.out")).unwrap_or_default();
+    // dependents of the training job, which must wait through the requeues: each lists the
+    // checkpoints when it starts
+    for kind in ["afterok", "afterany"] {
+        let mut sbatch = slurm_command("sbatch", d);
+        sbatch.args(["--parsable", &format!("--dependency={kind}:{id}"), "--output=/dev/null"]).args(CPU_ARGS.split(' '));
+        sbatch.args(["--wrap", &format!("ls {} > {kind}.txt", run.join("checkpoints").display())]);
+        jobs.0.push((kind.into(), checked(sbatch.output().unwrap(), "sbatch --dependency").trim().to_string()));
+    }
 
     // Twice, once training is under way, the time-limit warning: SIGUSR1 first to the batch script
     // alone (which passes it on), then as `--signal=USR1@120` sends it, to the job's steps.
@@ -336,4 +344,9 @@ fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
     // each step ran once: every start went on after the checkpoint, none started over
     assert_eq!(logged_steps(&run), (1..=total).collect::<Vec<_>>(), "{report}");
     assert!(run.join(format!("checkpoints/step-{total:07}/config.json")).is_file());
+    for kind in ["afterok", "afterany"] {
+        assert_eq!(states(&all, kind), ["COMPLETED"], "{report}");
+        let listing = std::fs::read_to_string(d.join(format!("{kind}.txt"))).unwrap();
+        assert!(listing.contains(&format!("step-{total:07}")), "{kind} started before training ended (checkpoints: {listing}):\n{report}");
+    }
 }
