@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use openseek_common::Failure;
 
@@ -40,8 +41,13 @@ pub(crate) struct DcpIndex {
     dir: PathBuf,
     tensors: HashMap<String, TensorMeta>,
     /// relative_path -> the file, opened on first use.
-    opened: RefCell<HashMap<String, std::rc::Rc<OpenFile>>>,
+    opened: RefCell<HashMap<String, Rc<OpenFile>>>,
+    /// The last chunks decoded, newest last: a chunk holding several experts (or layers) is read
+    /// once, not once per expert. Two, as the HF order alternates an expert's fc1 and fc2.
+    recent: RefCell<Vec<((String, usize), Rc<Vec<u8>>)>>,
 }
+
+const RECENT_CHUNKS: usize = 2;
 
 fn usizes(v: &Value, what: &str) -> Result<Vec<usize>, String> {
     v.items()
@@ -198,7 +204,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         unknown,
         parallel,
         files: Vec::new(),
-        dcp: Some(DcpIndex { dir: dir.to_path_buf(), tensors, opened: Default::default() }),
+        dcp: Some(DcpIndex { dir: dir.to_path_buf(), tensors, opened: Default::default(), recent: Default::default() }),
     })
 }
 
@@ -233,10 +239,24 @@ impl DcpIndex {
         Ok(out)
     }
 
-    fn chunk_bytes(&self, c: &Chunk, fqn: &str) -> Result<Vec<u8>, Failure> {
+    fn chunk_bytes(&self, c: &Chunk, fqn: &str) -> Result<Rc<Vec<u8>>, Failure> {
+        let id = (c.file.clone(), c.offset);
+        if let Some((_, b)) = self.recent.borrow().iter().find(|(k, _)| *k == id) {
+            return Ok(b.clone());
+        }
+        let bytes = Rc::new(self.decode_chunk(c, fqn)?);
+        let mut recent = self.recent.borrow_mut();
+        if recent.len() == RECENT_CHUNKS {
+            recent.remove(0);
+        }
+        recent.push((id, bytes.clone()));
+        Ok(bytes)
+    }
+
+    fn decode_chunk(&self, c: &Chunk, fqn: &str) -> Result<Vec<u8>, Failure> {
         let f = match self.opened.borrow().get(&c.file) {
             Some(f) => f.clone(),
-            None => std::rc::Rc::new(OpenFile::open(&self.dir.join(&c.file))?),
+            None => Rc::new(OpenFile::open(&self.dir.join(&c.file))?),
         };
         self.opened.borrow_mut().insert(c.file.clone(), f.clone());
         let what = format!("{} (bytes {}..{}, {fqn})", f.path.display(), c.offset, c.offset + c.length);
