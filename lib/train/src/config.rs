@@ -244,7 +244,7 @@ impl TrainConfig {
             (None, None) => return bad("set init_from (a Hugging Face checkpoint directory) or model_config (from scratch)".into()),
             _ => {}
         }
-        if self.micro_batch_size == 0 || self.global_batch_size == 0 || self.global_batch_size % self.micro_batch_size != 0 {
+        if self.micro_batch_size == 0 || self.global_batch_size == 0 || !self.global_batch_size.is_multiple_of(self.micro_batch_size) {
             return bad(format!(
                 "global_batch_size {} must be a positive multiple of micro_batch_size {}",
                 self.global_batch_size, self.micro_batch_size

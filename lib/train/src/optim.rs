@@ -93,10 +93,8 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            let mut g = g.to_kind(Kind::Float);
-            if grad_scale != 1.0 {
-                g = g * grad_scale;
-            }
+            let g = g.to_kind(Kind::Float);
+            let g = if grad_scale != 1.0 { g * grad_scale } else { g };
             let master = p.tensor.kind() == Kind::Float;
             let mut w = if master { p.tensor.shallow_clone() } else { p.tensor.to_kind(Kind::Float) };
             if p.decay && self.weight_decay != 0.0 {
@@ -108,7 +106,7 @@ impl AdamW {
             let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
             let _ = w.addcdiv_(&(&p.exp_avg * -step_size), &denom);
             if !master {
-                let _ = p.tensor.copy_(&w);
+                p.tensor.copy_(&w);
             }
         }
     }

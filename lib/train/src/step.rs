@@ -26,6 +26,9 @@ pub struct MicroOutput {
     pub loads: Vec<Tensor>,
 }
 
+/// A layer's output and auxiliary loss, with their autograd graph.
+type KeptGraph = (Tensor, Option<Tensor>);
+
 fn sum_losses(stats: &Option<RoutingStats>) -> (Option<Tensor>, Option<Tensor>) {
     match stats {
         None => (None, None),
@@ -52,7 +55,7 @@ pub fn forward_backward(
     let (x0, cos, sin) = model.embed(&batch.ids);
     let mut x = x0.detach().set_requires_grad(true);
     // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
-    let mut saved: Vec<(Tensor, Option<(Tensor, Option<Tensor>)>)> = Vec::with_capacity(model.layers.len());
+    let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
     let (mut seq_aux, mut z) = (zero(), zero());
     let mut loads = vec![];
     for (layer, &again) in model.layers.iter().zip(recompute) {
@@ -110,7 +113,7 @@ pub fn forward_backward(
         };
         let mut objective = (y * &grad).sum(Kind::Float);
         if let Some(a) = aux_loss {
-            objective = objective + a;
+            objective += a;
         }
         objective.backward();
         grad = input.grad();
