@@ -16,4 +16,4 @@ mkdir -p "$out"
 { echo "host: $(hostname)  date: $(date -u +%F' '%T' UTC')"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } | tee "$out/machine.txt"
 "$py" bench/eval/hf_eval.py --os-eval "$bin" --data bench/out/eval-data --tokenizer bench/out/eval-tok \
   --tasks hellaswag,arc,piqa,winogrande,openbookqa,siqa,commonsense_qa --split validation --limit "$limit" \
-  --out "$out" --device cuda 2>&1 | tee "$out/bench.log"
+  --out "$out" --device cuda --batch-tokens "${BATCH_TOKENS:-32768,131072}" 2>&1 | tee "$out/bench.log"

@@ -19,6 +19,15 @@ pub struct ModelBackend<'a> {
     pub generate_batch: usize,
 }
 
+/// One small question and one short generation, so that CUDA's lazy initialisation (kernel
+/// loading, library handles) is done before the first task is timed.
+pub fn warm_up(model: &DeepseekV3) {
+    let g = ChoiceGroup { context: vec![1, 2, 3, 4], continuations: vec![vec![5, 6], vec![7]] };
+    choice_loglikelihoods(model, &[g], 64, 4096);
+    let opts = GenerateOptions { max_new_tokens: 2, eos: vec![], batch_size: 2 };
+    greedy(model, &[vec![1, 2, 3], vec![4]], &opts, &mut |_, _| false);
+}
+
 fn ids(v: &[u32]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
 }

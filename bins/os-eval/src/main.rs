@@ -97,9 +97,10 @@ struct EvalArgs {
     /// float32 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA).
     #[arg(long)]
     dtype: Option<String>,
-    /// Tokens per forward pass for log-likelihoods (contexts + continuations).
-    #[arg(long, default_value_t = 32768)]
-    batch_tokens: usize,
+    /// Tokens per forward pass for log-likelihoods (contexts + continuations); default 131072 on
+    /// CUDA (bench/eval: 1.5× the items/s of 32768 on an H100), 16384 on CPU.
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Prompts generated together (TriviaQA, GSM8K).
     #[arg(long, default_value_t = 64)]
     generate_batch: usize,
@@ -220,6 +221,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
             model.config.vocab_size
         )));
     }
+    backend::warm_up(&model);
     let load_seconds = t0.elapsed().as_secs_f64();
     let max_length = a.max_length.unwrap_or(model.config.max_position_embeddings as usize);
     let options = Options {
@@ -241,11 +243,12 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
         provenance: Provenance::capture("os-eval", env!("CARGO_PKG_VERSION")),
         verbose: !a.quiet,
     };
+    let batch_tokens = a.batch_tokens.unwrap_or(if device == Device::Cpu { 16384 } else { 131072 });
     let mut backend = backend::ModelBackend {
         model: &model,
         tokenizer: &tokenizer,
         max_length,
-        batch_tokens: a.batch_tokens,
+        batch_tokens,
         generate_batch: a.generate_batch,
     };
     let signals = openseek_common::signals::watch();
@@ -253,7 +256,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     let mut summary = run::run(&cfg, &tokenizer, &mut backend, &stop)?;
     summary.results["timings"]["load_seconds"] = json!(load_seconds);
     // Record the batch settings too (they change speed, not results).
-    summary.results["backend"]["batch_tokens"] = json!(a.batch_tokens);
+    summary.results["backend"]["batch_tokens"] = json!(batch_tokens);
     summary.results["backend"]["generate_batch"] = json!(a.generate_batch);
     run::write_json(&output.join("results.json"), &summary.results)?;
     Ok(summary)

@@ -105,12 +105,15 @@ pub struct TaskRecord {
     pub n: usize,
     /// Every metric computed: name → [mean, stderr].
     pub metrics: BTreeMap<String, [f64; 2]>,
+    /// Wall time of the task, and the part of it spent in the model backend.
     pub seconds: f64,
+    #[serde(default)]
+    pub model_seconds: f64,
     pub items: Vec<ItemRecord>,
 }
 
 impl TaskRecord {
-    fn new(task: &Task, items: &[Item], outputs: &[Output], result: &TaskResult, fingerprint: Value, seconds: f64) -> TaskRecord {
+    fn new(task: &Task, items: &[Item], outputs: &[Output], result: &TaskResult, fingerprint: Value, seconds: f64, model_seconds: f64) -> TaskRecord {
         let records = items
             .iter()
             .zip(outputs)
@@ -162,6 +165,7 @@ impl TaskRecord {
             n: result.n,
             metrics: result.metrics.iter().map(|(k, v, e)| (k.to_string(), [*v, *e])).collect(),
             seconds,
+            model_seconds,
             items: records,
         }
     }
@@ -252,9 +256,11 @@ pub fn run(cfg: &RunConfig, tokenizer: &Tokenizer, backend: &mut dyn Backend, st
         stop()?;
         let t0 = Instant::now();
         let items = crate::build_requests(task, &cfg.data_dir, tokenizer, &cfg.options)?;
+        let t1 = Instant::now();
         let outputs = run_items(backend, &items).map_err(|e| e.context(format!("task {}", task.name)))?;
+        let model_seconds = t1.elapsed().as_secs_f64();
         let result = crate::score(task, &items, &outputs)?;
-        let record = TaskRecord::new(task, &items, &outputs, &result, fingerprint.clone(), t0.elapsed().as_secs_f64());
+        let record = TaskRecord::new(task, &items, &outputs, &result, fingerprint.clone(), t0.elapsed().as_secs_f64(), model_seconds);
         write_json(&path, &record)?;
         if cfg.verbose {
             eprintln!(
@@ -314,7 +320,7 @@ fn results_json(cfg: &RunConfig, records: &[TaskRecord], tbl: &table::Table, reu
                 r.metrics.iter().map(|(k, [v, e])| (k.clone(), json!({"value": finite(*v), "stderr": finite(*e)}))).collect();
             (
                 r.task.clone(),
-                json!({"metric": r.metric, "value": finite(r.value), "stderr": finite(r.stderr), "n": r.n, "metrics": metrics, "seconds": r.seconds}),
+                json!({"metric": r.metric, "value": finite(r.value), "stderr": finite(r.stderr), "n": r.n, "metrics": metrics, "seconds": r.seconds, "model_seconds": r.model_seconds}),
             )
         })
         .collect();
@@ -340,6 +346,7 @@ fn results_json(cfg: &RunConfig, records: &[TaskRecord], tbl: &table::Table, reu
         "timings": {
             "total_seconds": seconds,
             "task_seconds": records.iter().map(|r| r.seconds).sum::<f64>(),
+            "model_seconds": records.iter().map(|r| r.model_seconds).sum::<f64>(),
             "tasks_reused": reused,
         },
     })
