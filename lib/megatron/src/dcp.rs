@@ -44,8 +44,11 @@ pub(crate) struct DcpIndex {
     opened: RefCell<HashMap<String, Rc<OpenFile>>>,
     /// The last chunks decoded, newest last: a chunk holding several experts (or layers) is read
     /// once, not once per expert. Two, as the HF order alternates an expert's fc1 and fc2.
-    recent: RefCell<Vec<((String, usize), Rc<Vec<u8>>)>>,
+    recent: RefCell<Vec<(ChunkId, Rc<Vec<u8>>)>>,
 }
+
+/// A chunk's file and byte offset.
+type ChunkId = (String, usize);
 
 const RECENT_CHUNKS: usize = 2;
 
