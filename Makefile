@@ -64,33 +64,35 @@ clean:
 # EVAL_ARGS, e.g.
 #   make exp-baseline EXP_ARGS='--gpu-args "--partition=gpu --nodes=4" --cpu-args "--partition=cpu"' \
 #       EVAL_ARGS='--tasks openseek --data eval-data'
-# Add EXP_ARGS=--dry-run to print the sbatch commands instead.
+# Add EXP_ARGS=--dry-run to print the sbatch commands instead. The blend always holds at least the
+# samples training takes (Megatron sizes it from the training length the same way).
 EXP_ARGS ?=
 EVAL_ARGS ?=
-TRAIN_CONFIG := recipes/train-openseek-small-v1.toml
-CHAIN = slurm/chain --fetch --train-config $(TRAIN_CONFIG) --eval-args '$(EVAL_ARGS)' $(EXP_ARGS)
+CHAIN = slurm/chain --fetch --eval-args '$(EVAL_ARGS)' $(EXP_ARGS)
 
 .PHONY: exp-baseline exp-curriculum exp-selection exp-ratio-mix slurm-cluster
 
 models/OpenSeek-Small-v1/config.json: | build
 	$(BIN)/os-fetch BAAI/OpenSeek-Small-v1 --local-dir models/OpenSeek-Small-v1
 
-# The OpenSeek-Small-v1 baseline blend, its 24,576,000 samples (100B tokens).
+# The OpenSeek-Small-v1 baseline: its blend and schedule, 24,576,000 samples (100B tokens).
 exp-baseline: models/OpenSeek-Small-v1/config.json
-	$(CHAIN) --name baseline --recipe recipes/openseek-small-v1-baseline.toml --train-args '--train-samples 24576000'
+	$(CHAIN) --name baseline --recipe recipes/openseek-small-v1-baseline.toml --train-config recipes/train-baseline.toml
 
-# Seed 001: three curriculum stages in one index (50B + 30B + 20B tokens).
+# Seed 001: three curriculum stages in one index (50B + 30B + 20B tokens), the baseline schedule.
 exp-curriculum: models/OpenSeek-Small-v1/config.json
-	$(CHAIN) --name curriculum --recipe recipes/seed001-curriculum.toml --train-args '--train-samples 24414062'
+	$(CHAIN) --name curriculum --recipe recipes/seed001-curriculum.toml --train-config recipes/train-baseline.toml \
+	  --train-args '--train-samples 24414062'
 
-# Seed 003: 18 selected datasets, 14.88B tokens (split 998,1,1).
+# Seed 003: 18 selected datasets (14.88B tokens), 3,620 steps of 1,024 samples at lr 1e-5.
 exp-selection: models/OpenSeek-Small-v1/config.json
-	$(CHAIN) --name selection --recipe recipes/seed003-selection.yaml --train-args '--train-samples 3632812'
+	$(CHAIN) --name selection --recipe recipes/seed003-selection.yaml --train-config recipes/train-seed003.toml \
+	  --mix-args '--samples 3706880'
 
 # Seed 004: the ratio mix, 7.5M samples, a checkpoint every 1,000 steps, the soup of the last 7.
 exp-ratio-mix: models/OpenSeek-Small-v1/config.json
-	$(CHAIN) --name ratio-mix --recipe recipes/seed004-ratio-mix.json --soup-latest 7 \
-	  --train-args '--train-samples 7500000 --save-interval 1000'
+	$(CHAIN) --name ratio-mix --recipe recipes/seed004-ratio-mix.json --train-config recipes/train-seed004.toml \
+	  --soup-latest 7
 
 # A one-node Slurm on this machine (root; installs slurm-wlm and munge with apt-get when missing),
 # as the tests use it: then `export SLURM_CONF=/tmp/openseek-slurm/slurm.conf` to submit to it.
