@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use openseek_common::{provenance::Provenance, Failure};
+use openseek_common::{progress::Progress, provenance::Provenance, Failure};
 use openseek_megatron::{convert, Options};
 
 #[derive(Parser)]
@@ -70,7 +70,13 @@ fn main() {
             eos_token_id: cli.eos_token_id,
         };
         let started = std::time::Instant::now();
-        let report = convert(&opts, Provenance::capture("os-megatron2hf", env!("CARGO_PKG_VERSION")), |_| {})?;
+        let stop = openseek_common::signals::watch();
+        let mut progress = Progress::new("os-megatron2hf", None, cli.quiet);
+        let report = convert(&opts, Provenance::capture("os-megatron2hf", env!("CARGO_PKG_VERSION")), |name, done, total| {
+            progress.update(done, || format!("{name} ({:.0}% of {:.1} MB)", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6));
+            stop.check("nothing was written; run again to convert")
+        })?;
+        progress.finish();
         if !cli.quiet {
             eprintln!(
                 "os-megatron2hf: {} checkpoint {} (TP {} PP {} EP {}) -> {}: {} HF tensors from {} Megatron tensors, {:.1} MB in {} shard(s), {:.2}s",

@@ -131,8 +131,13 @@ fn write_json(outputs: &mut AtomicOutputs, path: &Path, v: &impl Serialize) -> R
         .map_err(|e| Failure::io_at(path, "cannot write", &e))
 }
 
-/// Convert; `progress` is told each HF tensor as it is written.
-pub fn convert(opts: &Options, provenance: Provenance, mut progress: impl FnMut(&str)) -> Result<Report, Failure> {
+/// Convert. `progress` is told each HF tensor written (name, bytes so far, total bytes); an error
+/// it returns (a stop signal) ends the conversion with nothing written.
+pub fn convert(
+    opts: &Options,
+    provenance: Provenance,
+    mut progress: impl FnMut(&str, u64, u64) -> Result<(), Failure>,
+) -> Result<Report, Failure> {
     let ck = Checkpoint::open(&opts.load, opts.iteration.as_deref())?;
     if !ck.unknown.is_empty() && !opts.skip_unknown {
         let list: Vec<String> = ck.unknown.iter().take(10).map(|(k, f)| format!("{}: {k}", f.display())).collect();
@@ -204,6 +209,7 @@ pub fn convert(opts: &Options, provenance: Provenance, mut progress: impl FnMut(
     let total: u64 = plan.iter().map(|p| p.out.bytes).sum();
     let mut writer = ShardWriter::new(&opts.out, plan.iter().map(|p| p.out.clone()).collect(), opts.max_shard_bytes);
     let mut cache: Option<(usize, Vec<u8>)> = None;
+    let mut done = 0u64;
     for p in &plan {
         if cache.as_ref().map(|(i, _)| *i) != Some(p.entry) {
             drop(cache.take()); // free the previous tensor before reading the next
@@ -213,7 +219,8 @@ pub fn convert(opts: &Options, provenance: Provenance, mut progress: impl FnMut(
         let whole = &cache.as_ref().unwrap().1;
         let row_bytes = e.shape[1..].iter().product::<usize>() * e.dtype.size();
         writer.write_next(&mut outputs, part_bytes(whole, p.part, e.shape[0], row_bytes, vocab))?;
-        progress(&p.out.name);
+        done += p.out.bytes;
+        progress(&p.out.name, done, total)?;
     }
     drop(cache);
     write_json(&mut outputs, &opts.out.join("config.json"), &hf::config_json(&ck, &shape, torch_dtype, opts.bos_token_id, opts.eos_token_id))?;
