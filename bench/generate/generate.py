@@ -3,7 +3,8 @@ binary lib/model/examples/greedy.rs) against transformers' `generate(do_sample=F
 checkpoint (bench/model/parity.py's `build`, bf16 on disk), same left-padded batches, no EOS.
 
 Reports, per dtype: both wall times (generation only, after a warm-up), new tokens per second, and
-token agreement (sequences identical; mean length of the common prefix over max_new).
+token agreement (sequences identical; mean length of the common prefix over max_new); with both dtypes,
+the yardstick: the common prefix of bf16 and fp32 decoding within each implementation.
 
   python generate.py --greedy PATH --out DIR [--device cuda] [--prompts 32] [--batch 32] [--max-new 128]
                      [--dtypes float32,bfloat16] [--shape full|small]
@@ -22,6 +23,14 @@ from transformers import DeepseekV3ForCausalLM, GenerationConfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
 from parity import FULL, SMALL, build  # noqa: E402
+
+
+def common_prefix(a, b):
+    return [next((i for i, (x, y) in enumerate(zip(p, q)) if x != y), min(len(p), len(q))) for p, q in zip(a, b)]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
 
 
 def hf_generate(model, prompts, batch, max_new, pad, device):
@@ -60,6 +69,7 @@ def main():
         json.dump(prompts, f)
     results = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "prompts": a.prompts, "batch": a.batch,
                "max_new": a.max_new, "prompt_tokens": sum(lengths), "rows": []}
+    outputs = {}
     for dtype in a.dtypes.split(","):
         model = DeepseekV3ForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).to(a.device).eval()
         hf_generate(model, prompts[:a.batch], a.batch, 4, shape["pad_token_id"], a.device)  # warm-up
@@ -77,14 +87,21 @@ def main():
         subprocess.run([a.greedy, ckpt, os.path.join(a.out, "prompts.json"), ours_file, a.device, dtype, str(a.batch), str(a.max_new)], check=True)
         ours = json.load(open(ours_file))
         got = ours["generated"]
-        prefix = [next((i for i, (x, y) in enumerate(zip(g_, w)) if x != y), min(len(g_), len(w))) for g_, w in zip(got, want)]
+        outputs[dtype] = (want, got)
+        prefix = common_prefix(got, want)
         new_tokens = a.prompts * a.max_new
         row = {"dtype": dtype, "transformers_s": round(hf_s, 3), "ours_s": round(ours["seconds"], 3),
                "transformers_tok_per_s": round(new_tokens / hf_s, 1), "ours_tok_per_s": round(new_tokens / ours["seconds"], 1),
                "speedup": round(hf_s / ours["seconds"], 2), "identical_sequences": sum(g_ == w for g_, w in zip(got, want)),
-               "mean_common_prefix": round(sum(prefix) / len(prefix), 1), "all_full_length": all(len(x) == a.max_new for x in got)}
+               "mean_common_prefix": round(mean(prefix), 1), "all_full_length": all(len(x) == a.max_new for x in got)}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
+    if len(outputs) == 2:
+        # The yardstick: how far bf16 rounding alone moves greedy decoding, for each implementation.
+        (hf32, ours32), (hf16, ours16) = outputs["float32"], outputs["bfloat16"]
+        results["bf16_vs_fp32_mean_common_prefix"] = {"transformers": round(mean(common_prefix(hf16, hf32)), 1),
+                                                     "ours": round(mean(common_prefix(ours16, ours32)), 1)}
+        print(json.dumps(results["bf16_vs_fp32_mean_common_prefix"]))
     with open(os.path.join(a.out, "generate.json"), "w") as f:
         json.dump(results, f, indent=1)
     shutil.rmtree(ckpt)
