@@ -304,6 +304,17 @@ fn every_recipe_resolves_and_several_ranks_are_refused() {
 }
 
 #[test]
+fn attention_per_document_trains_and_changes_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), &["--train-iters", "4", "--attention-per-document", "true"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = log(dir.path());
+    let (_, reference) = reference();
+    let (a, b) = (l[0]["loss"].as_f64().unwrap(), reference[0]["loss"].as_f64().unwrap());
+    assert!(a.is_finite() && a != b, "per-document loss {a}, causal {b}");
+}
+
+#[test]
 fn checkpoints_load_in_os_eval_and_transformers_with_equal_scores() {
     let (dir, _) = reference();
     let ck = dir.join(format!("checkpoints/step-{STEPS:07}"));

@@ -36,12 +36,27 @@ pub struct Layer {
 
 impl Layer {
     pub fn forward(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> Tensor {
-        self.forward_train(x, rope, cos, sin, &AuxCoefficients::default()).0
+        self.forward_train(x, rope, cos, sin, None, &AuxCoefficients::default()).0
     }
 
     /// The forward pass plus, for an MoE layer, what its router did (loads, auxiliary losses).
-    pub fn forward_train(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, aux: &AuxCoefficients) -> (Tensor, Option<RoutingStats>) {
-        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, cos, sin);
+    /// Causal attention, or with `mask` ([B, 1, T, T] bool, true where a query may see a key; cos/sin
+    /// then per token, [B, 1, T, rope_dim]) attention as the mask allows, e.g. within documents.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        aux: &AuxCoefficients,
+    ) -> (Tensor, Option<RoutingStats>) {
+        let h = self.input_layernorm.forward(x);
+        let a = match mask {
+            None => self.self_attn.forward(&h, rope, cos, sin),
+            Some(m) => self.self_attn.forward_masked(&h, rope, cos, sin, m, None),
+        };
+        let x = x + a;
         let h = self.post_attention_layernorm.forward(&x);
         let (y, stats) = match &self.mlp {
             FeedForward::Dense(m) => (m.forward(&h), None),
@@ -103,11 +118,16 @@ impl DeepseekV3 {
         self.embed_tokens.kind()
     }
 
-    /// Embeddings of token ids [B, T] in the compute dtype, and the RoPE tables for positions 0..T.
-    pub fn embed(&self, ids: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let t = ids.size()[1];
-        let positions = Tensor::arange(t, (Kind::Int64, self.device()));
-        let (cos, sin) = self.rope.cos_sin(&positions, self.compute_kind);
+    /// Embeddings of token ids [B, T] in the compute dtype, and the RoPE tables: for positions
+    /// 0..T ([T, rope_dim]), or for `positions` [B, T] ([B, 1, T, rope_dim], as masked attention takes them).
+    pub fn embed(&self, ids: &Tensor, positions: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
+        let (cos, sin) = match positions {
+            None => self.rope.cos_sin(&Tensor::arange(ids.size()[1], (Kind::Int64, self.device())), self.compute_kind),
+            Some(p) => {
+                let (c, s) = self.rope.cos_sin(p, self.compute_kind);
+                (c.unsqueeze(1), s.unsqueeze(1))
+            }
+        };
         let x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false).to_kind(self.compute_kind);
         (x, cos, sin)
     }
@@ -115,7 +135,7 @@ impl DeepseekV3 {
     /// Final hidden states [B, T, hidden] for token ids [B, T] at positions 0..T.
     /// Right padding needs no mask: a causal model's outputs before the padding do not see it.
     pub fn hidden(&self, ids: &Tensor) -> Tensor {
-        let (mut x, cos, sin) = self.embed(ids);
+        let (mut x, cos, sin) = self.embed(ids, None);
         for layer in &self.layers {
             x = layer.forward(&x, &self.rope, &cos, &sin);
         }

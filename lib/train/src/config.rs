@@ -47,6 +47,10 @@ pub struct TrainConfig {
     pub init_std: Option<f64>,
     /// The sample store (os-mix / os-pack output directory).
     pub data: PathBuf,
+    /// Attention within documents (Megatron --reset-attention-mask + --reset-position-ids): tokens
+    /// see only earlier tokens of their own document (EOD-delimited), positions restart per document.
+    #[serde(default)]
+    pub attention_per_document: bool,
     /// Loss mask 0 on EOD tokens of the input (Megatron --eod-mask-loss).
     #[serde(default)]
     pub eod_mask_loss: bool,

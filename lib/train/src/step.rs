@@ -14,6 +14,31 @@ pub struct MicroBatch {
     pub labels: Tensor,
     /// [B*T] fp32.
     pub loss_mask: Tensor,
+    /// Attention within documents: positions [B, T] int64 (restarting at each document) and the
+    /// mask [B, 1, T, T] bool; None for plain causal attention over the whole row.
+    pub per_document: Option<(Tensor, Tensor)>,
+}
+
+/// Positions and attention mask for attention within documents, from each row's document starts.
+pub fn document_attention(document_starts: &[Vec<u32>], seq: i64, device: tch::Device) -> (Tensor, Tensor) {
+    let mut doc = Vec::with_capacity(document_starts.len() * seq as usize);
+    let mut pos = Vec::with_capacity(doc.capacity());
+    for starts in document_starts {
+        let mut d = 0usize;
+        for k in 0..seq as u32 {
+            while d + 1 < starts.len() && starts[d + 1] <= k {
+                d += 1;
+            }
+            doc.push(d as i64);
+            pos.push((k - starts[d]) as i64);
+        }
+    }
+    let rows = document_starts.len() as i64;
+    let doc = Tensor::from_slice(&doc).view([rows, seq]).to_device(device);
+    let same = doc.unsqueeze(2).eq_tensor(&doc.unsqueeze(1));
+    let causal = Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0);
+    let mask = same.logical_and(&causal).unsqueeze(1);
+    (Tensor::from_slice(&pos).view([rows, seq]).to_device(device), mask)
 }
 
 /// What a micro-batch contributed; detached scalars already divided by the step's denominators.
@@ -52,7 +77,11 @@ pub fn forward_backward(
     let mut profile = Profile::new(device);
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let aux_scale = 1.0 / micro_batches as f64;
-    let (x0, cos, sin) = model.embed(&batch.ids);
+    let (positions, mask) = match &batch.per_document {
+        Some((p, m)) => (Some(p), Some(m)),
+        None => (None, None),
+    };
+    let (x0, cos, sin) = model.embed(&batch.ids, positions);
     let mut x = x0.detach().set_requires_grad(true);
     // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
     let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
@@ -61,9 +90,9 @@ pub fn forward_backward(
     for (layer, &again) in model.layers.iter().zip(recompute) {
         let input = x;
         let (y, stats) = if again {
-            tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, aux))
+            tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux))
         } else {
-            layer.forward_train(&input, &model.rope, &cos, &sin, aux)
+            layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux)
         };
         let (a, zl) = sum_losses(&stats);
         if let Some(a) = &a {
@@ -106,7 +135,7 @@ pub fn forward_backward(
         let (y, aux_loss) = match graph {
             Some(g) => g,
             None => {
-                let (y, stats) = layer.forward_train(&input, &model.rope, &cos, &sin, aux);
+                let (y, stats) = layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux);
                 let (a, zl) = sum_losses(&stats);
                 (y, aux_total(a, zl, aux_scale))
             }
@@ -182,5 +211,44 @@ fn aux_total(a: Option<Tensor>, z: Option<Tensor>, scale: f64) -> Option<Tensor>
         (Some(a), None) => Some(a * scale),
         (None, Some(z)) => Some(z * scale),
         (Some(a), Some(z)) => Some((a + z) * scale),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openseek_model::{Config, DeepseekV3};
+    use tch::Device;
+
+    #[test]
+    fn attention_within_documents_equals_each_document_alone() {
+        let cfg = Config::from_json(serde_json::json!({
+            "model_type": "deepseek_v3", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
+            "moe_intermediate_size": 16, "num_hidden_layers": 2, "first_k_dense_replace": 1,
+            "num_attention_heads": 2, "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
+            "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
+            "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "rope_theta": 10000.0
+        }))
+        .unwrap();
+        let w = crate::init::init_weights(&cfg, 0.2, 3, Kind::Float, Device::Cpu);
+        let model = DeepseekV3::from_weights(cfg, w);
+        let (a, b) = ([3i64, 7, 9, 11, 2], [5i64, 8, 13, 21, 34, 4, 6]);
+        let row: Vec<i64> = a.iter().chain(&b).cloned().collect();
+        let ids = Tensor::from_slice(&row).view([1, 12]);
+        let (pos, mask) = document_attention(&[vec![0, 5]], 12, Device::Cpu);
+        let (mut x, cos, sin) = model.embed(&ids, Some(&pos));
+        for layer in &model.layers {
+            x = layer.forward_train(&x, &model.rope, &cos, &sin, Some(&mask), &AuxCoefficients::default()).0;
+        }
+        let packed = model.head(&model.norm.forward(&x));
+        for (doc, start) in [(&a[..], 0i64), (&b[..], 5)] {
+            let alone = model.forward(&Tensor::from_slice(doc).view([1, doc.len() as i64]));
+            let part = packed.narrow(1, start, doc.len() as i64);
+            let diff = (&alone - &part).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "document at {start}: {diff}");
+        }
+        // Plain causal attention over the row differs for the second document.
+        let causal = model.forward(&ids).narrow(1, 5, 7);
+        assert!((causal - packed.narrow(1, 5, 7)).abs().max().double_value(&[]) > 1e-3);
     }
 }

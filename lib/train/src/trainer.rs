@@ -206,6 +206,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
     let flops_per_token = metrics::flops_per_token(&model.config, seq);
     let options = ReaderOptions {
         eod_mask_loss: cfg.eod_mask_loss,
+        reset_position_ids: cfg.attention_per_document,
+        reset_attention_mask: cfg.attention_per_document,
         eod_token: store.manifest().eod_token.or(model.config.eos_token_ids.first().map(|&e| e as u32)),
         pad_token: store.manifest().pad_token,
         ..Default::default()
@@ -260,6 +262,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 ids: Tensor::from_slice(&to_i64(&b.tokens)).view([rows, seq]).to_device(device),
                 labels: Tensor::from_slice(&to_i64(&b.labels)).to_device(device),
                 loss_mask: Tensor::from_slice(&b.loss_mask).to_device(device),
+                per_document: cfg.attention_per_document.then(|| step::document_attention(&b.document_starts, seq, device)),
             };
             let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, tokens_in_loss.max(1.0), batches.len());
             lm_loss += out.lm_loss;
