@@ -16,6 +16,7 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
                                  experts linear_fc1.weight{k}, BytesIO extra state): TE does not run on CPU, so
                                  these files are the TP1 model's weights renamed and split as TE's spec
                                  names and splits them, written with torch in Megatron's layout
+               OUT/torch_gg_tp2ep2  torch_tp2ep2 with the experts in the legacy GroupedMLP layout (weight1/weight2)
                OUT/bad_unknown   torch_tp2ep2 with a key no converter knows (an MTP norm) in rank 0
                OUT/bad_shape     torch_tp2ep2 with rank 1's layer-0 q_proj cut to fewer rows
              and OUT/full.pt, OUT/full_allmoe.pt (the TP1 state dicts), OUT/reference.json, OUT/tokens.jsonl.
@@ -247,6 +248,7 @@ def make(out):
     mp.spawn(reshard, args=(2, out, 2, 1, 2, False, [("torch", "torch_tp2ep2"), ("dist", "dist_tp2ep2")], 29612), nprocs=2)
     mp.spawn(reshard, args=(2, out, 1, 2, 1, True, [("torch", "torch_pp2")], 29613), nprocs=2)
     te_layout(out)
+    broken(out, "torch_gg_tp2ep2", None, grouped_gemm)
     broken(out, "bad_unknown", "mp_rank_00_000", lambda m: m.__setitem__("mtp.layers.0.enorm.weight", torch.ones(64)))
     key = "decoder.layers.0.self_attention.linear_q_proj.weight"
     broken(out, "bad_shape", "mp_rank_01_001", lambda m: m.__setitem__(key, m[key][:40].clone()))
@@ -282,13 +284,30 @@ def te_layout(out):
         f.write(str(ITER))
 
 
+def grouped_gemm(model):
+    """Megatron's legacy GroupedMLP layout of a rank's local experts: weight1 [H, E_local * 2I] and
+    weight2 [E_local * I, H], whose memory the forward reads as view(E_local, H, -1) / view(E_local, -1, H)."""
+    for layer in range(1, 4):
+        p = f"decoder.layers.{layer}.mlp.experts."
+        fc1 = [model.pop(f"{p}local_experts.{k}.linear_fc1.weight") for k in range(4)]
+        fc2 = [model.pop(f"{p}local_experts.{k}.linear_fc2.weight") for k in range(4)]
+        for k in range(4):
+            model.pop(f"{p}local_experts.{k}.linear_fc1._extra_state")
+            model.pop(f"{p}local_experts.{k}.linear_fc2._extra_state")
+        model[p + "weight1"] = torch.stack([w.t() for w in fc1]).contiguous().view(64, -1)
+        model[p + "weight2"] = torch.stack([w.t() for w in fc2]).contiguous().view(-1, 64)
+
+
 def broken(out, name, rank, change):
+    """A copy of torch_tp2ep2 with `change` applied to the model of one rank (all when rank is None)."""
     import shutil
     shutil.copytree(os.path.join(out, "torch_tp2ep2"), os.path.join(out, name))
-    path = os.path.join(out, name, f"iter_{ITER:07d}", rank, "model_optim_rng.pt")
-    state = torch.load(path, weights_only=False)
-    change(state["model"])
-    torch.save(state, path)
+    ranks = [rank] if rank else sorted(os.listdir(os.path.join(out, name, f"iter_{ITER:07d}")))
+    for r in ranks:
+        path = os.path.join(out, name, f"iter_{ITER:07d}", r, "model_optim_rng.pt")
+        state = torch.load(path, weights_only=False)
+        change(state["model"])
+        torch.save(state, path)
 
 
 def hf_name(k):

@@ -3,7 +3,8 @@
 //! 8 routed experts with expert bias, shared experts) saved as torch_dist (TP1, and TP2 x EP2 as
 //! megatron-core reshards it; an all-MoE q-LoRA variant whose layers megatron-core stacks into one
 //! tensor per name) and in the legacy torch layout (TP2 x EP2 untied, PP2 tied, and EP2
-//! bf16 under Transformer Engine's names and grouped-GEMM expert layout). Every converted tensor
+//! bf16 under Transformer Engine's names and grouped-GEMM expert layout, TP2 x EP2 with the legacy
+//! GroupedMLP weight1/weight2 experts). Every converted tensor
 //! must equal the TP1 source after the documented mapping, and os-eval's log-probs on the
 //! converted float32 models must equal megatron-core's forward.
 
@@ -56,6 +57,7 @@ fn every_layout_converts_to_the_source_weights_and_megatrons_logits() {
         ("torch_tp2ep2", false, false, "untied"),
         ("torch_pp2", true, false, "tied"),
         ("torch_te_ep2", false, true, ""),
+        ("torch_gg_tp2ep2", false, false, "untied"),
         ("dist_allmoe/iter_0000010", false, false, "allmoe"),
     ];
     let out = tempfile::tempdir().unwrap();
@@ -76,7 +78,7 @@ fn every_layout_converts_to_the_source_weights_and_megatrons_logits() {
     let mut check = vec!["check", full.to_str().unwrap()];
     check.extend(specs.iter().map(String::as_str));
     let compared: Vec<usize> = run_python("megatron_ckpt.py", &check).lines().map(|l| l.trim().parse().unwrap()).collect();
-    assert_eq!(compared, [121, 121, 121, 120, 121, 155]);
+    assert_eq!(compared, [121, 121, 121, 120, 121, 121, 155]);
 
     for (name, tied, bf16, reference_key) in layouts {
         let hf = out.path().join(name.replace('/', "_"));

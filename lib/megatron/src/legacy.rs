@@ -3,6 +3,9 @@
 //! when EP > 1; only expert-data-parallel rank 0 writes, so with expert parallelism not every
 //! (tp, ep) pair has a file). Local layer numbers are shifted by the layers of the earlier pipeline
 //! stages, local experts by `ep * experts_per_rank`; pieces are grouped by tensor-parallel rank.
+//! The legacy grouped-GEMM layout (`mlp.experts.weight1` [H, E_local * fc1] and `weight2`
+//! [E_local * fc2_in, H], which Megatron reads as `view(E_local, H, -1)` and `view(E_local, -1, H)`)
+//! becomes one strided view per expert, transposed to Linear's [out, in].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -152,6 +155,15 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
                 }
                 None => k.to_string(),
             };
+            if let (Some((layer, which)), Value::Tensor(t)) = (grouped_gemm(&global), v) {
+                let views = grouped_views(t, which, per_rank).map_err(|m| Failure::data(format!("{}: {k}: {m}", files[fi].path.display())))?;
+                for (e, view) in views.into_iter().enumerate() {
+                    let key = format!("decoder.layers.{layer}.mlp.experts.{}.linear_fc{which}.weight", r.ep * per_rank + e);
+                    let slot = if etp == 1 { 0 } else { r.tp };
+                    groups.entry(key).or_default().entry(slot).or_insert((fi, view));
+                }
+                continue;
+            }
             match mapping::target(&global, tied) {
                 mapping::Target::Ignored(why) => {
                     *ignored.entry(why.to_string()).or_default() += 1;
@@ -226,9 +238,55 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     })
 }
 
+/// `decoder.layers.{l}.mlp.experts.weight{1,2}`: the layer and which weight.
+fn grouped_gemm(key: &str) -> Option<(usize, u8)> {
+    let (l, rest) = layer_of(key)?;
+    match rest {
+        "mlp.experts.weight1" => Some((l, 1)),
+        "mlp.experts.weight2" => Some((l, 2)),
+        _ => None,
+    }
+}
+
+/// Per-expert [out, in] views of a legacy GroupedMLP weight over `n` local experts.
+fn grouped_views(t: &TensorRef, which: u8, n: usize) -> Result<Vec<TensorRef>, String> {
+    let [a, b] = t.shape[..] else { return Err(format!("grouped-GEMM weight of shape {:?}, 2 dimensions expected", t.shape)) };
+    if n == 0 {
+        return Err("the number of local experts is unknown (args.num_experts missing)".into());
+    }
+    if t.stride != [b, 1] {
+        return Err("grouped-GEMM weight is not contiguous".into());
+    }
+    // weight1 [H, n * f]: expert e is memory [e*H*f, (e+1)*H*f) seen as [H, f], transposed to [f, H].
+    // weight2 [n * f, H]: expert e is memory [e*f*H, ..) seen as [f, H], transposed to [H, f].
+    let (h, f) = if which == 1 { (a, b / n) } else { (b, a / n) };
+    if (which == 1 && b % n != 0) || (which == 2 && a % n != 0) {
+        return Err(format!("shape {:?} does not divide into {n} experts", t.shape));
+    }
+    Ok((0..n)
+        .map(|e| {
+            let offset = t.offset + e * h * f;
+            let (shape, stride) = if which == 1 { (vec![f, h], vec![1, f]) } else { (vec![h, f], vec![1, h]) };
+            TensorRef { offset, shape, stride, ..t.clone() }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouped_gemm_views_are_transposed_experts() {
+        let t = TensorRef { key: "0".into(), dtype: crate::pickle::Dtype::F32, offset: 3, shape: vec![4, 6], stride: vec![6, 1], numel: 27 };
+        let v = grouped_views(&t, 1, 2).unwrap();
+        assert_eq!((v[1].offset, v[1].shape.clone(), v[1].stride.clone()), (3 + 12, vec![3, 4], vec![1, 3]));
+        let w2 = TensorRef { shape: vec![6, 4], stride: vec![4, 1], ..t.clone() };
+        let v = grouped_views(&w2, 2, 2).unwrap();
+        assert_eq!((v[1].offset, v[1].shape.clone(), v[1].stride.clone()), (3 + 12, vec![4, 3], vec![1, 4]));
+        assert!(grouped_views(&t, 1, 4).is_err());
+        assert_eq!(grouped_gemm("decoder.layers.3.mlp.experts.weight2"), Some((3, 2)));
+    }
 
     #[test]
     fn expert_layouts_and_layers() {
