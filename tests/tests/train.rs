@@ -223,6 +223,10 @@ fn usr1_and_term_checkpoint_and_exit_75_then_resume_exactly() {
         let o = train(dir.path(), &[]);
         assert!(o.status.success(), "resume failed: {}", String::from_utf8_lossy(&o.stderr));
         assert_same_as_reference(dir.path());
+        // A finished run started again with another option: nothing to do, the change is named.
+        let o = train(dir.path(), &["--clip-grad", "0.5"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && err.contains("nothing to do") && err.contains("changed") && err.contains("clip_grad"), "{err}");
         // A finished run started again has nothing to do and says so.
         let o = train(dir.path(), &[]);
         assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nothing to do"));

@@ -93,6 +93,14 @@ fn write_json(path: &Path, value: &Value) -> Result<(), Failure> {
     out.commit()
 }
 
+/// Options whose value differs from the config recorded by the previous start of the run.
+fn changed_options(path: &Path, cfg: &TrainConfig) -> Vec<String> {
+    let Some(old) = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { return vec![] };
+    let new = serde_json::to_value(cfg).unwrap();
+    let (Some(old), Some(new)) = (old["config"].as_object(), new.as_object()) else { return vec![] };
+    new.iter().filter(|(k, v)| old.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect()
+}
+
 /// The JSON-lines log, opened for appending; a line cut short by a kill is removed first.
 fn open_log(path: &Path) -> Result<std::fs::File, Failure> {
     if let Ok(bytes) = std::fs::read(path) {
@@ -172,12 +180,18 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             git_commit: info.git_commit.clone(),
         },
     };
+    let config_path = run_dir.join("train_config.json");
+    let changed = changed_options(&config_path, cfg);
+    if resume.is_some() && !changed.is_empty() {
+        eprintln!("os-train: warning: options changed since the previous start of this run: {}", changed.join(", "));
+    }
     write_json(
-        &run_dir.join("train_config.json"),
+        &config_path,
         &json!({
             "tool": info.tool, "version": info.version, "git_commit": info.git_commit,
             "provenance": openseek_common::provenance::Provenance::capture(&info.tool, &info.version),
             "resumed_from": resume.as_ref().map(|(_, d)| d.display().to_string()),
+            "changed_since_previous_start": changed,
             "config": cfg,
         }),
     )?;
