@@ -198,6 +198,12 @@ fn a_run_resumes_from_its_task_records() {
     let r = read_json(&out.join("results.json"));
     assert_eq!(r["tasks"]["piqa"]["value"], 0.123);
     assert!(out.join("tasks/openbookqa.json").is_file());
+    // Other request conventions do not reuse the records either.
+    let mut lm = args.to_vec();
+    lm.extend(["--harness", "lm-eval"]);
+    let o = os_eval(&lm);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(0 from earlier records)"));
+    assert_eq!(read_json(&out.join("results.json"))["harness"], "lm-eval");
     // Another model (different hash) does not reuse the records.
     std::fs::remove_dir_all(&model).unwrap();
     link_model(&model, base, "\n");

@@ -93,7 +93,12 @@ pub fn read_docs(task: &Task, data_dir: &Path, options: &Options) -> Result<Vec<
     if rows.is_empty() {
         return Err(Failure::data(format!("task {}: {} holds no rows", task.name, rows.source)));
     }
-    (0..rows.len()).map(|i| task.doc(rows.get(i))).collect()
+    (0..rows.len())
+        .map(|i| match options.harness {
+            Harness::Lighteval => task.doc(rows.get(i)),
+            Harness::LmEval => task.lm_eval_doc(rows.get(i)),
+        })
+        .collect()
 }
 
 /// All requests of one task, one [`Item`] per document, in file order.

@@ -214,11 +214,17 @@ pub fn items_for(task: &Task, docs: &[Doc], train: Option<&[Doc]>, tok: &Tokeniz
         }
         _ => {
             for (i, d) in docs[..n].iter().enumerate() {
-                let requests = d.choices.iter().map(|c| loglikelihood_request(tok, &d.query, c)).collect();
+                let requests = d
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| loglikelihood_request(tok, d.contexts.get(k).unwrap_or(&d.query), c))
+                    .collect();
                 items.push(Item::Choice(ChoiceItem {
                     doc_index: i,
                     query: d.query.clone(),
-                    choices: d.choices.clone(),
+                    // With one context per choice (lm-eval's Winogrande) the details show each whole text.
+                    choices: if d.contexts.is_empty() { d.choices.clone() } else { d.contexts.iter().zip(&d.choices).map(|(c, t)| format!("{c}{t}")).collect() },
                     gold: d.gold.clone(),
                     requests,
                 }));
@@ -275,7 +281,7 @@ mod tests {
 
     #[test]
     fn gsm8k_prompt_joins_shots() {
-        let d = |q: &str, a: &str| Doc { query: format!("Question: {q}\nAnswer:"), choices: vec![], gold: vec![], gold_texts: vec![format!(" {a}")] };
+        let d = |q: &str, a: &str| Doc { query: format!("Question: {q}\nAnswer:"), choices: vec![], gold: vec![], gold_texts: vec![format!(" {a}")], contexts: vec![] };
         let (a, b, q) = (d("1+1?", "2"), d("2+2?", "4"), d("3+3?", "6"));
         assert_eq!(gsm8k_prompt(&[&a, &b], &q), "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\nQuestion: 3+3?\nAnswer:");
     }

@@ -64,6 +64,9 @@ pub struct Doc {
     pub gold: Vec<usize>,
     /// Generative: the gold answers (TriviaQA: normalised aliases; GSM8K: " " + answer).
     pub gold_texts: Vec<String>,
+    /// Multiple choice with one context per choice (lm-eval's Winogrande): the contexts, the
+    /// same continuation in `choices`. Empty: every choice continues `query`.
+    pub contexts: Vec<String>,
 }
 
 impl Task {
@@ -206,7 +209,7 @@ impl Task {
                     choices.len()
                 )));
             }
-            Ok(Doc { query, choices, gold: vec![gold], gold_texts: vec![] })
+            Ok(Doc { query, choices, gold: vec![gold], gold_texts: vec![], contexts: vec![] })
         };
         let spaced = |v: Vec<String>| -> Vec<String> { v.into_iter().map(|c| format!(" {c}")).collect() };
         match &self.kind {
@@ -290,6 +293,7 @@ impl Task {
                     choices: vec![],
                     gold: vec![],
                     gold_texts: triviaqa_golds(aliases),
+                    contexts: vec![],
                 })
             }
             Kind::Gsm8k => Ok(Doc {
@@ -297,8 +301,43 @@ impl Task {
                 choices: vec![],
                 gold: vec![],
                 gold_texts: vec![format!(" {}", row.str("answer")?)],
+                contexts: vec![],
             }),
         }
+    }
+}
+
+impl Task {
+    /// The prompt function of EleutherAI's lm-evaluation-harness where it differs from
+    /// lighteval's (`--harness lm-eval`): HellaSwag without the trailing space of the query (so no
+    /// doubled space before each ending), Winogrande by partial evaluation (one context per option
+    /// — the sentence up to the blank with the option filled in — and the rest of the sentence as
+    /// the common continuation), SIQA as "Q: {context} {question}\nA:", BoolQ with the question as
+    /// written and " no" / " yes". Every other task is built as lighteval builds it (lm-eval's MMLU
+    /// default is the lettered format, not this cloze table; GSM8K and TriviaQA keep lighteval's).
+    pub fn lm_eval_doc(&self, row: RowRef) -> Result<Doc, Failure> {
+        let doc = self.doc(row)?;
+        let gold = doc.gold.clone();
+        let mc = |query: String, choices: Vec<String>, contexts: Vec<String>| Doc { query, choices, gold: gold.clone(), gold_texts: vec![], contexts };
+        Ok(match &self.kind {
+            Kind::Hellaswag => {
+                let ctx = format!("{} {}", row.str("ctx_a")?, py_capitalize(row.str("ctx_b")?));
+                // lm-eval's preprocess strips first, then rewrites.
+                let query = hellaswag_preprocess(py_strip(&format!("{}: {ctx}", row.str("activity_label")?)));
+                let choices = row.str_list("endings")?.iter().map(|e| format!(" {}", hellaswag_preprocess(py_strip(e)))).collect();
+                mc(query, choices, vec![])
+            }
+            Kind::Winogrande => {
+                let sentence = row.str("sentence")?;
+                let blank = sentence.find('_').expect("doc() checked the blank");
+                let target = format!(" {}", py_strip(&sentence[blank + 1..]));
+                let contexts = vec![format!("{}{}", &sentence[..blank], row.label("option1")?), format!("{}{}", &sentence[..blank], row.label("option2")?)];
+                mc(sentence[..blank].to_string(), vec![target.clone(), target], contexts)
+            }
+            Kind::Siqa => mc(format!("Q: {} {}\nA:", row.str("context")?, row.str("question")?), doc.choices, vec![]),
+            Kind::Boolq => mc(format!("{}\nQuestion: {}?\nAnswer:", row.str("passage")?, row.str("question")?), vec![" no".into(), " yes".into()], vec![]),
+            _ => doc,
+        })
     }
 }
 
@@ -423,6 +462,29 @@ mod tests {
         assert!(Task::parse_list("mmlu:nope").is_err());
         assert_eq!(Task::parse_list("gsm8k,gsm8k").unwrap().len(), 1);
         assert_eq!(Task::parse_list("ceval:law").unwrap()[0].default_split(), "val");
+    }
+
+    #[test]
+    fn lm_eval_prompts_where_they_differ() {
+        let rows = |v: serde_json::Value| data::Rows { source: "t".into(), rows: vec![v.as_object().unwrap().clone()] };
+        let task = |n: &str| Task::parse_list(n).unwrap().remove(0);
+        let hs = rows(serde_json::json!({"activity_label": "Roof", "ctx_a": "A man climbs.", "ctx_b": "he", "endings": ["sits [title] down", "x"], "label": "0"}));
+        let (l, m) = (task("hellaswag").doc(hs.get(0)).unwrap(), task("hellaswag").lm_eval_doc(hs.get(0)).unwrap());
+        assert_eq!((l.query.as_str(), l.choices[0].as_str()), ("Roof: A man climbs. He ", " sits. down"));
+        assert_eq!((m.query.as_str(), m.choices[0].as_str()), ("Roof: A man climbs. He", " sits. down"));
+        let wg = rows(serde_json::json!({"sentence": "The cup fell because _ was heavy.", "option1": "cup", "option2": "table", "answer": "2"}));
+        let m = task("winogrande").lm_eval_doc(wg.get(0)).unwrap();
+        assert_eq!(m.contexts, vec!["The cup fell because cup", "The cup fell because table"]);
+        assert_eq!(m.choices, vec![" was heavy.", " was heavy."]);
+        assert_eq!(m.gold, vec![1]);
+        let si = rows(serde_json::json!({"context": "Ann ran.", "question": "Why?", "answerA": "a", "answerB": "b", "answerC": "c", "label": "3"}));
+        let m = task("siqa").lm_eval_doc(si.get(0)).unwrap();
+        assert_eq!((m.query.as_str(), m.gold[0]), ("Q: Ann ran. Why?\nA:", 2));
+        let bq = rows(serde_json::json!({"passage": "P.", "question": "is it", "answer": true}));
+        let m = task("boolq").lm_eval_doc(bq.get(0)).unwrap();
+        assert_eq!((m.query.as_str(), m.choices[1].as_str(), m.gold[0]), ("P.\nQuestion: is it?\nAnswer:", " yes", 1));
+        let pq = rows(serde_json::json!({"goal": "g", "sol1": "a", "sol2": "b", "label": 1}));
+        assert_eq!(task("piqa").lm_eval_doc(pq.get(0)).unwrap(), task("piqa").doc(pq.get(0)).unwrap());
     }
 
     #[test]
