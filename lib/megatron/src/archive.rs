@@ -100,6 +100,16 @@ impl Archive {
             return Ok(span);
         }
         let mut out = Vec::with_capacity(numel * es);
+        if let ([rows, cols], [rs, cs]) = (&t.shape[..], &t.stride[..]) {
+            // Matrices (transposed views of grouped-GEMM weights): no per-element index arithmetic.
+            for i in 0..*rows {
+                for j in 0..*cols {
+                    let e = (i * rs + j * cs) * es;
+                    out.extend_from_slice(&span[e..e + es]);
+                }
+            }
+            return Ok(out);
+        }
         let mut idx = vec![0usize; t.shape.len()];
         for _ in 0..numel {
             let e = idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
