@@ -277,7 +277,7 @@ fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
     checked(run_tool("os-mix", &["--weights", &weights, "--seq-len", "256", "--samples", "2000", "--output", mix.to_str().unwrap()]), "os-mix");
 
     let run = d.join("run");
-    let total: u64 = 24;
+    let total: u64 = 16;
     let mut sbatch = slurm_command("sbatch", d);
     sbatch.args(["--parsable", "--output=train.out"]).args(GPU_ARGS.split(' ')).arg(root().join("slurm/train.sbatch"));
     sbatch.args([&recipe("train-demo.toml"), run.to_str().unwrap(), "--data", mix.to_str().unwrap()]);
