@@ -118,6 +118,9 @@ struct RunArgs {
     /// OUTPUT/tasks/, so a killed run resumes at the task where it stopped.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Tokenizer directory when the model folder holds none (default: the model folder).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     #[command(flatten)]
     eval: EvalArgs,
 }
@@ -268,7 +271,7 @@ fn run_run(a: RunArgs) -> Result<(), Failure> {
         let name = a.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).unwrap_or_else(|| "model".into());
         PathBuf::from("eval-out").join(name)
     });
-    let summary = evaluate(&a.model, &a.model, &output, &a.eval, &tasks)?;
+    let summary = evaluate(&a.model, a.tokenizer.as_deref().unwrap_or(&a.model), &output, &a.eval, &tasks)?;
     print!("{}", run::format_table(&summary.table));
     if !a.eval.quiet {
         eprintln!(

@@ -37,7 +37,8 @@ fn text<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, s: &
         for (i, ch) in g.chars().enumerate() {
             if ch == '#' {
                 let (gx, gy) = ((i % 3) as i32, (i / 3) as i32);
-                let _ = area.draw(&Rectangle::new([(cx + gx * scale, y + gy * scale), (cx + (gx + 1) * scale - 1, y + (gy + 1) * scale - 1)], color.filled()));
+                // The far corner is exclusive: a font pixel is scale × scale screen pixels.
+                let _ = area.draw(&Rectangle::new([(cx + gx * scale, y + gy * scale), (cx + (gx + 1) * scale, y + (gy + 1) * scale)], color.filled()));
             }
         }
         cx += 4 * scale;
