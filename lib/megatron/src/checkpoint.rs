@@ -243,5 +243,13 @@ mod tests {
         let (dir, it) = iteration_dir(d.path(), Some("100")).unwrap();
         assert_eq!((dir.file_name().unwrap().to_str().unwrap(), it), ("iter_0000100", Some(100)));
         assert!(iteration_dir(d.path(), Some("abc")).is_err());
+        std::fs::write(d.path().join("latest_checkpointed_iteration.txt"), "release").unwrap();
+        std::fs::create_dir(d.path().join("release")).unwrap();
+        let (dir, it) = iteration_dir(d.path(), None).unwrap();
+        assert_eq!((dir.file_name().unwrap().to_str().unwrap(), it), ("release", None));
+        // An iteration directory given directly.
+        std::fs::create_dir(d.path().join("iter_0000100/mp_rank_00")).unwrap();
+        let (dir, it) = iteration_dir(&d.path().join("iter_0000100"), None).unwrap();
+        assert_eq!((dir, it), (d.path().join("iter_0000100"), Some(100)));
     }
 }
