@@ -89,7 +89,7 @@ impl Attention {
     fn attend_absorbed(&self, q: &Tensor, latent: &Tensor, k_rot: &Tensor, mask: &Tensor) -> Tensor {
         let (b, h, s, k) = (q.size()[0], self.heads, q.size()[2], latent.size()[1]);
         let r = self.kv_lora_rank;
-        let w = self.kv_b_proj.weight.view([h, self.nope + self.v_dim, r]);
+        let w = self.kv_b_proj.weight.to_kind(q.kind()).view([h, self.nope + self.v_dim, r]);
         let (w_k, w_v) = (w.narrow(1, 0, self.nope), w.narrow(1, self.nope, self.v_dim));
         let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
         // q_nope · (W_k latent) = (q_nope W_k) · latent, per head.

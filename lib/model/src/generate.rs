@@ -23,7 +23,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` sequences of up to `capacity` tokens (prompt and new tokens).
     pub fn new(model: &DeepseekV3, batch: i64, capacity: i64) -> KvCache {
-        let layers = model.layers.iter().map(|l| l.self_attn.new_cache(batch, capacity, model.kind(), model.device())).collect();
+        let layers = model.layers.iter().map(|l| l.self_attn.new_cache(batch, capacity, model.compute_kind, model.device())).collect();
         KvCache { layers }
     }
 
@@ -62,9 +62,7 @@ impl DeepseekV3 {
         // A token always sees itself, so that padding rows attend to something (no NaN); real
         // tokens never see padding.
         let mask = causal.logical_and(&valid.unsqueeze(1)).logical_or(&key.unsqueeze(0).eq_tensor(&query)).unsqueeze(1);
-        let (cos, sin) = self.rope.cos_sin(positions, self.kind());
-        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
-        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let (mut x, cos, sin) = self.embed(ids, Some(positions));
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer_masked(layer, &x, self, &cos, &sin, &mask, c);

@@ -106,13 +106,20 @@ fn masked_forward_and_greedy_match_transformers() {
     }
 }
 
+/// Max |a - b| over the token (mask != 0) positions.
+fn max_masked(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
+    (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().masked_fill(&mask.eq(0).unsqueeze(-1), 0.0).max().double_value(&[])
+}
+
 /// Decoding one token at a time through the cache (absorbed attention) gives the logits of the
-/// full masked forward over the same left-padded batch.
+/// full masked forward over the same left-padded batch; fp32 master weights computing in bf16
+/// (training's setup) run the same paths.
 #[test]
 fn cached_decoding_equals_the_full_forward() {
     let dir = tempfile::tempdir().unwrap();
     python("hf_deepseek.py", &["make", dir.path().to_str().unwrap(), "--variant", "lora_tied"]);
     let model = checkpoint::load(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    openseek_model::tch::manual_seed(0);
     let (b, t, prefill) = (3i64, 14i64, 5i64);
     let ids = Tensor::randint_low(3, 256, [b, t], (Kind::Int64, Device::Cpu));
     let starts = Tensor::from_slice(&[0i64, 4, 7]).unsqueeze(1);
@@ -130,10 +137,25 @@ fn cached_decoding_equals_the_full_forward() {
         }
     });
     let cached = Tensor::cat(&steps, 1);
-    let diff = (&cached - &full).abs().masked_fill(&mask.logical_not().unsqueeze(-1), 0.0).max().double_value(&[]);
+    let diff = max_masked(&cached, &full, &mask);
     eprintln!("cached decoding vs full forward: max |diff| = {diff:.3e}");
     assert!(diff <= 1e-5, "cached decoding differs from the full forward by {diff}");
     assert_eq!(cache.layers[0].len, t);
+
+    let mut master = checkpoint::load(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    master.compute_kind = Kind::BFloat16;
+    let half = checkpoint::load(dir.path(), Kind::BFloat16, Device::Cpu).unwrap();
+    let a = no_grad(|| master.forward_masked(&ids, &mask));
+    let b = no_grad(|| half.forward_masked(&ids, &mask));
+    assert_eq!(a.kind(), Kind::BFloat16);
+    // Not bit-equal: the router scores in fp32 from the unrounded master weights.
+    let diff = max_masked(&a, &b, &mask);
+    let from_fp32 = max_masked(&b, &full, &mask);
+    eprintln!("bf16 compute: master weights vs bf16 checkpoint max |diff| = {diff:.3e} (bf16 vs fp32: {from_fp32:.3e})");
+    assert!(diff <= from_fp32, "master weights in bf16 are further from the bf16 checkpoint than bf16 is from fp32");
+    let prompts: Vec<Vec<i64>> = vec![vec![5, 6, 7], vec![9], vec![30, 31, 32, 33, 34, 35]];
+    let got = greedy(&master, &prompts, &options(2, vec![]), &mut |_, _| false);
+    assert!(got.iter().all(|g| g.len() == MAX_NEW));
 }
 
 /// On the GPU machine (`generate -- --ignored`): the masked forward and greedy decoding on CUDA in
