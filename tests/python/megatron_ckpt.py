@@ -126,6 +126,13 @@ def build(tp, pp, ep, tied):
                     pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage())
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_dist(rank, world, port):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -220,7 +227,7 @@ def source_model():
 def make(out):
     global MOE_FREQ, Q_LORA
     os.makedirs(out, exist_ok=True)
-    init_dist(0, 1, 29611)
+    init_dist(0, 1, free_port())
     model = source_model()
     seqs = sequences()
     ref = {"vocab": VOCAB, "untied": [logprobs(model, s) for s in seqs]}
@@ -245,8 +252,8 @@ def make(out):
         for s in seqs:
             f.write(json.dumps({"tokens": s}) + "\n")
     import torch.multiprocessing as mp
-    mp.spawn(reshard, args=(2, out, 2, 1, 2, False, [("torch", "torch_tp2ep2"), ("dist", "dist_tp2ep2")], 29612), nprocs=2)
-    mp.spawn(reshard, args=(2, out, 1, 2, 1, True, [("torch", "torch_pp2")], 29613), nprocs=2)
+    mp.spawn(reshard, args=(2, out, 2, 1, 2, False, [("torch", "torch_tp2ep2"), ("dist", "dist_tp2ep2")], free_port()), nprocs=2)
+    mp.spawn(reshard, args=(2, out, 1, 2, 1, True, [("torch", "torch_pp2")], free_port()), nprocs=2)
     te_layout(out)
     broken(out, "torch_gg_tp2ep2", None, grouped_gemm)
     broken(out, "bad_unknown", "mp_rank_00_000", lambda m: m.__setitem__("mtp.layers.0.enorm.weight", torch.ones(64)))
