@@ -153,11 +153,6 @@ impl Checkpoint {
         Ok(ck)
     }
 
-    /// An integer field of `args`.
-    pub fn arg_int(&self, name: &str) -> Option<i64> {
-        self.args.get(name).and_then(|v| v.as_int())
-    }
-
     /// The whole tensor of an entry, row-major little-endian bytes.
     pub fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure> {
         match &e.src {
