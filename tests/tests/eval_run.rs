@@ -250,6 +250,12 @@ fn sweep_is_idempotent_locked_and_draws_the_table() {
             .output()
             .unwrap()
     };
+    // Bad data stops the sweep before any checkpoint is loaded.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run_tool("os-eval", &["sweep", "--checkpoints", run_dir.to_str().unwrap(), "--output", out.to_str().unwrap(), "--data", empty.to_str().unwrap(), "--tasks", "piqa", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(66), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.join("results.jsonl").exists());
     let rows = || -> Vec<Value> { std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
     let o = sweep();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

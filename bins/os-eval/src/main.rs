@@ -287,8 +287,9 @@ fn run_run(a: RunArgs) -> Result<(), Failure> {
 
 fn run_sweep(a: SweepArgs) -> Result<(), Failure> {
     let tasks = Task::parse_list(&a.eval.tasks)?;
-    Harness::parse(&a.eval.harness)?;
     let checkpoints = sweep::find_checkpoints(&a.checkpoints)?;
+    let data_options = Options { split: a.eval.split.clone(), harness: Harness::parse(&a.eval.harness)?, ..Options::default() };
+    openseek_eval::check_data(&tasks, &a.eval.data, &data_options)?;
     let key = json!({
         "tasks": a.eval.tasks, "data": a.eval.data.display().to_string(), "limit": a.eval.limit, "split": a.eval.split,
         "harness": a.eval.harness, "lighteval_budget_quirk": a.eval.lighteval_budget_quirk, "fewshot_seed": a.eval.fewshot_seed,

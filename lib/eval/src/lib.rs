@@ -101,6 +101,18 @@ pub fn read_docs(task: &Task, data_dir: &Path, options: &Options) -> Result<Vec<
         .collect()
 }
 
+/// Read every task's documents (and GSM8K's shots) without tokenizing: a data problem stops a
+/// sweep before any checkpoint is loaded, instead of failing each one.
+pub fn check_data(tasks: &[Task], data_dir: &Path, options: &Options) -> Result<(), Failure> {
+    for task in tasks {
+        read_docs(task, data_dir, options)?;
+        if task.kind == Kind::Gsm8k {
+            task.read_rows(data_dir, "train").map_err(|e| e.context("task gsm8k (few-shot split train)"))?;
+        }
+    }
+    Ok(())
+}
+
 /// All requests of one task, one [`Item`] per document, in file order.
 pub fn build_requests(task: &Task, data_dir: &Path, tokenizer: &Tokenizer, options: &Options) -> Result<Vec<Item>, Failure> {
     let docs = read_docs(task, data_dir, options)?;
