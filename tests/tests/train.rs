@@ -11,11 +11,23 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// A directory for what the tests share (the store, the reference run), emptied once per test binary.
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
 /// The demo corpus as a sample store of 128-token samples (built once per test binary).
 fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = scratch().join("store");
+        std::fs::create_dir_all(&dir).unwrap();
         let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
         let ok = |o: Output, what: &str| assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
         ok(run_tool("os-demo-data", &["--output", &d("demo")]), "os-demo-data");
@@ -74,7 +86,8 @@ fn final_weights(run_dir: &Path) -> Vec<u8> {
 fn reference() -> &'static (PathBuf, Vec<Value>) {
     static REF: OnceLock<(PathBuf, Vec<Value>)> = OnceLock::new();
     REF.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        store();
+        let dir = scratch().join("reference");
         let o = train(&dir, &[]);
         assert!(o.status.success(), "os-train failed: {}", String::from_utf8_lossy(&o.stderr));
         let l = log(&dir);
