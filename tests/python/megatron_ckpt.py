@@ -23,6 +23,8 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
   check FULL HF[:tied][:bf16][:allmoe]...   every tensor of each converted HF dir equals the TP1 source
              FULL (full_allmoe.pt beside it with :allmoe) after the documented key mapping (prints the
              number of tensors compared per dir).
+  transformers OUT HF:KEY...   transformers' DeepseekV3ForCausalLM loads each converted dir; prints the
+             largest |log-prob difference| from megatron-core's forward (reference.json KEY) per dir.
 
 megatron-core (no megatron.training) has no legacy-format writer, so the legacy files are written the
 way megatron/training/checkpointing.py writes them: torch.save of {args, checkpoint_version,
@@ -379,6 +381,21 @@ def check(hf, full, tied, bf16):
     print(len(want))
 
 
+def transformers_diff(out, specs):
+    from transformers import AutoModelForCausalLM
+    ref = json.load(open(os.path.join(out, "reference.json")))
+    seqs = [json.loads(l)["tokens"] for l in open(os.path.join(out, "tokens.jsonl"))]
+    for spec in specs:
+        hf, key = spec.rsplit(":", 1)
+        model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+        worst = 0.0
+        for s, r in zip(seqs, ref[key]):
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([s])).logits[0].double(), -1)
+            worst = max([worst] + [abs(lp[i, s[i + 1]].item() - b) for i, b in enumerate(r["token_logprobs"])])
+        print(worst)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
@@ -387,5 +404,7 @@ if __name__ == "__main__":
             hf, *flags = spec.split(":")
             full = os.path.join(os.path.dirname(sys.argv[2]), "full_allmoe.pt") if "allmoe" in flags else sys.argv[2]
             check(hf, full, "tied" in flags, "bf16" in flags)
+    elif sys.argv[1] == "transformers":
+        transformers_diff(sys.argv[2], sys.argv[3:])
     else:
         sys.exit(f"unknown command {sys.argv[1]}")

@@ -6,7 +6,7 @@
 //! bf16 under Transformer Engine's names and grouped-GEMM expert layout, TP2 x EP2 with the legacy
 //! GroupedMLP weight1/weight2 experts). Every converted tensor
 //! must equal the TP1 source after the documented mapping, and os-eval's log-probs on the
-//! converted float32 models must equal megatron-core's forward.
+//! converted float32 models must equal megatron-core's forward, as transformers' do.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -79,6 +79,17 @@ fn every_layout_converts_to_the_source_weights_and_megatrons_logits() {
     check.extend(specs.iter().map(String::as_str));
     let compared: Vec<usize> = run_python("megatron_ckpt.py", &check).lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(compared, [121, 121, 121, 120, 121, 121, 155]);
+
+    // transformers loads what was written (tied head, q-LoRA, all-MoE) and computes megatron-core's forward.
+    let tf: Vec<String> = ["torch_pp2:tied", "dist_allmoe_iter_0000010:allmoe", "torch_gg_tp2ep2:untied"]
+        .iter()
+        .map(|s| format!("{}", out.path().join(s).display()))
+        .collect();
+    let mut args = vec!["transformers", checkpoints().to_str().unwrap()];
+    args.extend(tf.iter().map(String::as_str));
+    let diffs: Vec<f64> = run_python("megatron_ckpt.py", &args).lines().map(|d| d.trim().parse().unwrap()).collect();
+    assert_eq!(diffs.len(), tf.len());
+    assert!(diffs.iter().all(|d| *d < 1e-4), "transformers' log-probs differ from megatron-core's by {diffs:?}");
 
     for (name, tied, bf16, reference_key) in layouts {
         let hf = out.path().join(name.replace('/', "_"));
