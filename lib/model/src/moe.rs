@@ -93,8 +93,7 @@ impl Experts {
         let inter = self.down_proj.size()[2];
         let (_, order) = idx.view([-1]).sort_stable(true, 0, false);
         let token = order.floor_divide_scalar(k);
-        let counts = idx.view([-1]).bincount::<Tensor>(None, experts);
-        let offsets = counts.cumsum(0, Kind::Int);
+        let offsets = tokens_per_expert(idx, experts).cumsum(0, Kind::Int);
         let kind = x.kind();
         let h = x.index_select(0, &token).internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
         let h = (h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter)).contiguous();
@@ -162,7 +161,7 @@ impl Moe {
         let r = self.gate.route(&flat);
         let routed = self.experts.forward(&flat, &r.weights, &r.idx).view(shape.as_slice());
         let experts = self.gate.num_experts();
-        let load = r.idx.view([-1]).bincount::<Tensor>(None, experts).detach();
+        let load = tokens_per_expert(&r.idx, experts);
         let seq_aux_loss = (aux.seq_aux_loss != 0.0).then(|| {
             sequence_aux_loss(&r.scores, &r.idx, shape[0], self.gate.top_k()) * aux.seq_aux_loss
         });
@@ -171,6 +170,13 @@ impl Moe {
         });
         (routed + self.shared_experts.forward(x), RoutingStats { load, seq_aux_loss, z_loss })
     }
+}
+
+/// How many of the (token, slot) choices in `idx` went to each of `experts` experts, int64 [E].
+/// A scatter-add rather than `bincount`, which waits for the device to size its output.
+pub fn tokens_per_expert(idx: &Tensor, experts: i64) -> Tensor {
+    let flat = idx.view([-1]);
+    Tensor::zeros([experts], (Kind::Int64, idx.device())).scatter_add(0, &flat, &flat.ones_like())
 }
 
 /// The coefficients of the router's auxiliary losses (0 = not computed).
