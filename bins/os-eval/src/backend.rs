@@ -66,34 +66,34 @@ impl Backend for ModelBackend<'_> {
 
     fn generate(&mut self, items: &[&GenerateItem]) -> Result<Vec<String>, Failure> {
         let eos: Vec<i64> = self.tokenizer.eos_id().map(|e| e as i64).into_iter().collect();
-        let mut out = vec![String::new(); items.len()];
-        // greedy() takes one budget per call: one call per distinct budget.
-        let mut budgets: Vec<usize> = items.iter().map(|g| g.max_new_tokens).collect();
-        budgets.sort_unstable();
-        budgets.dedup();
-        for budget in budgets {
-            let members: Vec<usize> = (0..items.len()).filter(|&i| items[i].max_new_tokens == budget).collect();
-            // lighteval keeps the last (max_length - budget) prompt tokens.
-            let keep = self.max_length.saturating_sub(budget).max(1);
-            let prompts: Vec<Vec<i64>> = members
-                .iter()
-                .map(|&i| {
-                    let p = &items[i].context_ids;
-                    let p = if p.is_empty() { self.tokenizer.eos_id().map(|e| vec![e]).unwrap_or(vec![0]) } else { p[p.len().saturating_sub(keep)..].to_vec() };
-                    ids(&p)
-                })
-                .collect();
-            let tok = self.tokenizer;
-            let mut stop = |k: usize, new: &[i64]| -> bool {
-                let text = tok.decode(&new.iter().map(|&t| t as u32).collect::<Vec<_>>()).unwrap_or_default();
-                items[members[k]].stop.iter().any(|s| text.contains(s.as_str()))
-            };
-            let opts = GenerateOptions { max_new_tokens: budget, eos: eos.clone(), batch_size: self.generate_batch };
-            let generated = greedy(self.model, &prompts, &opts, &mut stop);
-            for (k, g) in generated.iter().enumerate() {
-                out[members[k]] = self.tokenizer.decode(&g.iter().map(|&t| t as u32).collect::<Vec<_>>())?;
+        // lighteval keeps the last (max_length - budget) prompt tokens.
+        let prompts: Vec<Vec<i64>> = items
+            .iter()
+            .map(|g| {
+                let keep = self.max_length.saturating_sub(g.max_new_tokens).max(1);
+                let p = &g.context_ids;
+                if p.is_empty() {
+                    vec![self.tokenizer.eos_id().unwrap_or(0) as i64]
+                } else {
+                    ids(&p[p.len().saturating_sub(keep)..])
+                }
+            })
+            .collect();
+        // One decoding run with the largest budget; each sequence stops at its own budget or
+        // at one of its stop strings.
+        let tok = self.tokenizer;
+        let mut stop = |k: usize, new: &[i64]| -> bool {
+            if new.len() >= items[k].max_new_tokens {
+                return true;
             }
-        }
-        Ok(out)
+            let text = tok.decode(&new.iter().map(|&t| t as u32).collect::<Vec<_>>()).unwrap_or_default();
+            items[k].stop.iter().any(|s| text.contains(s.as_str()))
+        };
+        let budget = items.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
+        let opts = GenerateOptions { max_new_tokens: budget, eos, batch_size: self.generate_batch };
+        greedy(self.model, &prompts, &opts, &mut stop)
+            .iter()
+            .map(|g| self.tokenizer.decode(&g.iter().map(|&t| t as u32).collect::<Vec<_>>()))
+            .collect()
     }
 }
