@@ -212,6 +212,32 @@ fn a_run_resumes_from_its_task_records() {
 }
 
 #[test]
+fn sigterm_stops_between_tasks_with_75_and_the_run_resumes() {
+    let (_, model, data) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = ["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", "piqa,openbookqa,siqa,winogrande,arc,commonsense_qa,boolq,hellaswag", "--limit", "2", "--output", out.to_str().unwrap(), "--device", "cpu"];
+    let mut child = Command::new(tool("os-eval")).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let first = out.join("tasks/piqa.json");
+    let t0 = std::time::Instant::now();
+    while !first.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no task record after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(err.contains("SIGTERM") && err.contains("run again to resume"), "{err}");
+    assert!(!out.join("results.json").exists());
+    let done = std::fs::read_dir(out.join("tasks")).unwrap().count();
+    assert!((1..9).contains(&done), "{done} records");
+    let o = os_eval(&args);
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("({done} from earlier records)")));
+    assert_eq!(read_json(&out.join("results.json"))["tasks"].as_object().unwrap().len(), 9);
+}
+
+#[test]
 fn missing_split_or_column_fails_naming_the_file() {
     let (_, model, _) = fixture();
     let tmp = tempfile::tempdir().unwrap();
