@@ -283,7 +283,7 @@ fn config_mistakes_exit_78_naming_the_option() {
 }
 
 #[test]
-fn every_recipe_resolves_and_several_ranks_are_refused() {
+fn every_recipe_resolves_and_bad_rank_variables_are_refused() {
     for entry in std::fs::read_dir(root().join("recipes")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
@@ -316,8 +316,8 @@ fn every_recipe_resolves_and_several_ranks_are_refused() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(tool("os-train")).args(args(dir.path(), &[])).env("WORLD_SIZE", "2").output().unwrap();
-    assert_eq!(o.status.code(), Some(69));
+    let o = Command::new(tool("os-train")).args(args(dir.path(), &[])).env("RANK", "2").env("WORLD_SIZE", "2").output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "a rank outside the world");
 }
 
 #[test]

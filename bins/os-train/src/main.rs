@@ -1,6 +1,7 @@
 //! os-train: train OpenSeek-Small-v1 (DeepSeek-V3) from a sample store, resuming from the newest
-//! checkpoint in the run directory. Exit 0 when training is done, 75 after a checkpoint on
-//! SIGUSR1/SIGTERM/SIGINT (rerun to resume).
+//! checkpoint in the run directory; one process per device (ranks from `srun` or torchrun-style
+//! variables). Exit 0 when training is done, 75 after a checkpoint on SIGUSR1/SIGTERM/SIGINT to
+//! any rank (rerun to resume).
 
 use clap::Parser;
 use openseek_common::Failure;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 #[command(
     name = "os-train",
     version,
-    about = "Train OpenSeek-Small-v1 (DeepSeek-V3) on one node; resumes from the newest checkpoint in --run-dir",
+    about = "Train OpenSeek-Small-v1 (DeepSeek-V3), one process per device; resumes from the newest checkpoint in --run-dir",
     after_help = "Every config option can also be given as a flag, --name value or --name=value (e.g. --lr 3e-4 \
                   --train-iters 100); flags override the config file. See the README's os-train section."
 )]

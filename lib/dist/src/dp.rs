@@ -188,9 +188,14 @@ impl Zero1 {
         let norm = self.grad_norm(comm)?;
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            let _ = self.grad.g_mul_scalar_(coef);
+            self.scale_grads(coef);
         }
         Ok(norm)
+    }
+
+    /// Multiply this rank's gradient slice by `coef` (clipping with a norm computed by the caller).
+    pub fn scale_grads(&mut self, coef: f64) {
+        let _ = self.grad.g_mul_scalar_(coef);
     }
 
     /// One AdamW step on this rank's slice with learning rate `lr`.

@@ -1,21 +1,25 @@
 //! Training checkpoints under `RUN_DIR/checkpoints/step-NNNNNNN/`: the model as a Hugging Face
 //! directory (config.json, safetensors, generation_config.json; weights in the master dtype, so a
-//! resume is exact), `optimizer.safetensors` (Adam moments) and `trainer_state.json` (step, data
-//! cursor, optimizer step count, skipped steps, seed), written last.
+//! resume is exact), the optimizer state one file per rank (`optim-RRRRR-of-WWWWW.safetensors`:
+//! fp32 master weights and Adam moments of each rank's slice, readable on any world size) and
+//! `trainer_state.json` (step, global data cursor, optimizer step count, skipped steps, seed),
+//! written last.
 //!
-//! A save writes everything into `.tmp-step-NNNNNNN/`, syncs it, renames it into place and then
-//! rewrites the `latest` pointer: a crash at any point leaves the previous checkpoint complete,
-//! and the newest directory holding `trainer_state.json` is what a restart resumes from.
+//! A save writes everything into `.tmp-step-NNNNNNN/` (rank 0 the model and the state, every rank
+//! its optimizer shard; barriers between), syncs it, renames it into place and then rewrites the
+//! `latest` pointer: a crash at any point leaves the previous checkpoint complete, and the newest
+//! directory holding `trainer_state.json` is what a restart resumes from. With several nodes the
+//! run directory must be on a shared file system.
 
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use openseek_common::{AtomicOutputs, Failure};
+use openseek_dist::Comm;
 use openseek_model::DeepseekV3;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const STATE: &str = "trainer_state.json";
-pub const OPTIMIZER: &str = "optimizer.safetensors";
 /// Largest model shard written (bytes).
 const SHARD_BYTES: usize = 4 << 30;
 
@@ -100,19 +104,44 @@ fn fault_during_save(step: u64) {
     }
 }
 
-/// Save step `state.step`; returns its directory. Older checkpoints beyond `keep_last` are removed.
-pub fn save(run_dir: &Path, model: &DeepseekV3, opt: &AdamW, state: &TrainerState, keep_last: Option<usize>) -> Result<PathBuf, Failure> {
+/// Save step `state.step` (every rank calls it); returns its directory. Older checkpoints beyond
+/// `keep_last` are removed. Returns once every rank's part is written and the checkpoint is complete.
+pub fn save(
+    run_dir: &Path,
+    model: &DeepseekV3,
+    opt: &Optimizer,
+    state: &TrainerState,
+    keep_last: Option<usize>,
+    comm: &Comm,
+) -> Result<PathBuf, Failure> {
     let root = root(run_dir);
-    std::fs::create_dir_all(&root).map_err(|e| Failure::io_at(&root, "cannot create", &e))?;
     let name = name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
+    let dest = root.join(&name);
+    let lead = comm.rank() == 0;
+    if lead {
+        std::fs::create_dir_all(&root).map_err(|e| Failure::io_at(&root, "cannot create", &e))?;
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
+        }
+        openseek_model::save(model, &tmp, model.kind(), SHARD_BYTES)?;
+        fault_during_save(state.step);
     }
-    openseek_model::save(model, &tmp, model.kind(), SHARD_BYTES)?;
-    fault_during_save(state.step);
+    comm.store().barrier(&format!("save {name}: model written"))?;
+    opt.save(&tmp)?;
+    comm.store().barrier(&format!("save {name}: optimizer shards written"))?;
+    if lead {
+        finish(run_dir, &tmp, &dest, state, keep_last)?;
+    }
+    comm.store().barrier(&format!("save {name}: complete"))?;
+    Ok(dest)
+}
+
+/// Rank 0, after every rank wrote its part: the trainer state, the rename, `latest`, pruning.
+fn finish(run_dir: &Path, tmp: &Path, dest: &Path, state: &TrainerState, keep_last: Option<usize>) -> Result<(), Failure> {
+    let root = root(run_dir);
+    let name = name(state.step);
     let mut out = AtomicOutputs::new();
-    opt.save(&tmp.join(OPTIMIZER), &mut out)?;
     let state_path = tmp.join(STATE);
     let mut f = out.create(&state_path)?;
     f.write_all(serde_json::to_string_pretty(state).unwrap().as_bytes())
@@ -120,12 +149,11 @@ pub fn save(run_dir: &Path, model: &DeepseekV3, opt: &AdamW, state: &TrainerStat
         .map_err(|e| Failure::io_at(&state_path, "cannot write", &e))?;
     drop(f);
     out.commit()?;
-    sync_dir(&tmp);
-    let dest = root.join(&name);
+    sync_dir(tmp);
     if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(|e| Failure::io_at(&dest, "cannot replace", &e))?;
+        std::fs::remove_dir_all(dest).map_err(|e| Failure::io_at(dest, "cannot replace", &e))?;
     }
-    std::fs::rename(&tmp, &dest).map_err(|e| Failure::io_at(&dest, "cannot rename the checkpoint into place", &e))?;
+    std::fs::rename(tmp, dest).map_err(|e| Failure::io_at(dest, "cannot rename the checkpoint into place", &e))?;
     sync_dir(&root);
     let mut out = AtomicOutputs::new();
     let latest = root.join("latest");
@@ -139,5 +167,5 @@ pub fn save(run_dir: &Path, model: &DeepseekV3, opt: &AdamW, state: &TrainerStat
             std::fs::remove_dir_all(old).map_err(|e| Failure::io_at(old, "cannot remove an old checkpoint", &e))?;
         }
     }
-    Ok(dest)
+    Ok(())
 }

@@ -3,11 +3,15 @@
 //! clipping as `clip_grad_norm_`. On CUDA with fp32 weights the update is PyTorch's fused kernel
 //! (`_fused_adamw_`, through openseek-kernels) and the norms `_foreach_norm`; elsewhere (the CPU
 //! path, pure bf16 weights) the same formulas run as tensor ops, one parameter at a time.
+//! [`Optimizer`] picks it at world size 1 and openseek-dist's ZeRO-1 over several ranks; both
+//! save the same re-shardable optimizer files.
 
 use openseek_common::Failure;
-use openseek_model::safetensors::{self, SafetensorsFile};
-use std::path::Path;
-use tch::{Kind, Tensor};
+use openseek_dist::layout::{FlatLayout, Param as LayoutParam};
+use openseek_dist::reshard::{self, ShardInfo};
+use openseek_dist::{Comm, NamedParam, Zero1};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
 pub struct Param {
     pub name: String,
@@ -62,11 +66,6 @@ impl AdamW {
         } else {
             grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect()
         };
-        Tensor::stack(&norms, 0).norm()
-    }
-
-    pub fn param_norm(&self) -> Tensor {
-        let norms: Vec<Tensor> = self.params.iter().map(|p| p.tensor.detach().to_kind(Kind::Float).norm()).collect();
         Tensor::stack(&norms, 0).norm()
     }
 
@@ -150,35 +149,133 @@ impl AdamW {
         self.steps += 1;
     }
 
-    /// The moments, for a checkpoint (the step count goes into the trainer state).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![];
-        for p in &self.params {
-            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()));
+    /// The flat layout of the parameters at world size 1 (the one [`Zero1`] uses at any world size).
+    fn layout(&self) -> FlatLayout {
+        FlatLayout::new(self.params.iter().map(|p| LayoutParam { name: p.name.clone(), numel: p.tensor.numel(), decay: p.decay }).collect(), 1)
+    }
+
+    /// Write the state as the one shard of a world of one (`optim-00000-of-00001.safetensors`:
+    /// flat fp32 master weights and moments), which [`Zero1::load`] re-shards on any world size.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, Failure> {
+        let flat = |f: &dyn Fn(&Param) -> Tensor| -> Result<Vec<f32>, Failure> {
+            let parts: Vec<Tensor> = self.params.iter().map(|p| f(p).detach().to_kind(Kind::Float).reshape([-1]).to_device(Device::Cpu)).collect();
+            Vec::<f32>::try_from(&Tensor::cat(&parts, 0)).map_err(|e| Failure::software(format!("optimizer state to host: {e}")))
+        };
+        let (m, a, s) = (flat(&|p| p.tensor.shallow_clone())?, flat(&|p| p.exp_avg.shallow_clone())?, flat(&|p| p.exp_avg_sq.shallow_clone())?);
+        let layout = self.layout();
+        let info = ShardInfo { rank: 0, world: 1, offset: 0, total: layout.total(), fingerprint: layout.fingerprint(), step: self.steps };
+        reshard::save_shard(dir, &info, &[("master", &m), ("exp_avg", &a), ("exp_avg_sq", &s)])
+    }
+
+    /// Read the moments and the step count from the shards in `dir`, saved on any world size.
+    pub fn load(&mut self, dir: &Path) -> Result<(), Failure> {
+        let layout = self.layout();
+        let (mut state, steps) = reshard::load_range(dir, 0..layout.total(), &["exp_avg", "exp_avg_sq"], &layout.fingerprint())?;
+        for what in ["exp_avg", "exp_avg_sq"] {
+            let all = Tensor::from_slice(&state.remove(what).unwrap());
+            for (i, p) in self.params.iter_mut().enumerate() {
+                let dst = if what == "exp_avg" { &mut p.exp_avg } else { &mut p.exp_avg_sq };
+                let part = all.narrow(0, layout.offset(i) as i64, p.tensor.numel() as i64).view(dst.size().as_slice());
+                *dst = part.to_device(dst.device());
+            }
         }
-        out
-    }
-
-    pub fn save(&self, path: &Path, out: &mut openseek_common::AtomicOutputs) -> Result<(), Failure> {
-        use std::io::Write;
-        let mut w = std::io::BufWriter::new(out.create(path)?);
-        safetensors::write(&mut w, &self.state())?;
-        w.flush().map_err(|e| Failure::io_at(path, "cannot write", &e))
-    }
-
-    pub fn load(&mut self, path: &Path, steps: u64) -> Result<(), Failure> {
-        let f = SafetensorsFile::open(path)?;
         self.steps = steps;
-        for p in &mut self.params {
-            for (what, dst) in [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)] {
-                let t = f.tensor(&format!("{what}.{}", p.name), Kind::Float)?;
-                if t.size() != dst.size() {
-                    return Err(Failure::data(format!("{}: {what}.{} is {:?}, the model's is {:?}", path.display(), p.name, t.size(), dst.size())));
+        Ok(())
+    }
+}
+
+/// The optimizer of a run: [`AdamW`] with the whole state on one rank, or [`Zero1`] (the state
+/// sharded, gradients reduce-scattered in fp32, parameters all-gathered) over several. Both save
+/// the same re-shardable files, so a run resumes on any number of ranks.
+pub enum Optimizer {
+    Full(AdamW),
+    Sharded { zero: Zero1, leaves: Vec<Tensor> },
+}
+
+impl Optimizer {
+    /// AdamW at world size 1, ZeRO-1 above; `params` are the model's trainable leaves.
+    pub fn new(params: Vec<(String, Tensor)>, comm: &mut Comm, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Optimizer, Failure> {
+        if comm.world() == 1 {
+            return Ok(Optimizer::Full(AdamW::new(params, beta1, beta2, eps, weight_decay)));
+        }
+        let named: Vec<NamedParam> =
+            params.iter().map(|(n, t)| NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n) }).collect();
+        // Ranks that built their weights independently start from rank 0's.
+        Zero1::broadcast_params(&named, comm)?;
+        let leaves = params.into_iter().map(|(_, t)| t).collect();
+        let zero = Zero1::new(named, comm, openseek_dist::AdamW { beta1, beta2, eps, weight_decay })?;
+        Ok(Optimizer::Sharded { zero, leaves })
+    }
+
+    /// The trainable leaves (shallow clones sharing storage and gradients with the model).
+    pub fn leaves(&self) -> Vec<&Tensor> {
+        match self {
+            Optimizer::Full(a) => a.params.iter().map(|p| &p.tensor).collect(),
+            Optimizer::Sharded { leaves, .. } => leaves.iter().collect(),
+        }
+    }
+
+    /// After every micro-batch's backward: average the gradients over ranks (in fp32, each rank
+    /// keeping its slice) and return the global gradient norm.
+    pub fn reduce_grads(&mut self, comm: &mut Comm) -> Result<f64, Failure> {
+        match self {
+            Optimizer::Full(a) => Ok(a.grad_norm().double_value(&[])),
+            Optimizer::Sharded { zero, .. } => {
+                zero.reduce_grads(comm)?;
+                zero.grad_norm(comm)
+            }
+        }
+    }
+
+    /// One update at `lr` with the gradients scaled by `grad_scale`; the sharded optimizer
+    /// all-gathers the updated parameters into every rank's model.
+    pub fn step(&mut self, comm: &mut Comm, lr: f64, grad_scale: f64) -> Result<(), Failure> {
+        match self {
+            Optimizer::Full(a) => a.step(lr, grad_scale),
+            Optimizer::Sharded { zero, .. } => {
+                if grad_scale != 1.0 {
+                    zero.scale_grads(grad_scale);
                 }
-                *dst = t.to_device(dst.device());
+                zero.step(lr);
+                zero.gather_params(comm)?;
             }
         }
         Ok(())
     }
+
+    pub fn steps(&self) -> u64 {
+        match self {
+            Optimizer::Full(a) => a.steps,
+            Optimizer::Sharded { zero, .. } => zero.steps(),
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        match self {
+            Optimizer::Full(a) => a.zero_grad(),
+            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(|t| t.zero_grad()),
+        }
+    }
+
+    pub fn param_norm(&self) -> f64 {
+        let norms: Vec<Tensor> = self.leaves().iter().map(|t| t.detach().to_kind(Kind::Float).norm()).collect();
+        Tensor::stack(&norms, 0).norm().double_value(&[])
+    }
+
+    /// This rank's state file in the checkpoint directory `dir` (every rank calls it).
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, Failure> {
+        match self {
+            Optimizer::Full(a) => a.save(dir),
+            Optimizer::Sharded { zero, .. } => zero.save(dir),
+        }
+    }
+
+    /// The state saved in `dir` on any world size.
+    pub fn load(&mut self, dir: &Path) -> Result<(), Failure> {
+        match self {
+            Optimizer::Full(a) => a.load(dir),
+            Optimizer::Sharded { zero, .. } => zero.load(dir),
+        }
+    }
+
 }

@@ -1,15 +1,22 @@
 //! The training loop: build or resume the model, optimizer and data cursor; per step, gather the
 //! global batch, run forward/backward per micro-batch, check for NaN/inf, clip, update, adjust
 //! the router biases, log, checkpoint; stop cleanly on USR1/TERM (checkpoint, exit 75).
+//!
+//! One process per device (ranks from Slurm or torchrun variables, openseek-dist): each rank reads
+//! its part of every global batch (global batch = ranks x micro-batch x accumulation), gradients
+//! are averaged in fp32 by the ZeRO-1 optimizer, tokens per expert summed before the router bias
+//! update, losses averaged for the log; rank 0 logs and writes the model files, every rank its
+//! optimizer shard; a stop signal seen by any rank stops all at the same step.
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{ModelConfig, OnNan, Precision, TrainConfig};
 use crate::metrics;
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::step::{self, MicroBatch};
 use crate::tensorboard::EventWriter;
 use openseek_common::signals::StopSignal;
 use openseek_common::{AtomicOutputs, ExitCode, Failure};
+use openseek_dist::{Comm, CommOptions, Launch, ReduceOp};
 use openseek_mix::reader::{Cursor, DataLoader, ReaderOptions};
 use openseek_mix::store::SampleStore;
 use openseek_model::model::FeedForward;
@@ -72,6 +79,21 @@ fn build_model(cfg: &TrainConfig, resume: Option<&Path>, kind: Kind, device: Dev
     Ok(DeepseekV3::from_weights(config, w))
 }
 
+/// This rank's device: `device` itself on one rank; with several, `cpu`, or the GPU numbered by
+/// the local rank for `auto` and `cuda`.
+fn rank_device(name: &str, launch: &Launch) -> Result<Device, Failure> {
+    match (launch.world, name) {
+        (1, _) => device_of(name),
+        (_, "cpu") => Ok(Device::Cpu),
+        (_, "auto") => Ok(Comm::device_for(launch)),
+        (_, "cuda") => device_of("cuda").map(|_| Device::Cuda(launch.local_rank)),
+        (_, other) => Err(Failure::config(format!(
+            "device {other}: with {} ranks each rank takes the GPU of its local rank; use device = cuda, auto or cpu",
+            launch.world
+        ))),
+    }
+}
+
 /// Wait for the device, so that wall-clock times measure the work (a no-op on the CPU).
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
@@ -132,19 +154,21 @@ fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
 /// Train as `cfg` says in `run_dir`, resuming from its newest checkpoint. Returns after the last
 /// step; a stop signal returns `TempFail` after a checkpoint.
 pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSignal) -> Result<(), Failure> {
-    for var in ["WORLD_SIZE", "SLURM_NTASKS"] {
-        if let Some(n) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()).filter(|&n| n > 1) {
-            return Err(Failure::new(
-                ExitCode::Unavailable,
-                format!("{var}={n}: os-train trains on one GPU per run; data-parallel training over several ranks is not built yet (launch one task)"),
-            ));
-        }
+    let launch = Launch::from_env()?;
+    let (rank, world) = (launch.rank, launch.world);
+    let lead = rank == 0;
+    if !cfg.global_batch_size.is_multiple_of(cfg.micro_batch_size * world) {
+        return Err(Failure::config(format!(
+            "global_batch_size {} must be a multiple of micro_batch_size {} x {world} ranks",
+            cfg.global_batch_size, cfg.micro_batch_size
+        )));
     }
-    std::fs::create_dir_all(run_dir).map_err(|e| Failure::io_at(run_dir, "cannot create the run directory", &e))?;
+    let accumulation = cfg.global_batch_size / (cfg.micro_batch_size * world);
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
-    let device = device_of(&cfg.device)?;
+    let device = rank_device(&cfg.device, &launch)?;
+    let mut comm = Comm::init(launch, device, CommOptions::default())?;
     let (master, compute) = kinds(cfg.precision);
     let store = SampleStore::open(&cfg.data)?;
     let total_steps = cfg.total_steps();
@@ -160,12 +184,26 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         )));
     }
 
-    checkpoint::clean_temporaries(run_dir)?;
+    if lead {
+        std::fs::create_dir_all(run_dir).map_err(|e| Failure::io_at(run_dir, "cannot create the run directory", &e))?;
+        checkpoint::clean_temporaries(run_dir)?;
+    }
+    comm.store().barrier("run directory ready")?;
     let resume = checkpoint::newest(run_dir);
+    let resume_step = resume.as_ref().map_or(0, |(s, _)| *s + 1);
+    if comm.store().max_u64("resume step", resume_step)? != resume_step {
+        return Err(Failure::io(format!(
+            "{}: {} sees another newest checkpoint than rank 0 does; with several nodes the run directory must be on a shared file system",
+            run_dir.display(),
+            comm.launch().who()
+        )));
+    }
     let mut state = match &resume {
         Some((_, dir)) => {
             let s = checkpoint::read_state(dir)?;
-            eprintln!("os-train: resuming from {} (step {}, {} samples consumed)", dir.display(), s.step, s.consumed_samples);
+            if lead {
+                eprintln!("os-train: resuming from {} (step {}, {} samples consumed)", dir.display(), s.step, s.consumed_samples);
+            }
             s
         }
         None => TrainerState {
@@ -180,21 +218,25 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             git_commit: info.git_commit.clone(),
         },
     };
-    let config_path = run_dir.join("train_config.json");
-    let changed = changed_options(&config_path, cfg);
-    if resume.is_some() && !changed.is_empty() {
-        eprintln!("os-train: warning: options changed since the previous start of this run: {}", changed.join(", "));
+    if lead {
+        let config_path = run_dir.join("train_config.json");
+        let changed = changed_options(&config_path, cfg);
+        if resume.is_some() && !changed.is_empty() {
+            eprintln!("os-train: warning: options changed since the previous start of this run: {}", changed.join(", "));
+        }
+        write_json(
+            &config_path,
+            &json!({
+                "tool": info.tool, "version": info.version, "git_commit": info.git_commit,
+                "provenance": openseek_common::provenance::Provenance::capture(&info.tool, &info.version),
+                "resumed_from": resume.as_ref().map(|(_, d)| d.display().to_string()),
+                "changed_since_previous_start": changed,
+                "world_size": world,
+                "collectives": comm.backend_name(),
+                "config": cfg,
+            }),
+        )?;
     }
-    write_json(
-        &config_path,
-        &json!({
-            "tool": info.tool, "version": info.version, "git_commit": info.git_commit,
-            "provenance": openseek_common::provenance::Provenance::capture(&info.tool, &info.version),
-            "resumed_from": resume.as_ref().map(|(_, d)| d.display().to_string()),
-            "changed_since_previous_start": changed,
-            "config": cfg,
-        }),
-    )?;
     if state.step >= total_steps {
         eprintln!("os-train: the run is complete ({} of {total_steps} steps); nothing to do", state.step);
         return Ok(());
@@ -210,9 +252,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         .filter(|(n, _)| !n.ends_with("e_score_correction_bias"))
         .map(|(n, t)| (n, t.set_requires_grad(true)))
         .collect();
-    let mut opt = AdamW::new(params, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay);
+    let mut opt = Optimizer::new(params, &mut comm, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay)?;
     if let Some((_, dir)) = &resume {
-        opt.load(&dir.join(checkpoint::OPTIMIZER), state.optimizer_steps)?;
+        opt.load(dir)?;
     }
     let schedule = cfg.schedule();
     let aux = AuxCoefficients { seq_aux_loss: cfg.seq_aux_loss_coeff, z_loss: cfg.z_loss_coeff };
@@ -226,22 +268,25 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         pad_token: store.manifest().pad_token,
         ..Default::default()
     };
-    let mut loader = DataLoader::new(&store, options, 0, 1, cfg.micro_batch_size, Cursor { consumed_samples: state.consumed_samples })?;
-    let mut log = open_log(&run_dir.join("log.jsonl"))?;
-    let mut tb = if cfg.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
+    let mut loader = DataLoader::new(&store, options, rank, world, cfg.micro_batch_size, Cursor { consumed_samples: state.consumed_samples })?;
+    let mut log = if lead { Some(open_log(&run_dir.join("log.jsonl"))?) } else { None };
+    let mut tb = if cfg.tensorboard && lead { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
     let moe_layers: Vec<usize> = model.layers.iter().enumerate().filter(|(_, l)| matches!(l.mlp, FeedForward::Moe(_))).map(|(i, _)| i).collect();
-    eprintln!(
-        "os-train: {} parameters, {} steps of {} samples x {} tokens ({} micro-batches of {}), {:?} on {:?}; MFU basis {} TFLOP/s",
-        opt.params.iter().map(|p| p.tensor.numel()).sum::<usize>(),
-        total_steps,
-        gbs,
-        seq,
-        cfg.accumulation(),
-        cfg.micro_batch_size,
-        cfg.precision,
-        device,
-        cfg.peak_tflops
-    );
+    if lead {
+        eprintln!(
+            "os-train: {} parameters, {} steps of {} samples x {} tokens ({world} ranks x {} micro-batches of {}), {:?} on {:?} ({}); MFU basis {} TFLOP/s per device",
+            opt.leaves().iter().map(|t| t.numel()).sum::<usize>(),
+            total_steps,
+            gbs,
+            seq,
+            accumulation,
+            cfg.micro_batch_size,
+            cfg.precision,
+            device,
+            comm.backend_name(),
+            cfg.peak_tflops
+        );
+    }
 
     let mut saved_at = state.step;
     // CPU: the peak resident set; CUDA: the most device memory in use after a step (allocator reserve + context).
@@ -249,9 +294,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
     while state.step < total_steps {
         let started = Instant::now();
         let consumed_before = state.consumed_samples;
-        let mut batches = Vec::with_capacity(cfg.accumulation());
+        let mut batches = Vec::with_capacity(accumulation);
         let mut sample_ids = vec![];
-        for _ in 0..cfg.accumulation() {
+        for _ in 0..accumulation {
             let b = loader.next_batch()?.ok_or_else(|| Failure::software("the store ran out of samples"))?;
             if let Some(&bad) = b.tokens.iter().chain(&b.labels).find(|&&t| t as i64 >= vocab) {
                 return Err(Failure::data(format!(
@@ -263,7 +308,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             sample_ids.extend_from_slice(&b.sample_ids);
             batches.push(b);
         }
-        let tokens_in_loss: f64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as f64).sum::<f64>()).sum();
+        let mut tokens_in_loss = [batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as f64).sum::<f64>()).sum()];
+        comm.all_reduce_f64(&mut tokens_in_loss, ReduceOp::Sum)?;
+        // Each rank's gradient is its tokens' loss over the global count times the world size,
+        // so the average over ranks is the gradient of the global batch's mean loss.
+        let token_denominator = tokens_in_loss[0].max(1.0) / world as f64;
         let data_wait = started.elapsed().as_secs_f64();
 
         let mut lm_loss = Tensor::zeros([], (Kind::Float, device));
@@ -278,7 +327,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 loss_mask: Tensor::from_slice(&b.loss_mask).to_device(device),
                 per_document: cfg.attention_per_document.then(|| step::document_attention(&b.document_starts, seq, device)),
             };
-            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, tokens_in_loss.max(1.0), batches.len());
+            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, token_denominator, batches.len());
             lm_loss += out.lm_loss;
             seq_aux += out.seq_aux_loss;
             z_loss += out.z_loss;
@@ -291,13 +340,21 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             }
         }
         state.consumed_samples = loader.cursor().consumed_samples;
+        if world > 1 && !loads.is_empty() {
+            let sizes: Vec<i64> = loads.iter().map(|l| l.numel() as i64).collect();
+            let mut all = Tensor::cat(&loads, 0);
+            comm.all_reduce(&mut all, ReduceOp::Sum)?;
+            loads = all.split_with_sizes(&sizes, 0);
+        }
+        if fault("nan-grad-at-step", state.step + 1) {
+            let _ = opt.leaves()[0].grad().fill_(f64::NAN);
+        }
+        let grad_norm = opt.reduce_grads(&mut comm)?;
         sync(device);
         let fwd_bwd = started.elapsed().as_secs_f64() - data_wait;
-        if fault("nan-grad-at-step", state.step + 1) {
-            let _ = opt.params[0].tensor.grad().fill_(f64::NAN);
-        }
-        let loss = lm_loss.double_value(&[]);
-        let grad_norm = opt.grad_norm().double_value(&[]);
+        let mut losses = [lm_loss.double_value(&[]), seq_aux.double_value(&[]), z_loss.double_value(&[])];
+        comm.all_reduce_f64(&mut losses, ReduceOp::Avg)?;
+        let [loss, seq_aux, z_loss] = losses;
         let lr = schedule.lr(consumed_before);
         let finite = loss.is_finite() && grad_norm.is_finite();
         if !finite {
@@ -317,8 +374,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             state.skipped_steps += 1;
         } else {
             let scale = if cfg.clip_grad > 0.0 { (cfg.clip_grad / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
-            opt.step(lr, scale);
-            state.optimizer_steps = opt.steps;
+            opt.step(&mut comm, lr, scale)?;
+            state.optimizer_steps = opt.steps();
             if cfg.router_bias_update_rate != 0.0 {
                 let _guard = tch::no_grad_guard();
                 for (&i, load) in moe_layers.iter().zip(&loads) {
@@ -334,7 +391,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         let optimizer_time = started.elapsed().as_secs_f64() - data_wait - fwd_bwd;
         opt.zero_grad();
         state.step += 1;
-        let param_norm = opt.param_norm().double_value(&[]);
+        let param_norm = opt.param_norm();
         let step_time = started.elapsed().as_secs_f64();
 
         // The step's record.
@@ -382,15 +439,15 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             "step": state.step,
             "consumed_samples": state.consumed_samples,
             "loss": loss,
-            "seq_aux_loss": seq_aux.double_value(&[]),
-            "z_loss": z_loss.double_value(&[]),
+            "seq_aux_loss": seq_aux,
+            "z_loss": z_loss,
             "lr": lr,
             "grad_norm": grad_norm,
             "param_norm": param_norm,
             "tokens": tokens,
             "tokens_per_s": tokens_per_s,
             "tflops": tflops,
-            "mfu": tflops / cfg.peak_tflops,
+            "mfu": tflops / (cfg.peak_tflops * world as f64),
             "step_time_s": step_time,
             "data_wait_s": data_wait,
             "fwd_bwd_s": fwd_bwd,
@@ -400,9 +457,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             "sample_ids": if finite { Value::Null } else { json!(sample_ids) },
             "moe": moe,
         });
-        let line = serde_json::to_string(&record).unwrap();
-        println!("{line}");
-        writeln!(log, "{line}").map_err(|e| Failure::io(format!("{}: {e}", run_dir.join("log.jsonl").display())))?;
+        if let Some(log) = &mut log {
+            let line = serde_json::to_string(&record).unwrap();
+            println!("{line}");
+            writeln!(log, "{line}").map_err(|e| Failure::io(format!("{}: {e}", run_dir.join("log.jsonl").display())))?;
+        }
         if let Some(tb) = &mut tb {
             for key in ["loss", "seq_aux_loss", "z_loss", "lr", "grad_norm", "param_norm", "tokens_per_s", "tflops", "mfu", "step_time_s", "data_wait_s", "peak_memory_gib"] {
                 if let Some(v) = record[key].as_f64() {
@@ -414,20 +473,31 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             tb.flush()?;
         }
 
-        let stopping = stop.received();
+        let signal = stop.received();
+        let stopping = comm.stop_agreed(signal.is_some())?;
         let due = cfg.save_interval.is_some_and(|n| state.step % n == 0);
-        if due || (state.step == total_steps && cfg.save_at_end) || stopping.is_some() {
-            let dir = checkpoint::save(run_dir, &model, &opt, &state, cfg.keep_last)?;
+        if due || (state.step == total_steps && cfg.save_at_end) || stopping {
+            let dir = checkpoint::save(run_dir, &model, &opt, &state, cfg.keep_last, &comm)?;
             saved_at = state.step;
-            eprintln!("os-train: saved {}", dir.display());
+            if lead {
+                eprintln!("os-train: saved {}", dir.display());
+            }
         }
-        if let Some(signal) = stopping {
+        if stopping {
+            let by = signal.map_or_else(|| "a signal to another rank".to_string(), |s| s.to_string());
             return Err(Failure::new(
                 ExitCode::TempFail,
-                format!("stopped by {signal} after step {}; checkpoint {} saved; run again to resume", state.step, checkpoint::name(saved_at)),
+                format!(
+                    "{}: stopped by {by} after step {}; checkpoint {} saved; run again to resume",
+                    comm.launch().who(),
+                    state.step,
+                    checkpoint::name(saved_at)
+                ),
             ));
         }
     }
-    eprintln!("os-train: done: {} steps ({} skipped)", state.step, state.skipped_steps);
+    if lead {
+        eprintln!("os-train: done: {} steps ({} skipped)", state.step, state.skipped_steps);
+    }
     Ok(())
 }
