@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod init;
+pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

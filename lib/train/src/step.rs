@@ -1,11 +1,12 @@
 //! One micro-batch forward and backward, layer by layer. Every layer's input is a leaf of its
 //! own graph, so a layer can run its forward without keeping activations (under no_grad) and
-//! recompute them in the backward pass; the LM head and the loss run in chunks of tokens so the
-//! logits of a whole micro-batch never exist at once.
+//! recompute them in the backward pass; the LM head and the loss run in chunks of tokens
+//! (crate::loss).
 
+use crate::loss::{self, HeadLoss};
 use openseek_model::moe::{AuxCoefficients, RoutingStats};
 use openseek_model::DeepseekV3;
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 pub struct MicroBatch {
     /// [B, T] int64.
@@ -110,24 +111,9 @@ pub fn forward_backward(
         profile.mark("forward layer");
     }
 
-    // Final norm, then head + loss chunk by chunk, each chunk's backward right away.
+    // Final norm, then head + loss chunk by chunk with their backward (crate::loss).
     let h = model.norm.forward(&x);
-    let h_leaf = h.detach().set_requires_grad(true);
-    let hidden = h_leaf.view([-1, *h_leaf.size().last().unwrap()]);
-    let n = hidden.size()[0];
-    let mut lm_loss = zero();
-    let (weight, bias) = padded_head(model, h_leaf.kind());
-    let mut start = 0;
-    while start < n {
-        let len = chunk_tokens.min(n - start);
-        let logits = hidden.narrow(0, start, len).linear(&weight, bias.as_ref()).to_kind(Kind::Float);
-        let ce = logits.cross_entropy_loss::<Tensor>(&batch.labels.narrow(0, start, len), None, Reduction::None, -100, 0.0);
-        let loss = (ce * batch.loss_mask.narrow(0, start, len)).sum(Kind::Float) / token_denominator;
-        loss.backward();
-        lm_loss += loss.detach();
-        start += len;
-    }
-    (h * h_leaf.grad()).sum(Kind::Float).backward();
+    let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, chunk_tokens, token_denominator, HeadLoss::from_env());
     profile.mark("head + loss forward/backward");
 
     let mut grad = x.grad();
@@ -152,22 +138,6 @@ pub fn forward_backward(
     profile.mark("embedding backward");
     profile.report();
     MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads }
-}
-
-/// The LM head in the compute dtype with its rows padded to a multiple of 64 (as Megatron pads
-/// the vocabulary): an odd vocabulary (151,851) makes the logits' rows misaligned and the GEMMs
-/// several times slower. The padded logits get a -inf bias, so softmax and loss are unchanged.
-fn padded_head(model: &DeepseekV3, kind: Kind) -> (Tensor, Option<Tensor>) {
-    let w = model.lm_head.as_ref().unwrap_or(&model.embed_tokens).to_kind(kind);
-    let (v, h) = (w.size()[0], w.size()[1]);
-    let padded = (v + 63) / 64 * 64;
-    if padded == v {
-        return (w, None);
-    }
-    let opts = (kind, w.device());
-    let weight = Tensor::cat(&[w, Tensor::zeros([padded - v, h], opts)], 0);
-    let bias = Tensor::cat(&[Tensor::zeros([v], opts), Tensor::full([padded - v], f64::NEG_INFINITY, opts)], 0);
-    (weight, Some(bias))
 }
 
 /// `OPENSEEK_TRAIN_PROFILE=1`: wall time of each phase (device synchronised), printed on stderr.

@@ -1,0 +1,192 @@
+//! The LM head and the cross-entropy loss, forward and backward, chunk by chunk over tokens.
+//! The fused path (the default) builds no autograd graph over the logits: per chunk it computes
+//! the logits in the compute dtype, the log-sum-exp in fp32, the loss, and the logits' gradient
+//! (softmax - one-hot) directly; two GEMMs turn that into the hidden states' gradient and the head
+//! weight's (summed in fp32). Full-vocabulary fp32 logits and their gradient never exist.
+//! `OPENSEEK_TRAIN_LOSS=autograd` selects the autograd path, the reference the tests compare with.
+
+use openseek_model::DeepseekV3;
+use tch::{Kind, Reduction, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadLoss {
+    Fused,
+    Autograd,
+}
+
+impl HeadLoss {
+    /// `OPENSEEK_TRAIN_LOSS`: `autograd`, or `fused` (also when unset).
+    pub fn from_env() -> HeadLoss {
+        match std::env::var("OPENSEEK_TRAIN_LOSS").as_deref() {
+            Ok("autograd") => HeadLoss::Autograd,
+            Ok("fused") | Err(_) => HeadLoss::Fused,
+            Ok(other) => panic!("OPENSEEK_TRAIN_LOSS={other}: expected `fused` or `autograd`"),
+        }
+    }
+}
+
+/// Loss of the final hidden states `h` ([B, T, H], with its autograd graph) and its backward: the
+/// gradients accumulate into the parameters' `.grad` (the head's, or the tied embedding's, added
+/// to what else reaches it). `labels` [B*T] (-100: no loss), `loss_mask` [B*T] fp32; the result
+/// is the detached sum of masked token losses / `denominator`.
+pub fn head_and_loss(
+    model: &DeepseekV3,
+    h: &Tensor,
+    labels: &Tensor,
+    loss_mask: &Tensor,
+    chunk_tokens: i64,
+    denominator: f64,
+    path: HeadLoss,
+) -> Tensor {
+    let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
+    match path {
+        HeadLoss::Fused => fused(head, h, labels, loss_mask, chunk_tokens, denominator),
+        HeadLoss::Autograd => autograd(head, h, labels, loss_mask, chunk_tokens, denominator),
+    }
+}
+
+fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_tokens: i64, denominator: f64) -> Tensor {
+    let kind = h.kind();
+    let width = *h.size().last().unwrap();
+    let hidden = h.detach().view([-1, width]);
+    let n = hidden.size()[0];
+    let device = hidden.device();
+    let (loss, dh, dw) = tch::no_grad(|| {
+        let (weight, bias) = padded_head(head, kind);
+        let vocab = head.size()[0];
+        let valid = labels.ne(-100);
+        let targets = labels.where_scalarother(&valid, 0).unsqueeze(1);
+        let mask = loss_mask * valid.to_kind(Kind::Float);
+        let scale = (&mask / denominator).unsqueeze(1);
+        let mask = mask.to_kind(kind).unsqueeze(1);
+        let minus_one = Tensor::full([chunk_tokens.min(n), 1], -1.0, (kind, device));
+        let mut loss = Tensor::zeros([], (Kind::Float, device));
+        let dh = Tensor::empty([n, width], (kind, device));
+        // Unscaled by the denominator (applied once at the end): sum over tokens of mask * dlogits^T h.
+        let mut dw = Tensor::zeros([vocab, width], (Kind::Float, device));
+        let mut start = 0;
+        while start < n {
+            let len = chunk_tokens.min(n - start);
+            let x = hidden.narrow(0, start, len);
+            let t = targets.narrow(0, start, len);
+            let s = scale.narrow(0, start, len);
+            let logits = x.linear(&weight, bias.as_ref());
+            let picked = logits.log_softmax(-1, Kind::Float).gather(1, &t, false);
+            loss -= (picked * &s).sum(Kind::Float);
+            let mut dlogits = logits.softmax(-1, kind);
+            drop(logits);
+            let _ = dlogits.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
+            dh.narrow(0, start, len).copy_(&(dlogits.mm(&weight) * &s));
+            dw += dlogits.tr().mm(&(&x * mask.narrow(0, start, len))).narrow(0, 0, vocab);
+            start += len;
+        }
+        dw *= 1.0 / denominator;
+        (loss, dh, dw.to_kind(head.kind()))
+    });
+    let objective = (h * dh.view_as(h)).sum(Kind::Float) + head.flatten(0, -1).dot(&dw.flatten(0, -1));
+    objective.backward();
+    loss
+}
+
+fn autograd(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_tokens: i64, denominator: f64) -> Tensor {
+    let h_leaf = h.detach().set_requires_grad(true);
+    let hidden = h_leaf.view([-1, *h_leaf.size().last().unwrap()]);
+    let n = hidden.size()[0];
+    let mut lm_loss = Tensor::zeros([], (Kind::Float, h.device()));
+    let (weight, bias) = padded_head(head, h_leaf.kind());
+    let mut start = 0;
+    while start < n {
+        let len = chunk_tokens.min(n - start);
+        let logits = hidden.narrow(0, start, len).linear(&weight, bias.as_ref()).to_kind(Kind::Float);
+        let ce = logits.cross_entropy_loss::<Tensor>(&labels.narrow(0, start, len), None, Reduction::None, -100, 0.0);
+        let loss = (ce * loss_mask.narrow(0, start, len)).sum(Kind::Float) / denominator;
+        loss.backward();
+        lm_loss += loss.detach();
+        start += len;
+    }
+    (h * h_leaf.grad()).sum(Kind::Float).backward();
+    lm_loss
+}
+
+/// The LM head in the compute dtype with its rows padded to a multiple of 64 (as Megatron pads
+/// the vocabulary): an odd vocabulary (151,851) makes the logits' rows misaligned and the GEMMs
+/// several times slower. The padded logits get a -inf bias, so softmax and loss are unchanged.
+fn padded_head(head: &Tensor, kind: Kind) -> (Tensor, Option<Tensor>) {
+    let w = head.to_kind(kind);
+    let (v, h) = (w.size()[0], w.size()[1]);
+    let padded = (v + 63) / 64 * 64;
+    if padded == v {
+        return (w, None);
+    }
+    let opts = (kind, w.device());
+    let weight = Tensor::cat(&[w, Tensor::zeros([padded - v, h], opts)], 0);
+    let bias = Tensor::cat(&[Tensor::zeros([v], opts), Tensor::full([padded - v], f64::NEG_INFINITY, opts)], 0);
+    (weight, Some(bias))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openseek_model::moe::AuxCoefficients;
+    use openseek_model::{Config, DeepseekV3};
+    use tch::Device;
+
+    fn model(tied: bool) -> DeepseekV3 {
+        let cfg = Config::from_json(serde_json::json!({
+            "model_type": "deepseek_v3", "vocab_size": 150, "hidden_size": 32, "intermediate_size": 48,
+            "moe_intermediate_size": 16, "num_hidden_layers": 2, "first_k_dense_replace": 1,
+            "num_attention_heads": 2, "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
+            "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
+            "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "rope_theta": 10000.0,
+            "tie_word_embeddings": tied
+        }))
+        .unwrap();
+        let w = crate::init::init_weights(&cfg, 0.2, 5, Kind::Float, Device::Cpu);
+        let model = DeepseekV3::from_weights(cfg, w);
+        for (name, t) in model.named_tensors() {
+            if !name.ends_with("e_score_correction_bias") {
+                let _ = t.set_requires_grad(true);
+            }
+        }
+        model
+    }
+
+    /// Loss and every parameter's gradient through embedding, layers, norm and head + loss.
+    fn run(tied: bool, path: HeadLoss) -> (f64, Vec<(String, Tensor)>) {
+        let model = model(tied);
+        tch::manual_seed(11);
+        let (rows, seq) = (3, 10);
+        let ids = Tensor::randint(150, [rows, seq], (Kind::Int64, Device::Cpu));
+        let labels = Tensor::randint(150, [rows * seq], (Kind::Int64, Device::Cpu));
+        let _ = labels.narrow(0, 4, 2).fill_(-100);
+        let mask = Tensor::rand([rows * seq], (Kind::Float, Device::Cpu)).gt(0.3).to_kind(Kind::Float);
+        let (mut x, cos, sin) = model.embed(&ids, None);
+        for layer in &model.layers {
+            x = layer.forward_train(&x, &model.rope, &cos, &sin, None, &AuxCoefficients::default()).0;
+        }
+        let h = model.norm.forward(&x);
+        // Chunks of 7 tokens: the last one is short.
+        let loss = head_and_loss(&model, &h, &labels, &mask, 7, 23.0, path);
+        let grads = model.named_tensors().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad())).collect();
+        (loss.double_value(&[]), grads)
+    }
+
+    #[test]
+    fn fused_loss_and_gradients_equal_autograd_for_tied_and_untied_heads() {
+        for tied in [false, true] {
+            let (fused_loss, fused) = run(tied, HeadLoss::Fused);
+            let (ref_loss, reference) = run(tied, HeadLoss::Autograd);
+            assert!(ref_loss > 1.0, "tied {tied}: loss {ref_loss}");
+            assert!(((fused_loss - ref_loss) / ref_loss).abs() < 1e-5, "tied {tied}: loss {fused_loss} vs {ref_loss}");
+            assert_eq!(fused.len(), reference.len());
+            for ((name, g), (_, r)) in fused.iter().zip(&reference) {
+                assert!(r.defined() && g.defined(), "tied {tied}: {name} has no gradient");
+                let scale = r.abs().max().double_value(&[]);
+                assert!(scale > 0.0, "tied {tied}: {name}'s gradient is zero");
+                let diff = (g - r).abs().max().double_value(&[]);
+                assert!(diff <= 1e-5 * scale, "tied {tied}: {name}: max |diff| {diff:e}, max |grad| {scale:e}");
+            }
+        }
+    }
+
+}
