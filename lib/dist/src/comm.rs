@@ -70,10 +70,11 @@ impl Comm {
         Ok(Comm { launch, device, store, backend })
     }
 
-    /// The GPU of this local rank when CUDA is available, else the CPU.
+    /// The GPU of this local rank when CUDA is available, else the CPU. A task that sees a single
+    /// GPU (bound to it: `srun --gpus-per-task=1`, `CUDA_VISIBLE_DEVICES`) takes that one.
     pub fn device_for(launch: &Launch) -> Device {
         if tch::Cuda::is_available() {
-            Device::Cuda(launch.local_rank)
+            Device::Cuda(if tch::Cuda::device_count() == 1 { 0 } else { launch.local_rank })
         } else {
             Device::Cpu
         }

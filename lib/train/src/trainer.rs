@@ -79,14 +79,14 @@ fn build_model(cfg: &TrainConfig, resume: Option<&Path>, kind: Kind, device: Dev
     Ok(DeepseekV3::from_weights(config, w))
 }
 
-/// This rank's device: `device` itself on one rank; with several, `cpu`, or the GPU numbered by
-/// the local rank for `auto` and `cuda`.
+/// This rank's device: `device` itself on one rank; with several, `cpu`, or for `auto` and `cuda`
+/// the GPU of the local rank (the only one when the task is bound to one GPU).
 fn rank_device(name: &str, launch: &Launch) -> Result<Device, Failure> {
     match (launch.world, name) {
         (1, _) => device_of(name),
         (_, "cpu") => Ok(Device::Cpu),
         (_, "auto") => Ok(Comm::device_for(launch)),
-        (_, "cuda") => device_of("cuda").map(|_| Device::Cuda(launch.local_rank)),
+        (_, "cuda") => device_of("cuda").map(|_| Comm::device_for(launch)),
         (_, other) => Err(Failure::config(format!(
             "device {other}: with {} ranks each rank takes the GPU of its local rank; use device = cuda, auto or cpu",
             launch.world
