@@ -1,7 +1,8 @@
 //! os-train over several CPU processes (torchrun-style variables, collectives through the TCP
 //! store): the same global batch on 1 and 2 ranks gives the same losses, a run stopped by USR1 to
 //! one rank stops every rank at the same step with a checkpoint and exit 75, and a checkpoint
-//! saved on 2 ranks resumes on 1 (and 1 on 2) with the losses of an uninterrupted run.
+//! saved on 2 ranks resumes on 1 (and 1 on 2) with the losses of an uninterrupted run; a global
+//! batch that the ranks cannot share evenly is refused.
 //!
 //! Tolerance: the ranks' gradients are averaged in fp32 and ZeRO-1's update orders the fp32
 //! operations slightly differently from the one-rank AdamW, so values agree to rounding, not bit
@@ -199,4 +200,13 @@ fn a_one_rank_checkpoint_resumes_on_two() {
     assert_close(&log(&dir), reference());
     let last = dir.join(format!("checkpoints/step-{STEPS:07}"));
     assert_eq!(optimizer_shards(&last).len(), 2);
+}
+
+#[test]
+fn a_global_batch_the_ranks_cannot_share_evenly_is_refused() {
+    let dir = scratch().join("three");
+    for (r, o) in finish(start(&dir, 3)).iter().enumerate() {
+        assert_eq!(o.status.code(), Some(78), "rank {r}: {}", stderr(o));
+        assert!(stderr(o).contains("global_batch_size 8 must be a multiple of micro_batch_size 2 x 3 ranks"), "rank {r}: {}", stderr(o));
+    }
 }

@@ -40,13 +40,11 @@ fn main() {
         };
         config::apply_flags(&mut map, &cli.options)?;
         let cfg = TrainConfig::from_map(map)?;
-        let resolved = serde_json::to_string_pretty(&cfg).unwrap();
         if cli.print_config {
-            println!("{resolved}");
+            println!("{}", serde_json::to_string_pretty(&cfg).unwrap());
             return Ok(());
         }
         let run_dir = cli.run_dir.ok_or_else(|| Failure::usage("--run-dir is required"))?;
-        eprintln!("os-train: config\n{resolved}");
         let info = RunInfo {
             tool: "os-train".into(),
             version: env!("CARGO_PKG_VERSION").into(),

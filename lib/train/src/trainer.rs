@@ -164,6 +164,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         )));
     }
     let accumulation = cfg.global_batch_size / (cfg.micro_batch_size * world);
+    if lead {
+        eprintln!("os-train: config\n{}", serde_json::to_string_pretty(cfg).unwrap());
+    }
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
@@ -437,6 +440,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         }
         let record = json!({
             "step": state.step,
+            "world_size": world,
             "consumed_samples": state.consumed_samples,
             "loss": loss,
             "seq_aux_loss": seq_aux,
