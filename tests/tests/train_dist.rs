@@ -2,7 +2,8 @@
 //! store): the same global batch on 1 and 2 ranks gives the same losses, a run stopped by USR1 to
 //! one rank stops every rank at the same step with a checkpoint and exit 75, and a checkpoint
 //! saved on 2 ranks resumes on 1 (and 1 on 2) with the losses of an uninterrupted run; a global
-//! batch that the ranks cannot share evenly is refused.
+//! batch that the ranks cannot share evenly is refused, and so are ranks that see different run
+//! directories.
 //!
 //! Tolerance: the ranks' gradients are averaged in fp32 and ZeRO-1's update orders the fp32
 //! operations slightly differently from the one-rank AdamW, so values agree to rounding, not bit
@@ -54,11 +55,17 @@ fn free_port() -> u16 {
 
 /// Start `world` ranks of os-train on `run_dir` (global batch 8 = world x micro 2 x accumulation).
 fn start(run_dir: &Path, world: usize) -> Vec<Child> {
+    start_in(&vec![run_dir; world])
+}
+
+/// One rank per entry of `run_dirs`, each given its run directory.
+fn start_in(run_dirs: &[&Path]) -> Vec<Child> {
     let port = free_port().to_string();
+    let world = run_dirs.len();
     (0..world)
         .map(|r| {
             let mut c = Command::new(tool("os-train"));
-            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()]);
+            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", run_dirs[r].to_str().unwrap()]);
             c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1"]);
             c.args(["--train-iters", &STEPS.to_string(), "--warmup-iters", "3", "--save-interval", "5", "--tensorboard", "false"]);
             if world > 1 {
@@ -208,5 +215,15 @@ fn a_global_batch_the_ranks_cannot_share_evenly_is_refused() {
     for (r, o) in finish(start(&dir, 3)).iter().enumerate() {
         assert_eq!(o.status.code(), Some(78), "rank {r}: {}", stderr(o));
         assert!(stderr(o).contains("global_batch_size 8 must be a multiple of micro_batch_size 2 x 3 ranks"), "rank {r}: {}", stderr(o));
+    }
+}
+
+#[test]
+fn ranks_that_see_different_checkpoints_stop_together() {
+    reference();
+    let (full, empty) = (scratch().join("reference"), scratch().join("unshared"));
+    for (r, o) in finish(start_in(&[&full, &empty])).iter().enumerate() {
+        assert_eq!(o.status.code(), Some(74), "rank {r}: {}", stderr(o));
+        assert!(stderr(o).contains(r#"different newest checkpoints (["step-0000010", ""] by rank)"#), "rank {r}: {}", stderr(o));
     }
 }

@@ -193,12 +193,13 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
     }
     comm.store().barrier("run directory ready")?;
     let resume = checkpoint::newest(run_dir);
-    let resume_step = resume.as_ref().map_or(0, |(s, _)| *s + 1);
-    if comm.store().max_u64("resume step", resume_step)? != resume_step {
+    let newest: Vec<String> = resume.iter().map(|(s, _)| checkpoint::name(*s)).collect();
+    let seen = comm.store().gather("newest checkpoint", newest.concat().as_bytes())?;
+    if seen.iter().any(|v| *v != seen[0]) {
+        let seen: Vec<String> = seen.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
         return Err(Failure::io(format!(
-            "{}: {} sees another newest checkpoint than rank 0 does; with several nodes the run directory must be on a shared file system",
-            run_dir.display(),
-            comm.launch().who()
+            "{}: the ranks see different newest checkpoints ({seen:?} by rank); with several nodes the run directory must be on a shared file system",
+            run_dir.display()
         )));
     }
     let mut state = match &resume {
