@@ -8,10 +8,12 @@ non-zero correction bias), saves it in bf16 with OpenSeek's tokenizer files, the
      (context + continuation)[:-1], rows sorted by length, padded batches of --batch, log_softmax
      over the whole batch's logits in fp32, the continuation's log-probs summed;
 and prints items/s of each (model loaded, excluding load), the ratio, and how often the predictions
-(argmax of the raw and of the length-normalised scores) agree.
+(argmax of the raw and of the length-normalised scores) agree. With --fp32-limit N both also score the
+first N items of each task in fp32 (transformers: the same bf16 weights upcast; os-eval `--dtype float32`),
+where bf16 rounding no longer decides the predictions.
 
   python hf_eval.py --os-eval BIN --data DIR --tokenizer DIR --tasks LIST --out DIR
-                    [--limit N] [--split validation] [--batch 64] [--device cuda] [--shape full|small]
+                    [--limit N] [--split validation] [--batch 64] [--device cuda] [--shape full|small] [--fp32-limit N]
 
 `--shape small --device cpu` is a smoke test of the script itself (tiny model), not a figure.
 """
@@ -69,6 +71,21 @@ def argmax(xs):
     return max(range(len(xs)), key=lambda k: (xs[k], -k))
 
 
+def agreement(items, ours, theirs):
+    """How often os-eval's and transformers' predictions (acc, acc_norm) agree, and the score differences."""
+    agree = agree_norm = 0
+    deltas = []
+    for it, th in zip(items, theirs):
+        lp = ours[(it["task"], it["doc_index"])]
+        agree += argmax(lp) == argmax(th)
+        nc = it["norm_chars"]
+        agree_norm += argmax([x / n for x, n in zip(lp, nc)]) == argmax([x / n for x, n in zip(th, nc)])
+        deltas.extend(abs(x - y) for x, y in zip(lp, th))
+    n = len(items)
+    return {"agree_acc_pct": round(100 * agree / n, 2), "agree_acc_norm_pct": round(100 * agree_norm / n, 2),
+            "mean_abs_delta_logprob": sum(deltas) / len(deltas), "max_abs_delta_logprob": max(deltas)}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--os-eval", required=True)
@@ -82,6 +99,7 @@ def main():
     p.add_argument("--batch-tokens", default="32768", help="os-eval --batch-tokens; a comma list runs os-eval once per value")
     p.add_argument("--device", default="cuda")
     p.add_argument("--shape", choices=["full", "small"], default="full")
+    p.add_argument("--fp32-limit", type=int, default=0, help="also compare in fp32 on the first N items of each task")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="eval-bench-", dir=os.environ.get("TMPDIR"))
@@ -153,14 +171,7 @@ def main():
         res["hf_s"] = round(time.time() - t0, 3)
 
         assert len(ours) == len(items), (len(ours), len(items))
-        agree = agree_norm = 0
-        deltas = []
-        for it, th in zip(items, theirs):
-            lp = ours[(it["task"], it["doc_index"])]
-            agree += argmax(lp) == argmax(th)
-            nc = it["norm_chars"]
-            agree_norm += argmax([x / n for x, n in zip(lp, nc)]) == argmax([x / n for x, n in zip(th, nc)])
-            deltas.extend(abs(x - y) for x, y in zip(lp, th))
+        res.update(agreement(items, ours, theirs))
         n = len(items)
         res["os_eval_items_per_s"] = round(n / res["os_eval_s"], 1)
         res["hf_items_per_s"] = round(n / res["hf_s"], 1)
@@ -168,11 +179,25 @@ def main():
         for r in runs:
             r["items_per_s"] = round(n / r["model_s"], 1)
             r["speedup"] = round(res["hf_s"] / r["model_s"], 2)
-        res["agree_acc_pct"] = round(100 * agree / n, 2)
-        res["agree_acc_norm_pct"] = round(100 * agree_norm / n, 2)
-        res["mean_abs_delta_logprob"] = sum(deltas) / len(deltas)
-        res["max_abs_delta_logprob"] = max(deltas)
         res["os_eval_table"] = {c["name"]: c["value"] for c in results["table"]["columns"] if c["value"] is not None}
+        with open(os.path.join(a.out, "bench.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+        if a.fp32_limit:
+            # The same weights in fp32 on both sides (TF32 off, PyTorch's default for matmuls).
+            sub = [it for it in items if it["doc_index"] < a.fp32_limit]
+            ev = os.path.join(work, "os-eval-out-fp32")
+            sh([a.os_eval, "run", "--model", model_dir, "--data", a.data, "--tasks", a.tasks, "--split", a.split,
+                "--output", ev, "--device", a.device, "--dtype", "float32", "--batch-tokens", a.batch_tokens.split(",")[-1],
+                "--quiet", "--limit", str(a.fp32_limit)])
+            results = json.load(open(os.path.join(ev, "results.json")))
+            ours32 = {}
+            for t in results["tasks"]:
+                rec = json.load(open(os.path.join(ev, "tasks", t.replace(":", "__") + ".json")))
+                ours32.update(((t, it["doc_index"]), it["logprobs"]) for it in rec["items"])
+            model = model.float()
+            theirs32 = hf_scores(model, sub, a.batch, a.device)
+            res["fp32"] = {"items": len(sub), "os_eval_model_s": round(results["timings"]["model_seconds"], 3)} | agreement(sub, ours32, theirs32)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(a.out, "bench.json"), "w") as f:
