@@ -10,6 +10,9 @@
 //! - [`flash_attention_varlen`]: the varlen flash-attention forward (`at::_flash_attention_forward`
 //!   with cumulative sequence lengths), CUDA only, differentiable through autograd.
 //!
+//! - [`profiler_start`] and [`profiler_stop`]: the Kineto profiler (CPU ops, CUDA kernels) around a
+//!   region, written as a Chrome trace.
+//!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
 
 use std::ffi::{c_char, c_void, CStr};
@@ -50,6 +53,8 @@ extern "C" {
         scale: f64,
         out: *mut Handle,
     ) -> *mut c_char;
+    fn oskern_profiler_start() -> *mut c_char;
+    fn oskern_profiler_stop(path: *const c_char) -> *mut c_char;
     fn free(p: *mut c_void);
 }
 
@@ -211,4 +216,15 @@ pub fn flash_attention_varlen(
     })?;
     let [o, lse, seed, offset] = out.map(|p| unsafe { Tensor::from_ptr(p) });
     Ok(FlashOutput { out: o, logsumexp: lse, philox_seed: seed, philox_offset: offset })
+}
+
+/// Start the Kineto profiler (CPU operators and CUDA kernels), as `torch.profiler.profile` does.
+pub fn profiler_start() -> Result<(), TchError> {
+    check(unsafe { oskern_profiler_start() })
+}
+
+/// Stop the profiler started by [`profiler_start`] and write what it recorded as a Chrome trace.
+pub fn profiler_stop(path: &std::path::Path) -> Result<(), TchError> {
+    let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|e| TchError::FileFormat(format!("{}: {e}", path.display())))?;
+    check(unsafe { oskern_profiler_stop(c.as_ptr()) })
 }

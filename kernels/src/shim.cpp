@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -95,6 +96,22 @@ char *oskern_flash_attention_varlen(Tensor *q, Tensor *k, Tensor *v, Tensor *cu_
     out[2] = new Tensor(std::get<2>(r));
     out[3] = new Tensor(std::get<3>(r));
   })
+}
+
+// The Kineto profiler (CPU ops and CUDA kernels), as torch.profiler records it: start, then stop
+// and write a Chrome trace to `path`.
+char *oskern_profiler_start() {
+  GUARD({
+    using namespace torch::profiler::impl;
+    ProfilerConfig config(ProfilerState::KINETO);
+    std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+  })
+}
+
+char *oskern_profiler_stop(const char *path) {
+  GUARD(torch::autograd::profiler::disableProfiler()->save(path))
 }
 
 }  // extern "C"

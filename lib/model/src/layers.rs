@@ -3,7 +3,16 @@
 //! bf16 (as autocast does) and their gradients come back in fp32; equal dtypes cost nothing.
 
 use crate::model::{take, Weights};
+use std::sync::OnceLock;
 use tch::{Kind, Tensor};
+
+/// The CUDA fast paths (`fused_norm`, `moe_copy`) are on unless named in
+/// `OPENSEEK_DISABLE` (comma-separated), which benchmarks use to measure each one.
+pub(crate) fn enabled(fast_path: &str) -> bool {
+    static OFF: OnceLock<Vec<String>> = OnceLock::new();
+    let off = OFF.get_or_init(|| std::env::var("OPENSEEK_DISABLE").unwrap_or_default().split(',').map(|s| s.trim().to_string()).collect());
+    !off.iter().any(|o| o == fast_path)
+}
 
 pub struct Linear {
     pub weight: Tensor,
@@ -32,9 +41,15 @@ impl RmsNorm {
     pub(crate) fn take(w: &mut Weights, prefix: &str, eps: f64) -> RmsNorm {
         RmsNorm { weight: take(w, &format!("{prefix}.weight")), eps }
     }
-    /// Normalise in fp32, cast back to the input dtype, then scale.
+    /// Normalise in fp32, cast back to the input dtype, then scale. On CUDA in a 16-bit dtype
+    /// ATen's fused kernel does the same in one pass (scaling before the cast, in fp32) and saves
+    /// only the input and the inverse RMS for the backward pass.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if x.device().is_cuda() && kind != Kind::Float && enabled("fused_norm") {
+            let width = *x.size().last().unwrap();
+            return x.rms_norm([width], Some(self.weight.to_kind(kind)), self.eps);
+        }
         let x = x.to_kind(Kind::Float);
         let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let x = x * (variance + self.eps).rsqrt();

@@ -87,19 +87,34 @@ impl Experts {
     }
 
     /// All (token, expert) pairs sorted by expert, each expert's rows one group of
-    /// `_grouped_mm` (offsets = running row counts), results scattered back with index_add.
+    /// `_grouped_mm` (offsets = running row counts), results put back in token order and summed.
+    /// The rows move by `index_copy` (a copy to computed places, whose backward is a gather)
+    /// rather than `index_select`/`index_add` (whose backward or forward adds atomically, slow in
+    /// bf16 on CUDA).
     pub fn forward_grouped(&self, x: &Tensor, weights: &Tensor, idx: &Tensor) -> Tensor {
         let (experts, k) = (self.gate_up_proj.size()[0], idx.size()[1]);
+        let (n, width) = (x.size()[0], x.size()[1]);
         let inter = self.down_proj.size()[2];
+        // order[j]: the (token, slot) pair at row j of the expert-sorted rows; rank = its inverse.
         let (_, order) = idx.view([-1]).sort_stable(true, 0, false);
-        let token = order.floor_divide_scalar(k);
         let offsets = tokens_per_expert(idx, experts).cumsum(0, Kind::Int);
         let kind = x.kind();
-        let h = x.index_select(0, &token).internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
+        if !crate::layers::enabled("moe_copy") {
+            let token = order.floor_divide_scalar(k);
+            let h = x.index_select(0, &token).internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
+            let h = (h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter)).contiguous();
+            let y = h.internal_grouped_mm(&self.down_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
+            let w = weights.view([-1]).index_select(0, &order).unsqueeze(1);
+            return x.zeros_like().index_add(0, &token, &(y * w).to_kind(kind));
+        }
+        let rank = order.argsort(0, false);
+        let pairs = x.unsqueeze(1).expand([n, k, width], false).reshape([n * k, width]);
+        let rows = pairs.empty_like().index_copy(0, &rank, &pairs);
+        let h = rows.internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
         let h = (h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter)).contiguous();
         let y = h.internal_grouped_mm(&self.down_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
-        let w = weights.view([-1]).index_select(0, &order).unsqueeze(1);
-        x.zeros_like().index_add(0, &token, &(y * w).to_kind(x.kind()))
+        let y = y.empty_like().index_copy(0, &order, &y).view([n, k, width]);
+        (y * weights.to_kind(kind).unsqueeze(-1)).sum_dim_intlist(1, false, kind)
     }
 
     /// Experts one after another in id order (transformers' own order).

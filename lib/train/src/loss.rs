@@ -1,7 +1,7 @@
 //! The LM head and the cross-entropy loss, forward and backward, chunk by chunk over tokens.
 //! The fused path (the default) builds no autograd graph over the logits: per chunk it computes
-//! the logits in the compute dtype, the log-sum-exp in fp32, the loss, and the logits' gradient
-//! (softmax - one-hot) directly; two GEMMs turn that into the hidden states' gradient and the head
+//! the logits and their softmax in the compute dtype (fp32 inside the kernel), the loss from the
+//! label's probability, and the logits' gradient (softmax - one-hot) directly; two GEMMs turn that into the hidden states' gradient and the head
 //! weight's (summed in fp32). Full-vocabulary fp32 logits and their gradient never exist.
 //! `OPENSEEK_TRAIN_LOSS=autograd` selects the autograd path, the reference the tests compare with.
 
@@ -63,7 +63,7 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         let dh = Tensor::empty([n, width], (kind, device));
         // Unscaled by the denominator (applied once at the end): sum over tokens of mask * dlogits^T h.
-        let mut dw = Tensor::zeros([vocab, width], (Kind::Float, device));
+        let mut dw = Tensor::zeros([weight.size()[0], width], (Kind::Float, device));
         let mut start = 0;
         while start < n {
             let len = chunk_tokens.min(n - start);
@@ -71,16 +71,18 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
             let t = targets.narrow(0, start, len);
             let s = scale.narrow(0, start, len);
             let logits = x.linear(&weight, bias.as_ref());
-            let picked = logits.log_softmax(-1, Kind::Float).gather(1, &t, false);
-            loss -= (picked * &s).sum(Kind::Float);
             let mut dlogits = logits.softmax(-1, kind);
             drop(logits);
+            // The label's log-probability from the softmax the gradient needs anyway (one pass over
+            // the logits, none in fp32; in bf16 the probability is good to 3 significant digits).
+            let picked = dlogits.gather(1, &t, false).to_kind(Kind::Float).log();
+            loss -= (picked * &s).sum(Kind::Float);
             let _ = dlogits.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
             dh.narrow(0, start, len).copy_(&(dlogits.mm(&weight) * &s));
-            dw += dlogits.tr().mm(&(&x * mask.narrow(0, start, len))).narrow(0, 0, vocab);
+            dw += dlogits.tr().mm(&(&x * mask.narrow(0, start, len)));
             start += len;
         }
-        dw *= 1.0 / denominator;
+        let dw = dw.narrow(0, 0, vocab) * (1.0 / denominator);
         (loss, dh, dw.to_kind(head.kind()))
     });
     let objective = (h * dh.view_as(h)).sum(Kind::Float) + head.flatten(0, -1).dot(&dw.flatten(0, -1));

@@ -75,6 +75,7 @@ pub fn forward_backward(
     micro_batches: usize,
 ) -> MicroOutput {
     let device = model.device();
+    let trace = Trace::start();
     let mut profile = Profile::new(device);
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let aux_scale = 1.0 / micro_batches as f64;
@@ -137,6 +138,7 @@ pub fn forward_backward(
     (x0 * grad).sum(Kind::Float).backward();
     profile.mark("embedding backward");
     profile.report();
+    trace.stop(device);
     MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads }
 }
 
@@ -171,6 +173,31 @@ impl Profile {
         if self.on {
             let parts: Vec<String> = self.phases.iter().map(|(w, ms)| format!("{w} {ms:.1}")).collect();
             eprintln!("os-train: profile (ms): {}", parts.join(", "));
+        }
+    }
+}
+
+/// `OPENSEEK_TRAIN_TRACE=FILE`: the fifth micro-batch's forward and backward (after warm-up) under
+/// the Kineto profiler, written to FILE as a Chrome trace (CPU operators and CUDA kernels).
+struct Trace(Option<std::path::PathBuf>);
+
+impl Trace {
+    fn start() -> Trace {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::var_os("OPENSEEK_TRAIN_TRACE").filter(|_| call == 4).map(std::path::PathBuf::from);
+        if path.is_some() {
+            openseek_kernels::profiler_start().expect("starting the profiler");
+        }
+        Trace(path)
+    }
+    fn stop(&self, device: tch::Device) {
+        if let Some(path) = &self.0 {
+            if let tch::Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+            openseek_kernels::profiler_stop(path).expect("writing the profiler trace");
+            eprintln!("os-train: profiler trace in {}", path.display());
         }
     }
 }
