@@ -5,7 +5,6 @@
 //! share their context: it runs once, its KV cache is copied to each choice, and only the
 //! continuations run after it.
 
-use crate::attention::MlaCache;
 use crate::generate::KvCache;
 use crate::model::DeepseekV3;
 use tch::{Device, Kind, Tensor};
@@ -50,6 +49,23 @@ fn sequence_logprobs(model: &DeepseekV3, hidden: &Tensor, ids: &Tensor, n: usize
         let lp = logits.log_softmax(-1, Kind::Float).gather(1, &targets, false).squeeze_dim(1).to_kind(Kind::Double);
         out.extend(Vec::<f64>::try_from(&lp.to_device(tch::Device::Cpu)).unwrap());
         p += len as usize;
+    }
+    out
+}
+
+/// Log-probs of `targets[i]` given hidden states `hidden[i]` ([M, H] → M values), the head applied
+/// `chunk` rows at a time, returned on the CPU.
+fn gather_logprobs(model: &DeepseekV3, hidden: &Tensor, targets: &Tensor) -> Vec<f64> {
+    let m = hidden.size()[0];
+    let chunk = 2048;
+    let mut out = Vec::with_capacity(m as usize);
+    let mut p = 0;
+    while p < m {
+        let len = chunk.min(m - p);
+        let logits = model.head(&hidden.narrow(0, p, len)).to_kind(Kind::Float);
+        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &targets.narrow(0, p, len).unsqueeze(1), false).squeeze_dim(1);
+        out.extend(Vec::<f64>::try_from(&lp.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap());
+        p += len;
     }
     out
 }
@@ -108,8 +124,7 @@ pub fn loglikelihoods(model: &DeepseekV3, requests: &[Request], max_length: usiz
             let ids = Tensor::from_slice(&flat).view([rows as i64, t as i64]).to_device(device);
             let hidden = model.hidden(&ids);
             let h = hidden.view([(rows * t) as i64, -1]).index_select(0, &Tensor::from_slice(&at).to_device(device));
-            let ident: Vec<usize> = (0..targets.len()).collect();
-            let lp = Vec::<f64>::try_from(&head_logprobs(model, &h, &ident, &targets).to_device(Device::Cpu)).unwrap();
+            let lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device));
             for (i, v) in owner.into_iter().zip(lp) {
                 out[i] += v;
             }
@@ -126,19 +141,11 @@ pub struct ChoiceGroup {
     pub continuations: Vec<Vec<i64>>,
 }
 
-/// A batch stops taking questions once its padded contexts exceed this many times their real
-/// tokens, provided it holds at least [`MIN_BATCH_TOKENS`] tokens (padding is compute thrown away;
-/// very small batches leave the GPU waiting on kernel launches).
-const MAX_PADDING: f64 = 1.25;
-const MIN_BATCH_TOKENS: usize = 4096;
-
 /// Summed continuation log-probs of multiple-choice questions, the shared context computed once:
 /// a batch of contexts runs with a KV cache, the cache rows are copied to each choice, and the
 /// continuations (without their last token) run against it. Equal, up to rounding, to
 /// [`loglikelihoods`] of each (context, continuation). Questions whose context + continuation
 /// exceed `max_length`, or with an empty context or continuation, go through [`loglikelihoods`].
-/// Batches hold questions of similar context length and their choices run in groups of similar
-/// continuation length; the scores stay on the device until the end (one transfer, no host waits).
 pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_length: usize, batch_tokens: usize) -> Vec<Vec<f64>> {
     let mut out: Vec<Vec<f64>> = groups.iter().map(|g| vec![0.0; g.continuations.len()]).collect();
     let fits = |g: &ChoiceGroup| {
@@ -162,91 +169,38 @@ pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_len
     for ((i, c, _), v) in requests.iter().zip(loglikelihoods(model, &plain, max_length, batch_tokens)) {
         out[*i][*c] = v;
     }
-    if shared.is_empty() {
-        return out;
-    }
-    // Each choice's slot in one flat score vector that stays on the device.
-    let mut slot = vec![0usize; groups.len()];
-    let mut total = 0;
-    for &i in &shared {
-        slot[i] = total;
-        total += groups[i].continuations.len();
-    }
-    let device = model.device();
-    let mut scores = Tensor::zeros([total as i64], (Kind::Double, device));
-    // Longest context first; a batch holds questions while its padded contexts plus continuation
-    // tokens stay within batch_tokens and the context padding within MAX_PADDING.
+    // Longest first; a batch holds questions while its padded contexts plus padded continuation
+    // rows stay within batch_tokens tokens.
     let cont_len = |g: &ChoiceGroup| g.continuations.iter().map(Vec::len).max().unwrap_or(0);
-    shared.sort_by_key(|&i| std::cmp::Reverse((groups[i].context.len(), cont_len(&groups[i]))));
+    shared.sort_by_key(|&i| std::cmp::Reverse(groups[i].context.len() + cont_len(&groups[i])));
     tch::no_grad(|| {
         let mut start = 0;
         while start < shared.len() {
-            let t = groups[shared[start]].context.len();
-            let (mut end, mut real, mut conts) = (start, 0, 0);
+            let (t, s) = (groups[shared[start]].context.len(), cont_len(&groups[shared[start]]));
+            let mut end = start;
+            let mut rows = 0;
             while end < shared.len() {
-                let g = &groups[shared[end]];
-                let (r, c) = (real + g.context.len(), conts + g.continuations.iter().map(Vec::len).sum::<usize>());
-                let padded = (end - start + 1) * t;
-                if end > start && (padded + c > batch_tokens || (padded + c > MIN_BATCH_TOKENS && padded as f64 > MAX_PADDING * r as f64)) {
+                let n = groups[shared[end]].continuations.len();
+                let cost = (end - start + 1) * t + (rows + n) * s;
+                if end > start && cost > batch_tokens {
                     break;
                 }
-                (real, conts) = (r, c);
+                rows += n;
                 end += 1;
             }
-            shared_batch(model, groups, &shared[start..end], &slot, &mut scores, batch_tokens);
+            let batch = &shared[start..end];
+            for (i, v) in batch.iter().zip(shared_batch(model, groups, batch)) {
+                out[*i] = v;
+            }
             start = end;
         }
     });
-    let flat = Vec::<f64>::try_from(&scores.to_device(Device::Cpu)).unwrap();
-    for &i in &shared {
-        out[i].copy_from_slice(&flat[slot[i]..slot[i] + groups[i].continuations.len()]);
-    }
     out
 }
 
-/// A host vector on the device without waiting for it: copied through pinned memory,
-/// asynchronously on CUDA.
-fn upload<T: tch::kind::Element>(v: &[T], device: Device) -> Tensor {
-    let t = Tensor::from_slice(v);
-    if device.is_cuda() {
-        t.pin_memory(device).to_device_(device, T::KIND, true, false)
-    } else {
-        t
-    }
-}
-
-/// Log-probs [P] (f64, on the device) of `targets[p]` after hidden state `hidden[row[p]]`
-/// ([M, H]), `row` non-decreasing: the head and its log-softmax (fp32) run once per row, however
-/// many targets read it (the first token of every choice of a question reads one row).
-fn head_logprobs(model: &DeepseekV3, hidden: &Tensor, row: &[usize], targets: &[i64]) -> Tensor {
-    let device = hidden.device();
-    let m = hidden.size()[0] as usize;
-    let chunk = 2048;
-    let mut parts = Vec::new();
-    let (mut p, mut k) = (0, 0);
-    while p < m {
-        let len = chunk.min(m - p);
-        let k_end = k + row[k..].iter().take_while(|&&r| r < p + len).count();
-        if k_end > k {
-            let lp = model.head(&hidden.narrow(0, p as i64, len as i64)).log_softmax(-1, Kind::Float);
-            let vocab = lp.size()[1];
-            let flat: Vec<i64> = row[k..k_end].iter().zip(&targets[k..k_end]).map(|(&r, &t)| (r - p) as i64 * vocab + t).collect();
-            parts.push(lp.view([-1]).index_select(0, &upload(&flat, device)).to_kind(Kind::Double));
-        }
-        (p, k) = (p + len, k_end);
-    }
-    if parts.is_empty() {
-        Tensor::zeros([0], (Kind::Double, device))
-    } else {
-        Tensor::cat(&parts, 0)
-    }
-}
-
-/// One batch of [`choice_loglikelihoods`]: contexts right-padded to T with a KV cache, then the
-/// choices (without their last token), longest first, in groups right-padded to their longest,
-/// each against a copy of its questions' cache rows (at most 4 × `batch_tokens` cached plus new
-/// positions per group). Scores are added at `slot[question] + choice`.
-fn shared_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize], slot: &[usize], scores: &mut Tensor, batch_tokens: usize) {
+/// One batch of [`choice_loglikelihoods`]: contexts right-padded to T, continuations (without
+/// their last token) right-padded to S - 1 after them.
+fn shared_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> Vec<Vec<f64>> {
     let device = model.device();
     let b = batch.len();
     let t = batch.iter().map(|&i| groups[i].context.len()).max().unwrap();
@@ -258,75 +212,66 @@ fn shared_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize], slo
         ids[r * t..r * t + ctx.len()].copy_from_slice(ctx);
         valid[r * t..r * t + ctx.len()].fill(true);
     }
-    let ids = upload(&ids, device).view([b as i64, t as i64]);
-    let valid = upload(&valid, device).view([b as i64, t as i64]);
+    let ids = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(device);
+    let valid = Tensor::from_slice(&valid).view([b as i64, t as i64]).to_device(device);
     let positions = Tensor::arange(t as i64, (Kind::Int64, device)).unsqueeze(0).expand([b as i64, t as i64], false);
     let mut cache = KvCache::new(model, b as i64, (t + s - 1) as i64);
     let hidden = model.hidden_masked(&ids, &positions, &valid, Some(&mut cache));
 
-    // The first continuation token of each choice is predicted at its context's last position.
-    let (mut last, mut row, mut first_targets, mut first_slots, mut choices) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The first continuation token of each choice is predicted at the context's last position.
+    let (mut last, mut first_targets, mut row_of) = (Vec::new(), Vec::new(), Vec::new());
     for (r, &i) in batch.iter().enumerate() {
-        last.push((r * t + groups[i].context.len() - 1) as i64);
         for (c, cont) in groups[i].continuations.iter().enumerate() {
-            row.push(r);
+            last.push((r * t + groups[i].context.len() - 1) as i64);
             first_targets.push(cont[0]);
-            first_slots.push((slot[i] + c) as i64);
-            choices.push((r, c));
+            row_of.push((r, c));
         }
     }
-    let h = hidden.view([(b * t) as i64, -1]).index_select(0, &upload(&last, device));
-    let _ = scores.index_add_(0, &upload(&first_slots, device), &head_logprobs(model, &h, &row, &first_targets));
+    let h = hidden.view([(b * t) as i64, -1]).index_select(0, &Tensor::from_slice(&last).to_device(device));
+    let first = gather_logprobs(model, &h, &Tensor::from_slice(&first_targets).to_device(device));
+    let mut out: Vec<Vec<f64>> = batch.iter().map(|&i| vec![0.0; groups[i].continuations.len()]).collect();
+    for (&(r, c), v) in row_of.iter().zip(&first) {
+        out[r][c] = *v;
+    }
+    if s == 1 {
+        return out;
+    }
 
-    // The rest: choices with more than one token, longest first, in groups of similar length.
-    let cont = |&(r, c): &(usize, usize)| &groups[batch[r]].continuations[c];
-    choices.retain(|k| cont(k).len() > 1);
-    choices.sort_by_key(|k| std::cmp::Reverse(cont(k).len()));
-    let mut start = 0;
-    while start < choices.len() {
-        let sm = cont(&choices[start]).len() - 1;
-        let (mut end, mut real) = (start, 0);
-        while end < choices.len() {
-            let (r, padded) = (real + cont(&choices[end]).len() - 1, (end - start + 1) * sm);
-            if end > start && ((end - start + 1) * (t + sm) > 4 * batch_tokens || (padded > MIN_BATCH_TOKENS && padded as f64 > MAX_PADDING * r as f64)) {
-                break;
-            }
-            real = r;
-            end += 1;
+    // The rest: each choice's row starts from a copy of its question's cache.
+    let n = row_of.len();
+    let sm = s - 1;
+    let rows = Tensor::from_slice(&row_of.iter().map(|&(r, _)| r as i64).collect::<Vec<_>>()).to_device(device);
+    cache.keep_rows(&rows);
+    let ctx_valid = valid.index_select(0, &rows);
+    let (mut cids, mut cvalid, mut cpos) = (vec![0i64; n * sm], vec![false; n * sm], vec![0i64; n * sm]);
+    let (mut at, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, &(r, c)) in row_of.iter().enumerate() {
+        let g = &groups[batch[r]];
+        let cont = &g.continuations[c];
+        for j in 0..sm {
+            cpos[k * sm + j] = (g.context.len() + j) as i64;
         }
-        let part = &choices[start..end];
-        let n = part.len();
-        let (mut cids, mut cvalid, mut cpos) = (vec![0i64; n * sm], vec![false; n * sm], vec![0i64; n * sm]);
-        let (mut at, mut targets, mut slots) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, &(r, c)) in part.iter().enumerate() {
-            let g = &groups[batch[r]];
-            let cont = &g.continuations[c];
-            for j in 0..sm {
-                cpos[k * sm + j] = (g.context.len() + j) as i64;
-            }
-            for j in 0..cont.len() - 1 {
-                cids[k * sm + j] = cont[j];
-                cvalid[k * sm + j] = true;
-                at.push(k * sm + j);
-                targets.push(cont[j + 1]);
-                slots.push((slot[batch[r]] + c) as i64);
-            }
+        for j in 0..cont.len() - 1 {
+            cids[k * sm + j] = cont[j];
+            cvalid[k * sm + j] = true;
+            at.push((k * sm + j) as i64);
+            targets.push(cont[j + 1]);
+            owner.push((r, c));
         }
-        let rows = upload(&part.iter().map(|&(r, _)| r as i64).collect::<Vec<_>>(), device);
-        let mut copy = KvCache {
-            layers: cache.layers.iter().map(|l| MlaCache { latent: l.latent.index_select(0, &rows), k_rot: l.k_rot.index_select(0, &rows), len: l.len }).collect(),
-        };
-        let cids = upload(&cids, device).view([n as i64, sm as i64]);
-        let cvalid = upload(&cvalid, device).view([n as i64, sm as i64]);
-        let cpos = upload(&cpos, device).view([n as i64, sm as i64]);
-        let all_valid = Tensor::cat(&[&valid.index_select(0, &rows), &cvalid], 1);
-        let hidden = model.hidden_masked(&cids, &cpos, &all_valid, Some(&mut copy));
-        // Every scored position is its own head row (no sharing): `row` is the identity.
-        let h = hidden.view([(n * sm) as i64, -1]).index_select(0, &upload(&at.iter().map(|&a| a as i64).collect::<Vec<_>>(), device));
-        let ident: Vec<usize> = (0..at.len()).collect();
-        let _ = scores.index_add_(0, &upload(&slots, device), &head_logprobs(model, &h, &ident, &targets));
-        start = end;
     }
+    let cids = Tensor::from_slice(&cids).view([n as i64, sm as i64]).to_device(device);
+    let cvalid = Tensor::from_slice(&cvalid).view([n as i64, sm as i64]).to_device(device);
+    let cpos = Tensor::from_slice(&cpos).view([n as i64, sm as i64]).to_device(device);
+    let all_valid = Tensor::cat(&[&ctx_valid, &cvalid], 1);
+    let hidden = model.hidden_masked(&cids, &cpos, &all_valid, Some(&mut cache));
+    if !at.is_empty() {
+        let h = hidden.view([(n * sm) as i64, -1]).index_select(0, &Tensor::from_slice(&at).to_device(device));
+        let lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device));
+        for (&(r, c), v) in owner.iter().zip(lp) {
+            out[r][c] += v;
+        }
+    }
+    out
 }
 
 /// Text to token ids.
@@ -422,7 +367,7 @@ mod tests {
             assert_eq!(got[4][0], 0.0);
             assert!(got[0][0] < -1.0);
         }
-        // Many questions of mixed lengths: batches split by padding and by size, choices grouped by length.
+        // Many questions of mixed lengths, in one batch and in several.
         let mut rng = 7u64;
         let mut next = |n: u64| {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
