@@ -25,7 +25,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = openseek_common::exit::parse_args::<Args>();
     run_main("os-demo-data", || {
         let files = synthetic::write_demo_corpus(&args.output.join("corpus"), args.documents, args.seed)?;
         let tokenizer_dir = args.output.join("tokenizer");

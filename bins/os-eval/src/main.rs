@@ -387,7 +387,7 @@ fn run_score(a: ScoreArgs) -> Result<(), Failure> {
 }
 
 fn main() {
-    openseek_common::exit::run_main("os-eval", || match Cli::parse().command {
+    openseek_common::exit::run_main("os-eval", || match openseek_common::exit::parse_args::<Cli>().command {
         Command::Score(a) => run_score(a),
         Command::Run(a) => run_run(a),
         Command::Sweep(a) => run_sweep(a),

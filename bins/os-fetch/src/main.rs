@@ -86,7 +86,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = openseek_common::exit::parse_args::<Args>();
     run_main("os-fetch", || run(args));
 }
 

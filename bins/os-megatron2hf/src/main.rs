@@ -57,7 +57,7 @@ fn parse_size(s: &str) -> Result<u64, Failure> {
 
 fn main() {
     openseek_common::exit::run_main("os-megatron2hf", || {
-        let cli = Cli::parse();
+        let cli = openseek_common::exit::parse_args::<Cli>();
         let opts = Options {
             load: cli.load,
             iteration: cli.iteration,

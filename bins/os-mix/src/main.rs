@@ -83,7 +83,7 @@ struct InspectArgs {
 
 fn main() {
     openseek_common::exit::run_main("os-mix", || {
-        let cli = Cli::parse();
+        let cli = openseek_common::exit::parse_args::<Cli>();
         match cli.command {
             Some(Command::Inspect(a)) => run_inspect(a),
             None => run_build(cli.build),

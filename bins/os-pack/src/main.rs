@@ -55,7 +55,7 @@ struct Cli {
 }
 
 fn main() {
-    openseek_common::exit::run_main("os-pack", || run(Cli::parse()))
+    openseek_common::exit::run_main("os-pack", || run(openseek_common::exit::parse_args::<Cli>()))
 }
 
 /// Write a token stream from stdin as DIR/documents.{bin,idx}; returns the prefix.

@@ -71,14 +71,7 @@ enum Command {
 }
 
 fn main() {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            std::process::exit(ExitCode::Usage as i32)
-        }
-        Err(e) => e.exit(),
-    };
+    let args = openseek_common::exit::parse_args::<Args>();
     run_main("os-shards", || match args.command {
         Command::Info { json, prefixes } => info(&prefixes, json),
         Command::Check { vocab_size, json, prefixes } => check(&prefixes, vocab_size, json),

@@ -151,7 +151,7 @@ fn plan_from_flags(cli: &Cli) -> Result<MergePlan, Failure> {
 
 fn main() {
     openseek_common::exit::run_main("os-soup", || {
-        let cli = Cli::parse();
+        let cli = openseek_common::exit::parse_args::<Cli>();
         let plan = match &cli.config {
             Some(path) => {
                 if !cli.models.is_empty() {

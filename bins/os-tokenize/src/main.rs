@@ -71,7 +71,7 @@ fn default_workers() -> usize {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = openseek_common::exit::parse_args::<Args>();
     run_main("os-tokenize", || {
         let mut resolved = inputs::resolve(&args.inputs)?;
         let shard = match (args.shard_index, args.num_shards) {

@@ -33,7 +33,7 @@ struct Cli {
 
 fn main() {
     openseek_common::exit::run_main("os-train", || {
-        let cli = Cli::parse();
+        let cli = openseek_common::exit::parse_args::<Cli>();
         let mut map = match &cli.config {
             Some(path) => config::read_file(path)?,
             None => serde_json::Map::new(),

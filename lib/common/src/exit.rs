@@ -95,10 +95,15 @@ pub fn run_main(tool: &str, main: impl FnOnce() -> Result<(), Failure>) -> ! {
     }
 }
 
-/// What a tool that is not built yet does: say so and exit 69, never fake output.
-pub fn not_implemented(tool: &str) -> ! {
-    exit_with(
-        tool,
-        &Failure::new(ExitCode::Unavailable, format!("{tool} is not implemented yet; see the README's tool table")),
-    )
+/// Parse the command line: `--help` and `--version` print and exit 0; a bad command line prints
+/// clap's message and exits 64 (EX_USAGE), not clap's own 2.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(ExitCode::Usage as i32)
+        }
+        Err(e) => e.exit(),
+    }
 }

@@ -60,7 +60,7 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = openseek_common::exit::parse_args::<Cli>();
     openseek_common::exit::run_main("os-dist-check", || {
         let timeout = Duration::from_secs(cli.timeout);
         let mut comm = check::setup(cli.cpu, cli.force_nccl, timeout)?;
