@@ -54,10 +54,10 @@ demo: build
 	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --dry-run
 	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --output $(DEMO)/mix
 	$(BIN)/os-mix inspect $(DEMO)/mix --range 0:1 --decode $(DEMO)/tokenizer
-	$(BIN)/os-train --config recipes/train-demo.toml --run-dir $(DEMO)/train > /dev/null
+	$(BIN)/os-train --config recipes/train-demo.toml --run-dir $(DEMO)/train --tokenizer $(DEMO)/tokenizer > /dev/null
 	$(BIN)/os-soup --latest 2 $(DEMO)/train/checkpoints --out $(DEMO)/soup
 	$(BIN)/os-eval demo-tasks --output $(DEMO)/eval-data
-	$(BIN)/os-eval run --model $(DEMO)/soup --tokenizer $(DEMO)/tokenizer --data $(DEMO)/eval-data \
+	$(BIN)/os-eval run --model $(DEMO)/soup --data $(DEMO)/eval-data \
 	  --tasks openbookqa,commonsense_qa,arc:easy,cmmlu:agronomy,triviaqa,gsm8k --output $(DEMO)/eval
 	@echo "demo: outputs in $(DEMO)/ (shards + manifests in $(DEMO)/shards, packed samples in $(DEMO)/packed, the blend in $(DEMO)/mix,"
 	@echo "      the training run in $(DEMO)/train, the soup of its last two checkpoints in $(DEMO)/soup, its evaluation in $(DEMO)/eval)"

@@ -88,7 +88,8 @@ fn reference() -> &'static (PathBuf, Vec<Value>) {
     REF.get_or_init(|| {
         store();
         let dir = scratch().join("reference");
-        let o = train(&dir, &[]);
+        let tokenizer = scratch().join("store/demo/tokenizer");
+        let o = train(&dir, &["--tokenizer", tokenizer.to_str().unwrap()]);
         assert!(o.status.success(), "os-train failed: {}", String::from_utf8_lossy(&o.stderr));
         let l = log(&dir);
         assert_eq!(l.len() as u64, STEPS);
@@ -184,6 +185,10 @@ fn rates_follow_the_schedule_and_the_run_directory_records_everything() {
     let mut ckpts = ckpts;
     ckpts.sort();
     assert_eq!(ckpts, ["latest", "step-0000006", "step-0000009", "step-0000012"]);
+    // Each checkpoint is a whole HF model directory: the tokenizer's files are in it.
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        assert!(dir.join("checkpoints/step-0000012").join(f).is_file(), "{f} missing from the checkpoint");
+    }
     // TensorBoard reads the same values (as f32).
     let tb: Value = serde_json::from_str(&run_python("train_tensorboard.py", &[dir.join("tensorboard").to_str().unwrap()])).unwrap();
     let losses = tb["train/loss"].as_array().unwrap();
@@ -277,6 +282,9 @@ fn config_mistakes_exit_78_naming_the_option() {
     let o = train(dir.path(), &["--lr-shedule", "cosine"]);
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("lr_shedule"));
+    let o = train(dir.path(), &["--tokenizer", "/nonexistent/tokenizer"]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/tokenizer: not a directory"));
     let o = train(dir.path(), &["--train-iters", "1000"]);
     assert_eq!(o.status.code(), Some(78), "more samples than the store holds");
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds 800"));

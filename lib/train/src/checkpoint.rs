@@ -104,11 +104,43 @@ fn fault_during_save(step: u64) {
     }
 }
 
+/// The files of a tokenizer directory that a Hugging Face model directory carries.
+fn is_tokenizer_file(name: &str) -> bool {
+    matches!(
+        name,
+        "tokenizer.json"
+            | "tokenizer_config.json"
+            | "special_tokens_map.json"
+            | "tokenizer.model"
+            | "vocab.json"
+            | "merges.txt"
+            | "added_tokens.json"
+            | "chat_template.jinja"
+    ) || name.ends_with(".tiktoken")
+}
+
+/// Copy the tokenizer files of `from` (when it is a directory) into the checkpoint directory `to`.
+pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<usize, Failure> {
+    let Ok(entries) = std::fs::read_dir(from) else { return Ok(0) };
+    let mut copied = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if entry.path().is_file() && is_tokenizer_file(name) {
+            let dst = to.join(name);
+            std::fs::copy(entry.path(), &dst).map_err(|e| Failure::io_at(&dst, "cannot copy the tokenizer file to", &e))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
 /// Save step `state.step` (every rank calls it); returns its directory. Older checkpoints beyond
 /// `keep_last` are removed. Returns once every rank's part is written and the checkpoint is complete.
 pub fn save(
     run_dir: &Path,
     model: &DeepseekV3,
+    tokenizer: Option<&Path>,
     opt: &Optimizer,
     state: &TrainerState,
     keep_last: Option<usize>,
@@ -125,6 +157,9 @@ pub fn save(
             std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
         }
         openseek_model::save(model, &tmp, model.kind(), SHARD_BYTES)?;
+        if let Some(dir) = tokenizer {
+            copy_tokenizer(dir, &tmp)?;
+        }
         fault_during_save(state.step);
     }
     comm.store().barrier(&format!("save {name}: model written"))?;

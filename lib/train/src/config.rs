@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub model_config: Option<ModelConfig>,
     /// Init std from scratch (default: the model config's initializer_range).
     pub init_std: Option<f64>,
+    /// A tokenizer directory whose files are copied into every checkpoint, so each one is a whole
+    /// Hugging Face model directory (default: `init_from`'s tokenizer files, if any).
+    pub tokenizer: Option<PathBuf>,
     /// The sample store (os-mix / os-pack output directory).
     pub data: PathBuf,
     /// Attention within documents (Megatron --reset-attention-mask + --reset-position-ids): tokens
@@ -199,7 +202,7 @@ pub fn read_file(path: &Path) -> Result<serde_json::Map<String, Value>, Failure>
     };
     // Relative paths in a config file are relative to the file.
     let base = path.parent().unwrap_or(Path::new("."));
-    for key in ["init_from", "data", "model_config"] {
+    for key in ["init_from", "data", "model_config", "tokenizer"] {
         if let Some(Value::String(p)) = map.get(key) {
             let p = Path::new(p);
             if p.is_relative() {

@@ -186,6 +186,12 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             store.len()
         )));
     }
+    if let Some(t) = cfg.tokenizer.as_ref().filter(|t| !t.is_dir()) {
+        return Err(Failure::config(format!(
+            "tokenizer {}: not a directory (give the directory holding tokenizer.json or OpenSeek's tiktoken files)",
+            t.display()
+        )));
+    }
 
     if lead {
         std::fs::create_dir_all(run_dir).map_err(|e| Failure::io_at(run_dir, "cannot create the run directory", &e))?;
@@ -482,7 +488,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         let stopping = comm.stop_agreed(signal.is_some())?;
         let due = cfg.save_interval.is_some_and(|n| state.step % n == 0);
         if due || (state.step == total_steps && cfg.save_at_end) || stopping {
-            let dir = checkpoint::save(run_dir, &model, &opt, &state, cfg.keep_last, &comm)?;
+            let dir = checkpoint::save(run_dir, &model, cfg.tokenizer.as_deref().or(cfg.init_from.as_deref()), &opt, &state, cfg.keep_last, &comm)?;
             saved_at = state.step;
             if lead {
                 eprintln!("os-train: saved {}", dir.display());
