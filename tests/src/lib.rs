@@ -57,3 +57,19 @@ pub fn shared(rel: &str) -> PathBuf {
     );
     path
 }
+
+/// The demo corpus (os-demo-data) tokenized with its own tokenizer and blended into a sample store
+/// of `samples` samples of `seq_len` tokens under `dir/mix`; the tokenizer is in `dir/demo/tokenizer`.
+pub fn demo_store(dir: &Path, seq_len: usize, samples: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    let ok = |o: Output, what: &str| assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    ok(run_tool("os-demo-data", &["--output", &d("demo")]), "os-demo-data");
+    ok(
+        run_tool("os-tokenize", &["--tokenizer", &d("demo/tokenizer"), "--wrap-docs", "--quiet", "--output", &d("shards/part-0"), &d("demo/corpus/part-0.jsonl")]),
+        "os-tokenize",
+    );
+    let (seq_len, samples) = (seq_len.to_string(), samples.to_string());
+    ok(run_tool("os-mix", &["--weights", &format!("1.0 {}", d("shards/part-0")), "--seq-len", &seq_len, "--samples", &samples, "--output", &d("mix")]), "os-mix");
+    dir.join("mix")
+}

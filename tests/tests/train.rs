@@ -4,7 +4,7 @@
 //! or stopped by USR1/TERM resumes to exactly the losses and weights of an uninterrupted run.
 
 use openseek_mix::store::SampleStore;
-use openseek_tests::{root, run_python, run_tool, tool};
+use openseek_tests::{demo_store, root, run_python, run_tool, tool};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,19 +25,7 @@ fn scratch() -> &'static Path {
 /// The demo corpus as a sample store of 128-token samples (built once per test binary).
 fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
-    STORE.get_or_init(|| {
-        let dir = scratch().join("store");
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
-        let ok = |o: Output, what: &str| assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
-        ok(run_tool("os-demo-data", &["--output", &d("demo")]), "os-demo-data");
-        ok(
-            run_tool("os-tokenize", &["--tokenizer", &d("demo/tokenizer"), "--wrap-docs", "--quiet", "--output", &d("shards/part-0"), &d("demo/corpus/part-0.jsonl")]),
-            "os-tokenize",
-        );
-        ok(run_tool("os-mix", &["--weights", &format!("1.0 {}", d("shards/part-0")), "--seq-len", "128", "--samples", "800", "--output", &d("mix")]), "os-mix");
-        dir.join("mix")
-    })
+    STORE.get_or_init(|| demo_store(&scratch().join("store"), 128, 800))
 }
 
 const STEPS: u64 = 12;

@@ -11,7 +11,7 @@
 //! its squares in fp32 and ZeRO-1 in fp64). Allowed over 10 steps: 1e-5 relative on the loss and
 //! the parameter norm, 1e-4 on the gradient norm.
 
-use openseek_tests::{root, run_tool, tool};
+use openseek_tests::{demo_store, root, tool};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -34,19 +34,7 @@ fn scratch() -> &'static Path {
 /// The demo corpus as a store of 64-token samples.
 fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
-    STORE.get_or_init(|| {
-        let dir = scratch().join("store");
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
-        let ok = |o: Output, what: &str| assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
-        ok(run_tool("os-demo-data", &["--output", &d("demo")]), "os-demo-data");
-        ok(
-            run_tool("os-tokenize", &["--tokenizer", &d("demo/tokenizer"), "--wrap-docs", "--quiet", "--output", &d("shards/part-0"), &d("demo/corpus/part-0.jsonl")]),
-            "os-tokenize",
-        );
-        ok(run_tool("os-mix", &["--weights", &format!("1.0 {}", d("shards/part-0")), "--seq-len", "64", "--samples", "200", "--output", &d("mix")]), "os-mix");
-        dir.join("mix")
-    })
+    STORE.get_or_init(|| demo_store(&scratch().join("store"), 64, 200))
 }
 
 fn free_port() -> u16 {

@@ -11,7 +11,7 @@ use openseek_common::{AtomicOutputs, ExitCode, Failure};
 use openseek_eval::run::{self, RunConfig, RunSummary};
 use openseek_eval::{sweep, Harness, Options, Task};
 use openseek_model::score;
-use openseek_model::tch::{Cuda, Device, Kind};
+use openseek_model::tch::{Device, Kind};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -179,24 +179,6 @@ struct ScoreArgs {
     batch_tokens: usize,
 }
 
-fn device_of(name: &str) -> Result<Device, Failure> {
-    let cuda = |i: usize| {
-        if Cuda::is_available() {
-            Ok(Device::Cuda(i))
-        } else {
-            Err(Failure::new(ExitCode::Unavailable, format!("--device {name}: CUDA is not available on this machine")))
-        }
-    };
-    match name {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => cuda(i),
-            None => Err(Failure::usage(format!("--device {other}: expected cpu, cuda, cuda:N or auto"))),
-        },
-    }
-}
 
 fn kind_of(dtype: Option<&str>, device: Device) -> Result<Kind, Failure> {
     match dtype {
@@ -209,7 +191,7 @@ fn kind_of(dtype: Option<&str>, device: Device) -> Result<Kind, Failure> {
 
 /// Load a checkpoint and its tokenizer, and evaluate it into `output`.
 fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs, tasks: &[Task]) -> Result<RunSummary, Failure> {
-    let device = device_of(&a.device)?;
+    let device = openseek_model::parse_device(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
     let t0 = std::time::Instant::now();
     let model_hash = run::model_hash(model_dir)?;
@@ -355,7 +337,7 @@ fn run_requests(a: RequestsArgs) -> Result<(), Failure> {
 }
 
 fn run_score(a: ScoreArgs) -> Result<(), Failure> {
-    let device = device_of(&a.device)?;
+    let device = openseek_model::parse_device(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
     let model = openseek_model::load(&a.model, kind, device)?;
     let vocab = model.config.vocab_size;

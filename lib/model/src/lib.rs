@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod generate;
 pub mod layers;
 pub mod model;
@@ -14,5 +15,6 @@ pub mod score;
 
 pub use checkpoint::{load, save};
 pub use config::Config;
+pub use device::parse_device;
 pub use model::DeepseekV3;
 pub use tch;

@@ -35,24 +35,6 @@ pub struct RunInfo {
     pub git_commit: String,
 }
 
-pub fn device_of(name: &str) -> Result<Device, Failure> {
-    let cuda = |i: usize| {
-        if Cuda::is_available() {
-            Ok(Device::Cuda(i))
-        } else {
-            Err(Failure::new(ExitCode::Unavailable, format!("device {name}: CUDA is not available on this machine")))
-        }
-    };
-    match name {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => cuda(i),
-            None => Err(Failure::config(format!("device {other}: expected cpu, cuda, cuda:N or auto"))),
-        },
-    }
-}
 
 fn kinds(p: Precision) -> (Kind, Kind) {
     match p {
@@ -83,10 +65,10 @@ fn build_model(cfg: &TrainConfig, resume: Option<&Path>, kind: Kind, device: Dev
 /// the GPU of the local rank (the only one when the task is bound to one GPU).
 fn rank_device(name: &str, launch: &Launch) -> Result<Device, Failure> {
     match (launch.world, name) {
-        (1, _) => device_of(name),
+        (1, _) => openseek_model::parse_device(name).map_err(|e| if e.code == ExitCode::Usage { Failure::config(e.message) } else { e }),
         (_, "cpu") => Ok(Device::Cpu),
         (_, "auto") => Ok(Comm::device_for(launch)),
-        (_, "cuda") => device_of("cuda").map(|_| Comm::device_for(launch)),
+        (_, "cuda") => openseek_model::parse_device("cuda").map(|_| Comm::device_for(launch)),
         (_, other) => Err(Failure::config(format!(
             "device {other}: with {} ranks each rank takes the GPU of its local rank; use device = cuda, auto or cpu",
             launch.world

@@ -1,0 +1,40 @@
+//! Device names as the tools take them: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
+
+use openseek_common::{ExitCode, Failure};
+use tch::{Cuda, Device};
+
+/// The device `name` stands for. A name that is none of the four is a usage error; a CUDA device
+/// on a machine without CUDA is "unavailable" (69).
+pub fn parse_device(name: &str) -> Result<Device, Failure> {
+    let cuda = |i: usize| {
+        if Cuda::is_available() {
+            Ok(Device::Cuda(i))
+        } else {
+            Err(Failure::new(ExitCode::Unavailable, format!("device {name}: CUDA is not available on this machine")))
+        }
+    };
+    match name {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => cuda(i),
+            None => Err(Failure::usage(format!("device {other}: expected cpu, cuda, cuda:N or auto"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("gpu").unwrap_err().code, ExitCode::Usage);
+        assert_eq!(parse_device("cuda:x").unwrap_err().code, ExitCode::Usage);
+        if !Cuda::is_available() {
+            assert_eq!(parse_device("cuda:1").unwrap_err().code, ExitCode::Unavailable);
+        }
+    }
+}
