@@ -217,7 +217,7 @@ fn sigterm_stops_between_tasks_with_75_and_the_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let args = ["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", "piqa,openbookqa,siqa,winogrande,arc,commonsense_qa,boolq,hellaswag", "--limit", "2", "--output", out.to_str().unwrap(), "--device", "cpu"];
-    let mut child = Command::new(tool("os-eval")).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = Command::new(tool("os-eval")).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let first = out.join("tasks/piqa.json");
     let t0 = std::time::Instant::now();
     while !first.exists() {
