@@ -1,9 +1,10 @@
 //! os-train over several CPU processes (torchrun-style variables, collectives through the TCP
 //! store): the same global batch on 1 and 2 ranks gives the same losses, a run stopped by USR1 to
 //! one rank stops every rank at the same step with a checkpoint and exit 75, and a checkpoint
-//! saved on 2 ranks resumes on 1 (and 1 on 2) with the losses of an uninterrupted run; a global
-//! batch that the ranks cannot share evenly is refused, and so are ranks that see different run
-//! directories.
+//! saved on 2 ranks resumes on 1 (and 1 on 2) with the losses of an uninterrupted run; gradients
+//! reduced bucket by bucket during the backward pass (`overlap_grad_reduce`, the default) give
+//! bit for bit the steps of gradients reduced after it; a global batch that the ranks cannot
+//! share evenly is refused, and so are ranks that see different run directories.
 //!
 //! Tolerance: the ranks' gradients are averaged in fp32 and ZeRO-1's update orders the fp32
 //! operations slightly differently from the one-rank AdamW, so values agree to rounding, not bit
@@ -43,11 +44,11 @@ fn free_port() -> u16 {
 
 /// Start `world` ranks of os-train on `run_dir` (global batch 8 = world x micro 2 x accumulation).
 fn start(run_dir: &Path, world: usize) -> Vec<Child> {
-    start_in(&vec![run_dir; world])
+    start_in(&vec![run_dir; world], &[])
 }
 
-/// One rank per entry of `run_dirs`, each given its run directory.
-fn start_in(run_dirs: &[&Path]) -> Vec<Child> {
+/// One rank per entry of `run_dirs`, each given its run directory, and the options `extra`.
+fn start_in(run_dirs: &[&Path], extra: &[&str]) -> Vec<Child> {
     let port = free_port().to_string();
     let world = run_dirs.len();
     (0..world)
@@ -56,6 +57,7 @@ fn start_in(run_dirs: &[&Path]) -> Vec<Child> {
             c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", run_dirs[r].to_str().unwrap()]);
             c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1"]);
             c.args(["--train-iters", &STEPS.to_string(), "--warmup-iters", "3", "--save-interval", "5", "--tensorboard", "false"]);
+            c.args(extra);
             if world > 1 {
                 c.env("RANK", r.to_string())
                     .env("WORLD_SIZE", world.to_string())
@@ -77,7 +79,11 @@ fn stderr(o: &Output) -> String {
 }
 
 fn run_ok(run_dir: &Path, world: usize) {
-    for (r, o) in finish(start(run_dir, world)).iter().enumerate() {
+    run_ok_with(run_dir, world, &[])
+}
+
+fn run_ok_with(run_dir: &Path, world: usize, extra: &[&str]) {
+    for (r, o) in finish(start_in(&vec![run_dir; world], extra)).iter().enumerate() {
         assert!(o.status.success(), "rank {r} of {world}: {}", stderr(o));
     }
 }
@@ -128,12 +134,20 @@ fn optimizer_shards(checkpoint: &Path) -> Vec<String> {
     names
 }
 
+/// An uninterrupted run on two ranks (gradients reduced during the backward pass).
+fn two_ranks() -> &'static Vec<Value> {
+    static TWO: OnceLock<Vec<Value>> = OnceLock::new();
+    TWO.get_or_init(|| {
+        run_ok(&scratch().join("two"), 2);
+        log(&scratch().join("two"))
+    })
+}
+
 #[test]
 fn two_ranks_train_like_one_on_the_same_global_batch() {
     let dir = scratch().join("two");
-    run_ok(&dir, 2);
-    let got = log(&dir);
-    assert_close(&got, reference());
+    let got = two_ranks();
+    assert_close(got, reference());
     // The losses move (the comparison is not of constants).
     assert!(got[0]["loss"].as_f64().unwrap() - got[9]["loss"].as_f64().unwrap() > 0.5);
     // One log line per step (rank 0 alone logs), one optimizer shard per rank.
@@ -144,6 +158,24 @@ fn two_ranks_train_like_one_on_the_same_global_batch() {
     assert!(last.join("model-00001-of-00001.safetensors").is_file() && last.join("trainer_state.json").is_file());
     let config: Value = serde_json::from_slice(&std::fs::read(dir.join("train_config.json")).unwrap()).unwrap();
     assert_eq!(config["world_size"], 2);
+    assert_eq!(config["config"]["overlap_grad_reduce"], true);
+}
+
+/// The reductions started layer by layer during the last micro-batch's backward pass are the
+/// reductions after it: every logged number identical.
+#[test]
+fn gradients_reduced_during_or_after_the_backward_pass_give_the_same_steps() {
+    let dir = scratch().join("two-not-overlapped");
+    run_ok_with(&dir, 2, &["--overlap-grad-reduce", "false"]);
+    let (after, during) = (log(&dir), two_ranks());
+    assert_eq!(after.len(), during.len());
+    for (a, d) in after.iter().zip(during) {
+        for key in ["loss", "seq_aux_loss", "grad_norm", "param_norm", "consumed_samples"] {
+            assert_eq!(a[key], d[key], "step {}: {key}", d["step"]);
+        }
+    }
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("train_config.json")).unwrap()).unwrap();
+    assert_eq!(config["config"]["overlap_grad_reduce"], false);
 }
 
 /// Start `world` ranks, send USR1 to rank `target` once the log reaches `step`; all must exit 75
@@ -210,7 +242,7 @@ fn a_global_batch_the_ranks_cannot_share_evenly_is_refused() {
 fn ranks_that_see_different_checkpoints_stop_together() {
     reference();
     let (full, empty) = (scratch().join("reference"), scratch().join("unshared"));
-    for (r, o) in finish(start_in(&[&full, &empty])).iter().enumerate() {
+    for (r, o) in finish(start_in(&[&full, &empty], &[])).iter().enumerate() {
         assert_eq!(o.status.code(), Some(74), "rank {r}: {}", stderr(o));
         assert!(stderr(o).contains(r#"different newest checkpoints (["step-0000010", ""] by rank)"#), "rank {r}: {}", stderr(o));
     }

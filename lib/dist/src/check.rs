@@ -97,8 +97,8 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
     let w = (Tensor::randn([16, 4], (Kind::Float, Device::Cpu)) * 0.1).to_device(dev).set_requires_grad(true);
     let b = Tensor::zeros([4], (Kind::Float, dev)).set_requires_grad(true);
     let params = vec![
-        NamedParam { name: "w".into(), tensor: w.shallow_clone(), decay: true },
-        NamedParam { name: "b".into(), tensor: b.shallow_clone(), decay: false },
+        NamedParam { name: "w".into(), tensor: w.shallow_clone(), decay: true, bucket: 0 },
+        NamedParam { name: "b".into(), tensor: b.shallow_clone(), decay: false, bucket: 1 },
     ];
     Zero1::broadcast_params(&params, comm)?;
     let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
@@ -150,7 +150,7 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
 pub fn bench(comm: &mut Comm, elems: usize, bucket: usize, iters: usize) -> Result<(), Failure> {
     let dev = comm.device();
     let buf = Tensor::ones([elems as i64], (Kind::Float, dev));
-    let buckets = layout::buckets(elems, bucket);
+    let buckets = layout::chunks(elems, bucket);
     let world = comm.world();
     let shard = elems / world;
     let mut out = Tensor::zeros([shard as i64], (Kind::Float, dev));

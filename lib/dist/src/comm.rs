@@ -149,6 +149,27 @@ impl Comm {
 
     /// `input` holds `world` equal parts; rank r's `output` becomes the reduction of part r.
     pub fn reduce_scatter(&mut self, input: &Tensor, output: &mut Tensor, op: ReduceOp) -> Result<(), Failure> {
+        self.reduce_scatter_maybe_overlapped(input, output, op, false)
+    }
+
+    /// [`Comm::reduce_scatter`] overlapped with the computation that follows: on NCCL it runs on
+    /// the communicator's stream after the work queued so far, and the compute stream waits for it
+    /// only at [`Comm::wait`]; `input` and `output` must stay allocated and untouched until then.
+    /// The other backends finish it before returning (the same numbers).
+    pub fn reduce_scatter_overlapped(&mut self, input: &Tensor, output: &mut Tensor, op: ReduceOp) -> Result<(), Failure> {
+        self.reduce_scatter_maybe_overlapped(input, output, op, true)
+    }
+
+    /// The compute stream waits for the overlapped collectives queued so far (NCCL; the other
+    /// backends have nothing in flight).
+    pub fn wait(&mut self) -> Result<(), Failure> {
+        match &mut self.backend {
+            Backend::Nccl(c) => c.wait(),
+            _ => Ok(()),
+        }
+    }
+
+    fn reduce_scatter_maybe_overlapped(&mut self, input: &Tensor, output: &mut Tensor, op: ReduceOp, overlap: bool) -> Result<(), Failure> {
         self.check("reduce_scatter", input)?;
         self.check("reduce_scatter", output)?;
         let n = output.numel();
@@ -168,7 +189,7 @@ impl Comm {
                 output.copy_(&input.view_as(output));
                 Ok(())
             }
-            Backend::Nccl(c) => unsafe { c.reduce_scatter(input.data_ptr(), output.data_ptr(), n, nccl_type(input.kind())?, nccl_op(op)) },
+            Backend::Nccl(c) => unsafe { c.reduce_scatter(input.data_ptr(), output.data_ptr(), n, nccl_type(input.kind())?, nccl_op(op), overlap) },
             Backend::Store => {
                 let parts = store_gather(&self.store, "reduce_scatter", input)?;
                 let r = reduce(&parts, op, self.launch.world);

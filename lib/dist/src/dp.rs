@@ -1,9 +1,10 @@
-//! Data-parallel training helpers on top of [`Comm`]: gradients averaged in fp32 buckets
-//! ([`GradBuckets`], plain data parallelism), and [`Zero1`], the sharded optimizer: gradients
-//! reduce-scattered in fp32 so each rank gets the averaged gradient of its contiguous slice of
-//! the flat parameter vector, AdamW on that slice's fp32 master weights and moments, then the
-//! updated parameters all-gathered into every rank's model. tch has no backward hooks, so the
-//! reductions run after `backward()`, not overlapped with it. World size 1 runs the same code.
+//! ZeRO-1, the sharded optimizer of data parallelism ([`Zero1`]): gradients reduce-scattered in
+//! fp32 bucket by bucket, so each rank gets the averaged gradient of its slice of every bucket
+//! (Megatron's distributed optimizer with `accumulate_allreduce_grads_in_fp32`); AdamW on those
+//! slices' fp32 master weights and moments; then the updated parameters all-gathered into every
+//! rank's model. A bucket's reduction can start as soon as its gradients are complete
+//! ([`Zero1::grads_ready`], called from the backward pass), overlapped on NCCL with the rest of
+//! the backward; [`Zero1::reduce_grads`] starts the others and waits. World size 1 runs the same code.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -12,73 +13,18 @@ use openseek_common::Failure;
 use tch::{Device, Kind, Tensor};
 
 use crate::comm::{Comm, ReduceOp};
-use crate::layout::{self, FlatLayout, Param};
+use crate::layout::{FlatLayout, Param};
 use crate::reshard::{self, ShardInfo};
 
-/// A model parameter handed to the helpers: its name (for checkpoints and error messages), the
-/// tensor (a shallow clone of the model's, sharing storage and gradient) and whether AdamW decays it.
+/// A model parameter handed to [`Zero1`]: its name (for checkpoints and error messages), the
+/// tensor (a shallow clone of the model's, sharing storage and gradient), whether AdamW decays it,
+/// and its bucket key: the point of the backward pass after which its gradient is complete
+/// (neighbouring parameters with the same key share a bucket).
 pub struct NamedParam {
     pub name: String,
     pub tensor: Tensor,
     pub decay: bool,
-}
-
-fn layout_of(params: &[NamedParam], world: usize) -> FlatLayout {
-    FlatLayout::new(params.iter().map(|p| Param { name: p.name.clone(), numel: p.tensor.numel(), decay: p.decay }).collect(), world)
-}
-
-/// Copy the gradients of `params` that fall into `range` of the flat vector into `dst`
-/// (fp32; a parameter without gradient counts as zeros).
-fn gather_grads(layout: &FlatLayout, params: &[NamedParam], range: Range<usize>, dst: &mut Tensor) {
-    tch::no_grad(|| {
-        let _ = dst.zero_();
-        for piece in layout.pieces(range) {
-            let grad = params[piece.param].tensor.grad();
-            if grad.defined() {
-                let src = grad.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64);
-                dst.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64).copy_(&src);
-            }
-        }
-    })
-}
-
-/// Gradients averaged across ranks, bucket by bucket, in fp32 (Megatron's
-/// `accumulate_allreduce_grads_in_fp32`): plain data parallelism, every rank keeps the full
-/// optimizer. The averaged gradients are written back into the parameters' `.grad`.
-pub struct GradBuckets {
-    params: Vec<NamedParam>,
-    layout: FlatLayout,
-    buckets: Vec<Range<usize>>,
-    flat: Tensor,
-}
-
-impl GradBuckets {
-    /// `bucket_elems`: elements per all-reduce (Megatron's default bucket is 40 M).
-    pub fn new(params: Vec<NamedParam>, device: Device, bucket_elems: usize) -> GradBuckets {
-        let layout = layout_of(&params, 1);
-        let buckets = layout::buckets(layout.total(), bucket_elems);
-        let flat = Tensor::zeros([layout.total().max(1) as i64], (Kind::Float, device));
-        GradBuckets { params, layout, buckets, flat }
-    }
-
-    /// Average the gradients over all ranks (call after `backward()`, before clipping).
-    pub fn all_reduce(&mut self, comm: &mut Comm) -> Result<(), Failure> {
-        for b in self.buckets.clone() {
-            let mut bucket = self.flat.narrow(0, b.start as i64, b.len() as i64);
-            gather_grads(&self.layout, &self.params, b.clone(), &mut bucket);
-            comm.all_reduce(&mut bucket, ReduceOp::Avg)?;
-            tch::no_grad(|| {
-                for piece in self.layout.pieces(b.clone()) {
-                    let grad = self.params[piece.param].tensor.grad();
-                    if grad.defined() {
-                        let src = bucket.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64);
-                        grad.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64).copy_(&src);
-                    }
-                }
-            });
-        }
-        Ok(())
-    }
+    pub bucket: usize,
 }
 
 /// AdamW hyper-parameters (torch.optim.AdamW's update, decoupled weight decay).
@@ -90,31 +36,35 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
-/// ZeRO-1: this rank's slice of the fp32 master weights and Adam moments.
+/// ZeRO-1: this rank's slices of the fp32 master weights and Adam moments.
 pub struct Zero1 {
     params: Vec<NamedParam>,
     layout: FlatLayout,
     rank: usize,
     adam: AdamW,
     step: u64,
-    /// Reduce-scatter input: every gradient, fp32, padded.
+    /// Reduce-scatter input: every gradient, fp32, each bucket padded.
     grad_flat: Tensor,
-    /// This rank's averaged gradient slice.
+    /// This rank's slices of the averaged gradient (its shard).
     grad: Tensor,
     master: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// All-gather output, in the parameters' dtype.
-    param_flat: Tensor,
+    /// All-gather output: every rank's shard in rank order, in the parameters' dtype.
+    gathered: Tensor,
     param_kind: Kind,
     decay_ranges: Vec<Range<usize>>,
+    /// The buckets whose reduction started since the last [`Zero1::reduce_grads`].
+    started: Vec<bool>,
 }
 
 impl Zero1 {
-    /// Take this rank's slice of the current parameters as fp32 master weights. Every rank must
+    /// Take this rank's slices of the current parameters as fp32 master weights. Every rank must
     /// start from the same parameters (see [`Zero1::broadcast_params`]).
     pub fn new(params: Vec<NamedParam>, comm: &Comm, adam: AdamW) -> Result<Zero1, Failure> {
-        let layout = layout_of(&params, comm.world());
+        let keys: Vec<usize> = params.iter().map(|p| p.bucket).collect();
+        let described = params.iter().map(|p| Param { name: p.name.clone(), numel: p.tensor.numel(), decay: p.decay }).collect();
+        let layout = FlatLayout::with_buckets(described, &keys, comm.world());
         let device = comm.device();
         let kinds: Vec<Kind> = params.iter().map(|p| p.tensor.kind()).collect();
         let param_kind = if kinds.windows(2).all(|w| w[0] == w[1]) { kinds.first().copied().unwrap_or(Kind::Float) } else { Kind::Float };
@@ -123,23 +73,23 @@ impl Zero1 {
                 return Err(Failure::software(format!("parameter {} is on {:?}, the communicator on {device:?}", p.name, p.tensor.device())));
             }
         }
-        let shard = layout.shard(comm.rank());
         let n = layout.shard_len() as i64;
         let f32s = (Kind::Float, device);
         let master = Tensor::zeros([n], f32s);
         tch::no_grad(|| {
-            for piece in layout.pieces(shard.clone()) {
+            for piece in layout.shard_pieces(comm.rank()) {
                 let src = params[piece.param].tensor.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64);
                 master.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64).copy_(&src);
             }
         });
         Ok(Zero1 {
-            decay_ranges: layout.decay_ranges(shard),
+            decay_ranges: layout.decay_ranges(comm.rank()),
             grad_flat: Tensor::zeros([layout.padded() as i64], f32s),
             grad: Tensor::zeros([n], f32s),
             exp_avg: Tensor::zeros([n], f32s),
             exp_avg_sq: Tensor::zeros([n], f32s),
-            param_flat: Tensor::zeros([layout.padded() as i64], (param_kind, device)),
+            gathered: Tensor::zeros([layout.padded() as i64], (param_kind, device)),
+            started: vec![false; layout.buckets().len()],
             master,
             param_kind,
             rank: comm.rank(),
@@ -169,10 +119,52 @@ impl Zero1 {
         Ok(())
     }
 
-    /// Average the gradients over ranks into this rank's fp32 slice (after `backward()`).
+    /// The gradients of the parameters with bucket key `key` are complete (for this step): start
+    /// averaging their buckets over ranks, overlapped with what the device does next. Every rank
+    /// must call it with the same keys in the same order.
+    pub fn grads_ready(&mut self, key: usize, comm: &mut Comm) -> Result<(), Failure> {
+        for b in 0..self.layout.buckets().len() {
+            if self.layout.buckets()[b].key == key && !self.started[b] {
+                self.start_bucket(b, comm)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy bucket `b`'s gradients into the fp32 buffer (a parameter without gradient counts as
+    /// zeros) and start their reduce-scatter into this rank's slice.
+    fn start_bucket(&mut self, b: usize, comm: &mut Comm) -> Result<(), Failure> {
+        let bucket = &self.layout.buckets()[b];
+        let dst = self.grad_flat.narrow(0, bucket.padded.start as i64, bucket.padded.len() as i64);
+        tch::no_grad(|| {
+            let _ = dst.narrow(0, bucket.flat.len() as i64, (bucket.padded.len() - bucket.flat.len()) as i64).zero_();
+            for piece in self.layout.pieces(bucket.flat.clone()) {
+                let mut part = dst.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64);
+                let grad = self.params[piece.param].tensor.grad();
+                if grad.defined() {
+                    part.copy_(&grad.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64));
+                } else {
+                    let _ = part.zero_();
+                }
+            }
+        });
+        let mine = bucket.in_shard(self.layout.world());
+        let mut out = self.grad.narrow(0, mine.start as i64, mine.len() as i64);
+        comm.reduce_scatter_overlapped(&dst, &mut out, ReduceOp::Avg)?;
+        self.started[b] = true;
+        Ok(())
+    }
+
+    /// Average the gradients over ranks into this rank's fp32 slices (after the backward pass):
+    /// start every bucket [`Zero1::grads_ready`] has not, then wait for all of them.
     pub fn reduce_grads(&mut self, comm: &mut Comm) -> Result<(), Failure> {
-        gather_grads(&self.layout, &self.params, 0..self.layout.padded(), &mut self.grad_flat);
-        comm.reduce_scatter(&self.grad_flat, &mut self.grad, ReduceOp::Avg)
+        for b in 0..self.started.len() {
+            if !self.started[b] {
+                self.start_bucket(b, comm)?;
+            }
+        }
+        self.started.iter_mut().for_each(|s| *s = false);
+        comm.wait()
     }
 
     /// The global gradient norm (all ranks' slices together); a host sync.
@@ -193,12 +185,17 @@ impl Zero1 {
         Ok(norm)
     }
 
-    /// Multiply this rank's gradient slice by `coef` (clipping with a norm computed by the caller).
+    /// Multiply this rank's gradient slices by `coef` (clipping with a norm computed by the caller).
     pub fn scale_grads(&mut self, coef: f64) {
         let _ = self.grad.g_mul_scalar_(coef);
     }
 
-    /// One AdamW step on this rank's slice with learning rate `lr`.
+    /// This rank's averaged gradient slices, fp32, end to end as its shard holds them.
+    pub fn grad_shard(&self) -> &Tensor {
+        &self.grad
+    }
+
+    /// One AdamW step on this rank's slices with learning rate `lr`.
     pub fn step(&mut self, lr: f64) {
         let AdamW { beta1, beta2, eps, weight_decay } = self.adam;
         self.step += 1;
@@ -218,27 +215,41 @@ impl Zero1 {
         });
     }
 
-    /// All-gather the updated slices and copy them into every rank's parameters.
+    /// All-gather every rank's shard and copy the slices into every rank's parameters.
     pub fn gather_params(&mut self, comm: &mut Comm) -> Result<(), Failure> {
         let mine = self.master.to_kind(self.param_kind);
-        comm.all_gather(&mine, &mut self.param_flat)?;
+        comm.all_gather(&mine, &mut self.gathered)?;
+        let (world, shard) = (self.layout.world() as i64, self.layout.shard_len() as i64);
+        let by_rank = self.gathered.view([world, shard]);
         tch::no_grad(|| {
-            for (i, p) in self.params.iter().enumerate() {
-                let src = self.param_flat.narrow(0, self.layout.offset(i) as i64, p.tensor.numel() as i64);
-                p.tensor.shallow_clone().view([-1]).copy_(&src);
+            for b in self.layout.buckets() {
+                let at = b.in_shard(world as usize);
+                // Rank r's slice of the bucket is row r: rows end to end are the padded bucket.
+                let bucket = by_rank.narrow(1, at.start as i64, at.len() as i64).reshape([-1]);
+                for piece in self.layout.pieces(b.flat.clone()) {
+                    let src = bucket.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64);
+                    let p = self.params[piece.param].tensor.shallow_clone();
+                    p.view([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64).copy_(&src);
+                }
             }
         });
         Ok(())
     }
 
-    /// Write this rank's slice (`optim-RRRRR-of-WWWWW.safetensors` in `dir`); every rank calls it.
+    /// `t`'s parts that hold this rank's flat ranges, end to end, on the host.
+    fn owned_values(&self, t: &Tensor) -> Result<Vec<f32>, Failure> {
+        let parts: Vec<Tensor> = self.layout.shard_ranges(self.rank).iter().map(|(at, _)| t.narrow(0, at.start as i64, at.len() as i64)).collect();
+        let joined = if parts.is_empty() { Tensor::zeros([0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&parts, 0).to_device(Device::Cpu) };
+        Vec::<f32>::try_from(&joined).map_err(|e| Failure::software(e.to_string()))
+    }
+
+    /// Write this rank's state (`optim-RRRRR-of-WWWWW.safetensors` in `dir`); every rank calls it.
     pub fn save(&self, dir: &Path) -> Result<PathBuf, Failure> {
-        let host = |t: &Tensor| Vec::<f32>::try_from(&t.to_device(Device::Cpu)).map_err(|e| Failure::software(e.to_string()));
-        let (m, a, s) = (host(&self.master)?, host(&self.exp_avg)?, host(&self.exp_avg_sq)?);
+        let (m, a, s) = (self.owned_values(&self.master)?, self.owned_values(&self.exp_avg)?, self.owned_values(&self.exp_avg_sq)?);
         let info = ShardInfo {
             rank: self.rank,
             world: self.layout.world(),
-            offset: self.layout.shard(self.rank).start,
+            ranges: self.layout.owned(self.rank),
             total: self.layout.total(),
             fingerprint: self.layout.fingerprint(),
             step: self.step,
@@ -246,14 +257,23 @@ impl Zero1 {
         reshard::save_shard(dir, &info, &[("master", &m), ("exp_avg", &a), ("exp_avg_sq", &s)])
     }
 
-    /// Load this rank's slice from shards saved by any world size, then put the master weights
-    /// into the model (call [`Zero1::gather_params`] afterwards, or rely on the same weights
-    /// being loaded from the model checkpoint).
+    /// Load this rank's slices from shards saved by any world size (call [`Zero1::gather_params`]
+    /// afterwards, or rely on the same weights being loaded from the model checkpoint).
     pub fn load(&mut self, dir: &Path) -> Result<(), Failure> {
-        let range = self.layout.shard(self.rank);
-        let (mut state, step) = reshard::load_range(dir, range, &["master", "exp_avg", "exp_avg_sq"], &self.layout.fingerprint())?;
+        let ranges = self.layout.shard_ranges(self.rank);
+        let flat: Vec<Range<usize>> = ranges.iter().map(|(_, f)| f.clone()).collect();
+        let (mut state, step) = reshard::load_ranges(dir, &flat, &["master", "exp_avg", "exp_avg_sq"], &self.layout.fingerprint())?;
         let device = self.master.device();
-        let mut put = |name: &str| Tensor::from_slice(&state.remove(name).unwrap()).to_device(device);
+        let mut put = |name: &str| {
+            let values = Tensor::from_slice(&state.remove(name).unwrap());
+            let local = Tensor::zeros([self.layout.shard_len() as i64], (Kind::Float, Device::Cpu));
+            let mut from = 0;
+            for (at, _) in &ranges {
+                local.narrow(0, at.start as i64, at.len() as i64).copy_(&values.narrow(0, from, at.len() as i64));
+                from += at.len() as i64;
+            }
+            local.to_device(device)
+        };
         self.master = put("master");
         self.exp_avg = put("exp_avg");
         self.exp_avg_sq = put("exp_avg_sq");
@@ -273,7 +293,7 @@ mod tests {
             .iter()
             .zip(decay)
             .enumerate()
-            .map(|(i, (v, &d))| NamedParam { name: format!("p{i}"), tensor: Tensor::from_slice(v).set_requires_grad(true), decay: d })
+            .map(|(i, (v, &d))| NamedParam { name: format!("p{i}"), tensor: Tensor::from_slice(v).set_requires_grad(true), decay: d, bucket: 0 })
             .collect()
     }
 
@@ -319,17 +339,91 @@ mod tests {
         assert_eq!(opt.steps(), 5);
     }
 
+    /// Two ranks on threads (the TCP-store backend): buckets reduced as their keys come ready, in
+    /// backward order, give the same gradient slices as all reduced at the end, and both the exact
+    /// average of the ranks' gradients; after a step every rank's parameters are equal and the
+    /// state saved by the two ranks reloads on one.
     #[test]
-    fn grad_buckets_world_one_keep_gradients_and_handle_missing_ones() {
-        let mut comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
-        let ps = params(&[&[1.0, 2.0, 3.0], &[4.0], &[5.0, 6.0]], &[true, true, true]);
-        let model: Vec<Tensor> = ps.iter().map(|p| p.tensor.shallow_clone()).collect();
-        ((&model[0] * 2.0).sum(Kind::Float) + (&model[2] * &model[2]).sum(Kind::Float)).backward();
-        let mut b = GradBuckets::new(ps, Device::Cpu, 2);
-        b.all_reduce(&mut comm).unwrap();
-        assert_eq!(Vec::<f32>::try_from(&model[0].grad()).unwrap(), [2.0, 2.0, 2.0]);
-        assert!(!model[1].grad().defined());
-        assert_eq!(Vec::<f32>::try_from(&model[2].grad()).unwrap(), [10.0, 12.0]);
+    fn buckets_reduced_early_or_late_give_the_averaged_gradient() {
+        use crate::launch::Source;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().to_path_buf();
+        // Sizes: a 3-element bucket (key 9), a 70 + 5 bucket (key 4), a 2-element one (key 9 again).
+        let sizes = [3usize, 70, 5, 2];
+        let keys = [9usize, 4, 4, 9];
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    let launch = Launch { rank, local_rank: rank, world: 2, master_addr: "127.0.0.1".into(), master_port: port, host: "h".into(), source: Source::Torchrun };
+                    let mut comm = Comm::init(launch, Device::Cpu, CommOptions::default()).unwrap();
+                    let make = || -> Vec<NamedParam> {
+                        sizes
+                            .iter()
+                            .zip(keys)
+                            .enumerate()
+                            .map(|(i, (&n, k))| {
+                                let t = Tensor::arange(n as i64, (Kind::Float, Device::Cpu)) * 0.1 + i as f64;
+                                NamedParam { name: format!("p{i}"), tensor: t.set_requires_grad(true), decay: i != 2, bucket: k }
+                            })
+                            .collect()
+                    };
+                    // Rank r's gradient of parameter i: (r + 1) * (i + 1) * p; parameter 2 has none on rank 0.
+                    let backward = |ts: &[Tensor]| {
+                        for (i, t) in ts.iter().enumerate() {
+                            if !(i == 2 && rank == 0) {
+                                ((t * t).sum(Kind::Float) * (0.5 * ((rank + 1) * (i + 1)) as f64)).backward();
+                            }
+                        }
+                    };
+                    let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+                    let (early, late) = (make(), make());
+                    let (early_model, late_model): (Vec<Tensor>, Vec<Tensor>) =
+                        (early.iter().map(|p| p.tensor.shallow_clone()).collect(), late.iter().map(|p| p.tensor.shallow_clone()).collect());
+                    let (mut a, mut b) = (Zero1::new(early, &comm, adam).unwrap(), Zero1::new(late, &comm, adam).unwrap());
+                    assert_eq!(a.layout().buckets().len(), 3);
+                    backward(&early_model);
+                    backward(&late_model);
+                    a.grads_ready(4, &mut comm).unwrap();
+                    a.grads_ready(9, &mut comm).unwrap();
+                    a.grads_ready(9, &mut comm).unwrap(); // once per step, whatever the calls
+                    a.reduce_grads(&mut comm).unwrap();
+                    b.reduce_grads(&mut comm).unwrap();
+                    let (ga, gb) = (Vec::<f32>::try_from(a.grad_shard()).unwrap(), Vec::<f32>::try_from(b.grad_shard()).unwrap());
+                    assert_eq!(ga, gb);
+                    // The averaged gradient, element by element, from the owned ranges.
+                    let mut expect = vec![0f32; a.layout().shard_len()];
+                    for piece in a.layout().shard_pieces(rank) {
+                        let i = piece.param;
+                        let ranks: f32 = if i == 2 { 2.0 } else { 3.0 };
+                        for (k, e) in piece.in_param.clone().zip(piece.in_range.clone()) {
+                            expect[e] = ranks * (i + 1) as f32 * (k as f32 * 0.1 + i as f32) / 2.0;
+                        }
+                    }
+                    for (g, e) in ga.iter().zip(&expect) {
+                        assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "rank {rank}: {ga:?} vs {expect:?}");
+                    }
+                    a.step(0.01);
+                    a.gather_params(&mut comm).unwrap();
+                    a.save(&state).unwrap();
+                    comm.store().barrier("saved").unwrap();
+                    (early_model.iter().map(|t| Vec::<f32>::try_from(&t.detach()).unwrap()).collect::<Vec<_>>(), a.steps())
+                })
+            })
+            .collect();
+        let got: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(got[0], got[1], "ranks hold the same parameters");
+        assert_ne!(got[0].0[0], vec![0.0, 0.1, 0.2], "parameters moved");
+        // Saved on two ranks (three buckets), loaded on one (one bucket): the same master weights.
+        let comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
+        let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let zeros = sizes.iter().enumerate().map(|(i, &n)| NamedParam { name: format!("p{i}"), tensor: Tensor::zeros([n as i64], (Kind::Float, Device::Cpu)), decay: i != 2, bucket: 0 });
+        let mut one = Zero1::new(zeros.collect(), &comm, adam).unwrap();
+        one.load(&state).unwrap();
+        let master = Vec::<f32>::try_from(&one.master.narrow(0, 0, one.layout().total() as i64)).unwrap();
+        assert_eq!(master, got[0].0.concat());
+        assert_eq!(one.steps(), 1);
     }
 
     #[test]

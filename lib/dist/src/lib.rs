@@ -1,6 +1,7 @@
 //! Data parallelism for os-train: rendezvous from Slurm or torchrun variables, a TCP store,
-//! NCCL collectives on tch tensors (with a watchdog), fp32 gradient buckets, a ZeRO-1 sharded
-//! AdamW and optimizer state that reloads on any number of GPUs.
+//! NCCL collectives on tch tensors (with a watchdog), a ZeRO-1 sharded AdamW whose fp32 gradient
+//! buckets are reduced as the backward pass completes them, and optimizer state that reloads on
+//! any number of GPUs.
 
 pub mod check;
 pub mod comm;
@@ -13,7 +14,7 @@ pub mod reshard;
 pub mod store;
 
 pub use comm::{Comm, CommOptions, ReduceOp};
-pub use dp::{AdamW, GradBuckets, NamedParam, Zero1};
+pub use dp::{AdamW, NamedParam, Zero1};
 
 pub use launch::Launch;
 pub use layout::{FlatLayout, Param};

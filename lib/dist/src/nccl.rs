@@ -1,10 +1,11 @@
 //! NCCL on the GPU: entry points resolved from `libnccl.so.2` (the pip NCCL that libtorch_cuda
 //! already maps; cudarc 0.19's own loader only tries `libnccl.so` and `.so.{13,12,11,10,9,1}`),
 //! typed with cudarc's NCCL 2.28 bindings; CUDA contexts, streams and events through cudarc's
-//! driver API. Collectives run on a dedicated stream ordered both ways against the legacy default
-//! stream (the only stream tch uses) with events; a watchdog thread polls each collective's
-//! completion event and `ncclCommGetAsyncError`, and past the timeout aborts the communicator with
-//! an error naming the rank, the host and the collective.
+//! driver API. Collectives run on a dedicated stream, after the work queued so far on torch's
+//! current stream (an event); the current stream then waits for the collective (an event), or,
+//! for a collective overlapped with computation, only at [`NcclComm::wait`]. A watchdog thread
+//! polls each collective's completion event and `ncclCommGetAsyncError`, and past the timeout
+//! aborts the communicator with an error naming the rank, the host and the collective.
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -150,6 +151,7 @@ pub struct NcclComm {
     api: &'static Api,
     comm: ncclComm_t,
     ctx: CUcontext,
+    device: usize,
     stream: CUstream,
     who: String,
     seq: u64,
@@ -201,7 +203,7 @@ impl NcclComm {
             .name("nccl-watchdog".into())
             .spawn(move || watchdog(api, handles, &w, &name, timeout))
             .map_err(|e| Failure::software(format!("cannot start the NCCL watchdog: {e}")))?;
-        Ok(NcclComm { api, comm, ctx, stream, who, seq: 0, watch, watchdog: Some(watchdog) })
+        Ok(NcclComm { api, comm, ctx, device, stream, who, seq: 0, watch, watchdog: Some(watchdog) })
     }
 
     fn check(&self) -> Result<(), Failure> {
@@ -214,21 +216,33 @@ impl NcclComm {
         }
     }
 
-    /// Run one collective: the NCCL stream waits for the work queued so far on the default
-    /// stream, runs `launch`, and the default stream waits for its completion.
-    fn run(&mut self, what: String, launch: impl FnOnce(&Api, ncclComm_t, CUstream) -> c_int) -> Result<(), Failure> {
+    /// torch's current stream on this device (the stream the model's kernels are queued on).
+    fn compute_stream(&self) -> Result<CUstream, Failure> {
+        let s = openseek_kernels::current_stream(self.device).map_err(|e| Failure::software(format!("{}: the current CUDA stream: {e}", self.who)))?;
+        Ok(s.handle as CUstream)
+    }
+
+    /// `waiter` waits for the work queued so far on `on`.
+    fn order(on: CUstream, waiter: CUstream) -> Result<(), Failure> {
+        let ev = cu::event::create(CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(|e| Failure::software(format!("CUDA event: {e:?}")))?;
+        // Safety: the event and both streams are live; a recorded event may be destroyed at once.
+        unsafe {
+            cuda("event record", cu::event::record(ev, on))?;
+            cuda("stream wait", cu::stream::wait_event(waiter, ev, CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT))?;
+            cuda("event destroy", cu::event::destroy(ev))
+        }
+    }
+
+    /// Run one collective: the NCCL stream waits for the work queued so far on the compute
+    /// stream, runs `launch`, and (unless `overlap`) the compute stream waits for its completion.
+    fn run(&mut self, what: String, overlap: bool, launch: impl FnOnce(&Api, ncclComm_t, CUstream) -> c_int) -> Result<(), Failure> {
         self.check()?;
         self.seq += 1;
         let what = format!("{what} (collective #{})", self.seq);
         cuda("set context", unsafe { cu::ctx::set_current(self.ctx) })?;
-        let ready = cu::event::create(CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(|e| Failure::software(format!("CUDA event: {e:?}")))?;
+        let compute = self.compute_stream()?;
+        Self::order(compute, self.stream)?;
         let done = cu::event::create(CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(|e| Failure::software(format!("CUDA event: {e:?}")))?;
-        // Safety: events and streams are live; the null stream is the legacy default stream.
-        unsafe {
-            cuda("event record", cu::event::record(ready, std::ptr::null_mut()))?;
-            cuda("stream wait", cu::stream::wait_event(self.stream, ready, CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT))?;
-            cuda("event destroy", cu::event::destroy(ready))?;
-        }
         let rc = launch(self.api, self.comm, self.stream);
         if rc != NCCL_SUCCESS && rc != NCCL_IN_PROGRESS {
             let msg = format!("{}: NCCL {what} failed: {}", self.who, error_string(self.api, rc));
@@ -237,7 +251,9 @@ impl NcclComm {
         }
         unsafe {
             cuda("event record", cu::event::record(done, self.stream))?;
-            cuda("stream wait", cu::stream::wait_event(std::ptr::null_mut(), done, CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT))?;
+            if !overlap {
+                cuda("stream wait", cu::stream::wait_event(compute, done, CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT))?;
+            }
         }
         self.watch.inflight.lock().unwrap().push_back(Inflight { done, what, started: Instant::now() });
         self.watch.wake.notify_all();
@@ -247,13 +263,16 @@ impl NcclComm {
     /// # Safety
     /// `send`/`recv` are device buffers of `count` elements of `dtype` on this communicator's GPU.
     pub unsafe fn all_reduce(&mut self, send: *const c_void, recv: *mut c_void, count: usize, dtype: ncclDataType_t, op: ncclRedOp_t) -> Result<(), Failure> {
-        self.run(format!("all_reduce {op:?} of {count} x {dtype:?}"), |api, comm, s| unsafe { (api.all_reduce)(send, recv, count, dtype, op, comm, s) })
+        self.run(format!("all_reduce {op:?} of {count} x {dtype:?}"), false, |api, comm, s| unsafe { (api.all_reduce)(send, recv, count, dtype, op, comm, s) })
     }
 
+    /// With `overlap`, the compute stream does not wait for it (see [`NcclComm::wait`]).
+    ///
     /// # Safety
-    /// `send` holds `world * recv_count` elements, `recv` holds `recv_count`, on this GPU.
-    pub unsafe fn reduce_scatter(&mut self, send: *const c_void, recv: *mut c_void, recv_count: usize, dtype: ncclDataType_t, op: ncclRedOp_t) -> Result<(), Failure> {
-        self.run(format!("reduce_scatter {op:?} of {recv_count} x {dtype:?} per rank"), |api, comm, s| unsafe {
+    /// `send` holds `world * recv_count` elements, `recv` holds `recv_count`, on this GPU; with
+    /// `overlap`, both stay allocated and untouched until [`NcclComm::wait`].
+    pub unsafe fn reduce_scatter(&mut self, send: *const c_void, recv: *mut c_void, recv_count: usize, dtype: ncclDataType_t, op: ncclRedOp_t, overlap: bool) -> Result<(), Failure> {
+        self.run(format!("reduce_scatter {op:?} of {recv_count} x {dtype:?} per rank"), overlap, |api, comm, s| unsafe {
             (api.reduce_scatter)(send, recv, recv_count, dtype, op, comm, s)
         })
     }
@@ -261,24 +280,31 @@ impl NcclComm {
     /// # Safety
     /// `send` holds `send_count` elements, `recv` holds `world * send_count`, on this GPU.
     pub unsafe fn all_gather(&mut self, send: *const c_void, recv: *mut c_void, send_count: usize, dtype: ncclDataType_t) -> Result<(), Failure> {
-        self.run(format!("all_gather of {send_count} x {dtype:?} per rank"), |api, comm, s| unsafe { (api.all_gather)(send, recv, send_count, dtype, comm, s) })
+        self.run(format!("all_gather of {send_count} x {dtype:?} per rank"), false, |api, comm, s| unsafe { (api.all_gather)(send, recv, send_count, dtype, comm, s) })
     }
 
     /// # Safety
     /// `send`/`recv` are device buffers of `count` elements (`send` read on the root only).
     pub unsafe fn broadcast(&mut self, send: *const c_void, recv: *mut c_void, count: usize, dtype: ncclDataType_t, root: usize) -> Result<(), Failure> {
-        self.run(format!("broadcast from rank {root} of {count} x {dtype:?}"), |api, comm, s| unsafe {
+        self.run(format!("broadcast from rank {root} of {count} x {dtype:?}"), false, |api, comm, s| unsafe {
             (api.broadcast)(send, recv, count, dtype, root as c_int, comm, s)
         })
     }
 
-    /// Wait until everything queued on the default stream (collectives included) has finished,
-    /// returning the watchdog's error if a collective failed or timed out meanwhile.
-    pub fn synchronize(&mut self) -> Result<(), Failure> {
+    /// The compute stream waits (on the device; the host goes on) for every collective queued so far.
+    pub fn wait(&mut self) -> Result<(), Failure> {
         self.check()?;
         cuda("set context", unsafe { cu::ctx::set_current(self.ctx) })?;
+        let compute = self.compute_stream()?;
+        Self::order(self.stream, compute)
+    }
+
+    /// Wait until everything queued on the compute stream and every collective has finished,
+    /// returning the watchdog's error if a collective failed or timed out meanwhile.
+    pub fn synchronize(&mut self) -> Result<(), Failure> {
+        self.wait()?;
         let ev = cu::event::create(CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(|e| Failure::software(format!("CUDA event: {e:?}")))?;
-        unsafe { cuda("event record", cu::event::record(ev, std::ptr::null_mut()))? };
+        unsafe { cuda("event record", cu::event::record(ev, self.compute_stream()?))? };
         let result = loop {
             match unsafe { cu::event::query(ev) } {
                 Ok(()) => break Ok(()),

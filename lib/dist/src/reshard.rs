@@ -1,7 +1,8 @@
-//! Sharded optimizer state on disk, loadable on any world size: each rank writes its own slice
+//! Sharded optimizer state on disk, loadable on any world size: each rank writes what it owns
 //! (`optim-RRRRR-of-WWWWW.safetensors`: fp32 1-D tensors such as `master`, `exp_avg`,
-//! `exp_avg_sq`, with the slice's global offset, the flat length and the layout fingerprint in the
-//! metadata); a rank of a different world size reads the overlap of its new slice with every file.
+//! `exp_avg_sq`, holding the rank's flat ranges end to end, with the ranges, the flat length and
+//! the layout fingerprint in the metadata); a rank of another world size (or bucketing) reads the
+//! overlap of the ranges it owns with every file.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -15,9 +16,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 pub struct ShardInfo {
     pub rank: usize,
     pub world: usize,
-    /// Global offset of the slice in the flat vector.
-    pub offset: usize,
-    /// Elements of the flat vector without padding (the slice never extends past it).
+    /// The ranges of the flat vector (no padding) the file holds, in the order stored.
+    pub ranges: Vec<Range<usize>>,
+    /// Elements of the flat vector without padding.
     pub total: usize,
     pub fingerprint: String,
     /// Optimizer steps taken (Adam's bias correction needs it).
@@ -28,28 +29,44 @@ pub fn shard_file_name(rank: usize, world: usize) -> String {
     format!("optim-{rank:05}-of-{world:05}.safetensors")
 }
 
-/// Write this rank's slice. `tensors` are equal-length fp32 slices starting at `info.offset`; the
-/// part past `info.total` (padding) is not stored. Written atomically.
+fn format_ranges(ranges: &[Range<usize>]) -> String {
+    ranges.iter().map(|r| format!("{}-{}", r.start, r.end)).collect::<Vec<_>>().join(",")
+}
+
+fn parse_ranges(text: &str) -> Option<Vec<Range<usize>>> {
+    if text.is_empty() {
+        return Some(vec![]);
+    }
+    text.split(',')
+        .map(|part| {
+            let (a, b) = part.split_once('-')?;
+            let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some(a..b)
+        })
+        .collect()
+}
+
+/// Write this rank's state. `tensors` hold `info.ranges` end to end (equal lengths). Written
+/// atomically.
 pub fn save_shard(dir: &Path, info: &ShardInfo, tensors: &[(&str, &[f32])]) -> Result<PathBuf, Failure> {
     let path = dir.join(shard_file_name(info.rank, info.world));
-    let len = tensors.first().map_or(0, |(_, t)| t.len());
-    let keep = len.min(info.total.saturating_sub(info.offset));
+    let len: usize = info.ranges.iter().map(|r| r.len()).sum();
+    assert!(info.ranges.iter().all(|r| r.end <= info.total), "optimizer ranges past the flat vector");
     let views = tensors
         .iter()
         .map(|(name, data)| {
-            assert_eq!(data.len(), len, "optimizer slices of different lengths");
-            let bytes = f32_bytes(&data[..keep]);
-            (name.to_string(), TensorView::new(Dtype::F32, vec![keep], bytes).expect("shape matches the data"))
+            assert_eq!(data.len(), len, "optimizer state of another length than its ranges");
+            (name.to_string(), TensorView::new(Dtype::F32, vec![len], f32_bytes(data)).expect("shape matches the data"))
         })
         .collect::<Vec<_>>();
     let meta: HashMap<String, String> = [
         ("rank", info.rank.to_string()),
         ("world", info.world.to_string()),
-        ("offset", info.offset.to_string()),
+        ("ranges", format_ranges(&info.ranges)),
         ("total", info.total.to_string()),
         ("fingerprint", info.fingerprint.clone()),
         ("step", info.step.to_string()),
-        ("format", "openseek-dist optimizer shard 1".to_string()),
+        ("format", "openseek-dist optimizer shard 2".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -87,10 +104,12 @@ pub fn find_shards(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
     }
 }
 
-/// Read `names` for the flat range `range` (this rank's slice in the new world size) from the set of
-/// shards in `dir`. Elements past the stored total (padding) are zero. Checks the fingerprint.
-pub fn load_range(dir: &Path, range: Range<usize>, names: &[&str], fingerprint: &str) -> Result<(HashMap<String, Vec<f32>>, u64), Failure> {
-    let mut out: HashMap<String, Vec<f32>> = names.iter().map(|n| (n.to_string(), vec![0f32; range.len()])).collect();
+/// Read `names` for the flat ranges `want` (what this rank owns in the new world size) from the
+/// set of shards in `dir`: each tensor comes back as the ranges end to end. Checks the fingerprint
+/// and that the files cover every element asked for exactly once.
+pub fn load_ranges(dir: &Path, want: &[Range<usize>], names: &[&str], fingerprint: &str) -> Result<(HashMap<String, Vec<f32>>, u64), Failure> {
+    let len: usize = want.iter().map(|r| r.len()).sum();
+    let mut out: HashMap<String, Vec<f32>> = names.iter().map(|n| (n.to_string(), vec![0f32; len])).collect();
     let mut step = None;
     let mut covered = 0usize;
     let mut total_seen = None;
@@ -103,21 +122,13 @@ pub fn load_range(dir: &Path, range: Range<usize>, names: &[&str], fingerprint: 
         let meta = header.metadata().clone().unwrap_or_default();
         let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata has no '{k}' (not an optimizer shard)")));
         let number = |k: &str| field(k)?.parse::<u64>().map_err(|_| bad(format!("metadata '{k}' is not a number")));
-        let info = ShardInfo {
-            rank: number("rank")? as usize,
-            world: number("world")? as usize,
-            offset: number("offset")? as usize,
-            total: number("total")? as usize,
-            fingerprint: field("fingerprint")?,
-            step: number("step")?,
-        };
-        if info.fingerprint != fingerprint {
+        let (fingerprint_here, step_here, total) = (field("fingerprint")?, number("step")?, number("total")? as usize);
+        if fingerprint_here != fingerprint {
             return Err(bad(format!(
-                "saved for another parameter layout (fingerprint {} here, {} expected): a different model or parameter order",
-                info.fingerprint, fingerprint
+                "saved for another parameter layout (fingerprint {fingerprint_here} here, {fingerprint} expected): a different model or parameter order"
             )));
         }
-        if *step.get_or_insert(info.step) != info.step || *total_seen.get_or_insert(info.total) != info.total {
+        if *step.get_or_insert(step_here) != step_here || *total_seen.get_or_insert(total) != total {
             return Err(bad("shards of different steps or sizes in one set".into()));
         }
         let tensors = SafeTensors::deserialize(&map).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
@@ -127,28 +138,53 @@ pub fn load_range(dir: &Path, range: Range<usize>, names: &[&str], fingerprint: 
             if t.dtype() != Dtype::F32 || t.shape().len() != 1 {
                 return Err(bad(format!("tensor '{name}' is not a 1-D F32 slice")));
             }
-            let len = t.shape()[0];
-            if *stored.get_or_insert(len) != len {
+            if *stored.get_or_insert(t.shape()[0]) != t.shape()[0] {
                 return Err(bad("slices of different lengths".into()));
             }
-            let (a, b) = (info.offset.max(range.start), (info.offset + len).min(range.end));
-            if a < b {
-                let src = &t.data()[(a - info.offset) * 4..(b - info.offset) * 4];
-                let dst = &mut out.get_mut(*name).unwrap()[a - range.start..b - range.start];
-                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        }
+        let stored = stored.unwrap_or(0);
+        // Format 1 (one contiguous slice per rank) gave its start as `offset`.
+        let ranges = match meta.get("ranges") {
+            Some(text) => parse_ranges(text).ok_or_else(|| bad(format!("metadata 'ranges' is not a list of START-END: {text}")))?,
+            None => {
+                let offset = number("offset")? as usize;
+                vec![offset..offset + stored]
+            }
+        };
+        if ranges.iter().map(|r| r.len()).sum::<usize>() != stored || ranges.iter().any(|r| r.end > total) {
+            return Err(bad(format!("ranges {} do not match the {stored} stored elements of a vector of {total}", format_ranges(&ranges))));
+        }
+        // Every overlap of a stored range with a wanted one: (position in the file, in the output, length).
+        let mut copies = vec![];
+        let mut at_file = 0;
+        for have in &ranges {
+            let mut at_out = 0;
+            for w in want {
+                let (a, b) = (have.start.max(w.start), have.end.min(w.end));
+                if a < b {
+                    copies.push((at_file + a - have.start, at_out + a - w.start, b - a));
+                }
+                at_out += w.len();
+            }
+            at_file += have.len();
+        }
+        covered += copies.iter().map(|c| c.2).sum::<usize>();
+        for name in names {
+            let data = tensors.tensor(name).expect("checked above").data();
+            let dst = out.get_mut(*name).unwrap();
+            for &(src, to, n) in &copies {
+                for (d, s) in dst[to..to + n].iter_mut().zip(data[src * 4..(src + n) * 4].chunks_exact(4)) {
                     *d = f32::from_le_bytes(s.try_into().unwrap());
                 }
             }
         }
-        let len = stored.unwrap_or(0);
-        covered += (info.offset + len).min(range.end).saturating_sub(info.offset.max(range.start));
     }
-    let total = total_seen.unwrap_or(0);
-    let want = range.end.min(total).saturating_sub(range.start);
-    if covered != want {
+    if want.iter().any(|r| r.end > total_seen.unwrap_or(0)) || covered != len {
         return Err(Failure::data(format!(
-            "{}: the optimizer shards cover {covered} of the {want} elements of range {range:?}: files missing or overlapping",
-            dir.display()
+            "{}: the optimizer shards cover {covered} of the {len} elements asked for ({}, of a vector of {}): files missing or overlapping",
+            dir.display(),
+            format_ranges(want),
+            total_seen.unwrap_or(0)
         )));
     }
     Ok((out, step.unwrap_or(0)))
@@ -173,38 +209,62 @@ mod tests {
         FlatLayout::new(params, world)
     }
 
-    fn save_world(dir: &Path, world: usize, full: &[Vec<f32>; 2], step: u64) {
-        let l = layout(world);
+    /// Save `full` as `world` ranks of the layout `keys` buckets it into.
+    fn save_world(dir: &Path, world: usize, keys: &[usize], full: &[Vec<f32>; 2], step: u64) {
+        let l = FlatLayout::with_buckets(layout(1).params().to_vec(), keys, world);
         for r in 0..world {
-            let s = l.shard(r);
-            let slice = |v: &Vec<f32>| (s.clone()).map(|i| v.get(i).copied().unwrap_or(0.0)).collect::<Vec<f32>>();
-            let (a, b) = (slice(&full[0]), slice(&full[1]));
-            let info = ShardInfo { rank: r, world, offset: s.start, total: l.total(), fingerprint: l.fingerprint(), step };
+            let ranges = l.owned(r);
+            let part = |v: &Vec<f32>| ranges.iter().flat_map(|s| v[s.clone()].to_vec()).collect::<Vec<f32>>();
+            let (a, b) = (part(&full[0]), part(&full[1]));
+            let info = ShardInfo { rank: r, world, ranges: ranges.clone(), total: l.total(), fingerprint: l.fingerprint(), step };
             save_shard(dir, &info, &[("master", &a), ("exp_avg", &b)]).unwrap();
         }
     }
 
     #[test]
-    fn saved_on_three_ranks_loads_on_two_five_and_one() {
+    fn saved_on_three_ranks_loads_on_two_five_and_one_whatever_the_buckets() {
         let total = layout(1).total();
         let full = [(0..total).map(|i| i as f32 * 0.5).collect::<Vec<_>>(), (0..total).map(|i| -(i as f32)).collect()];
-        let dir = tempfile::tempdir().unwrap();
-        save_world(dir.path(), 3, &full, 42);
-        for world in [1, 2, 5] {
-            let l = layout(world);
-            let mut joined = [Vec::new(), Vec::new()];
-            for r in 0..world {
-                let (got, step) = load_range(dir.path(), l.shard(r), &["master", "exp_avg"], &l.fingerprint()).unwrap();
-                assert_eq!(step, 42);
-                assert_eq!(got["master"].len(), l.shard_len());
-                joined[0].extend_from_slice(&got["master"]);
-                joined[1].extend_from_slice(&got["exp_avg"]);
-            }
-            for k in 0..2 {
-                assert_eq!(&joined[k][..total], &full[k][..], "world {world}");
-                assert!(joined[k][total..].iter().all(|&x| x == 0.0), "padding is zero");
+        for (saved_keys, loaded_keys) in [([0, 0, 0], [0, 0, 0]), ([0, 1, 2], [0, 0, 0]), ([0, 0, 0], [5, 6, 6]), ([1, 2, 1], [3, 3, 4])] {
+            let dir = tempfile::tempdir().unwrap();
+            save_world(dir.path(), 3, &saved_keys, &full, 42);
+            for world in [1, 2, 5] {
+                let l = FlatLayout::with_buckets(layout(1).params().to_vec(), &loaded_keys, world);
+                let mut joined = [vec![f32::NAN; total], vec![f32::NAN; total]];
+                for r in 0..world {
+                    let ranges = l.owned(r);
+                    let (got, step) = load_ranges(dir.path(), &ranges, &["master", "exp_avg"], &l.fingerprint()).unwrap();
+                    assert_eq!(step, 42);
+                    for (k, name) in ["master", "exp_avg"].iter().enumerate() {
+                        let mut at = 0;
+                        for s in &ranges {
+                            joined[k][s.clone()].copy_from_slice(&got[*name][at..at + s.len()]);
+                            at += s.len();
+                        }
+                        assert_eq!(at, got[*name].len());
+                    }
+                }
+                for k in 0..2 {
+                    assert_eq!(&joined[k], &full[k], "world {world}, saved {saved_keys:?}, loaded {loaded_keys:?}");
+                }
             }
         }
+    }
+
+    /// A file of format 1 (one contiguous slice per rank, `offset` in the metadata) still loads.
+    #[test]
+    fn format_one_files_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let meta: HashMap<String, String> =
+            [("rank", "0"), ("world", "1"), ("offset", "0"), ("total", "10"), ("fingerprint", "f"), ("step", "3"), ("format", "openseek-dist optimizer shard 1")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let view = TensorView::new(Dtype::F32, vec![10], f32_bytes(&data)).unwrap();
+        safetensors::serialize_to_file(vec![("master".to_string(), view)], Some(meta), &dir.path().join(shard_file_name(0, 1))).unwrap();
+        let (got, step) = load_ranges(dir.path(), &[7..10, 1..3], &["master"], "f").unwrap();
+        assert_eq!((got["master"].clone(), step), (vec![7.0, 8.0, 9.0, 1.0, 2.0], 3));
     }
 
     #[test]
@@ -212,14 +272,16 @@ mod tests {
         let total = layout(1).total();
         let full = [vec![1.0; total], vec![2.0; total]];
         let dir = tempfile::tempdir().unwrap();
-        save_world(dir.path(), 2, &full, 1);
+        save_world(dir.path(), 2, &[0, 1, 2], &full, 1);
         let l = layout(2);
-        let e = load_range(dir.path(), l.shard(0), &["master"], "0000").unwrap_err();
+        let e = load_ranges(dir.path(), &l.owned(0), &["master"], "0000").unwrap_err();
         assert!(e.message.contains("another parameter layout"), "{}", e.message);
-        let e = load_range(dir.path(), l.shard(0), &["exp_avg_sq"], &l.fingerprint()).unwrap_err();
+        let e = load_ranges(dir.path(), &l.owned(0), &["exp_avg_sq"], &l.fingerprint()).unwrap_err();
         assert!(e.message.contains("no tensor 'exp_avg_sq'"), "{}", e.message);
+        let e = load_ranges(dir.path(), &[0..total + 1], &["master"], &l.fingerprint()).unwrap_err();
+        assert!(e.message.contains("cover"), "{}", e.message);
         std::fs::remove_file(dir.path().join(shard_file_name(1, 2))).unwrap();
-        let e = load_range(dir.path(), l.shard(0), &["master"], &l.fingerprint()).unwrap_err();
+        let e = load_ranges(dir.path(), &l.owned(0), &["master"], &l.fingerprint()).unwrap_err();
         assert!(e.message.contains("no complete set"), "{}", e.message);
         // No temporaries left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -110,6 +110,11 @@ pub struct TrainConfig {
     /// Tokens per chunk of the LM head + loss (bounds the logits' memory).
     #[serde(default = "chunk")]
     pub loss_chunk_tokens: usize,
+    /// With several ranks, start averaging each layer's gradients as soon as the last
+    /// micro-batch's backward pass completes them, overlapped with the rest of the pass
+    /// (Megatron's `overlap_grad_reduce`); false: all at once after the pass. Same numbers.
+    #[serde(default = "yes")]
+    pub overlap_grad_reduce: bool,
 
     /// cpu, cuda, cuda:N or auto.
     #[serde(default = "auto")]

@@ -10,6 +10,7 @@ use openseek_common::Failure;
 use openseek_dist::layout::{FlatLayout, Param as LayoutParam};
 use openseek_dist::reshard::{self, ShardInfo};
 use openseek_dist::{Comm, NamedParam, Zero1};
+use crate::step::GradReady;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -163,14 +164,14 @@ impl AdamW {
         };
         let (m, a, s) = (flat(&|p| p.tensor.shallow_clone())?, flat(&|p| p.exp_avg.shallow_clone())?, flat(&|p| p.exp_avg_sq.shallow_clone())?);
         let layout = self.layout();
-        let info = ShardInfo { rank: 0, world: 1, offset: 0, total: layout.total(), fingerprint: layout.fingerprint(), step: self.steps };
+        let info = ShardInfo { rank: 0, world: 1, ranges: vec![0..layout.total()], total: layout.total(), fingerprint: layout.fingerprint(), step: self.steps };
         reshard::save_shard(dir, &info, &[("master", &m), ("exp_avg", &a), ("exp_avg_sq", &s)])
     }
 
     /// Read the moments and the step count from the shards in `dir`, saved on any world size.
     pub fn load(&mut self, dir: &Path) -> Result<(), Failure> {
         let layout = self.layout();
-        let (mut state, steps) = reshard::load_range(dir, 0..layout.total(), &["exp_avg", "exp_avg_sq"], &layout.fingerprint())?;
+        let (mut state, steps) = reshard::load_ranges(dir, &[0..layout.total()], &["exp_avg", "exp_avg_sq"], &layout.fingerprint())?;
         for what in ["exp_avg", "exp_avg_sq"] {
             let all = Tensor::from_slice(&state.remove(what).unwrap());
             for (i, p) in self.params.iter_mut().enumerate() {
@@ -199,7 +200,7 @@ impl Optimizer {
             return Ok(Optimizer::Full(AdamW::new(params, beta1, beta2, eps, weight_decay)));
         }
         let named: Vec<NamedParam> =
-            params.iter().map(|(n, t)| NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n) }).collect();
+            params.iter().map(|(n, t)| NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n), bucket: GradReady::of(n).key() }).collect();
         // Ranks that built their weights independently start from rank 0's.
         Zero1::broadcast_params(&named, comm)?;
         let leaves = params.into_iter().map(|(_, t)| t).collect();
@@ -215,8 +216,18 @@ impl Optimizer {
         }
     }
 
-    /// After every micro-batch's backward: average the gradients over ranks (in fp32, each rank
-    /// keeping its slice) and return the global gradient norm.
+    /// In the last micro-batch's backward pass, the gradients complete at `point`: the sharded
+    /// optimizer starts averaging them over ranks (overlapped with the rest of the pass).
+    pub fn grads_ready(&mut self, comm: &mut Comm, point: GradReady) -> Result<(), Failure> {
+        match self {
+            Optimizer::Full(_) => Ok(()),
+            Optimizer::Sharded { zero, .. } => zero.grads_ready(point.key(), comm),
+        }
+    }
+
+    /// After the last micro-batch's backward: average the gradients over ranks (in fp32, each rank
+    /// keeping its slices; what [`Optimizer::grads_ready`] has not started) and return the global
+    /// gradient norm.
     pub fn reduce_grads(&mut self, comm: &mut Comm) -> Result<f64, Failure> {
         match self {
             Optimizer::Full(a) => Ok(a.grad_norm().double_value(&[])),
@@ -315,7 +326,7 @@ mod tests {
         let mut comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
         let fresh = model(&[&[0.0; 3], &[0.0; 2]]);
         let leaves: Vec<Tensor> = fresh.iter().map(|(_, t)| t.shallow_clone()).collect();
-        let named = fresh.into_iter().map(|(n, t)| NamedParam { decay: decays(&n), name: n, tensor: t }).collect();
+        let named = fresh.into_iter().map(|(n, t)| NamedParam { decay: decays(&n), name: n, tensor: t, bucket: 0 }).collect();
         let mut zero = Zero1::new(named, &comm, openseek_dist::AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }).unwrap();
         zero.load(dir.path()).unwrap();
         zero.gather_params(&mut comm).unwrap();

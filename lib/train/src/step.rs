@@ -1,12 +1,47 @@
 //! One micro-batch forward and backward, layer by layer. Every layer's input is a leaf of its
 //! own graph, so a layer can run its forward without keeping activations (under no_grad) and
 //! recompute them in the backward pass; the LM head and the loss run in chunks of tokens
-//! (crate::loss).
+//! (crate::loss). As the backward pass completes each part's gradients (the head, then each
+//! layer from the last, then the embedding) it tells the caller, which can start reducing them
+//! over ranks while the rest of the backward runs.
 
 use crate::loss::{self, HeadLoss};
 use openseek_model::moe::{AuxCoefficients, RoutingStats};
+use openseek_common::Failure;
 use openseek_model::DeepseekV3;
 use tch::{Kind, Tensor};
+
+/// The points of [`forward_backward`]'s backward pass after which some parameters' gradients are
+/// complete for the micro-batch, in the order they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradReady {
+    /// The final norm and an untied LM head.
+    Head,
+    /// Every parameter of decoder layer N.
+    Layer(usize),
+    /// The embedding (also the head when tied), and anything else: the end of the pass.
+    Embedding,
+}
+
+impl GradReady {
+    /// When the gradient of the model parameter `name` is complete.
+    pub fn of(name: &str) -> GradReady {
+        if name == "model.norm.weight" || name == "lm_head.weight" {
+            return GradReady::Head;
+        }
+        let layer = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|n| n.parse().ok());
+        layer.map_or(GradReady::Embedding, GradReady::Layer)
+    }
+
+    /// A number per point (a bucket key for openseek-dist).
+    pub fn key(self) -> usize {
+        match self {
+            GradReady::Head => 0,
+            GradReady::Layer(i) => i + 1,
+            GradReady::Embedding => usize::MAX,
+        }
+    }
+}
 
 pub struct MicroBatch {
     /// [B, T] int64.
@@ -64,7 +99,9 @@ fn sum_losses(stats: &Option<RoutingStats>) -> (Option<Tensor>, Option<Tensor>) 
 
 /// Forward and backward of one micro-batch; gradients accumulate into the parameters' `.grad`.
 /// `token_denominator`: tokens in the loss over the whole step; `micro_batches`: micro-batches in
-/// the step (the auxiliary losses are means over them).
+/// the step (the auxiliary losses are means over them). `grads_ready` is called at each
+/// [`GradReady`] point once the gradients it names are complete (its error ends the pass).
+#[allow(clippy::too_many_arguments)]
 pub fn forward_backward(
     model: &DeepseekV3,
     batch: &MicroBatch,
@@ -73,7 +110,8 @@ pub fn forward_backward(
     chunk_tokens: i64,
     token_denominator: f64,
     micro_batches: usize,
-) -> MicroOutput {
+    grads_ready: &mut dyn FnMut(GradReady) -> Result<(), Failure>,
+) -> Result<MicroOutput, Failure> {
     let device = model.device();
     let trace = Trace::start();
     let mut profile = Profile::new(device);
@@ -116,9 +154,10 @@ pub fn forward_backward(
     let h = model.norm.forward(&x);
     let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, chunk_tokens, token_denominator, HeadLoss::from_env());
     profile.mark("head + loss forward/backward");
+    grads_ready(GradReady::Head)?;
 
     let mut grad = x.grad();
-    for (layer, (input, graph)) in model.layers.iter().zip(saved).rev() {
+    for (i, (layer, (input, graph))) in model.layers.iter().zip(saved).enumerate().rev() {
         let (y, aux_loss) = match graph {
             Some(g) => g,
             None => {
@@ -134,12 +173,14 @@ pub fn forward_backward(
         objective.backward();
         grad = input.grad();
         profile.mark("backward layer");
+        grads_ready(GradReady::Layer(i))?;
     }
     (x0 * grad).sum(Kind::Float).backward();
     profile.mark("embedding backward");
+    grads_ready(GradReady::Embedding)?;
     profile.report();
     trace.stop(device);
-    MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads }
+    Ok(MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads })
 }
 
 /// `OPENSEEK_TRAIN_PROFILE=1`: wall time of each phase (device synchronised), printed on stderr.
@@ -216,6 +257,53 @@ mod tests {
     use super::*;
     use openseek_model::{Config, DeepseekV3};
     use tch::Device;
+
+    /// The points come in backward order, and at each the gradients it names are already what
+    /// they are at the end of the pass (tied and untied heads; a recomputed layer).
+    #[test]
+    fn gradients_are_complete_when_reported() {
+        for tied in [false, true] {
+            let cfg = Config::from_json(serde_json::json!({
+                "model_type": "deepseek_v3", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
+                "moe_intermediate_size": 16, "num_hidden_layers": 3, "first_k_dense_replace": 1,
+                "num_attention_heads": 2, "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
+                "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "rope_theta": 10000.0,
+                "tie_word_embeddings": tied
+            }))
+            .unwrap();
+            let w = crate::init::init_weights(&cfg, 0.2, 3, Kind::Float, Device::Cpu);
+            let model = DeepseekV3::from_weights(cfg, w);
+            let params: Vec<(String, Tensor)> =
+                model.named_tensors().into_iter().filter(|(n, _)| !n.ends_with("e_score_correction_bias")).map(|(n, t)| (n, t.set_requires_grad(true))).collect();
+            assert_eq!(params.iter().any(|(n, _)| n == "lm_head.weight"), !tied);
+            let ids = Tensor::from_slice(&[3i64, 7, 9, 11, 2, 5, 8, 13]).view([2, 4]);
+            let batch = MicroBatch { labels: ids.view([-1]).roll([-1], [0]), loss_mask: Tensor::ones([8], (Kind::Float, Device::Cpu)), ids, per_document: None };
+            let mut seen = vec![];
+            let mut snapshots: Vec<(String, Tensor)> = vec![];
+            let mut ready = |point: GradReady| {
+                seen.push(point);
+                for (n, t) in &params {
+                    if GradReady::of(n) == point {
+                        snapshots.push((n.clone(), t.grad().copy()));
+                    }
+                }
+                Ok(())
+            };
+            let aux = AuxCoefficients { seq_aux_loss: 1e-2, z_loss: 1e-3 };
+            forward_backward(&model, &batch, &[false, true, false], &aux, 3, 8.0, 1, &mut ready).unwrap();
+            use GradReady::*;
+            assert_eq!(seen, [Head, Layer(2), Layer(1), Layer(0), Embedding]);
+            assert_eq!(snapshots.len(), params.len(), "every parameter reported once");
+            for (n, g) in snapshots {
+                let end = &params.iter().find(|(m, _)| *m == n).unwrap().1.grad();
+                assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{n}: no gradient when reported");
+                assert!(g.equal(end), "{n}: its gradient changed after it was reported (tied {tied})");
+            }
+        }
+        assert_eq!(GradReady::of("model.layers.12.mlp.experts.down_proj"), GradReady::Layer(12));
+        assert_eq!(GradReady::of("model.embed_tokens.weight"), GradReady::Embedding);
+    }
 
     #[test]
     fn attention_within_documents_equals_each_document_alone() {

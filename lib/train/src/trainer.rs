@@ -4,7 +4,8 @@
 //!
 //! One process per device (ranks from Slurm or torchrun variables, openseek-dist): each rank reads
 //! its part of every global batch (global batch = ranks x micro-batch x accumulation), gradients
-//! are averaged in fp32 by the ZeRO-1 optimizer, tokens per expert summed before the router bias
+//! are averaged in fp32 by the ZeRO-1 optimizer (bucket by bucket during the last micro-batch's
+//! backward pass when `overlap_grad_reduce`), tokens per expert summed before the router bias
 //! update, losses averaged for the log; rank 0 logs and writes the model files, every rank its
 //! optimizer shard; a stop signal seen by any rank stops all at the same step.
 
@@ -12,7 +13,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::{ModelConfig, OnNan, Precision, TrainConfig};
 use crate::metrics;
 use crate::optim::Optimizer;
-use crate::step::{self, MicroBatch};
+use crate::step::{self, GradReady, MicroBatch};
 use crate::tensorboard::EventWriter;
 use openseek_common::signals::StopSignal;
 use openseek_common::{AtomicOutputs, ExitCode, Failure};
@@ -311,7 +312,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         let mut seq_aux = Tensor::zeros([], (Kind::Float, device));
         let mut z_loss = Tensor::zeros([], (Kind::Float, device));
         let mut loads: Vec<Tensor> = vec![];
-        for b in &batches {
+        for (k, b) in batches.iter().enumerate() {
             let rows = b.sample_ids.len() as i64;
             let mb = MicroBatch {
                 ids: Tensor::from_slice(&to_i64(&b.tokens)).view([rows, seq]).to_device(device),
@@ -319,7 +320,17 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 loss_mask: Tensor::from_slice(&b.loss_mask).to_device(device),
                 per_document: cfg.attention_per_document.then(|| step::document_attention(&b.document_starts, seq, device)),
             };
-            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, token_denominator, batches.len());
+            let last = k + 1 == batches.len();
+            let mut grads_ready = |point: GradReady| {
+                if last && point == GradReady::Embedding && fault("nan-grad-at-step", state.step + 1) {
+                    let _ = opt.leaves()[0].grad().fill_(f64::NAN);
+                }
+                if last && cfg.overlap_grad_reduce {
+                    opt.grads_ready(&mut comm, point)?;
+                }
+                Ok(())
+            };
+            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, token_denominator, batches.len(), &mut grads_ready)?;
             lm_loss += out.lm_loss;
             seq_aux += out.seq_aux_loss;
             z_loss += out.z_loss;
@@ -337,9 +348,6 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             let mut all = Tensor::cat(&loads, 0);
             comm.all_reduce(&mut all, ReduceOp::Sum)?;
             loads = all.split_with_sizes(&sizes, 0);
-        }
-        if fault("nan-grad-at-step", state.step + 1) {
-            let _ = opt.leaves()[0].grad().fill_(f64::NAN);
         }
         let grad_norm = opt.reduce_grads(&mut comm)?;
         sync(device);
