@@ -11,7 +11,11 @@
 //!   with cumulative sequence lengths), CUDA only, differentiable through autograd.
 //!
 //! - [`profiler_start`] and [`profiler_stop`]: the Kineto profiler (CPU ops, CUDA kernels) around a
-//!   region, written as a Chrome trace.
+//!   region, written as a Chrome trace;
+//! - [`swiglu`], [`gather_rows`] and [`combine_rows`]: the MoE's elementwise and row-moving steps
+//!   as autograd functions with hand-written backward passes (ATen operations, any device);
+//! - [`addmm_accumulate`] and [`set_grad`]: a GEMM accumulated into an fp32 tensor (the LM head's
+//!   weight gradient) and a parameter's `.grad` set or cleared.
 //!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
 
@@ -35,7 +39,13 @@ extern "C" {
         weight_decay: f64,
         eps: f64,
         maximize: bool,
+        grad_scale: f64,
     ) -> *mut c_char;
+    fn oskern_swiglu(h: Handle, out: *mut Handle) -> *mut c_char;
+    fn oskern_gather_rows(x: Handle, token: Handle, rank: Handle, out: *mut Handle) -> *mut c_char;
+    fn oskern_combine_rows(y: Handle, w: Handle, rank: Handle, order: Handle, out: *mut Handle) -> *mut c_char;
+    fn oskern_addmm_acc(out: Handle, m1: Handle, m2: Handle, alpha: f64) -> *mut c_char;
+    fn oskern_set_grad(t: Handle, g: Handle) -> *mut c_char;
     fn oskern_foreach_norm(tensors: *const Handle, n: usize, out: *mut Handle) -> *mut c_char;
     fn oskern_foreach_mul_(tensors: *const Handle, n: usize, scale: Handle) -> *mut c_char;
     fn oskern_current_stream(device: i32, id: *mut i64, handle: *mut u64) -> *mut c_char;
@@ -83,6 +93,8 @@ pub struct AdamW {
     pub weight_decay: f64,
     pub eps: f64,
     pub maximize: bool,
+    /// The gradients are multiplied by this as the kernel reads them (the clipping factor; 1: as they are).
+    pub grad_scale: f64,
 }
 
 /// One AdamW step in place, as `torch.optim.AdamW(fused=True)` takes it: every `state_steps[i]`
@@ -129,7 +141,7 @@ pub fn fused_adamw(
     }
     let (p, g, m, v, s) = (handles(params), handles(grads), handles(exp_avgs), handles(exp_avg_sqs), handles(state_steps));
     check(unsafe {
-        oskern_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, h.lr, h.beta1, h.beta2, h.weight_decay, h.eps, h.maximize)
+        oskern_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, h.lr, h.beta1, h.beta2, h.weight_decay, h.eps, h.maximize, h.grad_scale)
     })
 }
 
@@ -216,6 +228,48 @@ pub fn flash_attention_varlen(
     })?;
     let [o, lse, seed, offset] = out.map(|p| unsafe { Tensor::from_ptr(p) });
     Ok(FlashOutput { out: o, logsumexp: lse, philox_seed: seed, philox_offset: offset })
+}
+
+fn one_output(f: impl FnOnce(*mut Handle) -> *mut c_char) -> Result<Tensor, TchError> {
+    let mut out: Handle = std::ptr::null_mut();
+    check(f(&mut out))?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+fn h(t: &Tensor) -> Handle {
+    t.as_ptr() as Handle
+}
+
+/// SwiGLU over the two halves of `h` [M, 2I] (gate first): silu(h[:, :I]) * h[:, I:], [M, I]
+/// contiguous. Differentiable; the backward writes dh in one tensor (autograd through two
+/// `narrow` views fills and adds two zero tensors). Forward and gradients equal the composition's.
+pub fn swiglu(h: &Tensor) -> Result<Tensor, TchError> {
+    one_output(|out| unsafe { oskern_swiglu(self::h(h), out) })
+}
+
+/// Rows of `x` [n, H] for `token` [P] (`x.index_select(0, token)`), differentiable with respect
+/// to `x`: `rank` [n*k] gives the row holding each (token, slot) pair t*k + s, and the backward
+/// sums a token's k rows (a gather and a sum, no atomic adds).
+pub fn gather_rows(x: &Tensor, token: &Tensor, rank: &Tensor) -> Result<Tensor, TchError> {
+    one_output(|out| unsafe { oskern_gather_rows(h(x), h(token), h(rank), out) })
+}
+
+/// out[t] = sum_s w[t, s] * y[rank[t*k + s]] for `y` [P, H], `w` [n, k] (y's dtype), `rank` [n*k]
+/// and `order` its inverse permutation: [n, H], differentiable with respect to `y` and `w`.
+pub fn combine_rows(y: &Tensor, w: &Tensor, rank: &Tensor, order: &Tensor) -> Result<Tensor, TchError> {
+    one_output(|out| unsafe { oskern_combine_rows(h(y), h(w), h(rank), h(order), out) })
+}
+
+/// `out += alpha * m1 @ m2` outside autograd. With a 16-bit `m1`/`m2` and an fp32 `out` on CUDA
+/// it is one GEMM accumulating into `out` in fp32; elsewhere `addmm_` in `out`'s dtype.
+pub fn addmm_accumulate(out: &Tensor, m1: &Tensor, m2: &Tensor, alpha: f64) -> Result<(), TchError> {
+    check(unsafe { oskern_addmm_acc(h(out), h(m1), h(m2), alpha) })
+}
+
+/// Set the `.grad` of `t` to `grad` (sharing its storage), or clear it with `None` (as
+/// `zero_grad(set_to_none=True)`: the next backward pass stores its gradient without an add).
+pub fn set_grad(t: &Tensor, grad: Option<&Tensor>) -> Result<(), TchError> {
+    check(unsafe { oskern_set_grad(h(t), grad.map_or(std::ptr::null_mut(), h)) })
 }
 
 /// Start the Kineto profiler (CPU operators and CUDA kernels), as `torch.profiler.profile` does.

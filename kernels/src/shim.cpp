@@ -6,12 +6,15 @@
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
 
 namespace {
 
@@ -25,6 +28,65 @@ std::vector<Tensor> list_of(Tensor *const *ts, size_t n) {
   for (size_t i = 0; i < n; i++) out.push_back(*ts[i]);
   return out;
 }
+
+// silu(h[..., :I]) * h[..., I:] for h [M, 2I] (gate columns first). The backward writes both
+// halves of dh into one tensor, where autograd through two narrow() views would fill two zero
+// tensors, copy each half in and add them. Same operations (silu, mul, silu_backward) and roundings.
+struct SwiGlu : public torch::autograd::Function<SwiGlu> {
+  static Tensor forward(AutogradContext *ctx, const Tensor &h) {
+    ctx->save_for_backward({h});
+    auto i = h.size(-1) / 2;
+    return at::silu(h.narrow(-1, 0, i)).mul_(h.narrow(-1, i, i));
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto h = ctx->get_saved_variables()[0];
+    auto i = h.size(-1) / 2;
+    auto g = h.narrow(-1, 0, i), u = h.narrow(-1, i, i);
+    auto dh = at::empty_like(h, at::MemoryFormat::Contiguous);
+    auto dg = dh.narrow(-1, 0, i), du = dh.narrow(-1, i, i);
+    at::mul_out(du, grads[0], at::silu(g));
+    at::silu_backward_out(dg, grads[0] * u, g);
+    return {dh};
+  }
+};
+
+// The routed experts' rows: rows[j] = x[token[j]] (one gather); `rank` [n*k] is where the pair
+// (token t, slot s) sits among the rows, so dx[t] = sum_s drows[rank[t*k + s]] (a gather and a sum,
+// no atomic adds).
+struct GatherRows : public torch::autograd::Function<GatherRows> {
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &token, const Tensor &rank) {
+    ctx->save_for_backward({rank});
+    ctx->saved_data["n"] = x.size(0);
+    return x.index_select(0, token);
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto rank = ctx->get_saved_variables()[0];
+    auto n = ctx->saved_data["n"].toInt();
+    auto d = grads[0].index_select(0, rank);
+    return {d.view({n, -1, d.size(1)}).sum(1), Tensor(), Tensor()};
+  }
+};
+
+// The experts' outputs back in token order, weighted and summed: out[t] = sum_s w[t, s] *
+// y[rank[t*k + s]], a gather and a batched [1 x k] @ [k x H] product per token; `order` is
+// rank's inverse (the backward's gather).
+struct CombineRows : public torch::autograd::Function<CombineRows> {
+  static Tensor forward(AutogradContext *ctx, const Tensor &y, const Tensor &w, const Tensor &rank, const Tensor &order) {
+    auto n = w.size(0), k = w.size(1);
+    auto yg = y.index_select(0, rank).view({n, k, y.size(1)});
+    ctx->save_for_backward({yg, w, order});
+    return at::bmm(w.unsqueeze(1), yg).squeeze(1);
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &yg = saved[0], &w = saved[1], &order = saved[2];
+    auto dout = grads[0].contiguous();
+    auto dw = at::bmm(yg, dout.unsqueeze(2)).squeeze(2);
+    auto dyg = at::bmm(w.unsqueeze(2), dout.unsqueeze(1));
+    auto dy = dyg.view({-1, dyg.size(2)}).index_select(0, order);
+    return {dy, dw, Tensor(), Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -42,13 +104,16 @@ extern "C" {
 // parameter. All lists have n tensors; amsgrad is not supported (no max_exp_avg_sqs).
 char *oskern_fused_adamw(Tensor *const *params, Tensor *const *grads, Tensor *const *exp_avgs, Tensor *const *exp_avg_sqs,
                          Tensor *const *state_steps, size_t n, double lr, double beta1, double beta2, double weight_decay,
-                         double eps, bool maximize) {
+                         double eps, bool maximize, double grad_scale) {
   GUARD({
     at::NoGradGuard no_grad;
     auto steps = list_of(state_steps, n);
     at::_foreach_add_(steps, 1);
+    // The kernel divides the gradients by its grad_scale tensor (AMP's loss scale) as it reads them.
+    std::optional<Tensor> divisor;
+    if (grad_scale != 1.0) divisor = at::full({}, 1.0 / grad_scale, params[0]->options().dtype(at::kFloat));
     at::_fused_adamw_(list_of(params, n), list_of(grads, n), list_of(exp_avgs, n), list_of(exp_avg_sqs, n), {}, steps,
-                      lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, maximize);
+                      lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, maximize, divisor);
   })
 }
 
@@ -95,6 +160,47 @@ char *oskern_flash_attention_varlen(Tensor *q, Tensor *k, Tensor *v, Tensor *cu_
     out[1] = new Tensor(std::get<1>(r));
     out[2] = new Tensor(std::get<2>(r));
     out[3] = new Tensor(std::get<3>(r));
+  })
+}
+
+char *oskern_swiglu(Tensor *h, Tensor **out) {
+  GUARD(*out = new Tensor(SwiGlu::apply(*h)))
+}
+
+char *oskern_gather_rows(Tensor *x, Tensor *token, Tensor *rank, Tensor **out) {
+  GUARD(*out = new Tensor(GatherRows::apply(*x, *token, *rank)))
+}
+
+char *oskern_combine_rows(Tensor *y, Tensor *w, Tensor *rank, Tensor *order, Tensor **out) {
+  GUARD(*out = new Tensor(CombineRows::apply(*y, *w, *rank, *order)))
+}
+
+// out += alpha * m1 @ m2 without autograd. On CUDA with 16-bit m1/m2 and an fp32 out, one GEMM
+// that accumulates into out in fp32 (addmm with out_dtype); elsewhere addmm_ in out's dtype.
+char *oskern_addmm_acc(Tensor *out, Tensor *m1, Tensor *m2, double alpha) {
+  GUARD({
+    at::NoGradGuard no_grad;
+    if (out->is_cuda() && m1->scalar_type() != out->scalar_type()) {
+      try {
+        at::addmm_outf(*out, *m1, *m2, out->scalar_type(), 1, alpha, *out);
+      } catch (const c10::Error &) {
+        // Builds whose addmm.dtype wants self in the inputs' dtype: an fp32 product, then the add.
+        out->add_(at::mm(*m1, *m2, out->scalar_type()), alpha);
+      }
+    } else {
+      out->addmm_(m1->to(out->scalar_type()), m2->to(out->scalar_type()), 1, alpha);
+    }
+  })
+}
+
+// Set t's .grad to g (null: none, as zero_grad(set_to_none=True) leaves it).
+char *oskern_set_grad(Tensor *t, Tensor *g) {
+  GUARD({
+    if (g) {
+      t->mutable_grad() = *g;
+    } else {
+      t->mutable_grad().reset();
+    }
   })
 }
 

@@ -1,10 +1,13 @@
 //! The shim on CPU: fused AdamW against a hand-written AdamW step, gradient-norm clipping against
-//! the plain formula, and clear errors (not crashes) where ATen refuses.
+//! the plain formula, the MoE autograd functions and the accumulating GEMM against their tensor-op
+//! compositions, and clear errors (not crashes) where ATen refuses.
 
-use openseek_kernels::{clip_grad_norm, current_stream, flash_attention_varlen, foreach_norm, fused_adamw, AdamW};
+use openseek_kernels::{
+    addmm_accumulate, clip_grad_norm, combine_rows, current_stream, flash_attention_varlen, foreach_norm, fused_adamw, gather_rows, set_grad, swiglu, AdamW,
+};
 use tch::{Device, Kind, Tensor};
 
-const H: AdamW = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, eps: 1e-8, maximize: false };
+const H: AdamW = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, eps: 1e-8, maximize: false, grad_scale: 1.0 };
 
 /// torch.optim.AdamW's step, written out in tch ops (fp32), on copies.
 fn reference_step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: f64) -> (Tensor, Tensor, Tensor) {
@@ -111,4 +114,90 @@ fn clip_grad_norm_is_torchs() {
     for (g, b) in grads.iter().zip(&before) {
         assert!(g.equal(b));
     }
+}
+
+#[test]
+fn fused_adamw_scales_the_gradients_it_reads() {
+    tch::manual_seed(9);
+    let opts = (Kind::Float, Device::Cpu);
+    let (p, g) = (Tensor::randn([50], opts), Tensor::randn([50], opts));
+    let state = || (Tensor::zeros([50], opts), Tensor::zeros([50], opts), Tensor::zeros([], opts));
+    let (a, b) = (p.copy(), p.copy());
+    let (ma, va, sa) = state();
+    let (mb, vb, sb) = state();
+    for _ in 0..3 {
+        fused_adamw(&[a.shallow_clone()], &[&g * 0.25], &[ma.shallow_clone()], &[va.shallow_clone()], &[sa.shallow_clone()], &H).unwrap();
+        fused_adamw(&[b.shallow_clone()], &[g.copy()], &[mb.shallow_clone()], &[vb.shallow_clone()], &[sb.shallow_clone()], &AdamW { grad_scale: 0.25, ..H }).unwrap();
+    }
+    let diff = max_abs(&a, &b).max(max_abs(&ma, &mb));
+    assert!(diff < 1e-7, "grad_scale 0.25 vs gradients times 0.25: {diff}");
+    assert!(max_abs(&a, &p) > 1e-3);
+}
+
+/// Gradients of `leaves` under `f` for a fixed random probe of the output.
+fn grads_of(leaves: &[&Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
+    let leaves: Vec<Tensor> = leaves.iter().map(|t| t.detach().copy().set_requires_grad(true)).collect();
+    let y = f(&leaves);
+    tch::manual_seed(1);
+    let probe = Tensor::randn(y.size(), (Kind::Float, Device::Cpu));
+    (&y * &probe).sum(Kind::Float).backward();
+    (y.detach(), leaves.iter().map(|l| l.grad()).collect())
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let scale = b.abs().max().double_value(&[]);
+    let diff = max_abs(a, b);
+    assert!(scale > 1e-3, "{what}: all zero");
+    assert!(diff <= tol * scale, "{what}: max |diff| {diff:e} of max {scale:e}");
+}
+
+#[test]
+fn moe_functions_equal_their_compositions() {
+    tch::manual_seed(4);
+    let opts = (Kind::Float, Device::Cpu);
+    let (n, k, width, inter) = (9i64, 3i64, 8i64, 5i64);
+    // SwiGLU: exactly the ops autograd runs for silu(gate) * up.
+    let hid = Tensor::randn([n * k, 2 * inter], opts);
+    let (y1, g1) = grads_of(&[&hid], &|l| swiglu(&l[0]).unwrap());
+    let (y2, g2) = grads_of(&[&hid], &|l| l[0].narrow(1, 0, inter).silu() * l[0].narrow(1, inter, inter));
+    assert!(y1.equal(&y2) && g1[0].equal(&g2[0]), "swiglu differs from silu(gate) * up");
+    // Rows sorted by a random permutation; rank = where each (token, slot) pair went.
+    let order = Tensor::randperm(n * k, (Kind::Int64, Device::Cpu));
+    let rank = order.argsort(0, false);
+    let x = Tensor::randn([n, width], opts);
+    let (r1, gx1) = grads_of(&[&x], &|l| gather_rows(&l[0], &order.floor_divide_scalar(k), &rank).unwrap());
+    let (r2, gx2) = grads_of(&[&x], &|l| l[0].index_select(0, &order.floor_divide_scalar(k)));
+    assert!(r1.equal(&r2), "gathered rows");
+    assert_close("gather_rows dx", &gx1[0], &gx2[0], 1e-6);
+    let (y, w) = (Tensor::randn([n * k, width], opts), Tensor::rand([n, k], opts));
+    let (c1, gc1) = grads_of(&[&y, &w], &|l| combine_rows(&l[0], &l[1], &rank, &order).unwrap());
+    let (c2, gc2) = grads_of(&[&y, &w], &|l| (l[0].index_select(0, &rank).view([n, k, width]) * l[1].unsqueeze(-1)).sum_dim_intlist(1, false, Kind::Float));
+    assert_close("combine_rows", &c1, &c2, 1e-6);
+    assert_close("combine_rows dy", &gc1[0], &gc2[0], 1e-6);
+    assert_close("combine_rows dw", &gc1[1], &gc2[1], 1e-6);
+}
+
+#[test]
+fn addmm_accumulate_and_set_grad() {
+    tch::manual_seed(6);
+    let opts = (Kind::Float, Device::Cpu);
+    let (a, b) = (Tensor::randn([7, 4], opts), Tensor::randn([4, 3], opts));
+    let out = Tensor::randn([7, 3], opts);
+    let want = &out + a.mm(&b) * 0.5;
+    addmm_accumulate(&out, &a, &b, 0.5).unwrap();
+    assert!(max_abs(&out, &want) < 1e-6);
+    // A transposed, column-narrowed operand (the LM head's padded logits gradient).
+    let wide = Tensor::randn([4, 9], opts);
+    let out2 = Tensor::zeros([7, 3], opts);
+    addmm_accumulate(&out2, &wide.narrow(1, 0, 7).tr(), &b, 1.0).unwrap();
+    assert!(max_abs(&out2, &wide.narrow(1, 0, 7).tr().mm(&b)) < 1e-6);
+    let p = Tensor::ones([3], opts).set_requires_grad(true);
+    set_grad(&p, Some(&Tensor::full([3], 2.0, opts))).unwrap();
+    (&p * 3.0).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), [5.0, 5.0, 5.0], "backward adds to the grad that was set");
+    set_grad(&p, None).unwrap();
+    assert!(!p.grad().defined());
+    (&p * 3.0).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), [3.0, 3.0, 3.0]);
 }

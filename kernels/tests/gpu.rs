@@ -5,7 +5,7 @@
 use openseek_kernels::{clip_grad_norm, current_stream, flash_attention_varlen, fused_adamw, synchronize, AdamW};
 use tch::{Device, Kind, Tensor};
 
-const H: AdamW = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, eps: 1e-8, maximize: false };
+const H: AdamW = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, eps: 1e-8, maximize: false, grad_scale: 1.0 };
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().max().double_value(&[])

@@ -87,32 +87,34 @@ impl Experts {
     }
 
     /// All (token, expert) pairs sorted by expert, each expert's rows one group of
-    /// `_grouped_mm` (offsets = running row counts), results put back in token order and summed.
-    /// The rows move by `index_copy` (a copy to computed places, whose backward is a gather)
-    /// rather than `index_select`/`index_add` (whose backward or forward adds atomically, slow in
-    /// bf16 on CUDA).
+    /// `_grouped_mm` (offsets = running row counts), results put back in token order, weighted and
+    /// summed. The rows move by gathers whose backward passes are gathers too (openseek-kernels'
+    /// `gather_rows`/`combine_rows`: no atomic adds, slow in bf16 on CUDA) and SwiGLU runs as one
+    /// autograd function over the [gate | up] halves (`swiglu`). `OPENSEEK_DISABLE=moe_fused`: the
+    /// same steps as tensor ops (`index_copy`, `narrow`), the reference these are tested against.
     pub fn forward_grouped(&self, x: &Tensor, weights: &Tensor, idx: &Tensor) -> Tensor {
         let (experts, k) = (self.gate_up_proj.size()[0], idx.size()[1]);
         let (n, width) = (x.size()[0], x.size()[1]);
         let inter = self.down_proj.size()[2];
         // order[j]: the (token, slot) pair at row j of the expert-sorted rows; rank = its inverse.
         let (_, order) = idx.view([-1]).sort_stable(true, 0, false);
+        let rank = order.argsort(0, false);
         let offsets = tokens_per_expert(idx, experts).cumsum(0, Kind::Int);
         let kind = x.kind();
-        if !crate::layers::enabled("moe_copy") {
-            let token = order.floor_divide_scalar(k);
-            let h = x.index_select(0, &token).internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
-            let h = (h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter)).contiguous();
-            let y = h.internal_grouped_mm(&self.down_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
-            let w = weights.view([-1]).index_select(0, &order).unsqueeze(1);
-            return x.zeros_like().index_add(0, &token, &(y * w).to_kind(kind));
+        let gate_up = self.gate_up_proj.to_kind(kind).transpose(1, 2);
+        let down = self.down_proj.to_kind(kind).transpose(1, 2);
+        if crate::layers::enabled("moe_fused") {
+            let rows = openseek_kernels::gather_rows(x, &order.floor_divide_scalar(k), &rank).expect("gather_rows");
+            let h = rows.internal_grouped_mm(&gate_up, Some(&offsets), None, None);
+            let h = openseek_kernels::swiglu(&h).expect("swiglu");
+            let y = h.internal_grouped_mm(&down, Some(&offsets), None, None);
+            return openseek_kernels::combine_rows(&y, &weights.to_kind(kind), &rank, &order).expect("combine_rows");
         }
-        let rank = order.argsort(0, false);
         let pairs = x.unsqueeze(1).expand([n, k, width], false).reshape([n * k, width]);
         let rows = pairs.empty_like().index_copy(0, &rank, &pairs);
-        let h = rows.internal_grouped_mm(&self.gate_up_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
+        let h = rows.internal_grouped_mm(&gate_up, Some(&offsets), None, None);
         let h = (h.narrow(-1, 0, inter).silu() * h.narrow(-1, inter, inter)).contiguous();
-        let y = h.internal_grouped_mm(&self.down_proj.to_kind(kind).transpose(1, 2), Some(&offsets), None, None);
+        let y = h.internal_grouped_mm(&down, Some(&offsets), None, None);
         let y = y.empty_like().index_copy(0, &order, &y).view([n, k, width]);
         (y * weights.to_kind(kind).unsqueeze(-1)).sum_dim_intlist(1, false, kind)
     }

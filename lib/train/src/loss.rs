@@ -1,8 +1,9 @@
 //! The LM head and the cross-entropy loss, forward and backward, chunk by chunk over tokens.
 //! The fused path (the default) builds no autograd graph over the logits: per chunk it computes
 //! the logits and their softmax in the compute dtype (fp32 inside the kernel), the loss from the
-//! label's probability, and the logits' gradient (softmax - one-hot) directly; two GEMMs turn that into the hidden states' gradient and the head
-//! weight's (summed in fp32). Full-vocabulary fp32 logits and their gradient never exist.
+//! label's probability, and the logits' gradient (softmax - one-hot) directly; two GEMMs turn that
+//! into the hidden states' gradient and the head weight's, which the GEMM accumulates in fp32
+//! straight into the head's `.grad`. Full-vocabulary fp32 logits and their gradient never exist.
 //! `OPENSEEK_TRAIN_LOSS=autograd` selects the autograd path, the reference the tests compare with.
 
 use openseek_model::DeepseekV3;
@@ -51,8 +52,9 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
     let hidden = h.detach().view([-1, width]);
     let n = hidden.size()[0];
     let device = hidden.device();
+    let direct = openseek_model::layers::enabled("head_grad");
     let (loss, dh, dw) = tch::no_grad(|| {
-        let (weight, bias) = padded_head(head, kind);
+        let (weight, bias) = padded_head(head, kind, false);
         let vocab = head.size()[0];
         let valid = labels.ne(-100);
         let targets = labels.where_scalarother(&valid, 0).unsqueeze(1);
@@ -62,8 +64,20 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
         let minus_one = Tensor::full([chunk_tokens.min(n), 1], -1.0, (kind, device));
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         let dh = Tensor::empty([n, width], (kind, device));
-        // Unscaled by the denominator (applied once at the end): sum over tokens of mask * dlogits^T h.
-        let mut dw = Tensor::zeros([weight.size()[0], width], (Kind::Float, device));
+        // The head weight's gradient, sum over tokens of mask * dlogits^T h / denominator: by
+        // default accumulated by the GEMMs themselves (in fp32 for an fp32 head) straight into the
+        // head's `.grad`; with `OPENSEEK_DISABLE=head_grad` summed in fp32 over chunks of bf16
+        // products and handed to autograd.
+        let head_grad = (direct && head.requires_grad()).then(|| {
+            let g = head.grad();
+            if g.defined() {
+                return g;
+            }
+            let g = head.zeros_like();
+            openseek_kernels::set_grad(head, Some(&g)).expect("setting the head's gradient");
+            g
+        });
+        let mut dw = (!direct).then(|| Tensor::zeros([weight.size()[0], width], (Kind::Float, device)));
         let mut start = 0;
         while start < n {
             let len = chunk_tokens.min(n - start);
@@ -78,14 +92,25 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
             let picked = dlogits.gather(1, &t, false).to_kind(Kind::Float).log();
             loss -= (picked * &s).sum(Kind::Float);
             let _ = dlogits.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
-            dh.narrow(0, start, len).copy_(&(dlogits.mm(&weight) * &s));
-            dw += dlogits.tr().mm(&(&x * mask.narrow(0, start, len)));
+            let mut d = dh.narrow(0, start, len);
+            let _ = dlogits.mm_out(&d, &weight);
+            let _ = d.g_mul_(&s);
+            let xm = &x * mask.narrow(0, start, len);
+            if let Some(g) = &head_grad {
+                openseek_kernels::addmm_accumulate(g, &dlogits.narrow(1, 0, vocab).tr(), &xm, 1.0 / denominator).expect("head weight gradient");
+            }
+            if let Some(dw) = &mut dw {
+                *dw += dlogits.tr().mm(&xm);
+            }
             start += len;
         }
-        let dw = dw.narrow(0, 0, vocab) * (1.0 / denominator);
-        (loss, dh, dw.to_kind(head.kind()))
+        let dw = dw.map(|dw| (dw.narrow(0, 0, vocab) * (1.0 / denominator)).to_kind(head.kind()));
+        (loss, dh, dw)
     });
-    let objective = (h * dh.view_as(h)).sum(Kind::Float) + head.flatten(0, -1).dot(&dw.flatten(0, -1));
+    let mut objective = (h * dh.view_as(h)).sum(Kind::Float);
+    if let Some(dw) = dw {
+        objective += head.flatten(0, -1).dot(&dw.flatten(0, -1));
+    }
     objective.backward();
     loss
 }
@@ -95,7 +120,7 @@ fn autograd(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chun
     let hidden = h_leaf.view([-1, *h_leaf.size().last().unwrap()]);
     let n = hidden.size()[0];
     let mut lm_loss = Tensor::zeros([], (Kind::Float, h.device()));
-    let (weight, bias) = padded_head(head, h_leaf.kind());
+    let (weight, bias) = padded_head(head, h_leaf.kind(), true);
     let mut start = 0;
     while start < n {
         let len = chunk_tokens.min(n - start);
@@ -113,15 +138,22 @@ fn autograd(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chun
 /// The LM head in the compute dtype with its rows padded to a multiple of 64 (as Megatron pads
 /// the vocabulary): an odd vocabulary (151,851) makes the logits' rows misaligned and the GEMMs
 /// several times slower. The padded logits get a -inf bias, so softmax and loss are unchanged.
-fn padded_head(head: &Tensor, kind: Kind) -> (Tensor, Option<Tensor>) {
-    let w = head.to_kind(kind);
-    let (v, h) = (w.size()[0], w.size()[1]);
+/// Outside autograd one cast-and-copy into the padded tensor; with autograd a concatenation.
+fn padded_head(head: &Tensor, kind: Kind, autograd: bool) -> (Tensor, Option<Tensor>) {
+    let (v, h) = (head.size()[0], head.size()[1]);
     let padded = (v + 63) / 64 * 64;
     if padded == v {
-        return (w, None);
+        return (head.to_kind(kind), None);
     }
-    let opts = (kind, w.device());
-    let weight = Tensor::cat(&[w, Tensor::zeros([padded - v, h], opts)], 0);
+    let opts = (kind, head.device());
+    let weight = if autograd {
+        Tensor::cat(&[head.to_kind(kind), Tensor::zeros([padded - v, h], opts)], 0)
+    } else {
+        let w = Tensor::empty([padded, h], opts);
+        w.narrow(0, 0, v).copy_(head);
+        let _ = w.narrow(0, v, padded - v).zero_();
+        w
+    };
     let bias = Tensor::cat(&[Tensor::zeros([v], opts), Tensor::full([padded - v], f64::NEG_INFINITY, opts)], 0);
     (weight, Some(bias))
 }

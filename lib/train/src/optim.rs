@@ -40,6 +40,17 @@ pub fn decays(name: &str) -> bool {
     !(name.ends_with("norm.weight") || name.ends_with(".bias") || name.ends_with("e_score_correction_bias"))
 }
 
+/// After an update: no gradient (`zero_grad(set_to_none=True)`, PyTorch's default), so the next
+/// backward pass stores each gradient rather than adding it to zeros, and no gradient memory is
+/// held through the forward pass. `OPENSEEK_DISABLE=grad_none`: zeroed in place instead.
+fn clear_grad(t: &mut Tensor) {
+    if openseek_model::layers::enabled("grad_none") {
+        openseek_kernels::set_grad(t, None).expect("clearing a gradient");
+    } else {
+        t.zero_grad();
+    }
+}
+
 impl AdamW {
     /// Optimise `params` (name, leaf tensor); moments start at zero, fp32, on the params' device.
     pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> AdamW {
@@ -72,7 +83,7 @@ impl AdamW {
 
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
-            p.tensor.zero_grad();
+            clear_grad(&mut p.tensor);
         }
     }
 
@@ -114,13 +125,7 @@ impl AdamW {
     fn step_fused(&mut self, lr: f64, grad_scale: f64) {
         let _guard = tch::no_grad_guard();
         let device = self.params[0].tensor.device();
-        let scale = Tensor::from(grad_scale as f32).to_device(device);
         let with_grad: Vec<&Param> = self.params.iter().filter(|p| p.tensor.grad().defined()).collect();
-        if grad_scale != 1.0 {
-            for p in &with_grad {
-                let _ = p.tensor.grad().g_mul_(&scale);
-            }
-        }
         for decay in [true, false] {
             let group: Vec<&&Param> = with_grad.iter().filter(|p| p.decay == decay).collect();
             if group.is_empty() {
@@ -136,6 +141,8 @@ impl AdamW {
                 weight_decay: if decay { self.weight_decay } else { 0.0 },
                 eps: self.eps,
                 maximize: false,
+                // The kernel scales the gradients as it reads them (no pass of its own over them).
+                grad_scale,
             };
             openseek_kernels::fused_adamw(
                 &list(&|p| p.tensor.shallow_clone()),
@@ -164,14 +171,14 @@ impl AdamW {
         };
         let (m, a, s) = (flat(&|p| p.tensor.shallow_clone())?, flat(&|p| p.exp_avg.shallow_clone())?, flat(&|p| p.exp_avg_sq.shallow_clone())?);
         let layout = self.layout();
-        let info = ShardInfo { rank: 0, world: 1, ranges: vec![0..layout.total()], total: layout.total(), fingerprint: layout.fingerprint(), step: self.steps };
+        let info = ShardInfo { rank: 0, world: 1, ranges: layout.owned(0), total: layout.total(), fingerprint: layout.fingerprint(), step: self.steps };
         reshard::save_shard(dir, &info, &[("master", &m), ("exp_avg", &a), ("exp_avg_sq", &s)])
     }
 
     /// Read the moments and the step count from the shards in `dir`, saved on any world size.
     pub fn load(&mut self, dir: &Path) -> Result<(), Failure> {
         let layout = self.layout();
-        let (mut state, steps) = reshard::load_ranges(dir, &[0..layout.total()], &["exp_avg", "exp_avg_sq"], &layout.fingerprint())?;
+        let (mut state, steps) = reshard::load_ranges(dir, &layout.owned(0), &["exp_avg", "exp_avg_sq"], &layout.fingerprint())?;
         for what in ["exp_avg", "exp_avg_sq"] {
             let all = Tensor::from_slice(&state.remove(what).unwrap());
             for (i, p) in self.params.iter_mut().enumerate() {
@@ -190,7 +197,7 @@ impl AdamW {
 /// the same re-shardable files, so a run resumes on any number of ranks.
 pub enum Optimizer {
     Full(AdamW),
-    Sharded { zero: Zero1, leaves: Vec<Tensor> },
+    Sharded { zero: Box<Zero1>, leaves: Vec<Tensor> },
 }
 
 impl Optimizer {
@@ -205,7 +212,7 @@ impl Optimizer {
         Zero1::broadcast_params(&named, comm)?;
         let leaves = params.into_iter().map(|(_, t)| t).collect();
         let zero = Zero1::new(named, comm, openseek_dist::AdamW { beta1, beta2, eps, weight_decay })?;
-        Ok(Optimizer::Sharded { zero, leaves })
+        Ok(Optimizer::Sharded { zero: Box::new(zero), leaves })
     }
 
     /// The trainable leaves (shallow clones sharing storage and gradients with the model).
@@ -264,7 +271,7 @@ impl Optimizer {
     pub fn zero_grad(&mut self) {
         match self {
             Optimizer::Full(a) => a.zero_grad(),
-            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(|t| t.zero_grad()),
+            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(clear_grad),
         }
     }
 
