@@ -123,6 +123,9 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
         let per_row = (x.matmul(&w) + &b - &y).square().mean_dim(1, false, Kind::Float);
         let local_sum = per_row.sum(Kind::Float);
         (&local_sum * (comm.world() as f64 / BATCH as f64)).backward();
+        // As os-train: a bucket's reduction started as soon as its gradient is complete (b's
+        // here), the rest and the wait at the end.
+        opt.grads_ready(1, comm)?;
         opt.reduce_grads(comm)?;
         let norm = opt.clip_grads(comm, 1.0)?;
         opt.step(0.05);
@@ -146,7 +149,10 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
 }
 
 /// All-reduce bandwidth: `elems` fp32 elements in buckets of `bucket` (Avg), `iters` timed passes;
-/// then the ZeRO-1 pattern (reduce-scatter + all-gather of the whole buffer). Rank 0 prints JSON.
+/// then the ZeRO-1 pattern (reduce-scatter + all-gather of the whole buffer); on CUDA, the
+/// reduce-scatter overlapped with matrix products on the compute stream (as during the backward
+/// pass): `overlap` = (compute + comm - both) / the shorter of the two, 1 when fully hidden, 0
+/// when serialised. Rank 0 prints JSON.
 pub fn bench(comm: &mut Comm, elems: usize, bucket: usize, iters: usize) -> Result<(), Failure> {
     let dev = comm.device();
     let buf = Tensor::ones([elems as i64], (Kind::Float, dev));
@@ -175,6 +181,30 @@ pub fn bench(comm: &mut Comm, elems: usize, bucket: usize, iters: usize) -> Resu
     let t_rs = time(comm, &mut |c| c.reduce_scatter(&full, &mut out, ReduceOp::Avg))?;
     let mut gathered = full.shallow_clone();
     let t_ag = time(comm, &mut |c| c.all_gather(&out, &mut gathered))?;
+    let overlap = match dev {
+        Device::Cuda(_) => {
+            let a = Tensor::randn([8192, 8192], (Kind::BFloat16, dev));
+            let one = time(comm, &mut |_| {
+                let _ = a.mm(&a);
+                Ok(())
+            })?;
+            let k = ((t_rs / one).ceil() as usize).clamp(1, 2000);
+            let t_mm = time(comm, &mut |_| {
+                (0..k).for_each(|_| drop(a.mm(&a)));
+                Ok(())
+            })?;
+            let t_both = time(comm, &mut |c| {
+                c.reduce_scatter_overlapped(&full, &mut out, ReduceOp::Avg)?;
+                (0..k).for_each(|_| drop(a.mm(&a)));
+                c.wait()
+            })?;
+            format!(
+                ", \"overlap_matmuls\": {k}, \"overlap_compute_s\": {t_mm:.4}, \"overlap_both_s\": {t_both:.4}, \"overlap\": {:.2}",
+                (t_mm + t_rs - t_both) / t_mm.min(t_rs)
+            )
+        }
+        _ => String::new(),
+    };
     let bytes = (elems * 4) as f64;
     let bus = 2.0 * (world as f64 - 1.0) / world as f64;
     let ok = buf.narrow(0, 0, 1000).eq(1.0).all().int64_value(&[]) == 1;
@@ -182,7 +212,7 @@ pub fn bench(comm: &mut Comm, elems: usize, bucket: usize, iters: usize) -> Resu
         println!(
             "{{\"world\": {world}, \"backend\": \"{}\", \"elems\": {elems}, \"bucket_elems\": {bucket}, \"buckets\": {}, \"iters\": {iters}, \
              \"all_reduce_s\": {t_ar:.4}, \"all_reduce_algbw_GBps\": {:.1}, \"all_reduce_busbw_GBps\": {:.1}, \
-             \"reduce_scatter_s\": {t_rs:.4}, \"all_gather_s\": {t_ag:.4}, \"zero1_comm_s\": {:.4}, \"values_ok\": {ok}}}",
+             \"reduce_scatter_s\": {t_rs:.4}, \"all_gather_s\": {t_ag:.4}, \"zero1_comm_s\": {:.4}{overlap}, \"values_ok\": {ok}}}",
             comm.backend_name(),
             buckets.len(),
             bytes / t_ar / 1e9,

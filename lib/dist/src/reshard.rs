@@ -147,8 +147,9 @@ pub fn load_ranges(dir: &Path, want: &[Range<usize>], names: &[&str], fingerprin
         let ranges = match meta.get("ranges") {
             Some(text) => parse_ranges(text).ok_or_else(|| bad(format!("metadata 'ranges' is not a list of START-END: {text}")))?,
             None => {
-                let offset = number("offset")? as usize;
-                vec![offset..offset + stored]
+                let start = number("offset")? as usize;
+                let whole = start..start + stored;
+                vec![whole]
             }
         };
         if ranges.iter().map(|r| r.len()).sum::<usize>() != stored || ranges.iter().any(|r| r.end > total) {
@@ -278,7 +279,8 @@ mod tests {
         assert!(e.message.contains("another parameter layout"), "{}", e.message);
         let e = load_ranges(dir.path(), &l.owned(0), &["exp_avg_sq"], &l.fingerprint()).unwrap_err();
         assert!(e.message.contains("no tensor 'exp_avg_sq'"), "{}", e.message);
-        let e = load_ranges(dir.path(), &[0..total + 1], &["master"], &l.fingerprint()).unwrap_err();
+        let past_the_end = 0..total + 1;
+        let e = load_ranges(dir.path(), std::slice::from_ref(&past_the_end), &["master"], &l.fingerprint()).unwrap_err();
         assert!(e.message.contains("cover"), "{}", e.message);
         std::fs::remove_file(dir.path().join(shard_file_name(1, 2))).unwrap();
         let e = load_ranges(dir.path(), &l.owned(0), &["master"], &l.fingerprint()).unwrap_err();
