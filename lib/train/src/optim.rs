@@ -40,6 +40,17 @@ pub fn decays(name: &str) -> bool {
     !(name.ends_with("norm.weight") || name.ends_with(".bias") || name.ends_with("e_score_correction_bias"))
 }
 
+/// After an update: no gradient (`zero_grad(set_to_none=True)`, PyTorch's default), so the next
+/// backward pass stores each gradient rather than adding it to zeros, and no gradient memory is
+/// held through the forward pass. `OPENSEEK_DISABLE=grad_none`: zeroed in place instead.
+fn clear_grad(t: &mut Tensor) {
+    if openseek_model::layers::enabled("grad_none") {
+        openseek_kernels::set_grad(t, None).expect("clearing a gradient");
+    } else {
+        t.zero_grad();
+    }
+}
+
 impl AdamW {
     /// Optimise `params` (name, leaf tensor); moments start at zero, fp32, on the params' device.
     pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> AdamW {
@@ -72,7 +83,7 @@ impl AdamW {
 
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
-            p.tensor.zero_grad();
+            clear_grad(&mut p.tensor);
         }
     }
 
@@ -114,13 +125,7 @@ impl AdamW {
     fn step_fused(&mut self, lr: f64, grad_scale: f64) {
         let _guard = tch::no_grad_guard();
         let device = self.params[0].tensor.device();
-        let scale = Tensor::from(grad_scale as f32).to_device(device);
         let with_grad: Vec<&Param> = self.params.iter().filter(|p| p.tensor.grad().defined()).collect();
-        if grad_scale != 1.0 {
-            for p in &with_grad {
-                let _ = p.tensor.grad().g_mul_(&scale);
-            }
-        }
         for decay in [true, false] {
             let group: Vec<&&Param> = with_grad.iter().filter(|p| p.decay == decay).collect();
             if group.is_empty() {
@@ -136,6 +141,8 @@ impl AdamW {
                 weight_decay: if decay { self.weight_decay } else { 0.0 },
                 eps: self.eps,
                 maximize: false,
+                // The kernel scales the gradients as it reads them (no pass of its own over them).
+                grad_scale,
             };
             openseek_kernels::fused_adamw(
                 &list(&|p| p.tensor.shallow_clone()),
@@ -264,7 +271,7 @@ impl Optimizer {
     pub fn zero_grad(&mut self) {
         match self {
             Optimizer::Full(a) => a.zero_grad(),
-            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(|t| t.zero_grad()),
+            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(clear_grad),
         }
     }
 
