@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::layers::{Linear, RmsNorm};
 use crate::model::Weights;
+use crate::packed::TokenGroups;
 use crate::rope::Rope;
 use tch::{Device, Kind, Tensor};
 
@@ -80,6 +81,17 @@ impl Attention {
         let (k, v) = self.expand(&latent, &k_rot);
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, self.scale, false);
         self.output(&y)
+    }
+
+    /// Attention within groups of tokens packed into one sequence (see [`crate::packed`]): x [1, N,
+    /// hidden], cos/sin [1, 1, N, rope] at each token's position. Projections run on the N tokens;
+    /// attention runs per group, the groups padded to a common length, each token seeing the keys
+    /// that `groups.mask` allows.
+    pub fn forward_grouped(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, groups: &TokenGroups) -> Tensor {
+        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+        let (k, v) = self.expand(&latent, &k_rot);
+        let y = Tensor::scaled_dot_product_attention(&groups.spread(&q), &groups.spread(&k), &groups.spread(&v), Some(&groups.mask), 0.0, false, self.scale, false);
+        self.output(&groups.collect(&y))
     }
 
     /// Attention with kv_b_proj absorbed into the queries and the output (one decoding step): the

@@ -3,7 +3,8 @@
 //! decoding with a KV cache that holds MLA's compressed latent and rotated shared key per layer.
 
 use crate::attention::MlaCache;
-use crate::model::{DeepseekV3, FeedForward, Layer};
+use crate::model::DeepseekV3;
+use crate::moe::AuxCoefficients;
 use tch::{Kind, Tensor};
 
 pub struct GenerateOptions {
@@ -65,22 +66,12 @@ impl DeepseekV3 {
         let (mut x, cos, sin) = self.embed(ids, Some(positions));
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer_masked(layer, &x, self, &cos, &sin, &mask, c);
+            let mut c = c;
+            let mut attend = |a: &crate::attention::Attention, h: &Tensor| a.forward_masked(h, &self.rope, &cos, &sin, &mask, c.take());
+            x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
         }
         self.norm.forward(&x)
     }
-}
-
-/// One decoder layer with masked attention (the structure of `Layer::forward`).
-fn layer_masked(layer: &Layer, x: &Tensor, model: &DeepseekV3, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut MlaCache>) -> Tensor {
-    let h = layer.input_layernorm.forward(x);
-    let x = x + layer.self_attn.forward_masked(&h, &model.rope, cos, sin, mask, cache);
-    let h = layer.post_attention_layernorm.forward(&x);
-    let y = match &layer.mlp {
-        FeedForward::Dense(m) => m.forward(&h),
-        FeedForward::Moe(m) => m.forward(&h),
-    };
-    x + y
 }
 
 /// Greedy continuation of each prompt (left-padded batches, KV cache). `stop(i, new_tokens_so_far)`

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod layers;
 pub mod model;
 pub mod moe;
+pub mod packed;
 pub mod rope;
 pub mod safetensors;
 pub mod score;

@@ -51,12 +51,23 @@ impl Layer {
         mask: Option<&Tensor>,
         aux: &AuxCoefficients,
     ) -> (Tensor, Option<RoutingStats>) {
-        let h = self.input_layernorm.forward(x);
-        let a = match mask {
-            None => self.self_attn.forward(&h, rope, cos, sin),
-            Some(m) => self.self_attn.forward_masked(&h, rope, cos, sin, m, None),
+        let mut attend = |a: &Attention, h: &Tensor| match mask {
+            None => a.forward(h, rope, cos, sin),
+            Some(m) => a.forward_masked(h, rope, cos, sin, m, None),
         };
-        let x = x + a;
+        self.forward_around(x, &mut attend, aux)
+    }
+
+    /// The layer around a given use of its attention: `attend(&self.self_attn, normed x)` gives
+    /// the attention output (causal, masked, cached or grouped; see its callers).
+    pub fn forward_around(
+        &self,
+        x: &Tensor,
+        attend: &mut dyn FnMut(&Attention, &Tensor) -> Tensor,
+        aux: &AuxCoefficients,
+    ) -> (Tensor, Option<RoutingStats>) {
+        let h = self.input_layernorm.forward(x);
+        let x = x + attend(&self.self_attn, &h);
         let h = self.post_attention_layernorm.forward(&x);
         let (y, stats) = match &self.mlp {
             FeedForward::Dense(m) => (m.forward(&h), None),

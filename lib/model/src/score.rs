@@ -2,11 +2,10 @@
 //! summed log-likelihoods of continuations that evaluation needs. Sequences are right-padded into
 //! batches (exact for a causal model) and the LM head runs only where a score is read, in chunks
 //! of positions so [tokens, vocab] logits never sit in memory at once. Multiple-choice questions
-//! share their context: it runs once, its KV cache is copied to each choice, and only the
-//! continuations run after it.
+//! share their context: it runs once, packed with the choices and no padding (crate::packed).
 
-use crate::generate::KvCache;
 use crate::model::DeepseekV3;
+use crate::packed::TokenGroups;
 use tch::{Device, Kind, Tensor};
 
 /// Per-token log-probs of each sequence (length n-1 for n tokens; empty for n < 2).
@@ -141,9 +140,16 @@ pub struct ChoiceGroup {
     pub continuations: Vec<Vec<i64>>,
 }
 
-/// Summed continuation log-probs of multiple-choice questions, the shared context computed once:
-/// a batch of contexts runs with a KV cache, the cache rows are copied to each choice, and the
-/// continuations (without their last token) run against it. Equal, up to rounding, to
+impl ChoiceGroup {
+    /// Tokens the question takes packed: its context, then each continuation without its last token.
+    fn packed_len(&self) -> usize {
+        self.context.len() + self.continuations.iter().map(|c| c.len() - 1).sum::<usize>()
+    }
+}
+
+/// Summed continuation log-probs of multiple-choice questions, the shared context computed once
+/// and nothing padded: a batch of questions runs as one packed sequence (crate::packed), each
+/// choice attending to its question's context and to itself. Equal, up to rounding, to
 /// [`loglikelihoods`] of each (context, continuation). Questions whose context + continuation
 /// exceed `max_length`, or with an empty context or continuation, go through [`loglikelihoods`].
 pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_length: usize, batch_tokens: usize) -> Vec<Vec<f64>> {
@@ -169,27 +175,24 @@ pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_len
     for ((i, c, _), v) in requests.iter().zip(loglikelihoods(model, &plain, max_length, batch_tokens)) {
         out[*i][*c] = v;
     }
-    // Longest first; a batch holds questions while its padded contexts plus padded continuation
-    // rows stay within batch_tokens tokens.
-    let cont_len = |g: &ChoiceGroup| g.continuations.iter().map(Vec::len).max().unwrap_or(0);
-    shared.sort_by_key(|&i| std::cmp::Reverse(groups[i].context.len() + cont_len(&groups[i])));
+    // Longest first; a batch holds questions while their packed tokens stay within batch_tokens
+    // and, padded per question for attention, within twice that.
+    shared.sort_by_key(|&i| std::cmp::Reverse(groups[i].packed_len()));
     tch::no_grad(|| {
         let mut start = 0;
         while start < shared.len() {
-            let (t, s) = (groups[shared[start]].context.len(), cont_len(&groups[shared[start]]));
-            let mut end = start;
-            let mut rows = 0;
+            let longest = groups[shared[start]].packed_len();
+            let (mut end, mut tokens) = (start, 0);
             while end < shared.len() {
-                let n = groups[shared[end]].continuations.len();
-                let cost = (end - start + 1) * t + (rows + n) * s;
-                if end > start && cost > batch_tokens {
+                let n = groups[shared[end]].packed_len();
+                if end > start && (tokens + n > batch_tokens || (end - start + 1) * longest > 2 * batch_tokens) {
                     break;
                 }
-                rows += n;
+                tokens += n;
                 end += 1;
             }
             let batch = &shared[start..end];
-            for (i, v) in batch.iter().zip(shared_batch(model, groups, batch)) {
+            for (i, v) in batch.iter().zip(packed_batch(model, groups, batch)) {
                 out[*i] = v;
             }
             start = end;
@@ -198,78 +201,40 @@ pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_len
     out
 }
 
-/// One batch of [`choice_loglikelihoods`]: contexts right-padded to T, continuations (without
-/// their last token) right-padded to S - 1 after them.
-fn shared_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> Vec<Vec<f64>> {
+/// One batch of [`choice_loglikelihoods`]: per question its context, then each continuation but
+/// its last token; the first continuation token is predicted at the context's last token, the
+/// others at the continuation's own tokens.
+fn packed_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> Vec<Vec<f64>> {
     let device = model.device();
-    let b = batch.len();
-    let t = batch.iter().map(|&i| groups[i].context.len()).max().unwrap();
-    let s = batch.iter().flat_map(|&i| groups[i].continuations.iter().map(Vec::len)).max().unwrap();
-    let mut ids = vec![0i64; b * t];
-    let mut valid = vec![false; b * t];
-    for (r, &i) in batch.iter().enumerate() {
-        let ctx = &groups[i].context;
-        ids[r * t..r * t + ctx.len()].copy_from_slice(ctx);
-        valid[r * t..r * t + ctx.len()].fill(true);
-    }
-    let ids = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(device);
-    let valid = Tensor::from_slice(&valid).view([b as i64, t as i64]).to_device(device);
-    let positions = Tensor::arange(t as i64, (Kind::Int64, device)).unsqueeze(0).expand([b as i64, t as i64], false);
-    let mut cache = KvCache::new(model, b as i64, (t + s - 1) as i64);
-    let hidden = model.hidden_masked(&ids, &positions, &valid, Some(&mut cache));
-
-    // The first continuation token of each choice is predicted at the context's last position.
-    let (mut last, mut first_targets, mut row_of) = (Vec::new(), Vec::new(), Vec::new());
-    for (r, &i) in batch.iter().enumerate() {
-        for (c, cont) in groups[i].continuations.iter().enumerate() {
-            last.push((r * t + groups[i].context.len() - 1) as i64);
-            first_targets.push(cont[0]);
-            row_of.push((r, c));
-        }
-    }
-    let h = hidden.view([(b * t) as i64, -1]).index_select(0, &Tensor::from_slice(&last).to_device(device));
-    let first = gather_logprobs(model, &h, &Tensor::from_slice(&first_targets).to_device(device));
-    let mut out: Vec<Vec<f64>> = batch.iter().map(|&i| vec![0.0; groups[i].continuations.len()]).collect();
-    for (&(r, c), v) in row_of.iter().zip(&first) {
-        out[r][c] = *v;
-    }
-    if s == 1 {
-        return out;
-    }
-
-    // The rest: each choice's row starts from a copy of its question's cache.
-    let n = row_of.len();
-    let sm = s - 1;
-    let rows = Tensor::from_slice(&row_of.iter().map(|&(r, _)| r as i64).collect::<Vec<_>>()).to_device(device);
-    cache.keep_rows(&rows);
-    let ctx_valid = valid.index_select(0, &rows);
-    let (mut cids, mut cvalid, mut cpos) = (vec![0i64; n * sm], vec![false; n * sm], vec![0i64; n * sm]);
+    let (mut ids, mut segments) = (Vec::new(), Vec::with_capacity(batch.len()));
     let (mut at, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
-    for (k, &(r, c)) in row_of.iter().enumerate() {
-        let g = &groups[batch[r]];
-        let cont = &g.continuations[c];
-        for j in 0..sm {
-            cpos[k * sm + j] = (g.context.len() + j) as i64;
-        }
-        for j in 0..cont.len() - 1 {
-            cids[k * sm + j] = cont[j];
-            cvalid[k * sm + j] = true;
-            at.push((k * sm + j) as i64);
-            targets.push(cont[j + 1]);
+    for (r, &i) in batch.iter().enumerate() {
+        let g = &groups[i];
+        ids.extend_from_slice(&g.context);
+        let context_last = (ids.len() - 1) as i64;
+        let mut segment = vec![g.context.len()];
+        for (c, cont) in g.continuations.iter().enumerate() {
+            let start = ids.len();
+            at.push(context_last);
+            targets.push(cont[0]);
             owner.push((r, c));
+            for j in 1..cont.len() {
+                at.push((start + j - 1) as i64);
+                targets.push(cont[j]);
+                owner.push((r, c));
+            }
+            ids.extend_from_slice(&cont[..cont.len() - 1]);
+            segment.push(cont.len() - 1);
         }
+        segments.push(segment);
     }
-    let cids = Tensor::from_slice(&cids).view([n as i64, sm as i64]).to_device(device);
-    let cvalid = Tensor::from_slice(&cvalid).view([n as i64, sm as i64]).to_device(device);
-    let cpos = Tensor::from_slice(&cpos).view([n as i64, sm as i64]).to_device(device);
-    let all_valid = Tensor::cat(&[&ctx_valid, &cvalid], 1);
-    let hidden = model.hidden_masked(&cids, &cpos, &all_valid, Some(&mut cache));
-    if !at.is_empty() {
-        let h = hidden.view([(n * sm) as i64, -1]).index_select(0, &Tensor::from_slice(&at).to_device(device));
-        let lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device));
-        for (&(r, c), v) in owner.iter().zip(lp) {
-            out[r][c] += v;
-        }
+    let layout = TokenGroups::new(&segments, device);
+    let hidden = model.hidden_grouped(&ids, &layout);
+    let h = hidden.index_select(0, &Tensor::from_slice(&at).to_device(device));
+    let lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device));
+    let mut out: Vec<Vec<f64>> = batch.iter().map(|&i| vec![0.0; groups[i].continuations.len()]).collect();
+    for (&(r, c), v) in owner.iter().zip(lp) {
+        out[r][c] += v;
     }
     out
 }
