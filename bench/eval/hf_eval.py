@@ -99,19 +99,21 @@ def main():
     p.add_argument("--batch-tokens", default="32768", help="os-eval --batch-tokens; a comma list runs os-eval once per value")
     p.add_argument("--device", default="cuda")
     p.add_argument("--shape", choices=["full", "small"], default="full")
+    p.add_argument("--init", choices=["scaled", "hf"], default="scaled",
+                   help="random weights as bench/model/parity.py builds them (hf: transformers' init, less chaotic)")
     p.add_argument("--fp32-limit", type=int, default=0, help="also compare in fp32 on the first N items of each task")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="eval-bench-", dir=os.environ.get("TMPDIR"))
     model_dir = os.path.join(work, "model")
-    res = {"tasks": a.tasks, "limit": a.limit, "split": a.split, "shape": a.shape, "device": a.device,
+    res = {"tasks": a.tasks, "limit": a.limit, "split": a.split, "shape": a.shape, "init": a.init, "device": a.device,
            "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
            "torch": torch.__version__, "transformers": transformers.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "hf_batch": a.batch, "os_eval_batch_tokens": a.batch_tokens}
     try:
         # The small shape keeps the real vocabulary: the requests are OpenSeek token ids.
         small = SMALL | {k: FULL[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings")}
-        model = build(FULL if a.shape == "full" else small, a.device, 0, "scaled")
+        model = build(FULL if a.shape == "full" else small, a.device, 0, a.init)
         model.save_pretrained(model_dir, safe_serialization=True)
         del model
         for f in TOKENIZER_FILES:
@@ -130,7 +132,7 @@ def main():
         # task_seconds adds building the requests (tokenizing) and scoring; wall adds process start and loading.
         runs = []
         for bt in a.batch_tokens.split(","):
-            ev = os.path.join(work, f"os-eval-out-{bt}")
+            ev = os.path.join(work, f"os-eval-out-{len(runs)}-{bt}")
             t0 = time.time()
             sh([a.os_eval, "run", "--model", model_dir, "--data", a.data, "--tasks", a.tasks, "--split", a.split,
                 "--output", ev, "--device", a.device, "--dtype", "bfloat16" if a.device.startswith("cuda") else "float32",
@@ -141,13 +143,18 @@ def main():
                          "task_s": round(results["timings"]["task_seconds"], 3),
                          "model_s": round(results["timings"]["model_seconds"], 3),
                          "per_task_model_s": {t: round(v["model_seconds"], 3) for t, v in results["tasks"].items()}})
+            scores = {}
+            for t in results["tasks"]:
+                rec = json.load(open(os.path.join(ev, "tasks", t.replace(":", "__") + ".json")))
+                scores.update(((t, it["doc_index"]), it["logprobs"]) for it in rec["items"])
+            runs[-1]["scores"] = scores
         res["os_eval_runs"] = runs
         best = min(runs, key=lambda r: r["model_s"])
         res["os_eval_s"] = best["model_s"]
-        ours = {}
-        for t in results["tasks"]:
-            rec = json.load(open(os.path.join(ev, "tasks", t.replace(":", "__") + ".json")))
-            ours.update(((t, it["doc_index"]), it["logprobs"]) for it in rec["items"])
+        ours = runs[-1]["scores"]
+        # os-eval against itself at another batch size: the noise level of its own bf16 predictions.
+        if len(runs) > 1:
+            res["os_eval_self_agreement"] = agreement(items, runs[0]["scores"], [ours[(it["task"], it["doc_index"])] for it in items])
 
         # transformers, as lighteval runs it.
         kw = {}
@@ -177,6 +184,7 @@ def main():
         res["hf_items_per_s"] = round(n / res["hf_s"], 1)
         res["speedup"] = round(res["hf_s"] / res["os_eval_s"], 2)
         for r in runs:
+            r["agreement_with_hf"] = agreement(items, r.pop("scores"), theirs)
             r["items_per_s"] = round(n / r["model_s"], 1)
             r["speedup"] = round(res["hf_s"] / r["model_s"], 2)
         res["os_eval_table"] = {c["name"]: c["value"] for c in results["table"]["columns"] if c["value"] is not None}
@@ -198,6 +206,11 @@ def main():
             model = model.float()
             theirs32 = hf_scores(model, sub, a.batch, a.device)
             res["fp32"] = {"items": len(sub), "os_eval_model_s": round(results["timings"]["model_seconds"], 3)} | agreement(sub, ours32, theirs32)
+            # The yardstick: each tool's bf16 predictions against transformers in fp32 on these items.
+            truth = {(it["task"], it["doc_index"]): lp for it, lp in zip(sub, theirs32)}
+            hf16 = {(it["task"], it["doc_index"]): lp for it, lp in zip(items, theirs)}
+            res["bf16_vs_hf_fp32"] = {"os_eval": agreement(sub, ours, [truth[(it["task"], it["doc_index"])] for it in sub]),
+                                      "transformers": agreement(sub, hf16, [truth[(it["task"], it["doc_index"])] for it in sub])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(a.out, "bench.json"), "w") as f:

@@ -13,17 +13,27 @@ pub struct ModelBackend<'a> {
     pub tokenizer: &'a Tokenizer,
     /// Requests are left-truncated to this many tokens.
     pub max_length: usize,
-    /// Padded tokens per forward pass (log-likelihood).
+    /// Tokens per forward pass (log-likelihood).
     pub batch_tokens: usize,
     /// Prompts decoded together.
     pub generate_batch: usize,
 }
 
 /// One small question and one short generation, so that CUDA's lazy initialisation (kernel
-/// loading, library handles) is done before the first task is timed.
+/// loading, library handles) is done before the first task is timed; on CUDA also a batch of
+/// 256 questions (about 25,000 tokens), whose matrix products take the kernels large batches use.
 pub fn warm_up(model: &DeepseekV3) {
     let g = ChoiceGroup { context: vec![1, 2, 3, 4], continuations: vec![vec![5, 6], vec![7]] };
     choice_loglikelihoods(model, &[g], 64, 4096);
+    if model.device().is_cuda() {
+        let vocab = model.config.vocab_size.min(50_000);
+        let question = |q: i64| ChoiceGroup {
+            context: (0..64 + q % 64).map(|i| (q * 131 + i * 7) % vocab).collect(),
+            continuations: (0..4).map(|c| (0..2 + (q + c) % 12).map(|i| (q * 17 + c * 5 + i) % vocab).collect()).collect(),
+        };
+        let batch: Vec<ChoiceGroup> = (0..256).map(question).collect();
+        choice_loglikelihoods(model, &batch, 4096, 1 << 17);
+    }
     let opts = GenerateOptions { max_new_tokens: 2, eos: vec![], batch_size: 2 };
     greedy(model, &[vec![1, 2, 3], vec![4]], &opts, &mut |_, _| false);
 }

@@ -97,8 +97,8 @@ struct EvalArgs {
     /// float32 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA).
     #[arg(long)]
     dtype: Option<String>,
-    /// Tokens per forward pass for log-likelihoods (contexts + continuations); default 131072 on
-    /// CUDA (bench/eval: 1.5× the items/s of 32768 on an H100), 16384 on CPU.
+    /// Tokens per forward pass for log-likelihoods (questions packed without padding: contexts +
+    /// continuations); default 131072 on CUDA, 16384 on CPU.
     #[arg(long)]
     batch_tokens: Option<usize>,
     /// Prompts generated together (TriviaQA, GSM8K).
