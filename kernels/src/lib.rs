@@ -14,8 +14,8 @@
 //!   region, written as a Chrome trace;
 //! - [`swiglu`], [`gather_rows`] and [`combine_rows`]: the MoE's elementwise and row-moving steps
 //!   as autograd functions with hand-written backward passes (ATen operations, any device);
-//! - [`addmm_accumulate`] and [`set_grad`]: a GEMM accumulated into an fp32 tensor (the LM head's
-//!   weight gradient) and a parameter's `.grad` set or cleared.
+//! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added into an fp32 tensor (the LM
+//!   head's weight gradient) and a parameter's `.grad` set or cleared.
 //!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
 
@@ -242,7 +242,8 @@ fn h(t: &Tensor) -> Handle {
 
 /// SwiGLU over the two halves of `h` [M, 2I] (gate first): silu(h[:, :I]) * h[:, I:], [M, I]
 /// contiguous. Differentiable; the backward writes dh in one tensor (autograd through two
-/// `narrow` views fills and adds two zero tensors). Forward and gradients equal the composition's.
+/// `narrow` views fills and adds two zero tensors) and reuses the forward's silu(gate) ([M, I]
+/// kept). Forward and gradients equal the composition's.
 pub fn swiglu(h: &Tensor) -> Result<Tensor, TchError> {
     one_output(|out| unsafe { oskern_swiglu(self::h(h), out) })
 }
@@ -260,8 +261,9 @@ pub fn combine_rows(y: &Tensor, w: &Tensor, rank: &Tensor, order: &Tensor) -> Re
     one_output(|out| unsafe { oskern_combine_rows(h(y), h(w), h(rank), h(order), out) })
 }
 
-/// `out += alpha * m1 @ m2` outside autograd. With a 16-bit `m1`/`m2` and an fp32 `out` on CUDA
-/// it is one GEMM accumulating into `out` in fp32; elsewhere `addmm_` in `out`'s dtype.
+/// `out += alpha * (m1 @ m2)[..rows of out]` outside autograd (`m1` may have more rows: padding,
+/// dropped). With a 16-bit `m1`/`m2` and an fp32 `out` on CUDA the product is computed in the
+/// inputs' dtype (cuBLAS' fast kernels) and added in fp32; elsewhere `addmm_` in `out`'s dtype.
 pub fn addmm_accumulate(out: &Tensor, m1: &Tensor, m2: &Tensor, alpha: f64) -> Result<(), TchError> {
     check(unsafe { oskern_addmm_acc(h(out), h(m1), h(m2), alpha) })
 }

@@ -31,20 +31,23 @@ std::vector<Tensor> list_of(Tensor *const *ts, size_t n) {
 
 // silu(h[..., :I]) * h[..., I:] for h [M, 2I] (gate columns first). The backward writes both
 // halves of dh into one tensor, where autograd through two narrow() views would fill two zero
-// tensors, copy each half in and add them. Same operations (silu, mul, silu_backward) and roundings.
+// tensors, copy each half in and add them; silu(gate) is kept from the forward pass. Same
+// operations (silu, mul, silu_backward) and roundings as the composition.
 struct SwiGlu : public torch::autograd::Function<SwiGlu> {
   static Tensor forward(AutogradContext *ctx, const Tensor &h) {
-    ctx->save_for_backward({h});
     auto i = h.size(-1) / 2;
-    return at::silu(h.narrow(-1, 0, i)).mul_(h.narrow(-1, i, i));
+    auto s = at::silu(h.narrow(-1, 0, i));
+    ctx->save_for_backward({h, s});
+    return s * h.narrow(-1, i, i);
   }
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
-    auto h = ctx->get_saved_variables()[0];
+    auto saved = ctx->get_saved_variables();
+    auto &h = saved[0], &s = saved[1];
     auto i = h.size(-1) / 2;
     auto g = h.narrow(-1, 0, i), u = h.narrow(-1, i, i);
     auto dh = at::empty_like(h, at::MemoryFormat::Contiguous);
     auto dg = dh.narrow(-1, 0, i), du = dh.narrow(-1, i, i);
-    at::mul_out(du, grads[0], at::silu(g));
+    at::mul_out(du, grads[0], s);
     at::silu_backward_out(dg, grads[0] * u, g);
     return {dh};
   }
@@ -82,7 +85,7 @@ struct CombineRows : public torch::autograd::Function<CombineRows> {
     auto &yg = saved[0], &w = saved[1], &order = saved[2];
     auto dout = grads[0].contiguous();
     auto dw = at::bmm(yg, dout.unsqueeze(2)).squeeze(2);
-    auto dyg = at::bmm(w.unsqueeze(2), dout.unsqueeze(1));
+    auto dyg = w.unsqueeze(2) * dout.unsqueeze(1);  // a K = 1 bmm runs a slow generic kernel
     auto dy = dyg.view({-1, dyg.size(2)}).index_select(0, order);
     return {dy, dw, Tensor(), Tensor()};
   }
@@ -175,20 +178,18 @@ char *oskern_combine_rows(Tensor *y, Tensor *w, Tensor *rank, Tensor *order, Ten
   GUARD(*out = new Tensor(CombineRows::apply(*y, *w, *rank, *order)))
 }
 
-// out += alpha * m1 @ m2 without autograd. On CUDA with 16-bit m1/m2 and an fp32 out, one GEMM
-// that accumulates into out in fp32 (addmm with out_dtype); elsewhere addmm_ in out's dtype.
+// out += alpha * (m1 @ m2)[:rows of out] without autograd (m1 may have padding rows). On CUDA
+// with 16-bit m1/m2 and an fp32 out: the product in the inputs' dtype, then one add in fp32 (an
+// fp32-output GEMM, addmm with out_dtype, ran 1.8x slower on an H100); elsewhere in out's dtype.
 char *oskern_addmm_acc(Tensor *out, Tensor *m1, Tensor *m2, double alpha) {
   GUARD({
     at::NoGradGuard no_grad;
+    auto rows = out->size(0);
     if (out->is_cuda() && m1->scalar_type() != out->scalar_type()) {
-      try {
-        at::addmm_outf(*out, *m1, *m2, out->scalar_type(), 1, alpha, *out);
-      } catch (const c10::Error &) {
-        // Builds whose addmm.dtype wants self in the inputs' dtype: an fp32 product, then the add.
-        out->add_(at::mm(*m1, *m2, out->scalar_type()), alpha);
-      }
+      out->add_(at::mm(*m1, *m2).narrow(0, 0, rows), alpha);
     } else {
-      out->addmm_(m1->to(out->scalar_type()), m2->to(out->scalar_type()), 1, alpha);
+      auto a = m1->narrow(0, 0, rows).to(out->scalar_type());
+      out->addmm_(a, m2->to(out->scalar_type()), 1, alpha);
     }
   })
 }

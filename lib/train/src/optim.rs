@@ -276,7 +276,13 @@ impl Optimizer {
     }
 
     pub fn param_norm(&self) -> f64 {
-        let norms: Vec<Tensor> = self.leaves().iter().map(|t| t.detach().to_kind(Kind::Float).norm()).collect();
+        let leaves = self.leaves();
+        let norms: Vec<Tensor> = if leaves.first().is_some_and(|t| t.device().is_cuda()) {
+            // One multi-tensor kernel rather than a reduction launch per tensor.
+            openseek_kernels::foreach_norm(&leaves.iter().map(|t| t.detach()).collect::<Vec<_>>()).expect("_foreach_norm")
+        } else {
+            leaves.iter().map(|t| t.detach().to_kind(Kind::Float).norm()).collect()
+        };
         Tensor::stack(&norms, 0).norm().double_value(&[])
     }
 
