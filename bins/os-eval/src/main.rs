@@ -43,27 +43,17 @@ struct RequestsArgs {
     /// Tokenizer directory (a model directory, tokenizer.json or OpenSeek's tiktoken files).
     #[arg(long)]
     tokenizer: PathBuf,
-    #[arg(long, default_value = "openseek")]
-    tasks: String,
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long)]
-    limit: Option<usize>,
-    #[arg(long)]
-    split: Option<String>,
-    #[arg(long, default_value_t = 4096)]
-    max_length: usize,
-    #[arg(long)]
-    lighteval_budget_quirk: bool,
+    #[command(flatten)]
+    task: TaskArgs,
     /// Output JSONL: per multiple-choice item {task, doc_index, context, continuations, norm_chars, gold};
     /// per generative item {task, doc_index, context, max_new_tokens, stop, golds}.
     #[arg(long)]
     output: PathBuf,
 }
 
-/// What to evaluate and how (shared by `run` and `sweep`).
+/// Which tasks, on which data, with which request conventions (shared by `requests`, `run` and `sweep`).
 #[derive(Args)]
-struct EvalArgs {
+struct TaskArgs {
     /// Comma-separated tasks: openseek (the 12-column table), all (+ boolq), hellaswag, winogrande,
     /// piqa, siqa, openbookqa, arc, arc:easy, arc:challenge, commonsense_qa, mmlu[:subject],
     /// cmmlu[:subject], ceval[:subject], triviaqa, gsm8k, boolq.
@@ -88,9 +78,30 @@ struct EvalArgs {
     /// Seed of the GSM8K few-shot sampler (lighteval: 42).
     #[arg(long, default_value_t = 42)]
     fewshot_seed: u64,
-    /// Maximum sequence length (default: the model's max_position_embeddings).
+    /// Maximum sequence length (default: the model's max_position_embeddings; 4096 for `requests`).
     #[arg(long)]
     max_length: Option<usize>,
+}
+
+impl TaskArgs {
+    /// The request options, `max_length` defaulting to `model_max_length`.
+    fn options(&self, model_max_length: usize) -> Result<Options, Failure> {
+        Ok(Options {
+            max_length: self.max_length.unwrap_or(model_max_length),
+            split: self.split.clone(),
+            limit: self.limit,
+            lighteval_budget_quirk: self.lighteval_budget_quirk,
+            fewshot_seed: self.fewshot_seed,
+            harness: Harness::parse(&self.harness)?,
+        })
+    }
+}
+
+/// What to evaluate and how (shared by `run` and `sweep`).
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    task: TaskArgs,
     /// cpu, cuda, cuda:N, or auto (cuda when available).
     #[arg(long, default_value = "auto")]
     device: String,
@@ -208,19 +219,12 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     }
     backend::warm_up(&model);
     let load_seconds = t0.elapsed().as_secs_f64();
-    let max_length = a.max_length.unwrap_or(model.config.max_position_embeddings as usize);
-    let options = Options {
-        max_length,
-        split: a.split.clone(),
-        limit: a.limit,
-        lighteval_budget_quirk: a.lighteval_budget_quirk,
-        fewshot_seed: a.fewshot_seed,
-        harness: Harness::parse(&a.harness)?,
-    };
+    let options = a.task.options(model.config.max_position_embeddings as usize)?;
+    let max_length = options.max_length;
     let cfg = RunConfig {
         model_dir: model_dir.to_path_buf(),
         model_hash,
-        data_dir: a.data.clone(),
+        data_dir: a.task.data.clone(),
         output_dir: output.to_path_buf(),
         tasks: tasks.to_vec(),
         options,
@@ -248,7 +252,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
 }
 
 fn run_run(a: RunArgs) -> Result<(), Failure> {
-    let tasks = Task::parse_list(&a.eval.tasks)?;
+    let tasks = Task::parse_list(&a.eval.task.tasks)?;
     let output = a.output.clone().unwrap_or_else(|| {
         let name = a.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).unwrap_or_else(|| "model".into());
         PathBuf::from("eval-out").join(name)
@@ -268,14 +272,15 @@ fn run_run(a: RunArgs) -> Result<(), Failure> {
 }
 
 fn run_sweep(a: SweepArgs) -> Result<(), Failure> {
-    let tasks = Task::parse_list(&a.eval.tasks)?;
+    let tasks = Task::parse_list(&a.eval.task.tasks)?;
     let checkpoints = sweep::find_checkpoints(&a.checkpoints)?;
-    let data_options = Options { split: a.eval.split.clone(), harness: Harness::parse(&a.eval.harness)?, ..Options::default() };
-    openseek_eval::check_data(&tasks, &a.eval.data, &data_options)?;
+    let t = &a.eval.task;
+    // The data check reads no lengths; each checkpoint's own default applies when it is evaluated.
+    openseek_eval::check_data(&tasks, &t.data, &t.options(0)?)?;
     let key = json!({
-        "tasks": a.eval.tasks, "data": a.eval.data.display().to_string(), "limit": a.eval.limit, "split": a.eval.split,
-        "harness": a.eval.harness, "lighteval_budget_quirk": a.eval.lighteval_budget_quirk, "fewshot_seed": a.eval.fewshot_seed,
-        "max_length": a.eval.max_length, "dtype": a.eval.dtype,
+        "tasks": t.tasks, "data": t.data.display().to_string(), "limit": t.limit, "split": t.split,
+        "harness": t.harness, "lighteval_budget_quirk": t.lighteval_budget_quirk, "fewshot_seed": t.fewshot_seed,
+        "max_length": t.max_length, "dtype": a.eval.dtype,
     });
     let mut eval = |ck: &sweep::Checkpoint, run_dir: &Path| {
         let tok = a.tokenizer.clone().unwrap_or_else(|| ck.path.clone());
@@ -305,12 +310,12 @@ fn run_demo_tasks(a: DemoArgs) -> Result<(), Failure> {
 
 fn run_requests(a: RequestsArgs) -> Result<(), Failure> {
     let tok = openseek_tokenizer::Tokenizer::load(&a.tokenizer)?;
-    let opts = Options { max_length: a.max_length, split: a.split.clone(), limit: a.limit, lighteval_budget_quirk: a.lighteval_budget_quirk, ..Options::default() };
+    let opts = a.task.options(4096)?;
     let mut out = AtomicOutputs::new();
     let mut w = std::io::BufWriter::new(out.create(&a.output)?);
     let mut n = 0;
-    for task in Task::parse_list(&a.tasks)? {
-        for item in openseek_eval::build_requests(&task, &a.data, &tok, &opts)? {
+    for task in Task::parse_list(&a.task.tasks)? {
+        for item in openseek_eval::build_requests(&task, &a.task.data, &tok, &opts)? {
             let line = match &item {
                 openseek_eval::Item::Choice(c) => json!({
                     "task": task.name, "doc_index": c.doc_index,
