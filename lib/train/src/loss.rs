@@ -54,7 +54,7 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
     let device = hidden.device();
     let direct = openseek_model::layers::enabled("head_grad");
     let (loss, dh, dw) = tch::no_grad(|| {
-        let (weight, bias) = padded_head(head, kind, false);
+        let (weight, _) = padded_head(head, kind, false);
         let vocab = head.size()[0];
         let valid = labels.ne(-100);
         let targets = labels.where_scalarother(&valid, 0).unsqueeze(1);
@@ -84,7 +84,11 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
             let x = hidden.narrow(0, start, len);
             let t = targets.narrow(0, start, len);
             let s = scale.narrow(0, start, len);
-            let logits = x.linear(&weight, bias.as_ref());
+            // The padding columns set to -inf after a plain GEMM (cheaper than a bias epilogue).
+            let logits = x.mm(&weight.tr());
+            if weight.size()[0] > vocab {
+                let _ = logits.narrow(1, vocab, weight.size()[0] - vocab).fill_(f64::NEG_INFINITY);
+            }
             let mut dlogits = logits.softmax(-1, kind);
             drop(logits);
             // The label's log-probability from the softmax the gradient needs anyway (one pass over
@@ -137,8 +141,9 @@ fn autograd(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chun
 
 /// The LM head in the compute dtype with its rows padded to a multiple of 64 (as Megatron pads
 /// the vocabulary): an odd vocabulary (151,851) makes the logits' rows misaligned and the GEMMs
-/// several times slower. The padded logits get a -inf bias, so softmax and loss are unchanged.
-/// Outside autograd one cast-and-copy into the padded tensor; with autograd a concatenation.
+/// several times slower. The padded logits must be -inf (softmax and loss unchanged): the bias
+/// returned does that for autograd; the fused path fills them. Outside autograd one cast-and-copy
+/// into the padded tensor; with autograd a concatenation.
 fn padded_head(head: &Tensor, kind: Kind, autograd: bool) -> (Tensor, Option<Tensor>) {
     let (v, h) = (head.size()[0], head.size()[1]);
     let padded = (v + 63) / 64 * 64;
