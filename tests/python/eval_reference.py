@@ -20,6 +20,8 @@ import shutil
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
+from hf_deepseek import scaled_init_
+
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "qwen.tiktoken"]
 
 
@@ -36,15 +38,8 @@ def make(args):
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
     model = DeepseekV3ForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        # Large enough weights that choices get clearly different scores.
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif p.dim() >= 2:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
+    # Large enough weights that choices get clearly different scores.
+    scaled_init_(model)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     for f in files:

@@ -40,6 +40,19 @@ VARIANTS = {
 }
 
 
+def scaled_init_(model):
+    """Weights large enough that routing and logits are far from uniform: matrices N(0, 1/fan_in),
+    norms 1 ± 0.2, other vectors 0.1·N(0, 1); from the global generator."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif p.dim() >= 2:
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+
+
 def build(variant, seed):
     torch.manual_seed(seed)
     cfg = DeepseekV3Config(
@@ -50,15 +63,8 @@ def build(variant, seed):
         pad_token_id=0, **({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}} | VARIANTS[variant]),
     )
     model = DeepseekV3ForCausalLM(cfg).float().eval()
+    scaled_init_(model)
     with torch.no_grad():
-        # Weights large enough that routing and logits are far from uniform.
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif p.dim() >= 2:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
         for layer in model.model.layers:
             gate = getattr(layer.mlp, "gate", None)
             if gate is not None:
