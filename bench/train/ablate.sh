@@ -3,7 +3,7 @@
 # here): for each ';'-separated entry of ABLATE, `NAME=OPENSEEK_DISABLE value=os-train flags`, one
 # bench/train/run.sh pass (os-train only); TRACE=1 adds a run whose fifth micro-batch is profiled
 # (OPENSEEK_TRAIN_TRACE) and summarised by bench/train/trace_summary.py.
-#   ABLATE='all=;off=fused_norm,flash_pad,moe_bmm' bench/train/ablate.sh [OUT_DIR]
+#   ABLATE='new=;old=moe_fused,head_grad,grad_none;rc2==--recompute 0,1' bench/train/ablate.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-${OUT:-bench/out/ablate}}"
