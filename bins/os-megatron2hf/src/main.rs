@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use openseek_common::{progress::Progress, provenance::Provenance, Failure};
+use openseek_common::{progress::Progress, provenance::Provenance};
 use openseek_megatron::{convert, Options};
 
 #[derive(Parser)]
@@ -44,17 +44,6 @@ struct Cli {
     quiet: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, Failure> {
-    let t = s.trim().to_ascii_uppercase();
-    let units = [("GIB", 1u64 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000), ("B", 1)];
-    let (num, mult) = units.iter().find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m))).unwrap_or((t.clone(), 1));
-    num.parse::<f64>()
-        .ok()
-        .filter(|v| *v > 0.0)
-        .map(|v| (v * mult as f64) as u64)
-        .ok_or_else(|| Failure::usage(format!("--shard-size {s:?}: give a size like 5GB or 500MB")))
-}
-
 fn main() {
     openseek_common::exit::run_main("os-megatron2hf", || {
         let cli = openseek_common::exit::parse_args::<Cli>();
@@ -63,7 +52,7 @@ fn main() {
             iteration: cli.iteration,
             out: cli.out.clone(),
             vocab_size: cli.vocab_size,
-            max_shard_bytes: parse_size(&cli.shard_size)?,
+            max_shard_bytes: openseek_common::size::parse_size(&cli.shard_size, "--shard-size")?,
             skip_unknown: cli.skip_unknown,
             tokenizer: cli.tokenizer,
             bos_token_id: cli.bos_token_id,

@@ -73,19 +73,6 @@ struct Cli {
     quiet: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, Failure> {
-    let t = s.trim().to_ascii_uppercase();
-    let (num, mult) = [("GIB", 1u64 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000), ("B", 1)]
-        .iter()
-        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
-        .unwrap_or((t.clone(), 1));
-    num.parse::<f64>()
-        .ok()
-        .filter(|v| *v > 0.0)
-        .map(|v| (v * mult as f64) as u64)
-        .ok_or_else(|| Failure::usage(format!("--shard-size {s:?}: give a size like 5GB or 500MB")))
-}
-
 fn plan_from_flags(cli: &Cli) -> Result<MergePlan, Failure> {
     let method_name = cli.method.clone().unwrap_or_else(|| "average".into());
     let method = Method::parse(&method_name)?;
@@ -179,7 +166,7 @@ fn main() {
         };
         let options = MergeOptions {
             out: cli.out.clone(),
-            max_shard_bytes: parse_size(&cli.shard_size)?,
+            max_shard_bytes: openseek_common::size::parse_size(&cli.shard_size, "--shard-size")?,
             allow_partial: cli.allow_partial,
             hash_inputs: !cli.no_hash,
             provenance: Some(Provenance::capture("os-soup", env!("CARGO_PKG_VERSION"))),

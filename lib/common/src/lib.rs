@@ -8,6 +8,7 @@ pub mod progress;
 pub mod provenance;
 pub mod rng;
 pub mod signals;
+pub mod size;
 
 pub use atomic::AtomicOutputs;
 pub use exit::{ExitCode, Failure};
