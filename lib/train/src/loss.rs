@@ -170,7 +170,9 @@ mod tests {
     use openseek_model::{Config, DeepseekV3};
     use tch::Device;
 
-    fn model(tied: bool) -> DeepseekV3 {
+    /// The test model's config and weights; each run builds its model from copies of them (drawn
+    /// once: the global generator is shared with tests running in parallel).
+    fn config_and_weights(tied: bool) -> (Config, openseek_model::model::Weights) {
         let cfg = Config::from_json(serde_json::json!({
             "model_type": "deepseek_v3", "vocab_size": 150, "hidden_size": 32, "intermediate_size": 48,
             "moe_intermediate_size": 16, "num_hidden_layers": 2, "first_k_dense_replace": 1,
@@ -181,7 +183,11 @@ mod tests {
         }))
         .unwrap();
         let w = crate::init::init_weights(&cfg, 0.2, 5, Kind::Float, Device::Cpu);
-        let model = DeepseekV3::from_weights(cfg, w);
+        (cfg, w)
+    }
+
+    fn model(cfg: &Config, w: &openseek_model::model::Weights) -> DeepseekV3 {
+        let model = DeepseekV3::from_weights(cfg.clone(), w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
         for (name, t) in model.named_tensors() {
             if !name.ends_with("e_score_correction_bias") {
                 let _ = t.set_requires_grad(true);
@@ -191,8 +197,8 @@ mod tests {
     }
 
     /// Loss and every parameter's gradient through embedding, layers, norm and head + loss.
-    fn run(tied: bool, path: HeadLoss) -> (f64, Vec<(String, Tensor)>) {
-        let model = model(tied);
+    fn run(cfg: &Config, w: &openseek_model::model::Weights, path: HeadLoss) -> (f64, Vec<(String, Tensor)>) {
+        let model = model(cfg, w);
         // Inputs from a fixed pattern, not torch's global generator (other tests draw from it in parallel).
         let (rows, seq) = (3, 10);
         let pattern = |mul: i64, add: i64, modulo: i64| Tensor::from_slice(&(0..rows * seq).map(|i| (i * mul + add) % modulo).collect::<Vec<_>>());
@@ -214,8 +220,9 @@ mod tests {
     #[test]
     fn fused_loss_and_gradients_equal_autograd_for_tied_and_untied_heads() {
         for tied in [false, true] {
-            let (fused_loss, fused) = run(tied, HeadLoss::Fused);
-            let (ref_loss, reference) = run(tied, HeadLoss::Autograd);
+            let (cfg, w) = config_and_weights(tied);
+            let (fused_loss, fused) = run(&cfg, &w, HeadLoss::Fused);
+            let (ref_loss, reference) = run(&cfg, &w, HeadLoss::Autograd);
             assert!(ref_loss > 1.0, "tied {tied}: loss {ref_loss}");
             assert!(((fused_loss - ref_loss) / ref_loss).abs() < 1e-5, "tied {tied}: loss {fused_loss} vs {ref_loss}");
             assert_eq!(fused.len(), reference.len());
