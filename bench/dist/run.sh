@@ -8,7 +8,9 @@
 # 2. the toy ZeRO-1 run on 1 GPU and on 2 GPUs: losses compared step by step (max relative difference);
 # 3. bandwidth: all-reduce (avg) of 1.4e9 fp32 elements in 40 M-element buckets, and the ZeRO-1
 #    reduce-scatter + all-gather of the same buffer;
-# 4. rank 1 skips an all-reduce: rank 0 must get the watchdog's error (5 s timeout) naming rank, host, collective.
+# 4. rank 1 skips an all-reduce: rank 0 must get the watchdog's error (5 s timeout) naming rank, host, collective;
+# 5. with 2 GPUs or more and bench/out/gpu/dist/os-train there (bench/dist/train.sh prepare): os-train's loss
+#    parity 1 vs 2 GPUs, weak scaling and the overlap of gradient reduction (bench/dist/train.sh, OUT_DIR/train).
 # Uses the stripped copy bench/out/gpu/os-dist-check when present (the one carried to the device machine),
 # else target/release/os-dist-check. Exit status: the number of failed parts.
 set -uo pipefail
@@ -53,6 +55,10 @@ launch bench $world "${force[@]}" bench --elems 1400000000 --bucket 40000000 --i
   && part bench ok || part bench FAILED
 
 launch hang $world "${force[@]}" --timeout 5 hang --skip 1 && grep -q 'timed out as expected' "$out/hang.0.log" && part hang ok || part hang FAILED
+
+if [ "$ngpu" -ge 2 ] && [ -x bench/out/gpu/dist/os-train ]; then
+  bench/dist/train.sh "$out/train" && part os-train ok || part os-train FAILED
+fi
 
 echo "failed parts: $failed"
 exit $failed

@@ -29,9 +29,10 @@ out="${1:-${OUT:-bench/out/dist-train}}"
 bin=$g/os-train
 [ -x "$bin" ] || { echo "train.sh: no $bin (run bench/dist/train.sh prepare)" >&2; exit 66; }
 mkdir -p "$out"
-# The store names its shards by absolute path: point it at this checkout.
-rm -rf "$out/mix" && cp -r "$g/mix" "$out/mix"
-sed -i "s|\"prefix\": \".*/bench/out/gpu/dist/shards/|\"prefix\": \"$PWD/$g/shards/|" "$out/mix/manifest.json"
+# The store names its shards by absolute path: a copy pointing at this checkout (outside OUT_DIR).
+mix=$(mktemp -d)/mix
+cp -r "$g/mix" "$mix"
+sed -i "s|\"prefix\": \".*/bench/out/gpu/dist/shards/|\"prefix\": \"$PWD/$g/shards/|" "$mix/manifest.json"
 ngpu=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 read -ra extra <<< "${TRAIN_FLAGS:-}"
 { echo "host: $(hostname)  date: $(date -u +%F' '%T' UTC')  GPUs: $ngpu"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sort | uniq -c; } | tee "$out/summary.txt"
@@ -43,9 +44,9 @@ train() {
   local port=$((29500 + RANDOM % 2000)) pids=() rc=0 run="$out/$name"
   rm -rf "$run"
   for ((r = 0; r < world; r++)); do
-    local env=()
-    [ "$world" -gt 1 ] && env=(RANK=$r WORLD_SIZE=$world LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port)
-    env "${env[@]}" timeout 300 "$bin" --config bench/train/train.toml --run-dir "$run" --data "$out/mix" \
+    local vars=()
+    [ "$world" -gt 1 ] && vars=(RANK=$r WORLD_SIZE=$world LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port)
+    env "${vars[@]}" timeout 300 "$bin" --config bench/train/train.toml --run-dir "$run" --data "$mix" \
       --train-iters "$steps" --global-batch-size "$gbs" "${extra[@]}" "$@" >/dev/null 2>"$run.$r.err" &
     pids+=($!)
   done
