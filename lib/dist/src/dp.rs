@@ -50,7 +50,8 @@ pub struct Zero1 {
     master: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// All-gather output: every rank's shard in rank order, in the parameters' dtype.
+    /// All-gather output: every rank's shard in rank order, in the parameters' dtype (fp32: the
+    /// storage of `grad_flat`, free once the gradients are reduced, as Megatron reuses its buffer).
     gathered: Tensor,
     param_kind: Kind,
     decay_ranges: Vec<Range<usize>>,
@@ -82,13 +83,18 @@ impl Zero1 {
                 master.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64).copy_(&src);
             }
         });
+        let grad_flat = Tensor::zeros([layout.padded() as i64], f32s);
+        let gathered = match param_kind {
+            Kind::Float => grad_flat.shallow_clone(),
+            kind => Tensor::zeros([layout.padded() as i64], (kind, device)),
+        };
         Ok(Zero1 {
             decay_ranges: layout.decay_ranges(comm.rank()),
-            grad_flat: Tensor::zeros([layout.padded() as i64], f32s),
+            grad_flat,
+            gathered,
             grad: Tensor::zeros([n], f32s),
             exp_avg: Tensor::zeros([n], f32s),
             exp_avg_sq: Tensor::zeros([n], f32s),
-            gathered: Tensor::zeros([layout.padded() as i64], (param_kind, device)),
             started: vec![false; layout.buckets().len()],
             master,
             param_kind,
