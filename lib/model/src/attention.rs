@@ -1,7 +1,7 @@
 //! Multi-head latent attention (MLA) as transformers' DeepSeek-V3 computes it.
 
 use crate::config::Config;
-use crate::layers::{Linear, RmsNorm};
+use crate::layers::{enabled, Linear, RmsNorm};
 use crate::model::Weights;
 use crate::packed::TokenGroups;
 use crate::rope::Rope;
@@ -116,17 +116,30 @@ impl Attention {
 
     /// Queries [B, H, S, nope + rope] (rotated part last), the normalised latent [B, S, kv_lora_rank]
     /// and the rotated shared key [B, 1, S, rope]. cos/sin broadcast against [B, H, S, rope].
+    /// Queries (and keys, in `expand`) are split and joined per token, in the projections' own
+    /// [B, S, H, d] layout, and handed to attention as transposed views of it: the joined tensors'
+    /// gradients come back in that layout, so neither pass copies a transposed tensor to regroup
+    /// heads. `OPENSEEK_DISABLE=attn_layout`: the same operations on [B, H, S, d] tensors.
     fn project(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = match &self.q {
             QueryProj::Plain(q) => q.forward(x),
             QueryProj::LowRank { a, norm, b } => b.forward(&norm.forward(&a.forward(x))),
         };
-        let q = q.view([b, t, self.heads, self.nope + self.rope_dim]).transpose(1, 2);
-        let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
         let kv_a = self.kv_a_proj_with_mqa.forward(x);
         let kv_parts = kv_a.split_with_sizes([self.kv_lora_rank, self.rope_dim], -1);
         let latent = self.kv_a_layernorm.forward(&kv_parts[0]);
+        let q = q.view([b, t, self.heads, self.nope + self.rope_dim]);
+        if enabled("attn_layout") {
+            // cos/sin [S, rope] or [B, 1, S, rope] -> broadcasting against [B, S, H, rope].
+            let per_token = |c: &Tensor| if c.dim() == 2 { c.unsqueeze(1) } else { c.transpose(-3, -2) };
+            let (cos, sin) = (per_token(cos), per_token(sin));
+            let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
+            let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], &cos, &sin)], -1).transpose(1, 2);
+            let k_rot = rope.apply(&kv_parts[1].view([b, t, 1, self.rope_dim]), &cos, &sin).transpose(1, 2);
+            return (q, latent, k_rot);
+        }
+        let q_parts = q.transpose(1, 2).split_with_sizes([self.nope, self.rope_dim], -1);
         let k_rot = rope.apply(&kv_parts[1].view([b, 1, t, self.rope_dim]), cos, sin);
         let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], cos, sin)], -1);
         (q, latent, k_rot)
@@ -135,8 +148,14 @@ impl Attention {
     /// Keys [B, H, K, nope + rope] and values [B, H, K, v] from latents [B, K, r] and k_rot [B, 1, K, rope].
     fn expand(&self, latent: &Tensor, k_rot: &Tensor) -> (Tensor, Tensor) {
         let (b, t) = (latent.size()[0], latent.size()[1]);
-        let kv = self.kv_b_proj.forward(latent).view([b, t, self.heads, self.nope + self.v_dim]).transpose(1, 2);
-        let kv_parts = kv.split_with_sizes([self.nope, self.v_dim], -1);
+        let kv = self.kv_b_proj.forward(latent).view([b, t, self.heads, self.nope + self.v_dim]);
+        if enabled("attn_layout") {
+            let kv_parts = kv.split_with_sizes([self.nope, self.v_dim], -1);
+            let k_rot = k_rot.transpose(1, 2).expand([b, t, self.heads, self.rope_dim], false);
+            let k = Tensor::cat(&[&kv_parts[0], &k_rot], -1).transpose(1, 2);
+            return (k, kv_parts[1].transpose(1, 2));
+        }
+        let kv_parts = kv.transpose(1, 2).split_with_sizes([self.nope, self.v_dim], -1);
         let k = Tensor::cat(&[&kv_parts[0], &k_rot.expand([b, self.heads, t, self.rope_dim], false)], -1);
         (k, kv_parts[1].shallow_clone())
     }
