@@ -14,7 +14,7 @@
 //!   region, written as a Chrome trace;
 //! - [`swiglu`], [`gather_rows`] and [`combine_rows`]: the MoE's elementwise and row-moving steps
 //!   as autograd functions with hand-written backward passes (ATen operations, any device);
-//! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added into an fp32 tensor (the LM
+//! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added (or written) into an fp32 tensor (the LM
 //!   head's weight gradient) and a parameter's `.grad` set or cleared.
 //!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
@@ -44,7 +44,7 @@ extern "C" {
     fn oskern_swiglu(h: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_gather_rows(x: Handle, token: Handle, rank: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_combine_rows(y: Handle, w: Handle, rank: Handle, order: Handle, out: *mut Handle) -> *mut c_char;
-    fn oskern_addmm_acc(out: Handle, m1: Handle, m2: Handle, alpha: f64) -> *mut c_char;
+    fn oskern_addmm_acc(out: Handle, m1: Handle, m2: Handle, alpha: f64, accumulate: bool) -> *mut c_char;
     fn oskern_set_grad(t: Handle, g: Handle) -> *mut c_char;
     fn oskern_foreach_norm(tensors: *const Handle, n: usize, out: *mut Handle) -> *mut c_char;
     fn oskern_foreach_mul_(tensors: *const Handle, n: usize, scale: Handle) -> *mut c_char;
@@ -262,10 +262,11 @@ pub fn combine_rows(y: &Tensor, w: &Tensor, rank: &Tensor, order: &Tensor) -> Re
 }
 
 /// `out += alpha * (m1 @ m2)[..rows of out]` outside autograd (`m1` may have more rows: padding,
-/// dropped). With a 16-bit `m1`/`m2` and an fp32 `out` on CUDA the product is computed in the
-/// inputs' dtype (cuBLAS' fast kernels) and added in fp32; elsewhere `addmm_` in `out`'s dtype.
-pub fn addmm_accumulate(out: &Tensor, m1: &Tensor, m2: &Tensor, alpha: f64) -> Result<(), TchError> {
-    check(unsafe { oskern_addmm_acc(h(out), h(m1), h(m2), alpha) })
+/// dropped); without `accumulate`, `out = ...` (its contents are not read: it may come from
+/// `empty`). With a 16-bit `m1`/`m2` and an fp32 `out` on CUDA the scaled product is computed in the
+/// inputs' dtype (cuBLAS' fast kernels) and added (or copied) in fp32; elsewhere `addmm_` in `out`'s dtype.
+pub fn addmm_accumulate(out: &Tensor, m1: &Tensor, m2: &Tensor, alpha: f64, accumulate: bool) -> Result<(), TchError> {
+    check(unsafe { oskern_addmm_acc(h(out), h(m1), h(m2), alpha, accumulate) })
 }
 
 /// Set the `.grad` of `t` to `grad` (sharing its storage), or clear it with `None` (as

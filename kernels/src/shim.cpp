@@ -178,18 +178,25 @@ char *oskern_combine_rows(Tensor *y, Tensor *w, Tensor *rank, Tensor *order, Ten
   GUARD(*out = new Tensor(CombineRows::apply(*y, *w, *rank, *order)))
 }
 
-// out += alpha * (m1 @ m2)[:rows of out] without autograd (m1 may have padding rows). On CUDA
-// with 16-bit m1/m2 and an fp32 out: the product in the inputs' dtype, then one add in fp32 (an
-// fp32-output GEMM, addmm with out_dtype, ran 1.8x slower on an H100); elsewhere in out's dtype.
-char *oskern_addmm_acc(Tensor *out, Tensor *m1, Tensor *m2, double alpha) {
+// out = accumulate * out + alpha * (m1 @ m2)[:rows of out] without autograd (m1 may have padding
+// rows); without accumulate out's contents are not read (it may be uninitialised). On CUDA with
+// 16-bit m1/m2 and an fp32 out: the scaled product in the inputs' dtype (alpha in the GEMM's
+// epilogue), then one copy or add in fp32 (an fp32-output GEMM, addmm with out_dtype, ran 1.8x
+// slower on an H100); elsewhere addmm_ in out's dtype.
+char *oskern_addmm_acc(Tensor *out, Tensor *m1, Tensor *m2, double alpha, bool accumulate) {
   GUARD({
     at::NoGradGuard no_grad;
     auto rows = out->size(0);
     if (out->is_cuda() && m1->scalar_type() != out->scalar_type()) {
-      out->add_(at::mm(*m1, *m2).narrow(0, 0, rows), alpha);
+      auto product = at::addmm(at::zeros({}, m1->options()), *m1, *m2, 0, alpha).narrow(0, 0, rows);
+      if (accumulate) {
+        out->add_(product);
+      } else {
+        out->copy_(product);
+      }
     } else {
       auto a = m1->narrow(0, 0, rows).to(out->scalar_type());
-      out->addmm_(a, m2->to(out->scalar_type()), 1, alpha);
+      out->addmm_(a, m2->to(out->scalar_type()), accumulate ? 1 : 0, alpha);
     }
   })
 }

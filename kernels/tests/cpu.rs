@@ -183,14 +183,18 @@ fn addmm_accumulate_and_set_grad() {
     tch::manual_seed(6);
     let opts = (Kind::Float, Device::Cpu);
     let (a, b) = (Tensor::randn([7, 4], opts), Tensor::randn([4, 3], opts));
-    let out = Tensor::randn([7, 3], opts);
+    let mut out = Tensor::randn([7, 3], opts);
     let want = &out + a.mm(&b) * 0.5;
-    addmm_accumulate(&out, &a, &b, 0.5).unwrap();
+    addmm_accumulate(&out, &a, &b, 0.5, true).unwrap();
     assert!(max_abs(&out, &want) < 1e-6);
+    // Written, not added: what `out` held (NaN here) is not read.
+    let _ = out.fill_(f64::NAN);
+    addmm_accumulate(&out, &a, &b, 0.5, false).unwrap();
+    assert!(max_abs(&out, &(a.mm(&b) * 0.5)) < 1e-6);
     // A transposed operand with padding rows (the LM head's padded logits gradient): dropped.
     let wide = Tensor::randn([4, 9], opts);
     let out2 = Tensor::zeros([7, 3], opts);
-    addmm_accumulate(&out2, &wide.tr(), &b, 1.0).unwrap();
+    addmm_accumulate(&out2, &wide.tr(), &b, 1.0, true).unwrap();
     assert!(max_abs(&out2, &wide.narrow(1, 0, 7).tr().mm(&b)) < 1e-6);
     let p = Tensor::ones([3], opts).set_requires_grad(true);
     set_grad(&p, Some(&Tensor::full([3], 2.0, opts))).unwrap();

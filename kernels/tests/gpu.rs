@@ -1,8 +1,9 @@
 //! The shim on a CUDA device (run on the GPU machine: `gpu -- --ignored`): fused AdamW in fp32 and
-//! bf16, gradient clipping, the current stream and a device sync, and varlen flash attention
-//! (forward and autograd backward) against attention computed one sequence at a time.
+//! bf16, gradient clipping, the current stream and a device sync, varlen flash attention
+//! (forward and autograd backward) against attention computed one sequence at a time, and the
+//! LM head's bf16 product written or added into an fp32 gradient.
 
-use openseek_kernels::{clip_grad_norm, current_stream, flash_attention_varlen, fused_adamw, synchronize, AdamW};
+use openseek_kernels::{addmm_accumulate, clip_grad_norm, current_stream, flash_attention_varlen, fused_adamw, synchronize, AdamW};
 use tch::{Device, Kind, Tensor};
 
 const H: AdamW = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, eps: 1e-8, maximize: false, grad_scale: 1.0 };
@@ -128,4 +129,23 @@ fn varlen_flash_attention_equals_attention_per_sequence() {
     // shape (total_k, num_heads_k, head_size_og)").
     let err = flash_attention_varlen(&q, &k, &v, &cu, &cu, max, max, 0.0, true, scale).err().expect("flash needs equal head dims");
     assert!(err.to_string().contains("v must have shape"), "{err}");
+}
+
+/// bf16 operands, fp32 out (the LM head's weight gradient): the scaled product written into a
+/// NaN-filled tensor (not read), then added; against fp32 on the CPU within bf16 rounding.
+#[test]
+#[ignore]
+fn addmm_accumulate_bf16_into_fp32_on_cuda() {
+    let dev = cuda();
+    tch::manual_seed(5);
+    let (a, b) = (Tensor::randn([260, 64], (Kind::Float, Device::Cpu)), Tensor::randn([64, 96], (Kind::Float, Device::Cpu)));
+    let (a16, b16) = (a.to_kind(Kind::BFloat16), b.to_kind(Kind::BFloat16));
+    let want = a16.to_kind(Kind::Float).narrow(0, 0, 256).mm(&b16.to_kind(Kind::Float)) * 0.25;
+    let mut out = Tensor::empty([256, 96], (Kind::Float, dev));
+    let _ = out.fill_(f64::NAN);
+    addmm_accumulate(&out, &a16.to_device(dev), &b16.to_device(dev), 0.25, false).unwrap();
+    let scale = want.abs().max().double_value(&[]);
+    assert!(max_abs(&out.to_device(Device::Cpu), &want) < 1e-2 * scale, "written");
+    addmm_accumulate(&out, &a16.to_device(dev), &b16.to_device(dev), 0.25, true).unwrap();
+    assert!(max_abs(&out.to_device(Device::Cpu), &(&want * 2.0)) < 2e-2 * scale, "added");
 }

@@ -66,16 +66,18 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
         let dh = Tensor::empty([n, width], (kind, device));
         // The head weight's gradient, sum over tokens of mask * dlogits^T h / denominator: by
         // default each chunk's product (compute dtype) added in fp32 straight into the head's
-        // `.grad`; with `OPENSEEK_DISABLE=head_grad` summed in an fp32 buffer and handed to
-        // autograd (a dot-product objective).
-        let head_grad = (direct && head.requires_grad()).then(|| {
+        // `.grad`, the first chunk's written into a fresh one when it has none (`head_assign`; off:
+        // zeros, then added); with `OPENSEEK_DISABLE=head_grad` summed in an fp32 buffer and handed
+        // to autograd (a dot-product objective).
+        let mut head_grad = (direct && head.requires_grad()).then(|| {
             let g = head.grad();
             if g.defined() {
-                return g;
+                return (g, true);
             }
-            let g = head.zeros_like();
+            let assign = openseek_model::layers::enabled("head_assign");
+            let g = if assign { head.empty_like() } else { head.zeros_like() };
             openseek_kernels::set_grad(head, Some(&g)).expect("setting the head's gradient");
-            g
+            (g, !assign)
         });
         let mut dw = (!direct).then(|| Tensor::zeros([weight.size()[0], width], (Kind::Float, device)));
         let mut start = 0;
@@ -100,8 +102,9 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
             let _ = dlogits.mm_out(&d, &weight);
             let _ = d.g_mul_(&s);
             let xm = &x * mask.narrow(0, start, len);
-            if let Some(g) = &head_grad {
-                openseek_kernels::addmm_accumulate(g, &dlogits.tr(), &xm, 1.0 / denominator).expect("head weight gradient");
+            if let Some((g, accumulate)) = &mut head_grad {
+                openseek_kernels::addmm_accumulate(g, &dlogits.tr(), &xm, 1.0 / denominator, *accumulate).expect("head weight gradient");
+                *accumulate = true;
             }
             if let Some(dw) = &mut dw {
                 *dw += dlogits.tr().mm(&xm);
