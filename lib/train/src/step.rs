@@ -295,6 +295,12 @@ mod tests {
             use GradReady::*;
             assert_eq!(seen, [Head, Layer(2), Layer(1), Layer(0), Embedding]);
             assert_eq!(snapshots.len(), params.len(), "every parameter reported once");
+            // ZeRO-1's buckets for these keys: the embedding, each layer, the final norm with the head.
+            let described = params.iter().map(|(n, t)| openseek_dist::Param { name: n.clone(), numel: t.numel(), decay: true }).collect();
+            let keys: Vec<usize> = params.iter().map(|(n, _)| GradReady::of(n).key()).collect();
+            let layout = openseek_dist::FlatLayout::with_buckets(described, &keys, 2);
+            let order: Vec<usize> = layout.buckets().iter().map(|b| b.key).collect();
+            assert_eq!(order, [Embedding, Layer(0), Layer(1), Layer(2), Head].map(GradReady::key));
             for (n, g) in snapshots {
                 let end = &params.iter().find(|(m, _)| *m == n).unwrap().1.grad();
                 assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{n}: no gradient when reported");
