@@ -23,3 +23,18 @@ pub fn init_weights(cfg: &Config, std: f64, seed: u64, kind: Kind, device: Devic
     }
     w
 }
+
+/// A tiny OpenSeek-architecture config for unit tests: hidden 32, 2 heads, 4 routed experts (2
+/// chosen) and one shared, the first layer dense.
+#[cfg(test)]
+pub(crate) fn tiny_config(vocab: i64, layers: i64, tied: bool) -> Config {
+    Config::from_json(serde_json::json!({
+        "model_type": "deepseek_v3", "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 48,
+        "moe_intermediate_size": 16, "num_hidden_layers": layers, "first_k_dense_replace": 1,
+        "num_attention_heads": 2, "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
+        "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "rope_theta": 10000.0,
+        "tie_word_embeddings": tied
+    }))
+    .unwrap()
+}

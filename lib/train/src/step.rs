@@ -263,15 +263,7 @@ mod tests {
     #[test]
     fn gradients_are_complete_when_reported() {
         for tied in [false, true] {
-            let cfg = Config::from_json(serde_json::json!({
-                "model_type": "deepseek_v3", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
-                "moe_intermediate_size": 16, "num_hidden_layers": 3, "first_k_dense_replace": 1,
-                "num_attention_heads": 2, "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
-                "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
-                "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "rope_theta": 10000.0,
-                "tie_word_embeddings": tied
-            }))
-            .unwrap();
+            let cfg = crate::init::tiny_config(50, 3, tied);
             let w = crate::init::init_weights(&cfg, 0.2, 3, Kind::Float, Device::Cpu);
             let model = DeepseekV3::from_weights(cfg, w);
             let params: Vec<(String, Tensor)> =
