@@ -255,7 +255,7 @@ fn aux_total(a: Option<Tensor>, z: Option<Tensor>, scale: f64) -> Option<Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openseek_model::{Config, DeepseekV3};
+    use openseek_model::DeepseekV3;
     use tch::Device;
 
     /// The points come in backward order, and at each the gradients it names are already what
@@ -305,14 +305,7 @@ mod tests {
 
     #[test]
     fn attention_within_documents_equals_each_document_alone() {
-        let cfg = Config::from_json(serde_json::json!({
-            "model_type": "deepseek_v3", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
-            "moe_intermediate_size": 16, "num_hidden_layers": 2, "first_k_dense_replace": 1,
-            "num_attention_heads": 2, "q_lora_rank": null, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
-            "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
-            "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "rope_theta": 10000.0
-        }))
-        .unwrap();
+        let cfg = crate::init::tiny_config(50, 2, false);
         let w = crate::init::init_weights(&cfg, 0.2, 3, Kind::Float, Device::Cpu);
         let model = DeepseekV3::from_weights(cfg, w);
         let (a, b) = ([3i64, 7, 9, 11, 2], [5i64, 8, 13, 21, 34, 4, 6]);
