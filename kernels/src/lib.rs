@@ -2,8 +2,6 @@
 //! through a small C++ shim (`src/shim.cpp`, compiled by `build.rs` against the build venv's torch
 //! headers) that takes tch's tensor handles:
 //!
-//! - [`fused_adamw`]: one AdamW step over lists of tensors (`at::_fused_adamw_`, CPU and CUDA), the
-//!   step counters included;
 //! - [`foreach_norm`] and [`clip_grad_norm`]: per-tensor L2 norms (`at::_foreach_norm`) and the global
 //!   gradient-norm clip of `torch.nn.utils.clip_grad_norm_`;
 //! - [`current_stream`] and [`synchronize`]: the accelerator's current stream and a device sync;
@@ -18,6 +16,16 @@
 //!   head's weight gradient) and a parameter's `.grad` set or cleared.
 //!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
+//!
+//! Kernels of our own are CUDA C compiled at run time by NVRTC ([`nvrtc`]):
+//!
+//! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
+//!   model's bf16 copy of an fp32 master weight rewritten in the same pass.
+
+pub mod adamw;
+pub mod nvrtc;
+
+pub use adamw::{adamw_update, AdamWStep};
 
 use std::ffi::{c_char, c_void, CStr};
 use tch::{TchError, Tensor};
@@ -26,21 +34,6 @@ use torch_sys::C_tensor;
 type Handle = *mut C_tensor;
 
 extern "C" {
-    fn oskern_fused_adamw(
-        params: *const Handle,
-        grads: *const Handle,
-        exp_avgs: *const Handle,
-        exp_avg_sqs: *const Handle,
-        state_steps: *const Handle,
-        n: usize,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-        eps: f64,
-        maximize: bool,
-        grad_scale: f64,
-    ) -> *mut c_char;
     fn oskern_swiglu(h: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_gather_rows(x: Handle, token: Handle, rank: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_combine_rows(y: Handle, w: Handle, rank: Handle, order: Handle, out: *mut Handle) -> *mut c_char;
@@ -82,67 +75,6 @@ fn check(err: *mut c_char) -> Result<(), TchError> {
 
 fn handles(ts: &[Tensor]) -> Vec<Handle> {
     ts.iter().map(|t| t.as_ptr() as Handle).collect()
-}
-
-/// AdamW hyper-parameters (PyTorch's names and meaning; decoupled weight decay).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamW {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub weight_decay: f64,
-    pub eps: f64,
-    pub maximize: bool,
-    /// The gradients are multiplied by this as the kernel reads them (the clipping factor; 1: as they are).
-    pub grad_scale: f64,
-}
-
-/// One AdamW step in place, as `torch.optim.AdamW(fused=True)` takes it: every `state_steps[i]`
-/// (a 0-dim fp32 tensor on the parameter's device) is incremented, then `at::_fused_adamw_`
-/// updates `params`, `exp_avgs` and `exp_avg_sqs` from `grads`. The five lists correspond index
-/// by index; all tensors of one entry share device, and params/grads/moments their dtype and
-/// shape (fp32 or bf16 on CUDA, fp32 on CPU). No amsgrad. Runs without autograd recording.
-pub fn fused_adamw(
-    params: &[Tensor],
-    grads: &[Tensor],
-    exp_avgs: &[Tensor],
-    exp_avg_sqs: &[Tensor],
-    state_steps: &[Tensor],
-    h: &AdamW,
-) -> Result<(), TchError> {
-    let n = params.len();
-    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), state_steps.len()].iter().any(|&l| l != n) {
-        return Err(TchError::Shape(format!(
-            "fused_adamw: {n} params but {} grads, {} exp_avgs, {} exp_avg_sqs, {} state_steps",
-            grads.len(),
-            exp_avgs.len(),
-            exp_avg_sqs.len(),
-            state_steps.len()
-        )));
-    }
-    for i in 0..n {
-        let shape = params[i].size();
-        for (what, t) in [("grad", &grads[i]), ("exp_avg", &exp_avgs[i]), ("exp_avg_sq", &exp_avg_sqs[i])] {
-            if t.size() != shape || t.device() != params[i].device() {
-                return Err(TchError::Shape(format!(
-                    "fused_adamw: entry {i}: {what} is {:?} on {:?}, the parameter {shape:?} on {:?}",
-                    t.size(),
-                    t.device(),
-                    params[i].device()
-                )));
-            }
-        }
-        if state_steps[i].numel() != 1 || state_steps[i].kind() != tch::Kind::Float {
-            return Err(TchError::Shape(format!("fused_adamw: entry {i}: the step counter must be one fp32 value")));
-        }
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    let (p, g, m, v, s) = (handles(params), handles(grads), handles(exp_avgs), handles(exp_avg_sqs), handles(state_steps));
-    check(unsafe {
-        oskern_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, h.lr, h.beta1, h.beta2, h.weight_decay, h.eps, h.maximize, h.grad_scale)
-    })
 }
 
 /// The L2 norm of each tensor (`at::_foreach_norm`), 0-dim fp32 tensors on each input's device.

@@ -103,23 +103,6 @@ struct CombineRows : public torch::autograd::Function<CombineRows> {
 
 extern "C" {
 
-// One AdamW step: state_steps += 1, then at::_fused_adamw_ (decoupled weight decay) on every
-// parameter. All lists have n tensors; amsgrad is not supported (no max_exp_avg_sqs).
-char *oskern_fused_adamw(Tensor *const *params, Tensor *const *grads, Tensor *const *exp_avgs, Tensor *const *exp_avg_sqs,
-                         Tensor *const *state_steps, size_t n, double lr, double beta1, double beta2, double weight_decay,
-                         double eps, bool maximize, double grad_scale) {
-  GUARD({
-    at::NoGradGuard no_grad;
-    auto steps = list_of(state_steps, n);
-    at::_foreach_add_(steps, 1);
-    // The kernel divides the gradients by its grad_scale tensor (AMP's loss scale) as it reads them.
-    std::optional<Tensor> divisor;
-    if (grad_scale != 1.0) divisor = at::full({}, 1.0 / grad_scale, params[0]->options().dtype(at::kFloat));
-    at::_fused_adamw_(list_of(params, n), list_of(grads, n), list_of(exp_avgs, n), list_of(exp_avg_sqs, n), {}, steps,
-                      lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, maximize, divisor);
-  })
-}
-
 // The L2 norm of every tensor (at::_foreach_norm, fp32 results), written to out[0..n] as new handles.
 char *oskern_foreach_norm(Tensor *const *tensors, size_t n, Tensor **out) {
   GUARD({

@@ -99,9 +99,9 @@ fn assert_same_as_reference(run_dir: &Path) {
 }
 
 /// Start os-train, wait until its log reaches `step`, then send `signal`.
-fn run_and_signal(run_dir: &Path, step: u64, signal: &str, env: &[(&str, &str)]) -> Output {
+fn run_and_signal(run_dir: &Path, extra: &[&str], step: u64, signal: &str, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(tool("os-train"))
-        .args(args(run_dir, &[]))
+        .args(args(run_dir, extra))
         .envs(env.iter().cloned())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -191,12 +191,47 @@ fn rates_follow_the_schedule_and_the_run_directory_records_everything() {
 #[test]
 fn sigkill_then_resume_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run_and_signal(dir.path(), 7, "-KILL", &[]);
+    let o = run_and_signal(dir.path(), &[], 7, "-KILL", &[]);
     assert_eq!(o.status.code(), None, "killed by a signal");
     let o = train(dir.path(), &[]);
     assert!(o.status.success(), "resume failed: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming from"));
     assert_same_as_reference(dir.path());
+}
+
+/// Megatron's mixed precision on the CPU path: bf16 leaves, fp32 masters summed over two
+/// micro-batches per step; checkpoints hold the fp32 masters (not bf16-rounded values), so a
+/// run killed at step 7 resumes bit for bit.
+#[test]
+fn mixed_precision_checkpoints_fp32_masters_and_resumes_exactly() {
+    let mixed = ["--precision", "bf16-mixed"];
+    let whole = tempfile::tempdir().unwrap();
+    let o = train(whole.path(), &mixed);
+    assert!(o.status.success(), "os-train failed: {}", String::from_utf8_lossy(&o.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_and_signal(dir.path(), &mixed, 7, "-KILL", &[]);
+    assert_eq!(o.status.code(), None, "killed by a signal");
+    let o = train(dir.path(), &mixed);
+    assert!(o.status.success(), "resume failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (log(whole.path()), log(dir.path()));
+    assert_eq!(a.len() as u64, STEPS);
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["loss", "grad_norm", "param_norm"] {
+            assert_eq!(x[key], y[key], "step {}: {key}", x["step"]);
+        }
+    }
+    assert!(a.last().unwrap()["loss"].as_f64().unwrap() < a[0]["loss"].as_f64().unwrap() - 0.5, "it learns");
+    assert!(final_weights(whole.path()) == final_weights(dir.path()), "final weights differ from the uninterrupted run");
+    // The saved weights are fp32 with bits below bf16's precision: the masters.
+    let bytes = final_weights(whole.path());
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (name, entry) = header.as_object().unwrap().iter().find(|(n, _)| n.contains("mlp.experts.") && n.ends_with("down_proj.weight")).unwrap();
+    assert_eq!(entry["dtype"], "F32", "{name}");
+    let [start, end] = [0, 1].map(|i| 8 + header_len + entry["data_offsets"][i].as_u64().unwrap() as usize);
+    let data = &bytes[start..end];
+    let low_bits = data.chunks(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0xffff != 0).count();
+    assert!(low_bits > data.len() / 8, "{name}: the checkpoint holds bf16-rounded weights, not the fp32 masters");
 }
 
 #[test]
@@ -219,7 +254,7 @@ fn a_kill_during_a_save_leaves_the_previous_checkpoint_as_the_latest() {
 fn usr1_and_term_checkpoint_and_exit_75_then_resume_exactly() {
     for signal in ["-USR1", "-TERM"] {
         let dir = tempfile::tempdir().unwrap();
-        let o = run_and_signal(dir.path(), 2, signal, &[]);
+        let o = run_and_signal(dir.path(), &[], 2, signal, &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(75), "{signal}: {err}");
         let stopped_at = log(dir.path()).len() as u64;

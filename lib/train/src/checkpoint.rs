@@ -156,7 +156,14 @@ pub fn save(
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
         }
-        openseek_model::save(model, &tmp, model.kind(), SHARD_BYTES)?;
+        // Where the model computes from bf16 copies, the checkpoint holds the fp32 masters.
+        let masters = opt.masters();
+        let with_masters = (!masters.is_empty()).then(|| {
+            let mut w: openseek_model::model::Weights = model.named_tensors().into_iter().collect();
+            w.extend(masters);
+            DeepseekV3::from_weights(model.config.clone(), w)
+        });
+        openseek_model::save(with_masters.as_ref().unwrap_or(model), &tmp, model.kind(), SHARD_BYTES)?;
         if let Some(dir) = tokenizer {
             copy_tokenizer(dir, &tmp)?;
         }

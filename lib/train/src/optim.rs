@@ -1,8 +1,17 @@
 //! AdamW as `torch.optim.AdamW` computes it: decoupled weight decay (none on norms, biases and
 //! the router's correction bias), bias-corrected moments kept in fp32, and global gradient-norm
-//! clipping as `clip_grad_norm_`. On CUDA with fp32 weights the update is PyTorch's fused kernel
-//! (`_fused_adamw_`, through openseek-kernels) and the norms `_foreach_norm`; elsewhere (the CPU
-//! path, pure bf16 weights) the same formulas run as tensor ops, one parameter at a time.
+//! clipping as `clip_grad_norm_`.
+//!
+//! Mixed precision as Megatron keeps it: the model's weights are bf16 leaves (so the forward and
+//! backward passes cast nothing and the gradients come out in bf16) and the optimizer holds their
+//! fp32 master copies; each update rewrites a leaf from its master. With several micro-batches per
+//! step the gradients are summed in fp32 after each one. The LM head (tied embedding) and the
+//! router stay fp32 leaves: the head's gradient is summed over loss chunks in fp32 in place, and
+//! the router computes in fp32.
+//!
+//! On CUDA each update is one pass of an NVRTC kernel per parameter (openseek-kernels'
+//! `adamw_update`, which also writes the bf16 leaf) and the norms `_foreach_norm`; elsewhere (the
+//! CPU path, pure bf16 weights) the same formulas run as tensor ops, one parameter at a time.
 //! [`Optimizer`] picks it at world size 1 and openseek-dist's ZeRO-1 over several ranks; both
 //! save the same re-shardable optimizer files.
 
@@ -16,11 +25,30 @@ use tch::{Device, Kind, Tensor};
 
 pub struct Param {
     pub name: String,
-    /// The weight the model uses (a leaf that requires grad): fp32 master or pure bf16.
+    /// The weight the model uses (a leaf that requires grad): fp32, or bf16 with a `master`.
     pub tensor: Tensor,
+    /// The fp32 master weights of a bf16 leaf.
+    pub master: Option<Tensor>,
+    /// The fp32 sum of the finished micro-batches' gradients of a bf16 leaf ([`AdamW::accumulate_grads`]).
+    main_grad: Option<Tensor>,
     pub decay: bool,
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
+}
+
+impl Param {
+    /// The fp32 weights the update applies to (the master, else the leaf itself).
+    pub fn weights(&self) -> &Tensor {
+        self.master.as_ref().unwrap_or(&self.tensor)
+    }
+
+    /// The step's gradient so far (undefined when the parameter got none).
+    fn grad(&self) -> Tensor {
+        match &self.main_grad {
+            Some(g) => g.shallow_clone(),
+            None => self.tensor.grad(),
+        }
+    }
 }
 
 pub struct AdamW {
@@ -31,13 +59,19 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Updates taken so far (the bias-correction count).
     pub steps: u64,
-    /// Whether the fused CUDA path is used.
+    /// Whether the CUDA kernel is used (every parameter has fp32 weights on a CUDA device).
     fused: bool,
 }
 
 /// Norms, biases and the router's correction bias get no weight decay.
 pub fn decays(name: &str) -> bool {
     !(name.ends_with("norm.weight") || name.ends_with(".bias") || name.ends_with("e_score_correction_bias"))
+}
+
+/// Parameters that stay fp32 leaves under mixed precision: the LM head (or the tied embedding),
+/// whose gradient the loss sums over chunks in fp32 in place, and the router, which computes in fp32.
+fn stays_fp32(name: &str) -> bool {
+    name == "model.embed_tokens.weight" || name == "lm_head.weight" || name.ends_with(".mlp.gate.weight")
 }
 
 /// After an update: no gradient (`zero_grad(set_to_none=True)`, PyTorch's default), so the next
@@ -53,21 +87,48 @@ fn clear_grad(t: &mut Tensor) {
 
 impl AdamW {
     /// Optimise `params` (name, leaf tensor); moments start at zero, fp32, on the params' device.
-    pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> AdamW {
+    /// With `bf16_leaves`, fp32 leaves (but those that [`stays_fp32`]) become bf16 in place (the
+    /// model sees the change) and their fp32 values the optimizer's masters.
+    pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bf16_leaves: bool) -> AdamW {
         let params = params
             .into_iter()
-            .map(|(name, tensor)| {
+            .map(|(name, mut tensor)| {
                 let zeros = || Tensor::zeros(tensor.size(), (Kind::Float, tensor.device()));
-                Param { decay: decays(&name), exp_avg: zeros(), exp_avg_sq: zeros(), name, tensor }
+                let (exp_avg, exp_avg_sq) = (zeros(), zeros());
+                let master = (bf16_leaves && tensor.kind() == Kind::Float && !stays_fp32(&name)).then(|| {
+                    let master = tensor.detach().copy();
+                    tensor.set_data(&master.to_kind(Kind::BFloat16));
+                    master
+                });
+                Param { decay: decays(&name), exp_avg, exp_avg_sq, master, main_grad: None, name, tensor }
             })
             .collect();
         let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false };
-        opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.tensor.kind() == Kind::Float);
+        opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.weights().kind() == Kind::Float);
         opt
     }
 
     fn grads(&self) -> Vec<Tensor> {
-        self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect()
+        self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect()
+    }
+
+    /// After a micro-batch of a step that has several: add the bf16 leaves' gradients into their
+    /// fp32 sums and clear them (fp32 leaves keep summing in their own `.grad`).
+    pub fn accumulate_grads(&mut self) {
+        let _guard = tch::no_grad_guard();
+        for p in self.params.iter_mut().filter(|p| p.master.is_some()) {
+            let g = p.tensor.grad();
+            if !g.defined() {
+                continue;
+            }
+            match &mut p.main_grad {
+                Some(sum) => {
+                    let _ = sum.g_add_(&g);
+                }
+                None => p.main_grad = Some(g.to_kind(Kind::Float)),
+            }
+            clear_grad(&mut p.tensor);
+        }
     }
 
     /// sqrt of the sum of squared gradient entries, all parameters together (fp32 accumulation per tensor).
@@ -84,30 +145,48 @@ impl AdamW {
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             clear_grad(&mut p.tensor);
+            p.main_grad = None;
         }
     }
 
     /// One update at learning rate `lr`, gradients scaled by `grad_scale` (the clipping factor).
     pub fn step(&mut self, lr: f64, grad_scale: f64) {
-        if self.fused {
-            return self.step_fused(lr, grad_scale);
-        }
         self.steps += 1;
+        let _guard = tch::no_grad_guard();
+        if self.fused {
+            let h = openseek_kernels::AdamWStep {
+                lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: 0.0,
+                step: self.steps,
+                grad_scale,
+            };
+            for p in &self.params {
+                let g = p.grad();
+                if g.defined() {
+                    let h = openseek_kernels::AdamWStep { weight_decay: if p.decay { self.weight_decay } else { 0.0 }, ..h };
+                    openseek_kernels::adamw_update(p.weights(), p.master.as_ref().map(|_| &p.tensor), &g, &p.exp_avg, &p.exp_avg_sq, &h)
+                        .unwrap_or_else(|e| panic!("AdamW kernel on {}: {e}", p.name));
+                }
+            }
+            return;
+        }
         let t = self.steps as i32;
         let (b1, b2) = (self.beta1, self.beta2);
         let bias_correction1 = 1.0 - b1.powi(t);
         let bias_correction2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let step_size = lr / bias_correction1;
-        let _guard = tch::no_grad_guard();
         for p in &mut self.params {
-            let g = p.tensor.grad();
+            let g = p.grad();
             if !g.defined() {
                 continue;
             }
             let g = g.to_kind(Kind::Float);
             let g = if grad_scale != 1.0 { g * grad_scale } else { g };
-            let master = p.tensor.kind() == Kind::Float;
-            let mut w = if master { p.tensor.shallow_clone() } else { p.tensor.to_kind(Kind::Float) };
+            let fp32 = p.weights().kind() == Kind::Float;
+            let mut w = if fp32 { p.weights().shallow_clone() } else { p.tensor.to_kind(Kind::Float) };
             if p.decay && self.weight_decay != 0.0 {
                 let _ = w.g_mul_scalar_(1.0 - lr * self.weight_decay);
             }
@@ -116,45 +195,10 @@ impl AdamW {
             let _ = p.exp_avg_sq.g_mul_scalar_(b2).g_add_(&((&g * (1.0 - b2)) * &g));
             let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
             let _ = w.addcdiv_(&(&p.exp_avg * -step_size), &denom);
-            if !master {
+            if p.master.is_some() || !fp32 {
                 p.tensor.copy_(&w);
             }
         }
-    }
-
-    fn step_fused(&mut self, lr: f64, grad_scale: f64) {
-        let _guard = tch::no_grad_guard();
-        let device = self.params[0].tensor.device();
-        let with_grad: Vec<&Param> = self.params.iter().filter(|p| p.tensor.grad().defined()).collect();
-        for decay in [true, false] {
-            let group: Vec<&&Param> = with_grad.iter().filter(|p| p.decay == decay).collect();
-            if group.is_empty() {
-                continue;
-            }
-            let list = |f: &dyn Fn(&Param) -> Tensor| group.iter().map(|p| f(p)).collect::<Vec<Tensor>>();
-            // The kernel increments the counts before using them.
-            let steps = list(&|_| Tensor::from(self.steps as f32).to_device(device));
-            let h = openseek_kernels::AdamW {
-                lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                weight_decay: if decay { self.weight_decay } else { 0.0 },
-                eps: self.eps,
-                maximize: false,
-                // The kernel scales the gradients as it reads them (no pass of its own over them).
-                grad_scale,
-            };
-            openseek_kernels::fused_adamw(
-                &list(&|p| p.tensor.shallow_clone()),
-                &list(&|p| p.tensor.grad()),
-                &list(&|p| p.exp_avg.shallow_clone()),
-                &list(&|p| p.exp_avg_sq.shallow_clone()),
-                &steps,
-                &h,
-            )
-            .expect("_fused_adamw_");
-        }
-        self.steps += 1;
     }
 
     /// The flat layout of the parameters at world size 1 (the one [`Zero1`] uses at any world size).
@@ -169,7 +213,7 @@ impl AdamW {
             let parts: Vec<Tensor> = self.params.iter().map(|p| f(p).detach().to_kind(Kind::Float).reshape([-1]).to_device(Device::Cpu)).collect();
             Vec::<f32>::try_from(&Tensor::cat(&parts, 0)).map_err(|e| Failure::software(format!("optimizer state to host: {e}")))
         };
-        let (m, a, s) = (flat(&|p| p.tensor.shallow_clone())?, flat(&|p| p.exp_avg.shallow_clone())?, flat(&|p| p.exp_avg_sq.shallow_clone())?);
+        let (m, a, s) = (flat(&|p| p.weights().shallow_clone())?, flat(&|p| p.exp_avg.shallow_clone())?, flat(&|p| p.exp_avg_sq.shallow_clone())?);
         let layout = self.layout();
         let info = ShardInfo { rank: 0, world: 1, ranges: layout.owned(0), total: layout.total(), fingerprint: layout.fingerprint(), step: self.steps };
         reshard::save_shard(dir, &info, &[("master", &m), ("exp_avg", &a), ("exp_avg_sq", &s)])
@@ -201,10 +245,12 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    /// AdamW at world size 1, ZeRO-1 above; `params` are the model's trainable leaves.
-    pub fn new(params: Vec<(String, Tensor)>, comm: &mut Comm, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Optimizer, Failure> {
+    /// AdamW at world size 1, ZeRO-1 above; `params` are the model's trainable leaves. With
+    /// `bf16_leaves` (mixed precision) AdamW turns them into bf16 leaves with fp32 masters; ZeRO-1
+    /// keeps fp32 leaves (its buckets would need the per-micro-batch fp32 sums first).
+    pub fn new(params: Vec<(String, Tensor)>, comm: &mut Comm, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bf16_leaves: bool) -> Result<Optimizer, Failure> {
         if comm.world() == 1 {
-            return Ok(Optimizer::Full(AdamW::new(params, beta1, beta2, eps, weight_decay)));
+            return Ok(Optimizer::Full(AdamW::new(params, beta1, beta2, eps, weight_decay, bf16_leaves)));
         }
         let named: Vec<NamedParam> =
             params.iter().map(|(n, t)| NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n), bucket: GradReady::of(n).key() }).collect();
@@ -261,6 +307,22 @@ impl Optimizer {
         Ok(())
     }
 
+    /// After each micro-batch of a step that has several (see [`AdamW::accumulate_grads`]).
+    pub fn accumulate_grads(&mut self) {
+        if let Optimizer::Full(a) = self {
+            a.accumulate_grads();
+        }
+    }
+
+    /// (name, fp32 master) of the parameters whose model leaves are bf16 copies: what a checkpoint
+    /// saves in their place.
+    pub fn masters(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Optimizer::Full(a) => a.params.iter().filter_map(|p| p.master.as_ref().map(|m| (p.name.clone(), m.shallow_clone()))).collect(),
+            Optimizer::Sharded { .. } => vec![],
+        }
+    }
+
     pub fn steps(&self) -> u64 {
         match self {
             Optimizer::Full(a) => a.steps,
@@ -275,8 +337,12 @@ impl Optimizer {
         }
     }
 
+    /// The L2 norm of all weights (the fp32 masters where the leaves are bf16 copies).
     pub fn param_norm(&self) -> f64 {
-        let leaves = self.leaves();
+        let leaves: Vec<&Tensor> = match self {
+            Optimizer::Full(a) => a.params.iter().map(|p| p.weights()).collect(),
+            Optimizer::Sharded { leaves, .. } => leaves.iter().collect(),
+        };
         let norms: Vec<Tensor> = if leaves.first().is_some_and(|t| t.device().is_cuda()) {
             // One multi-tensor kernel rather than a reduction launch per tensor.
             openseek_kernels::foreach_norm(&leaves.iter().map(|t| t.detach()).collect::<Vec<_>>()).expect("_foreach_norm")
@@ -318,12 +384,47 @@ mod tests {
         opt.params.iter().flat_map(|p| [&p.exp_avg, &p.exp_avg_sq]).map(|t| Vec::<f32>::try_from(&t.reshape([-1])).unwrap()).collect()
     }
 
+    /// Mixed precision: the leaves become bf16 copies of fp32 masters that step exactly as fp32
+    /// leaves given the same gradients; micro-batch gradients are summed in fp32; the router stays fp32.
+    #[test]
+    fn bf16_leaves_step_their_fp32_masters() {
+        let names = ["model.layers.1.mlp.experts.down_proj", "model.layers.1.mlp.gate.weight"];
+        let values: [&[f32]; 2] = [&[1.0, -2.0, 3.0001, 0.1], &[0.5, 0.25]];
+        let params = || values.iter().zip(names).map(|(v, n)| (n.to_string(), Tensor::from_slice(v).set_requires_grad(true))).collect::<Vec<_>>();
+        let mut fp32 = AdamW::new(params(), 0.9, 0.95, 1e-8, 0.1, false);
+        let mut mixed = AdamW::new(params(), 0.9, 0.95, 1e-8, 0.1, true);
+        assert_eq!((mixed.params[0].tensor.kind(), mixed.params[1].tensor.kind()), (Kind::BFloat16, Kind::Float));
+        assert!(mixed.params[0].master.as_ref().unwrap().equal(&fp32.params[0].tensor), "the master is the fp32 value");
+        for step in 0..3 {
+            // Two micro-batches of bf16 gradients; the fp32 run gets their fp32 sum.
+            let micro: Vec<Tensor> = (0..2).map(|k| Tensor::from_slice(&[0.3f32, -1.7, 0.011, 2.5]).g_mul_scalar((step * 2 + k + 1) as f64 * 0.37).to_kind(Kind::BFloat16)).collect();
+            for g in &micro {
+                openseek_kernels::set_grad(&mixed.params[0].tensor, Some(g)).unwrap();
+                openseek_kernels::set_grad(&mixed.params[1].tensor, Some(&Tensor::from_slice(&[0.5f32, -0.5]))).unwrap();
+                mixed.accumulate_grads();
+            }
+            let sum = micro.iter().map(|g| g.to_kind(Kind::Float)).reduce(|a, b| a + b).unwrap();
+            openseek_kernels::set_grad(&fp32.params[0].tensor, Some(&sum)).unwrap();
+            openseek_kernels::set_grad(&fp32.params[1].tensor, Some(&Tensor::from_slice(&[0.5f32, -0.5]))).unwrap();
+            assert!(mixed.grads()[0].equal(&sum), "fp32 sum of the micro-batches");
+            mixed.step(0.01, 0.8);
+            fp32.step(0.01, 0.8);
+            mixed.zero_grad();
+            fp32.zero_grad();
+        }
+        let (m, f) = (&mixed.params[0], &fp32.params[0]);
+        assert!(m.master.as_ref().unwrap().equal(&f.tensor), "the master steps as an fp32 leaf");
+        assert!(m.tensor.equal(&f.tensor.to_kind(Kind::BFloat16)), "the leaf is the rounded master");
+        assert!(mixed.params[1].tensor.equal(&fp32.params[1].tensor));
+        assert_eq!(mixed.params[0].exp_avg_sq.kind(), Kind::Float);
+    }
+
     /// AdamW's files are ZeRO-1's: AdamW -> AdamW, AdamW -> Zero1 -> AdamW keep the moments, the
     /// step count and (Zero1's master) the weights.
     #[test]
     fn full_state_round_trips_through_the_sharded_optimizer() {
         let params = model(&[&[1.0, -2.0, 3.0], &[0.5, 0.25]]);
-        let mut opt = AdamW::new(params, 0.9, 0.95, 1e-8, 0.1);
+        let mut opt = AdamW::new(params, 0.9, 0.95, 1e-8, 0.1, false);
         for _ in 0..3 {
             opt.zero_grad();
             let leaves: Vec<Tensor> = opt.params.iter().map(|p| p.tensor.shallow_clone()).collect();
@@ -332,7 +433,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         opt.save(dir.path()).unwrap();
-        let mut again = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1);
+        let mut again = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false);
         again.load(dir.path()).unwrap();
         assert_eq!((moments(&again), again.steps), (moments(&opt), 3));
 
@@ -348,11 +449,11 @@ mod tests {
         }
         let dir2 = tempfile::tempdir().unwrap();
         zero.save(dir2.path()).unwrap();
-        let mut back = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1);
+        let mut back = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false);
         back.load(dir2.path()).unwrap();
         assert_eq!((moments(&back), back.steps), (moments(&opt), 3));
         // Another model's state is refused.
-        let mut other = AdamW::new(model(&[&[0.0; 4], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1);
+        let mut other = AdamW::new(model(&[&[0.0; 4], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false);
         assert!(other.load(dir.path()).unwrap_err().message.contains("another parameter layout"));
     }
 }

@@ -245,7 +245,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         .filter(|(n, _)| !n.ends_with("e_score_correction_bias"))
         .map(|(n, t)| (n, t.set_requires_grad(true)))
         .collect();
-    let mut opt = Optimizer::new(params, &mut comm, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay)?;
+    // Megatron's mixed precision: bf16 leaves, fp32 masters in the optimizer (`OPENSEEK_DISABLE=bf16_leaves`:
+    // fp32 leaves cast where used, as autocast).
+    let bf16_leaves = cfg.precision == Precision::Bf16Mixed && openseek_model::layers::enabled("bf16_leaves");
+    let mut opt = Optimizer::new(params, &mut comm, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay, bf16_leaves)?;
     if let Some((_, dir)) = &resume {
         opt.load(dir)?;
     }
@@ -331,6 +334,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 Ok(())
             };
             let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, token_denominator, batches.len(), &mut grads_ready)?;
+            if accumulation > 1 {
+                opt.accumulate_grads();
+            }
             lm_loss += out.lm_loss;
             seq_aux += out.seq_aux_loss;
             z_loss += out.z_loss;
