@@ -4,6 +4,7 @@
 //! master in the same pass. The arithmetic is `torch.optim.AdamW(fused=True)`'s, in its order.
 
 use crate::nvrtc::{self, Program, BF16};
+use crate::stream::SideStream;
 use std::ffi::c_void;
 use std::sync::OnceLock;
 use tch::{Device, Kind, TchError, Tensor};
@@ -54,10 +55,24 @@ __device__ __forceinline__ float4 grad4(const bf16* g, long long i) {
     return make_float4(bf16_to_f32(r.x & 0xffff), bf16_to_f32(r.x >> 16), bf16_to_f32(r.y & 0xffff), bf16_to_f32(r.y >> 16));
 }
 
+// The sum over a block of each thread's `x`, returned to thread 0 (blocks of 256 threads).
+__device__ float block_sum(float x) {
+    __shared__ float warp_sums[8];
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = x;
+    __syncthreads();
+    float total = 0.0f;
+    if (threadIdx.x == 0) for (int i = 0; i < (int)(blockDim.x >> 5); i++) total += warp_sums[i];
+    return total;
+}
+
 // w, m, v: n fp32 values; g: the gradient; copy: null, or n bf16 values rewritten from w. With
-// vec, every pointer is 16-byte aligned (8 for bf16) and four values move per access.
+// vec, every pointer is 16-byte aligned (8 for bf16) and four values move per access. sumsq:
+// null, or one fp32 per block: the block's sum of the updated weights' squares (the parameter
+// norm without another pass over the weights).
 template <typename G>
-__device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long long n, Hyper h, int vec) {
+__device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long long n, Hyper h, int vec, float* sumsq) {
+    float squares = 0.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long done = 0;
@@ -71,6 +86,7 @@ __device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long
             update(W.z, M.z, V.z, G4.z, h);
             update(W.w, M.w, V.w, G4.w, h);
             reinterpret_cast<float4*>(w)[i] = W;
+            squares += W.x * W.x + W.y * W.y + W.z * W.z + W.w * W.w;
             reinterpret_cast<float4*>(m)[i] = M;
             reinterpret_cast<float4*>(v)[i] = V;
             if (copy) {
@@ -86,15 +102,20 @@ __device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long
         float W = w[i], M = m[i], V = v[i];
         update(W, M, V, grad_at(g, i), h);
         w[i] = W; m[i] = M; v[i] = V;
+        squares += W * W;
         if (copy) copy[i] = f32_to_bf16(W);
+    }
+    if (sumsq) {
+        const float total = block_sum(squares);
+        if (threadIdx.x == 0) sumsq[blockIdx.x] = total;
     }
 }
 
-extern "C" __global__ void adamw_f32_grad(float* w, bf16* copy, const float* g, float* m, float* v, long long n, Hyper h, int vec) {
-    adamw(w, copy, g, m, v, n, h, vec);
+extern "C" __global__ void adamw_f32_grad(float* w, bf16* copy, const float* g, float* m, float* v, long long n, Hyper h, int vec, float* sumsq) {
+    adamw(w, copy, g, m, v, n, h, vec, sumsq);
 }
-extern "C" __global__ void adamw_bf16_grad(float* w, bf16* copy, const bf16* g, float* m, float* v, long long n, Hyper h, int vec) {
-    adamw(w, copy, g, m, v, n, h, vec);
+extern "C" __global__ void adamw_bf16_grad(float* w, bf16* copy, const bf16* g, float* m, float* v, long long n, Hyper h, int vec, float* sumsq) {
+    adamw(w, copy, g, m, v, n, h, vec, sumsq);
 }
 "#;
 
@@ -105,7 +126,7 @@ fn program() -> &'static Program {
 
 const THREADS: u32 = 256;
 /// Blocks at most per launch (a grid-stride loop covers the rest): enough to fill any current GPU.
-const MAX_BLOCKS: u64 = 4096;
+pub const MAX_BLOCKS: i64 = 4096;
 
 fn check(what: &str, t: &Tensor, kinds: &[Kind], numel: usize, device: Device) -> Result<(), TchError> {
     if !kinds.contains(&t.kind()) || t.numel() != numel || t.device() != device || !t.is_contiguous() {
@@ -124,8 +145,21 @@ fn check(what: &str, t: &Tensor, kinds: &[Kind], numel: usize, device: Device) -
 /// Update `weights` (fp32: the model's own leaf, or the optimizer's master copy), `exp_avg` and
 /// `exp_avg_sq` (fp32) in place from `grad` (fp32 or bf16) and, when given, rewrite `bf16_copy`
 /// (the model's bf16 leaf of a master copy) from the updated weights. CUDA tensors of equal size,
-/// contiguous; runs on the device's current stream.
-pub fn adamw_update(weights: &Tensor, bf16_copy: Option<&Tensor>, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, s: &AdamWStep) -> Result<(), TchError> {
+/// contiguous; runs on the device's current stream. `sum_of_squares`, when given, is an fp32
+/// tensor of [`MAX_BLOCKS`] zeros whose first entries receive partial sums of the updated weights'
+/// squares (their total is the squared norm; the same sizes always give the same partition).
+/// `stream`: run on this side stream instead of torch's current stream.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update(
+    weights: &Tensor,
+    bf16_copy: Option<&Tensor>,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    s: &AdamWStep,
+    sum_of_squares: Option<&Tensor>,
+    stream: Option<&SideStream>,
+) -> Result<(), TchError> {
     let device = weights.device();
     let Device::Cuda(ordinal) = device else {
         return Err(TchError::Shape(format!("adamw_update runs on CUDA; the weights are on {device:?}")));
@@ -137,6 +171,9 @@ pub fn adamw_update(weights: &Tensor, bf16_copy: Option<&Tensor>, grad: &Tensor,
     check("exp_avg_sq", exp_avg_sq, &[Kind::Float], n, device)?;
     if let Some(c) = bf16_copy {
         check("bf16 copy", c, &[Kind::BFloat16], n, device)?;
+    }
+    if let Some(q) = sum_of_squares {
+        check("sum_of_squares", q, &[Kind::Float], MAX_BLOCKS as usize, device)?;
     }
     if n == 0 {
         return Ok(());
@@ -164,7 +201,8 @@ pub fn adamw_update(weights: &Tensor, bf16_copy: Option<&Tensor>, grad: &Tensor,
     let kernel = if grad.kind() == Kind::Float { "adamw_f32_grad" } else { "adamw_bf16_grad" };
     let f = nvrtc::function(program(), kernel, ordinal)?;
     let per_thread = if aligned { 4 } else { 1 };
-    let blocks = (n as u64).div_ceil(per_thread * THREADS as u64).clamp(1, MAX_BLOCKS) as u32;
+    let blocks = (n as u64).div_ceil(per_thread * THREADS as u64).clamp(1, MAX_BLOCKS as u64) as u32;
+    let mut q = sum_of_squares.map_or(std::ptr::null_mut(), |q| q.data_ptr());
     let mut args: Vec<*mut c_void> = vec![
         (&mut w as *mut *mut c_void).cast(),
         (&mut c as *mut *mut c_void).cast(),
@@ -174,10 +212,11 @@ pub fn adamw_update(weights: &Tensor, bf16_copy: Option<&Tensor>, grad: &Tensor,
         (&mut n64 as *mut i64).cast(),
         (&mut hyper as *mut Hyper).cast(),
         (&mut vec as *mut i32).cast(),
+        (&mut q as *mut *mut c_void).cast(),
     ];
     // Safety: the arguments are the kernel's parameters in order; the tensors outlive the launch
     // (they are the caller's, and torch's allocator orders reuse on the stream).
-    unsafe { nvrtc::launch(f, blocks, THREADS, ordinal, &mut args) }
+    unsafe { nvrtc::launch(f, blocks, THREADS, ordinal, stream, &mut args) }
 }
 
 #[cfg(test)]

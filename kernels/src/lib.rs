@@ -20,10 +20,12 @@
 //! Kernels of our own are CUDA C compiled at run time by NVRTC ([`nvrtc`]):
 //!
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
-//!   model's bf16 copy of an fp32 master weight rewritten in the same pass.
+//!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
+//! - [`stream`]: a side stream and events, to run such work beside torch's stream.
 
 pub mod adamw;
 pub mod nvrtc;
+pub mod stream;
 
 pub use adamw::{adamw_update, AdamWStep};
 

@@ -14,6 +14,8 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 use tch::TchError;
 
+use crate::stream::SideStream;
+
 /// CUDA C source with its kernels (`extern "C" __global__`).
 pub struct Program {
     /// Names the program in compile errors and the module cache.
@@ -175,13 +177,22 @@ fn driver(what: &str, e: cudarc::driver::DriverError) -> TchError {
     TchError::Torch(format!("CUDA {what}: {e:?}"))
 }
 
-/// Make the device's primary context (the one the CUDA runtime, so libtorch, uses) current.
-fn use_device(device: usize) -> Result<(), TchError> {
-    cu::init().map_err(|e| driver("init", e))?;
-    let dev = cu::device::get(device as c_int).map_err(|e| driver("device", e))?;
-    // Safety: the primary context of a valid device; retaining it again is reference-counted.
-    let ctx = unsafe { cu::primary_ctx::retain(dev) }.map_err(|e| driver("context", e))?;
-    unsafe { cu::ctx::set_current(ctx) }.map_err(|e| driver("set context", e))
+/// Make the device's primary context (the one the CUDA runtime, so libtorch, uses) current on
+/// this thread; retained once per device.
+pub(crate) fn use_device(device: usize) -> Result<(), TchError> {
+    struct Ctx(cudarc::driver::sys::CUcontext);
+    unsafe impl Send for Ctx {}
+    static CONTEXTS: OnceLock<Mutex<HashMap<usize, Ctx>>> = OnceLock::new();
+    let mut contexts = CONTEXTS.get_or_init(Default::default).lock().unwrap();
+    if !contexts.contains_key(&device) {
+        cu::init().map_err(|e| driver("init", e))?;
+        let dev = cu::device::get(device as c_int).map_err(|e| driver("device", e))?;
+        // Safety: the primary context of a valid device, retained for the life of the process.
+        let ctx = unsafe { cu::primary_ctx::retain(dev) }.map_err(|e| driver("context", e))?;
+        contexts.insert(device, Ctx(ctx));
+    }
+    // Safety: a retained context.
+    unsafe { cu::ctx::set_current(contexts[&device].0) }.map_err(|e| driver("set context", e))
 }
 
 /// The compute capability of `device` as a number (90 for 9.0).
@@ -220,16 +231,36 @@ pub fn function(program: &Program, kernel: &str, device: usize) -> Result<Functi
     Ok(Function(f))
 }
 
-/// Run `f` on torch's current stream of `device` with `grid` x `block` threads.
+/// Run `f` with `grid` x `block` threads on `stream` (None: torch's current stream of `device`).
 ///
 /// # Safety
 /// `args` must point at values whose types are the kernel's parameters, in order, and the device
-/// pointers among them must stay valid until the kernel has run (tensors kept alive by the caller;
-/// torch's stream-ordered allocator makes that hold for tensors dropped after the launch).
-pub unsafe fn launch(f: Function, grid: u32, block: u32, device: usize, args: &mut [*mut c_void]) -> Result<(), TchError> {
+/// pointers among them must stay valid until the kernel has run (on torch's stream, torch's
+/// stream-ordered allocator makes that hold for tensors dropped after the launch; on a side
+/// stream the caller keeps them).
+pub unsafe fn launch(f: Function, grid: u32, block: u32, device: usize, stream: Option<&SideStream>, args: &mut [*mut c_void]) -> Result<(), TchError> {
+    let stream = match stream {
+        Some(s) => s.handle(),
+        None => crate::current_stream(device)?.handle as CUstream,
+    };
+    use_device(device)?;
+    unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), 0, stream, args) }.map_err(|e| driver("launch", e))
+}
+
+/// Run `f` on torch's current stream of `device` with `grid` x `block` threads and `shared` bytes
+/// of dynamic shared memory per block (beyond 48 KiB the kernel is first allowed that much, as the
+/// driver requires).
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn launch_shared(f: Function, grid: u32, block: u32, shared: u32, device: usize, args: &mut [*mut c_void]) -> Result<(), TchError> {
     let stream = crate::current_stream(device)?;
     use_device(device)?;
-    unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), 0, stream.handle as CUstream, args) }.map_err(|e| driver("launch", e))
+    if shared > 48 * 1024 {
+        let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        unsafe { cu::function::set_function_attribute(f.0, attr, shared as i32) }.map_err(|e| driver("shared memory size", e))?;
+    }
+    unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), shared, stream.handle as CUstream, args) }.map_err(|e| driver("launch", e))
 }
 
 #[cfg(test)]

@@ -44,8 +44,12 @@ fn adamw_kernel_equals_the_formula() {
                 for step in 1..=3u64 {
                     let h = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.7 };
                     let g = alloc(grad_kind);
-                    adamw_update(&w, copy.as_ref(), &g, &m, &v, &h).unwrap();
+                    let squares = Tensor::zeros([openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, dev));
+                    adamw_update(&w, copy.as_ref(), &g, &m, &v, &h, Some(&squares), None).unwrap();
                     (rw, rm, rv) = reference_step(&rw, &g, &rm, &rv, &h);
+                    let norm = squares.sum(Kind::Double).sqrt().double_value(&[]);
+                    let want = rw.to_kind(Kind::Double).square().sum(Kind::Double).sqrt().double_value(&[]);
+                    assert!((norm - want).abs() <= 1e-5 * want, "norm of the updated weights {norm} vs {want}");
                 }
                 let worst = [(&w, &rw), (&m, &rm), (&v, &rv)].iter().map(|(a, b)| max_abs(a, b)).fold(0f64, f64::max);
                 eprintln!("AdamW kernel, {numel} values at offset {offset}, {grad_kind:?} grad, copy {with_copy}: max |kernel - formula| {worst:.2e}");
@@ -56,6 +60,33 @@ fn adamw_kernel_equals_the_formula() {
             }
         }
     }
+}
+
+/// The same update on a side stream, ordered by events around torch's work: equal results, while
+/// torch's stream goes on with other work.
+#[test]
+#[ignore]
+fn adamw_on_a_side_stream_equals_torchs_stream() {
+    use openseek_kernels::stream::SideStream;
+    let dev = cuda();
+    tch::manual_seed(12);
+    let side = SideStream::new(0).unwrap();
+    let make = || (Tensor::randn([1 << 22], (Kind::Float, dev)), Tensor::zeros([1 << 22], (Kind::Float, dev)), Tensor::zeros([1 << 22], (Kind::Float, dev)));
+    let (w1, m1, v1) = make();
+    let (w2, m2, v2) = (w1.copy(), m1.copy(), v1.copy());
+    let h = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
+    for step in 1..=3u64 {
+        let g = Tensor::randn([1 << 22], (Kind::Float, dev)).to_kind(Kind::BFloat16);
+        let h = AdamWStep { step, ..h };
+        adamw_update(&w1, None, &g, &m1, &v1, &h, None, None).unwrap();
+        side.wait_for_torch().unwrap();
+        adamw_update(&w2, None, &g, &m2, &v2, &h, None, Some(&side)).unwrap();
+        let busy = Tensor::randn([2048, 2048], (Kind::BFloat16, dev)).matmul(&Tensor::randn([2048, 2048], (Kind::BFloat16, dev)));
+        side.record().unwrap().block_torch(0).unwrap();
+        drop((g, busy));
+    }
+    assert_eq!(max_abs(&w1, &w2), 0.0);
+    assert_eq!(max_abs(&v1, &v2), 0.0);
 }
 
 #[test]

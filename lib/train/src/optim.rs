@@ -10,8 +10,15 @@
 //! the router computes in fp32.
 //!
 //! On CUDA each update is one pass of an NVRTC kernel per parameter (openseek-kernels'
-//! `adamw_update`, which also writes the bf16 leaf) and the norms `_foreach_norm`; elsewhere (the
-//! CPU path, pure bf16 weights) the same formulas run as tensor ops, one parameter at a time.
+//! `adamw_update`, which also writes the bf16 leaf and the weights' sums of squares for the
+//! parameter norm) and the gradient norm `_foreach_norm`; elsewhere (the CPU path, pure bf16
+//! weights) the same formulas run as tensor ops, one parameter at a time.
+//!
+//! On CUDA the update runs on a side stream, model part by model part in the order the next
+//! forward pass uses them (embedding, each layer, final norm and head), each part ending with an
+//! event; the [`UpdateFence`] makes the forward pass wait for a part only where it first uses it,
+//! so the update overlaps the next step's forward pass (`OPENSEEK_DISABLE=overlap_update`: on
+//! torch's stream, before it).
 //! [`Optimizer`] picks it at world size 1 and openseek-dist's ZeRO-1 over several ranks; both
 //! save the same re-shardable optimizer files.
 
@@ -20,8 +27,49 @@ use openseek_dist::layout::{FlatLayout, Param as LayoutParam};
 use openseek_dist::reshard::{self, ShardInfo};
 use openseek_dist::{Comm, NamedParam, Zero1};
 use crate::step::GradReady;
+use openseek_kernels::stream::{Event, SideStream};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
+
+/// The update queued on a side stream, by model part: what the next forward pass waits for.
+/// Clones share one state; with nothing queued every call does nothing.
+#[derive(Clone, Default)]
+pub struct UpdateFence(Arc<Mutex<Fence>>);
+
+#[derive(Default)]
+struct Fence {
+    device: usize,
+    /// Per [`GradReady::key`]: the event after that part's update.
+    parts: HashMap<usize, Event>,
+    /// Tensors the queued update reads (the step's gradients), kept until torch's stream has
+    /// waited for all of it: torch's allocator would otherwise hand their memory out again.
+    keep: Vec<Tensor>,
+}
+
+impl UpdateFence {
+    /// Torch's stream waits for `part`'s update before the work queued after this call.
+    pub fn wait(&self, part: GradReady) {
+        let mut f = self.0.lock().unwrap();
+        if let Some(event) = f.parts.remove(&part.key()) {
+            event.block_torch(f.device).expect("waiting for the parameter update");
+        }
+        if f.parts.is_empty() {
+            f.keep.clear();
+        }
+    }
+
+    /// Torch's stream waits for the whole update (before the weights or the optimizer state are read).
+    pub fn wait_all(&self) {
+        let mut f = self.0.lock().unwrap();
+        let device = f.device;
+        for (_, event) in f.parts.drain() {
+            event.block_torch(device).expect("waiting for the parameter update");
+        }
+        f.keep.clear();
+    }
+}
 
 pub struct Param {
     pub name: String,
@@ -61,6 +109,14 @@ pub struct AdamW {
     pub steps: u64,
     /// Whether the CUDA kernel is used (every parameter has fp32 weights on a CUDA device).
     fused: bool,
+    /// After a kernel update of every parameter: partial sums of the updated weights' squares
+    /// ([`AdamW::weight_norm`] without another pass over the weights).
+    squares: Option<Tensor>,
+    /// Parameter indices by model part, in the order a forward pass uses the parts.
+    parts: Vec<(GradReady, Vec<usize>)>,
+    /// The stream the CUDA update runs on (created at the first update), and what it has queued.
+    side: Option<SideStream>,
+    fence: UpdateFence,
 }
 
 /// Norms, biases and the router's correction bias get no weight decay.
@@ -90,7 +146,7 @@ impl AdamW {
     /// With `bf16_leaves`, fp32 leaves (but those that [`stays_fp32`]) become bf16 in place (the
     /// model sees the change) and their fp32 values the optimizer's masters.
     pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bf16_leaves: bool) -> AdamW {
-        let params = params
+        let params: Vec<Param> = params
             .into_iter()
             .map(|(name, mut tensor)| {
                 let zeros = || Tensor::zeros(tensor.size(), (Kind::Float, tensor.device()));
@@ -103,7 +159,22 @@ impl AdamW {
                 Param { decay: decays(&name), exp_avg, exp_avg_sq, master, main_grad: None, name, tensor }
             })
             .collect();
-        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false };
+        let mut parts: Vec<(GradReady, Vec<usize>)> = vec![];
+        for (i, p) in params.iter().enumerate() {
+            let part = GradReady::of(&p.name);
+            match parts.iter_mut().find(|(q, _)| *q == part) {
+                Some((_, members)) => members.push(i),
+                None => parts.push((part, vec![i])),
+            }
+        }
+        let use_order = |p: &GradReady| match p {
+            GradReady::Embedding => 0,
+            GradReady::Layer(i) => i + 1,
+            GradReady::Head => usize::MAX,
+        };
+        parts.sort_by_key(|(p, _)| use_order(p));
+        let fence = UpdateFence::default();
+        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None, parts, side: None, fence };
         opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.weights().kind() == Kind::Float);
         opt
     }
@@ -133,13 +204,7 @@ impl AdamW {
 
     /// sqrt of the sum of squared gradient entries, all parameters together (fp32 accumulation per tensor).
     pub fn grad_norm(&self) -> Tensor {
-        let grads = self.grads();
-        let norms: Vec<Tensor> = if self.fused {
-            openseek_kernels::foreach_norm(&grads).expect("_foreach_norm")
-        } else {
-            grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect()
-        };
-        Tensor::stack(&norms, 0).norm()
+        norm_of(&self.grads().iter().collect::<Vec<_>>())
     }
 
     pub fn zero_grad(&mut self) {
@@ -152,6 +217,7 @@ impl AdamW {
     /// One update at learning rate `lr`, gradients scaled by `grad_scale` (the clipping factor).
     pub fn step(&mut self, lr: f64, grad_scale: f64) {
         self.steps += 1;
+        self.squares = None;
         let _guard = tch::no_grad_guard();
         if self.fused {
             let h = openseek_kernels::AdamWStep {
@@ -163,14 +229,42 @@ impl AdamW {
                 step: self.steps,
                 grad_scale,
             };
-            for p in &self.params {
-                let g = p.grad();
-                if g.defined() {
+            let device = self.params[0].tensor.device();
+            let squares = Tensor::zeros([self.params.len() as i64, openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, device));
+            let side = match (openseek_model::layers::enabled("overlap_update"), device) {
+                (true, Device::Cuda(ordinal)) => {
+                    let side = self.side.get_or_insert_with(|| SideStream::new(ordinal).expect("creating a CUDA stream"));
+                    side.wait_for_torch().expect("ordering the update after the backward pass");
+                    Some(&*side)
+                }
+                _ => None,
+            };
+            let mut fence = self.fence.0.lock().unwrap();
+            let mut all = true;
+            for (part, members) in &self.parts {
+                for &i in members {
+                    let p = &self.params[i];
+                    let g = p.grad();
+                    if !g.defined() {
+                        all = false;
+                        continue;
+                    }
                     let h = openseek_kernels::AdamWStep { weight_decay: if p.decay { self.weight_decay } else { 0.0 }, ..h };
-                    openseek_kernels::adamw_update(p.weights(), p.master.as_ref().map(|_| &p.tensor), &g, &p.exp_avg, &p.exp_avg_sq, &h)
+                    openseek_kernels::adamw_update(p.weights(), p.master.as_ref().map(|_| &p.tensor), &g, &p.exp_avg, &p.exp_avg_sq, &h, Some(&squares.get(i as i64)), side)
                         .unwrap_or_else(|e| panic!("AdamW kernel on {}: {e}", p.name));
+                    if side.is_some() {
+                        fence.keep.push(g);
+                    }
+                }
+                if let Some(side) = side {
+                    fence.device = side.device();
+                    fence.parts.insert(part.key(), side.record().expect("recording an event"));
                 }
             }
+            if side.is_some() {
+                fence.keep.push(squares.shallow_clone());
+            }
+            self.squares = all.then_some(squares);
             return;
         }
         let t = self.steps as i32;
@@ -201,6 +295,17 @@ impl AdamW {
         }
     }
 
+    /// The L2 norm of all weights (fp32 masters where the leaves are bf16 copies): from the last
+    /// kernel update's sums of squares when it covered every parameter, else one pass.
+    fn weight_norm(&mut self) -> Tensor {
+        self.fence.wait_all();
+        if let Some(q) = self.squares.take() {
+            return q.sum(Kind::Float).sqrt();
+        }
+        let weights: Vec<&Tensor> = self.params.iter().map(|p| p.weights()).collect();
+        norm_of(&weights)
+    }
+
     /// The flat layout of the parameters at world size 1 (the one [`Zero1`] uses at any world size).
     fn layout(&self) -> FlatLayout {
         FlatLayout::new(self.params.iter().map(|p| LayoutParam { name: p.name.clone(), numel: p.tensor.numel(), decay: p.decay }).collect(), 1)
@@ -209,6 +314,7 @@ impl AdamW {
     /// Write the state as the one shard of a world of one (`optim-00000-of-00001.safetensors`:
     /// flat fp32 master weights and moments), which [`Zero1::load`] re-shards on any world size.
     pub fn save(&self, dir: &Path) -> Result<PathBuf, Failure> {
+        self.fence.wait_all();
         let flat = |f: &dyn Fn(&Param) -> Tensor| -> Result<Vec<f32>, Failure> {
             let parts: Vec<Tensor> = self.params.iter().map(|p| f(p).detach().to_kind(Kind::Float).reshape([-1]).to_device(Device::Cpu)).collect();
             Vec::<f32>::try_from(&Tensor::cat(&parts, 0)).map_err(|e| Failure::software(format!("optimizer state to host: {e}")))
@@ -314,9 +420,18 @@ impl Optimizer {
         }
     }
 
+    /// What the next forward pass waits on, part by part, for the update to finish.
+    pub fn update_fence(&self) -> UpdateFence {
+        match self {
+            Optimizer::Full(a) => a.fence.clone(),
+            Optimizer::Sharded { .. } => UpdateFence::default(),
+        }
+    }
+
     /// (name, fp32 master) of the parameters whose model leaves are bf16 copies: what a checkpoint
-    /// saves in their place.
+    /// saves in their place. Torch's stream first waits for any queued update.
     pub fn masters(&self) -> Vec<(String, Tensor)> {
+        self.update_fence().wait_all();
         match self {
             Optimizer::Full(a) => a.params.iter().filter_map(|p| p.master.as_ref().map(|m| (p.name.clone(), m.shallow_clone()))).collect(),
             Optimizer::Sharded { .. } => vec![],
@@ -338,18 +453,12 @@ impl Optimizer {
     }
 
     /// The L2 norm of all weights (the fp32 masters where the leaves are bf16 copies).
-    pub fn param_norm(&self) -> f64 {
-        let leaves: Vec<&Tensor> = match self {
-            Optimizer::Full(a) => a.params.iter().map(|p| p.weights()).collect(),
-            Optimizer::Sharded { leaves, .. } => leaves.iter().collect(),
-        };
-        let norms: Vec<Tensor> = if leaves.first().is_some_and(|t| t.device().is_cuda()) {
-            // One multi-tensor kernel rather than a reduction launch per tensor.
-            openseek_kernels::foreach_norm(&leaves.iter().map(|t| t.detach()).collect::<Vec<_>>()).expect("_foreach_norm")
-        } else {
-            leaves.iter().map(|t| t.detach().to_kind(Kind::Float).norm()).collect()
-        };
-        Tensor::stack(&norms, 0).norm().double_value(&[])
+    pub fn param_norm(&mut self) -> f64 {
+        match self {
+            Optimizer::Full(a) => a.weight_norm(),
+            Optimizer::Sharded { leaves, .. } => norm_of(&leaves.iter().collect::<Vec<_>>()),
+        }
+        .double_value(&[])
     }
 
     /// This rank's state file in the checkpoint directory `dir` (every rank calls it).
@@ -368,6 +477,16 @@ impl Optimizer {
         }
     }
 
+}
+
+/// The L2 norm of `tensors` together (fp32 accumulation per tensor; one multi-tensor kernel on CUDA).
+fn norm_of(tensors: &[&Tensor]) -> Tensor {
+    let norms: Vec<Tensor> = if tensors.first().is_some_and(|t| t.device().is_cuda()) {
+        openseek_kernels::foreach_norm(&tensors.iter().map(|t| t.detach()).collect::<Vec<_>>()).expect("_foreach_norm")
+    } else {
+        tensors.iter().map(|t| t.detach().to_kind(Kind::Float).norm()).collect()
+    };
+    Tensor::stack(&norms, 0).norm()
 }
 
 #[cfg(test)]

@@ -134,6 +134,37 @@ fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
     (*load.iter().min().unwrap(), *load.iter().max().unwrap(), var.sqrt(), load.iter().filter(|&&l| l == 0).count())
 }
 
+/// A step's log record, finished with the parameter norm once the step's update has run: the
+/// update runs on the GPU while the next step starts (see optim's `UpdateFence`), so the norm is
+/// read at the next step's synchronisation point, before a checkpoint, or at the end.
+struct PendingRecord {
+    record: Value,
+    /// TensorBoard scalars beyond the record's top-level numbers.
+    scalars: Vec<(String, f32)>,
+}
+
+/// Write `pending` with the parameter norm `param_norm` to the JSON-lines log and TensorBoard.
+fn emit(pending: PendingRecord, param_norm: f64, log: &mut Option<std::fs::File>, tb: &mut Option<EventWriter>, run_dir: &Path) -> Result<(), Failure> {
+    let PendingRecord { mut record, mut scalars } = pending;
+    record["param_norm"] = json!(param_norm);
+    if let Some(log) = log {
+        let line = serde_json::to_string(&record).unwrap();
+        println!("{line}");
+        writeln!(log, "{line}").map_err(|e| Failure::io(format!("{}: {e}", run_dir.join("log.jsonl").display())))?;
+    }
+    if let Some(tb) = tb {
+        for key in ["loss", "seq_aux_loss", "z_loss", "lr", "grad_norm", "param_norm", "tokens_per_s", "tflops", "mfu", "step_time_s", "data_wait_s", "peak_memory_gib"] {
+            if let Some(v) = record[key].as_f64() {
+                scalars.push((format!("train/{key}"), v as f32));
+            }
+        }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        tb.scalars(record["step"].as_i64().unwrap_or_default(), wall, &scalars)?;
+        tb.flush()?;
+    }
+    Ok(())
+}
+
 /// Train as `cfg` says in `run_dir`, resuming from its newest checkpoint. Returns after the last
 /// step; a stop signal returns `TempFail` after a checkpoint.
 pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSignal) -> Result<(), Failure> {
@@ -285,6 +316,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
     }
 
     let mut saved_at = state.step;
+    let fence = opt.update_fence();
+    let mut pending: Option<PendingRecord> = None;
     // CPU: the peak resident set; CUDA: the most device memory in use after a step (allocator reserve + context).
     let mut peak_memory: Option<f64> = None;
     while state.step < total_steps {
@@ -333,7 +366,18 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 }
                 Ok(())
             };
-            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, token_denominator, batches.len(), &mut grads_ready)?;
+            let mut weights_needed = |part: GradReady| fence.wait(part);
+            let out = step::forward_backward(
+                &model,
+                &mb,
+                &recompute,
+                &aux,
+                cfg.loss_chunk_tokens as i64,
+                token_denominator,
+                batches.len(),
+                &mut weights_needed,
+                &mut grads_ready,
+            )?;
             if accumulation > 1 {
                 opt.accumulate_grads();
             }
@@ -358,6 +402,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
         let grad_norm = opt.reduce_grads(&mut comm)?;
         sync(device);
         let fwd_bwd = started.elapsed().as_secs_f64() - data_wait;
+        if let Some(p) = pending.take() {
+            emit(p, opt.param_norm(), &mut log, &mut tb, run_dir)?;
+        }
         let mut losses = [lm_loss.double_value(&[]), seq_aux.double_value(&[]), z_loss.double_value(&[])];
         comm.all_reduce_f64(&mut losses, ReduceOp::Avg)?;
         let [loss, seq_aux, z_loss] = losses;
@@ -393,11 +440,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 }
             }
         }
-        sync(device);
+        // On CUDA the update is queued (it overlaps the next step's forward pass): this is the
+        // time to queue it.
         let optimizer_time = started.elapsed().as_secs_f64() - data_wait - fwd_bwd;
         opt.zero_grad();
         state.step += 1;
-        let param_norm = opt.param_norm();
         let step_time = started.elapsed().as_secs_f64();
 
         // The step's record.
@@ -450,7 +497,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             "z_loss": z_loss,
             "lr": lr,
             "grad_norm": grad_norm,
-            "param_norm": param_norm,
+            "param_norm": Value::Null,
             "tokens": tokens,
             "tokens_per_s": tokens_per_s,
             "tflops": tflops,
@@ -464,26 +511,15 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
             "sample_ids": if finite { Value::Null } else { json!(sample_ids) },
             "moe": moe,
         });
-        if let Some(log) = &mut log {
-            let line = serde_json::to_string(&record).unwrap();
-            println!("{line}");
-            writeln!(log, "{line}").map_err(|e| Failure::io(format!("{}: {e}", run_dir.join("log.jsonl").display())))?;
-        }
-        if let Some(tb) = &mut tb {
-            for key in ["loss", "seq_aux_loss", "z_loss", "lr", "grad_norm", "param_norm", "tokens_per_s", "tflops", "mfu", "step_time_s", "data_wait_s", "peak_memory_gib"] {
-                if let Some(v) = record[key].as_f64() {
-                    scalars.push((format!("train/{key}"), v as f32));
-                }
-            }
-            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-            tb.scalars(state.step as i64, wall, &scalars)?;
-            tb.flush()?;
-        }
+        pending = Some(PendingRecord { record, scalars });
 
         let signal = stop.received();
         let stopping = comm.stop_agreed(signal.is_some())?;
         let due = cfg.save_interval.is_some_and(|n| state.step % n == 0);
         if due || (state.step == total_steps && cfg.save_at_end) || stopping {
+            if let Some(p) = pending.take() {
+                emit(p, opt.param_norm(), &mut log, &mut tb, run_dir)?;
+            }
             let dir = checkpoint::save(run_dir, &model, cfg.tokenizer.as_deref().or(cfg.init_from.as_deref()), &opt, &state, cfg.keep_last, &comm)?;
             saved_at = state.step;
             if lead {
@@ -502,6 +538,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 ),
             ));
         }
+    }
+    if let Some(p) = pending.take() {
+        emit(p, opt.param_norm(), &mut log, &mut tb, run_dir)?;
     }
     if lead {
         eprintln!("os-train: done: {} steps ({} skipped)", state.step, state.skipped_steps);
