@@ -10,8 +10,8 @@
 //!
 //! - [`profiler_start`] and [`profiler_stop`]: the Kineto profiler (CPU ops, CUDA kernels) around a
 //!   region, written as a Chrome trace;
-//! - [`swiglu`], [`gather_rows`] and [`combine_rows`]: the MoE's elementwise and row-moving steps
-//!   as autograd functions with hand-written backward passes (ATen operations, any device);
+//! - [`gather_rows`] and [`combine_rows`]: the MoE's row-moving steps as autograd functions with
+//!   hand-written backward passes (ATen operations, any device);
 //! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added (or written) into an fp32 tensor (the LM
 //!   head's weight gradient) and a parameter's `.grad` set or cleared.
 //!
@@ -21,13 +21,17 @@
 //!
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
 //!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
+//! - [`swiglu`]: silu(gate) * up over a GEMM's [gate | up] halves, an autograd function whose CUDA
+//!   forward and backward passes are one kernel each (ATen operations elsewhere);
 //! - [`stream`]: a side stream and events, to run such work beside torch's stream.
 
 pub mod adamw;
 pub mod nvrtc;
 pub mod stream;
+pub mod swiglu;
 
 pub use adamw::{adamw_update, AdamWStep};
+pub use swiglu::swiglu;
 
 use std::ffi::{c_char, c_void, CStr};
 use tch::{TchError, Tensor};
@@ -36,7 +40,6 @@ use torch_sys::C_tensor;
 type Handle = *mut C_tensor;
 
 extern "C" {
-    fn oskern_swiglu(h: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_gather_rows(x: Handle, token: Handle, rank: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_combine_rows(y: Handle, w: Handle, rank: Handle, order: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_addmm_acc(out: Handle, m1: Handle, m2: Handle, alpha: f64, accumulate: bool) -> *mut c_char;
@@ -172,14 +175,6 @@ fn one_output(f: impl FnOnce(*mut Handle) -> *mut c_char) -> Result<Tensor, TchE
 
 fn h(t: &Tensor) -> Handle {
     t.as_ptr() as Handle
-}
-
-/// SwiGLU over the two halves of `h` [M, 2I] (gate first): silu(h[:, :I]) * h[:, I:], [M, I]
-/// contiguous. Differentiable; the backward writes dh in one tensor (autograd through two
-/// `narrow` views fills and adds two zero tensors) and reuses the forward's silu(gate) ([M, I]
-/// kept). Forward and gradients equal the composition's.
-pub fn swiglu(h: &Tensor) -> Result<Tensor, TchError> {
-    one_output(|out| unsafe { oskern_swiglu(self::h(h), out) })
 }
 
 /// Rows of `x` [n, H] for `token` [P] (`x.index_select(0, token)`), differentiable with respect

@@ -10,6 +10,8 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 using at::Tensor;
@@ -29,27 +31,75 @@ std::vector<Tensor> list_of(Tensor *const *ts, size_t n) {
   return out;
 }
 
-// silu(h[..., :I]) * h[..., I:] for h [M, 2I] (gate columns first). The backward writes both
+// One SwiGLU kernel launch, filled here and run by the Rust launcher (`Launch` in swiglu.rs):
+// forward h [rows, 2I] -> out [rows, I]; backward h, dy [rows, I] -> out = dh [rows, 2I]. Row
+// strides in elements, last dimensions contiguous; dtype 0 = bf16, 1 = fp32.
+struct SwiGluLaunch {
+  const void *h;
+  const void *dy;
+  void *out;
+  int64_t rows, inter, h_stride, dy_stride, out_stride;
+  int32_t dtype, device, backward;
+};
+typedef int (*SwiGluLauncher)(const SwiGluLaunch *, char *err, size_t cap);
+
+// A [rows, width] view (or copy) of t with a contiguous last dimension.
+Tensor as_rows(const Tensor &t) {
+  auto r = t.reshape({-1, t.size(-1)});
+  return r.size(1) > 1 && r.stride(1) != 1 ? r.contiguous() : r;
+}
+
+void run_swiglu(SwiGluLauncher launcher, const Tensor &h, const Tensor *dy, const Tensor &out) {
+  SwiGluLaunch l{h.data_ptr(), dy ? dy->data_ptr() : nullptr, out.data_ptr(), h.size(0), h.size(1) / 2, h.stride(0),
+                 dy ? dy->stride(0) : 0, out.stride(0), h.scalar_type() == at::kBFloat16 ? 0 : 1,
+                 static_cast<int32_t>(h.get_device()), dy ? 1 : 0};
+  char err[1024] = {0};
+  if (launcher(&l, err, sizeof err) != 0) throw std::runtime_error(std::string("swiglu kernel: ") + err);
+}
+
+// silu(h[..., :I]) * h[..., I:] for h [..., 2I] (gate columns first). The backward writes both
 // halves of dh into one tensor, where autograd through two narrow() views would fill two zero
-// tensors, copy each half in and add them; silu(gate) is kept from the forward pass. Same
-// operations (silu, mul, silu_backward) and roundings as the composition.
+// tensors, copy each half in and add them. With a launcher (the address of a Rust function, 0 for
+// none), CUDA bf16/fp32 tensors go through the NVRTC kernels it launches, and only h is kept (silu
+// is recomputed); otherwise the same operations (silu, mul, silu_backward) and roundings as the
+// composition, keeping silu(gate) from the forward pass.
 struct SwiGlu : public torch::autograd::Function<SwiGlu> {
-  static Tensor forward(AutogradContext *ctx, const Tensor &h) {
+  static Tensor forward(AutogradContext *ctx, const Tensor &h, int64_t launcher) {
     auto i = h.size(-1) / 2;
+    bool kernel = launcher != 0 && h.is_cuda() && (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kFloat);
+    ctx->saved_data["launcher"] = kernel ? launcher : int64_t{0};
+    if (kernel) {
+      ctx->save_for_backward({h});
+      auto rows = as_rows(h);
+      auto out = at::empty({rows.size(0), i}, h.options());
+      run_swiglu(reinterpret_cast<SwiGluLauncher>(launcher), rows, nullptr, out);
+      auto sizes = h.sizes().vec();
+      sizes.back() = i;
+      return out.view(sizes);
+    }
     auto s = at::silu(h.narrow(-1, 0, i));
     ctx->save_for_backward({h, s});
     return s * h.narrow(-1, i, i);
   }
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    auto &h = saved[0], &s = saved[1];
+    auto &h = saved[0];
     auto i = h.size(-1) / 2;
+    auto launcher = ctx->saved_data["launcher"].toInt();
+    if (launcher != 0) {
+      auto rows = as_rows(h);
+      auto dy = as_rows(grads[0].to(h.scalar_type()));
+      auto dh = at::empty({rows.size(0), 2 * i}, h.options());
+      run_swiglu(reinterpret_cast<SwiGluLauncher>(launcher), rows, &dy, dh);
+      return {dh.view(h.sizes()), Tensor()};
+    }
+    auto &s = saved[1];
     auto g = h.narrow(-1, 0, i), u = h.narrow(-1, i, i);
     auto dh = at::empty_like(h, at::MemoryFormat::Contiguous);
     auto dg = dh.narrow(-1, 0, i), du = dh.narrow(-1, i, i);
     at::mul_out(du, grads[0], s);
     at::silu_backward_out(dg, grads[0] * u, g);
-    return {dh};
+    return {dh, Tensor()};
   }
 };
 
@@ -149,8 +199,8 @@ char *oskern_flash_attention_varlen(Tensor *q, Tensor *k, Tensor *v, Tensor *cu_
   })
 }
 
-char *oskern_swiglu(Tensor *h, Tensor **out) {
-  GUARD(*out = new Tensor(SwiGlu::apply(*h)))
+char *oskern_swiglu(Tensor *h, SwiGluLauncher launcher, Tensor **out) {
+  GUARD(*out = new Tensor(SwiGlu::apply(*h, reinterpret_cast<int64_t>(launcher))))
 }
 
 char *oskern_gather_rows(Tensor *x, Tensor *token, Tensor *rank, Tensor **out) {

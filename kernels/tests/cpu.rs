@@ -84,7 +84,7 @@ fn moe_functions_equal_their_compositions() {
     let (n, k, width, inter) = (9i64, 3i64, 8i64, 5i64);
     // SwiGLU: exactly the ops autograd runs for silu(gate) * up.
     let hid = Tensor::randn([n * k, 2 * inter], opts);
-    let (y1, g1) = grads_of(&[&hid], &|l| swiglu(&l[0]).unwrap());
+    let (y1, g1) = grads_of(&[&hid], &|l| swiglu(&l[0], true).unwrap());
     let (y2, g2) = grads_of(&[&hid], &|l| l[0].narrow(1, 0, inter).silu() * l[0].narrow(1, inter, inter));
     assert!(y1.equal(&y2) && g1[0].equal(&g2[0]), "swiglu differs from silu(gate) * up");
     // Rows sorted by a random permutation; rank = where each (token, slot) pair went.

@@ -173,3 +173,79 @@ fn addmm_accumulate_bf16_into_fp32_on_cuda() {
     addmm_accumulate(&out, &a16.to_device(dev), &b16.to_device(dev), 0.25, true).unwrap();
     assert!(max_abs(&out.to_device(Device::Cpu), &(&want * 2.0)) < 2e-2 * scale, "added");
 }
+
+/// SwiGLU's NVRTC kernels against the ATen composition silu(gate) * up (forward and the gradient
+/// through autograd), bf16 and fp32: rows that take the 16-byte path, an odd width (scalar path),
+/// a strided view, a 3-D input and an output gradient broadcast over rows (a sum's backward); then
+/// both paths timed at the benchmark's MoE shape (printed, not asserted).
+#[test]
+#[ignore]
+fn swiglu_kernels_equal_the_composition() {
+    use openseek_kernels::swiglu;
+    let dev = cuda();
+    tch::manual_seed(8);
+    let composition = |h: &Tensor| {
+        let i = h.size().last().unwrap() / 2;
+        h.narrow(-1, 0, i).silu() * h.narrow(-1, i, i)
+    };
+    for kind in [Kind::BFloat16, Kind::Float] {
+        // (shape of the tensor h is cut from, columns kept, row-broadcast gradient)
+        for (shape, width, broadcast) in [(vec![37i64, 128], 128i64, false), (vec![29, 18], 18, false), (vec![3, 11, 48], 48, false), (vec![41, 136], 128, false), (vec![23, 132], 128, false), (vec![16, 64], 64, true)] {
+            let base = (Tensor::randn(shape.as_slice(), (Kind::Float, dev)) * 3.0).to_kind(kind);
+            let h = base.narrow(-1, 0, width);
+            let mut out_shape = h.size();
+            *out_shape.last_mut().unwrap() = width / 2;
+            let probe = Tensor::randn(if broadcast { vec![width / 2] } else { out_shape.clone() }.as_slice(), (Kind::Float, dev)).to_kind(kind);
+            let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+                let leaf = h.detach().set_requires_grad(true);
+                let y = f(&leaf);
+                let probed = if broadcast { y.sum_dim_intlist(0, false, kind) * &probe } else { &y * &probe };
+                probed.sum(Kind::Float).backward();
+                (y.detach(), leaf.grad())
+            };
+            let (y_kernel, g_kernel) = run(&|l| swiglu(l, true).unwrap());
+            let (y_aten, g_aten) = run(&|l| swiglu(l, false).unwrap());
+            let (y_ref, g_ref) = run(&composition);
+            assert_eq!(y_kernel.size(), out_shape);
+            assert_eq!(g_kernel.size(), h.size());
+            assert!(y_aten.equal(&y_ref) && g_aten.equal(&g_ref), "the ATen path is the composition");
+            let rel = |a: &Tensor, b: &Tensor| max_abs(a, b) / b.to_kind(Kind::Float).abs().max().double_value(&[]);
+            // Elements that differ at all: only a last-bit difference of an exp may flip a rounding.
+            let differ = |a: &Tensor, b: &Tensor| a.ne_tensor(b).sum(Kind::Int64).int64_value(&[]);
+            let (ry, rg) = (rel(&y_kernel, &y_ref), rel(&g_kernel, &g_ref));
+            let (dy, dg) = (differ(&y_kernel, &y_ref), differ(&g_kernel, &g_ref));
+            eprintln!(
+                "swiglu {kind:?} {shape:?}[.., :{width}] broadcast {broadcast}: max rel diff out {ry:.1e} grad {rg:.1e}; elements differing {dy}/{} and {dg}/{}",
+                y_ref.numel(),
+                g_ref.numel()
+            );
+            let tol = if kind == Kind::Float { 1e-6 } else { 1e-2 };
+            assert!(ry <= tol && rg <= tol, "swiglu kernel differs from the composition");
+            assert!(dy * 100 <= y_ref.numel() as i64 && dg * 100 <= g_ref.numel() as i64, "more than 1% of the elements differ");
+        }
+    }
+    // The benchmark's MoE shape: 98,304 rows of [gate | up], I = 896; the backward pass includes
+    // the probe's product (one contiguous bf16 mul, the same for both paths).
+    let h = Tensor::randn([98_304, 1792], (Kind::BFloat16, dev)).set_requires_grad(true);
+    let probe = Tensor::randn([98_304, 896], (Kind::BFloat16, dev));
+    for kernel in [true, false] {
+        let time = |backward: bool| {
+            let pass = || {
+                let y = swiglu(&h, kernel).unwrap();
+                if backward {
+                    (y * &probe).sum(Kind::Float).backward();
+                }
+            };
+            pass();
+            synchronize(0).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                pass();
+            }
+            synchronize(0).unwrap();
+            start.elapsed().as_secs_f64() * 50.0
+        };
+        let (fwd, both) = (time(false), time(true));
+        eprintln!("swiglu [98304, 1792] bf16, {}: forward {fwd:.3} ms, forward + backward {both:.3} ms", if kernel { "kernels" } else { "ATen" });
+    }
+}

@@ -6,9 +6,9 @@ use crate::model::{take, Weights};
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};
 
-/// The fast paths (`fused_norm`, `moe_fused`, `attn_layout`; os-train's `head_grad`, `head_assign`,
-/// `grad_none`) are on unless named in `OPENSEEK_DISABLE` (comma-separated), which benchmarks use
-/// to measure each one.
+/// The fast paths (`fused_norm`, `moe_fused`, `swiglu_kernel`, `mlp_fused`, `attn_layout`;
+/// os-train's `head_grad`, `head_assign`, `grad_none`) are on unless named in `OPENSEEK_DISABLE`
+/// (comma-separated), which benchmarks use to measure each one.
 pub fn enabled(fast_path: &str) -> bool {
     static OFF: OnceLock<Vec<String>> = OnceLock::new();
     let off = OFF.get_or_init(|| std::env::var("OPENSEEK_DISABLE").unwrap_or_default().split(',').map(|s| s.trim().to_string()).collect());
@@ -73,9 +73,17 @@ impl Mlp {
             down_proj: take(w, &format!("{prefix}.down_proj.weight")),
         }
     }
+    /// On CUDA gate and up run as one GEMM with the two weights stacked ([2I, H], a `cat` per
+    /// call; checkpoints keep them apart) and openseek-kernels' `swiglu` over its halves;
+    /// `OPENSEEK_DISABLE=mlp_fused`: two GEMMs and autograd's silu and mul, as on CPU.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
-        let h = x.linear::<Tensor>(&self.gate_proj.to_kind(k), None).silu() * x.linear::<Tensor>(&self.up_proj.to_kind(k), None);
+        let h = if x.device().is_cuda() && enabled("mlp_fused") {
+            let gate_up = Tensor::cat(&[self.gate_proj.to_kind(k), self.up_proj.to_kind(k)], 0);
+            openseek_kernels::swiglu(&x.linear::<Tensor>(&gate_up, None), enabled("swiglu_kernel")).expect("swiglu")
+        } else {
+            x.linear::<Tensor>(&self.gate_proj.to_kind(k), None).silu() * x.linear::<Tensor>(&self.up_proj.to_kind(k), None)
+        };
         h.linear::<Tensor>(&self.down_proj.to_kind(k), None)
     }
 }

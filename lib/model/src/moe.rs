@@ -106,7 +106,7 @@ impl Experts {
         if crate::layers::enabled("moe_fused") {
             let rows = openseek_kernels::gather_rows(x, &order.floor_divide_scalar(k), &rank).expect("gather_rows");
             let h = rows.internal_grouped_mm(&gate_up, Some(&offsets), None, None);
-            let h = openseek_kernels::swiglu(&h).expect("swiglu");
+            let h = openseek_kernels::swiglu(&h, crate::layers::enabled("swiglu_kernel")).expect("swiglu");
             let y = h.internal_grouped_mm(&down, Some(&offsets), None, None);
             return openseek_kernels::combine_rows(&y, &weights.to_kind(kind), &rank, &order).expect("combine_rows");
         }

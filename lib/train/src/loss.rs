@@ -1,7 +1,9 @@
 //! The LM head and the cross-entropy loss, forward and backward, chunk by chunk over tokens.
 //! The fused path (the default) builds no autograd graph over the logits: per chunk it computes
-//! the logits and their softmax in the compute dtype (fp32 inside the kernel), the loss from the
-//! label's probability, and the logits' gradient (softmax - one-hot) directly; two GEMMs turn that
+//! the logits in the compute dtype and, over them in place, the logits' gradient (softmax -
+//! one-hot) and the label's log-probability: on CUDA in bf16 one kernel per chunk
+//! (`openseek_kernels::softmax_cross_entropy`, fp32 inside), elsewhere tensor ops (a softmax in the
+//! compute dtype, the loss from the label's probability); two GEMMs turn that
 //! into the hidden states' gradient and the head weight's, added in fp32 straight into the head's
 //! `.grad`. Full-vocabulary fp32 logits and their gradient never exist.
 //! `OPENSEEK_TRAIN_LOSS=autograd` selects the autograd path, the reference the tests compare with.
@@ -53,6 +55,8 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
     let n = hidden.size()[0];
     let device = hidden.device();
     let direct = openseek_model::layers::enabled("head_grad");
+    // The softmax and loss as one CUDA kernel per chunk (`OPENSEEK_DISABLE=xent_kernel`: tensor ops).
+    let kernel = device.is_cuda() && kind == Kind::BFloat16 && openseek_model::layers::enabled("xent_kernel");
     let (loss, dh, dw) = tch::no_grad(|| {
         let (weight, _) = padded_head(head, kind, false);
         let vocab = head.size()[0];
@@ -86,18 +90,23 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
             let x = hidden.narrow(0, start, len);
             let t = targets.narrow(0, start, len);
             let s = scale.narrow(0, start, len);
-            // The padding columns set to -inf after a plain GEMM (cheaper than a bias epilogue).
-            let logits = x.mm(&weight.tr());
-            if weight.size()[0] > vocab {
-                let _ = logits.narrow(1, vocab, weight.size()[0] - vocab).fill_(f64::NEG_INFINITY);
-            }
-            let mut dlogits = logits.softmax(-1, kind);
-            drop(logits);
-            // The label's log-probability from the softmax the gradient needs anyway (one pass over
-            // the logits, none in fp32; in bf16 the probability is good to 3 significant digits).
-            let picked = dlogits.gather(1, &t, false).to_kind(Kind::Float).log();
+            let mut dlogits = x.mm(&weight.tr());
+            let picked = if kernel {
+                // In place: softmax - one-hot, the padding columns 0; the label's log-probability in fp32.
+                openseek_kernels::softmax_cross_entropy(&dlogits, &t, vocab).expect("softmax cross entropy kernel").unsqueeze(1)
+            } else {
+                // The padding columns set to -inf after a plain GEMM (cheaper than a bias epilogue).
+                if weight.size()[0] > vocab {
+                    let _ = dlogits.narrow(1, vocab, weight.size()[0] - vocab).fill_(f64::NEG_INFINITY);
+                }
+                dlogits = dlogits.softmax(-1, kind);
+                // The label's log-probability from the softmax the gradient needs anyway (in bf16
+                // the probability is good to 3 significant digits).
+                let picked = dlogits.gather(1, &t, false).to_kind(Kind::Float).log();
+                let _ = dlogits.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
+                picked
+            };
             loss -= (picked * &s).sum(Kind::Float);
-            let _ = dlogits.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
             let mut d = dh.narrow(0, start, len);
             let _ = dlogits.mm_out(&d, &weight);
             let _ = d.g_mul_(&s);
@@ -145,8 +154,8 @@ fn autograd(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chun
 /// The LM head in the compute dtype with its rows padded to a multiple of 64 (as Megatron pads
 /// the vocabulary): an odd vocabulary (151,851) makes the logits' rows misaligned and the GEMMs
 /// several times slower. The padded logits must be -inf (softmax and loss unchanged): the bias
-/// returned does that for autograd; the fused path fills them. Outside autograd one cast-and-copy
-/// into the padded tensor; with autograd a concatenation.
+/// returned does that for autograd; the fused path fills them (its CUDA kernel skips them).
+/// Outside autograd one cast-and-copy into the padded tensor; with autograd a concatenation.
 fn padded_head(head: &Tensor, kind: Kind, autograd: bool) -> (Tensor, Option<Tensor>) {
     let (v, h) = (head.size()[0], head.size()[1]);
     let padded = (v + 63) / 64 * 64;

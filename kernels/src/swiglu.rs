@@ -1,0 +1,233 @@
+//! SwiGLU, silu(h[..., :I]) * h[..., I:], as an autograd function over the [gate | up] halves of
+//! `h` [..., 2I]. The function itself (`SwiGlu` in `shim.cpp`) allocates with ATen; on CUDA in bf16
+//! or fp32 its forward and backward passes are NVRTC kernels launched through [`launch`], a
+//! function pointer handed to the shim with each call, elsewhere (or when no launcher is given)
+//! ATen operations. The kernels read each row's halves with 16-byte loads where alignment allows:
+//! the forward pass reads h and writes out [.., I], the backward pass reads h and the output's
+//! gradient and writes dh [.., 2I] in one pass (silu is recomputed, so only h is kept for it).
+//! Intermediate values are rounded to the storage dtype where the ATen composition rounds them
+//! (silu(gate); grad * up), so results agree with it up to the last bit of an exp.
+
+use crate::nvrtc::{self, Program, BF16};
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::OnceLock;
+use tch::{TchError, Tensor};
+
+/// One launch as the shim describes it (`SwiGluLaunch` in `shim.cpp`). Forward: `h` [rows, 2I]
+/// -> `out` [rows, I]. Backward: `h` and `dy` [rows, I] -> `out` = dh [rows, 2I]. Row strides in
+/// elements; the last dimension is contiguous.
+#[repr(C)]
+pub struct Launch {
+    h: *const c_void,
+    dy: *const c_void,
+    out: *mut c_void,
+    rows: i64,
+    inter: i64,
+    h_stride: i64,
+    dy_stride: i64,
+    out_stride: i64,
+    /// 0: bf16, 1: fp32.
+    dtype: i32,
+    device: i32,
+    backward: i32,
+}
+
+type Launcher = unsafe extern "C" fn(*const Launch, *mut c_char, usize) -> c_int;
+
+extern "C" {
+    fn oskern_swiglu(h: crate::Handle, launcher: Option<Launcher>, out: *mut crate::Handle) -> *mut c_char;
+}
+
+/// SwiGLU over the two halves of `h` [..., 2I] (gate first): silu(h[..., :I]) * h[..., I:], [..., I]
+/// contiguous. Differentiable; the backward writes dh in one tensor. With `kernel`, on CUDA in bf16
+/// or fp32, both passes are the NVRTC kernels and only `h` is kept for the backward pass; otherwise
+/// ATen's silu, mul and silu_backward (keeping silu(gate) too), the composition's exact operations.
+pub fn swiglu(h: &Tensor, kernel: bool) -> Result<Tensor, TchError> {
+    crate::one_output(|out| unsafe { oskern_swiglu(crate::h(h), kernel.then_some(launch as Launcher), out) })
+}
+
+const KERNEL: &str = r#"
+__device__ __forceinline__ float load(bf16 x) { return bf16_to_f32(x); }
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ void store(bf16& d, float x) { d = f32_to_bf16(x); }
+__device__ __forceinline__ void store(float& d, float x) { d = x; }
+// x as the storage type holds it (where ATen's composition writes a tensor and reads it back).
+__device__ __forceinline__ float rounded(float x, bf16) { return bf16_to_f32(f32_to_bf16(x)); }
+__device__ __forceinline__ float rounded(float x, float) { return x; }
+
+// N values of T: 16 bytes in one access, or one value (unaligned rows).
+template <typename T, int N> __device__ __forceinline__ void copy_in(T* dst, const T* src) {
+    if constexpr (N * sizeof(T) == 16) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+        for (int k = 0; k < N; k++) dst[k] = src[k];
+    }
+}
+
+// silu as ATen computes it (opmath fp32): x / (1 + exp(-x)).
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// Element (row, N*c .. N*c+N) of each half. Idx: the flat index type (32-bit when it fits).
+template <typename T, int N, typename Idx>
+__device__ void forward(const T* h, T* out, Idx rows, Idx inter, Idx h_stride, Idx out_stride) {
+    const Idx cols = inter / N, total = rows * cols;
+    for (Idx t = (Idx)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (Idx)gridDim.x * blockDim.x) {
+        const Idx r = t / cols, c = (t - r * cols) * N;
+        __align__(16) T g[N], u[N], o[N];
+        copy_in<T, N>(g, h + r * h_stride + c);
+        copy_in<T, N>(u, h + r * h_stride + inter + c);
+        #pragma unroll
+        for (int k = 0; k < N; k++) {
+            const float s = rounded(silu(load(g[k])), T());
+            store(o[k], s * load(u[k]));
+        }
+        copy_in<T, N>(out + r * out_stride + c, o);
+    }
+}
+
+// dgate = silu_backward(round(dy * up), gate), dup = dy * round(silu(gate)): the composition's
+// mul backward and silu_backward (sigmoid * (1 + x * (1 - sigmoid))), in its order.
+template <typename T, int N, typename Idx>
+__device__ void backward(const T* h, const T* dy, T* dh, Idx rows, Idx inter, Idx h_stride, Idx dy_stride, Idx dh_stride) {
+    const Idx cols = inter / N, total = rows * cols;
+    for (Idx t = (Idx)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (Idx)gridDim.x * blockDim.x) {
+        const Idx r = t / cols, c = (t - r * cols) * N;
+        __align__(16) T g[N], u[N], d[N], dg[N], du[N];
+        copy_in<T, N>(g, h + r * h_stride + c);
+        copy_in<T, N>(u, h + r * h_stride + inter + c);
+        copy_in<T, N>(d, dy + r * dy_stride + c);
+        #pragma unroll
+        for (int k = 0; k < N; k++) {
+            const float x = load(g[k]), grad = load(d[k]);
+            const float s = rounded(silu(x), T());
+            store(du[k], grad * s);
+            const float gu = rounded(grad * load(u[k]), T());
+            const float sig = 1.0f / (1.0f + expf(-x));
+            store(dg[k], gu * sig * (1.0f + x * (1.0f - sig)));
+        }
+        copy_in<T, N>(dh + r * dh_stride + c, dg);
+        copy_in<T, N>(dh + r * dh_stride + inter + c, du);
+    }
+}
+
+#define SWIGLU(name, T, N, Idx)                                                                             \
+extern "C" __global__ void name##_fwd(const T* h, const T* dy, T* out, long long rows, long long inter,   \
+                                      long long hs, long long ds, long long os) {                         \
+    forward<T, N, Idx>(h, out, rows, inter, hs, os);                                                       \
+}                                                                                                          \
+extern "C" __global__ void name##_bwd(const T* h, const T* dy, T* out, long long rows, long long inter,   \
+                                      long long hs, long long ds, long long os) {                         \
+    backward<T, N, Idx>(h, dy, out, rows, inter, hs, ds, os);                                              \
+}
+SWIGLU(swiglu_bf16_v, bf16, 8, unsigned int)
+SWIGLU(swiglu_bf16_v_wide, bf16, 8, unsigned long long)
+SWIGLU(swiglu_bf16_s, bf16, 1, unsigned long long)
+SWIGLU(swiglu_f32_v, float, 4, unsigned int)
+SWIGLU(swiglu_f32_v_wide, float, 4, unsigned long long)
+SWIGLU(swiglu_f32_s, float, 1, unsigned long long)
+"#;
+
+fn program() -> &'static Program {
+    static P: OnceLock<Program> = OnceLock::new();
+    P.get_or_init(|| Program { name: "swiglu", source: Box::leak(format!("{BF16}{KERNEL}").into_boxed_str()) })
+}
+
+const THREADS: u32 = 256;
+/// Blocks at most per launch (a grid-stride loop covers the rest).
+const MAX_BLOCKS: u64 = 1 << 16;
+
+/// The kernel for a launch and the values each thread takes per half: dtype, 16-byte vectors where
+/// every row start is 16-byte aligned, 32-bit indexing where the flat index and offsets fit.
+fn plan(l: &Launch) -> (String, i64) {
+    let (ty, size) = if l.dtype == 0 { ("bf16", 2i64) } else { ("f32", 4) };
+    let per = 16 / size;
+    let aligned = [l.h as usize, l.dy as usize, l.out as usize].iter().all(|p| p % 16 == 0)
+        && [l.inter, l.h_stride, l.out_stride].iter().all(|s| s % per == 0)
+        && (l.backward == 0 || l.dy_stride % per == 0);
+    let span = l.rows.saturating_mul(l.h_stride.max(l.out_stride).max(l.dy_stride).max(2 * l.inter));
+    let (shape, per) = match (aligned, span < u32::MAX as i64) {
+        (false, _) => ("s", 1),
+        (true, true) => ("v", per),
+        (true, false) => ("v_wide", per),
+    };
+    (format!("swiglu_{ty}_{shape}_{}", if l.backward != 0 { "bwd" } else { "fwd" }), per)
+}
+
+fn run(l: &Launch) -> Result<(), TchError> {
+    if l.rows == 0 || l.inter == 0 {
+        return Ok(());
+    }
+    let (name, per) = plan(l);
+    let device = l.device as usize;
+    let f = nvrtc::function(program(), &name, device)?;
+    let threads_needed = (l.rows * (l.inter / per)) as u64;
+    let blocks = threads_needed.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32;
+    let (mut h, mut dy, mut out) = (l.h, l.dy, l.out);
+    let (mut rows, mut inter, mut hs, mut ds, mut os) = (l.rows, l.inter, l.h_stride, l.dy_stride, l.out_stride);
+    let mut args: Vec<*mut c_void> = vec![
+        (&mut h as *mut *const c_void).cast(),
+        (&mut dy as *mut *const c_void).cast(),
+        (&mut out as *mut *mut c_void).cast(),
+        (&mut rows as *mut i64).cast(),
+        (&mut inter as *mut i64).cast(),
+        (&mut hs as *mut i64).cast(),
+        (&mut ds as *mut i64).cast(),
+        (&mut os as *mut i64).cast(),
+    ];
+    // Safety: the arguments are the kernel's parameters in order; the shim keeps the tensors alive
+    // until the launch is queued and torch's allocator orders their reuse on the stream.
+    unsafe { nvrtc::launch(f, blocks, THREADS, device, None, &mut args) }
+}
+
+/// The launcher the shim calls: 0 on success, else 1 with the message in `err` (`cap` bytes, NUL-terminated).
+unsafe extern "C" fn launch(l: *const Launch, err: *mut c_char, cap: usize) -> c_int {
+    let result = std::panic::catch_unwind(|| run(unsafe { &*l })).unwrap_or_else(|_| Err(TchError::Torch("swiglu launcher panicked".into())));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = e.to_string();
+            let n = msg.len().min(cap.saturating_sub(1));
+            unsafe {
+                std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+                *err.add(n) = 0;
+            }
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel source compiles (NVRTC needs no GPU), and launches pick the vector kernels only
+    /// where every row start is 16-byte aligned.
+    #[test]
+    fn kernels_compile_and_vectorise_aligned_rows() {
+        let code = nvrtc::compile(program(), 90).unwrap();
+        assert!(!code.is_empty());
+        let at = |p: usize| p as *mut c_void;
+        let mut l = Launch {
+            h: at(4096),
+            dy: at(0),
+            out: at(8192),
+            rows: 100,
+            inter: 896,
+            h_stride: 1792,
+            dy_stride: 0,
+            out_stride: 896,
+            dtype: 0,
+            device: 0,
+            backward: 0,
+        };
+        assert_eq!(plan(&l), ("swiglu_bf16_v_fwd".to_string(), 8));
+        l.rows = 10_000_000;
+        assert_eq!(plan(&l).0, "swiglu_bf16_v_wide_fwd");
+        (l.backward, l.dy, l.dy_stride, l.rows) = (1, at(1024), 896, 3);
+        assert_eq!(plan(&l).0, "swiglu_bf16_v_bwd");
+        l.inter = 9;
+        assert_eq!(plan(&l).0, "swiglu_bf16_s_bwd");
+        (l.inter, l.h_stride, l.dtype, l.dy) = (12, 24, 1, at(1026));
+        assert_eq!(plan(&l), ("swiglu_f32_s_bwd".to_string(), 1), "a misaligned gradient");
+    }
+}
