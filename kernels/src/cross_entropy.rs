@@ -215,7 +215,7 @@ pub fn softmax_cross_entropy_cached(logits: &Tensor, targets: &Tensor, vocab: i6
     if targets.device() != device {
         return fail(format!("targets are on {:?}, logits on {device:?}", targets.device()));
     }
-    if logits.data_ptr() as usize % 16 != 0 {
+    if !(logits.data_ptr() as usize).is_multiple_of(16) {
         return fail("the logits' storage is not 16-byte aligned".into());
     }
     if i32::try_from(cols / 8).is_err() || u32::try_from(rows).is_err() {
