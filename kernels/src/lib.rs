@@ -19,6 +19,8 @@
 //!
 //! Kernels of our own are CUDA C compiled at run time by NVRTC ([`nvrtc`]):
 //!
+//! - [`softmax_cross_entropy`]: the LM head's softmax - one-hot written over bf16 logits in place and
+//!   the labels' fp32 log-probabilities, one pass per row;
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
 //!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
 //! - [`swiglu`]: silu(gate) * up over a GEMM's [gate | up] halves, an autograd function whose CUDA
@@ -26,11 +28,13 @@
 //! - [`stream`]: a side stream and events, to run such work beside torch's stream.
 
 pub mod adamw;
+pub mod cross_entropy;
 pub mod nvrtc;
 pub mod stream;
 pub mod swiglu;
 
 pub use adamw::{adamw_update, AdamWStep};
+pub use cross_entropy::softmax_cross_entropy;
 pub use swiglu::swiglu;
 
 use std::ffi::{c_char, c_void, CStr};
