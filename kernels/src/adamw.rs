@@ -4,7 +4,6 @@
 //! master in the same pass. The arithmetic is `torch.optim.AdamW(fused=True)`'s, in its order.
 
 use crate::nvrtc::{self, Program, BF16};
-use crate::stream::SideStream;
 use std::ffi::c_void;
 use std::sync::OnceLock;
 use tch::{Device, Kind, TchError, Tensor};
@@ -148,8 +147,6 @@ fn check(what: &str, t: &Tensor, kinds: &[Kind], numel: usize, device: Device) -
 /// contiguous; runs on the device's current stream. `sum_of_squares`, when given, is an fp32
 /// tensor of [`MAX_BLOCKS`] zeros whose first entries receive partial sums of the updated weights'
 /// squares (their total is the squared norm; the same sizes always give the same partition).
-/// `stream`: run on this side stream instead of torch's current stream.
-#[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
     weights: &Tensor,
     bf16_copy: Option<&Tensor>,
@@ -158,7 +155,6 @@ pub fn adamw_update(
     exp_avg_sq: &Tensor,
     s: &AdamWStep,
     sum_of_squares: Option<&Tensor>,
-    stream: Option<&SideStream>,
 ) -> Result<(), TchError> {
     let device = weights.device();
     let Device::Cuda(ordinal) = device else {
@@ -216,7 +212,7 @@ pub fn adamw_update(
     ];
     // Safety: the arguments are the kernel's parameters in order; the tensors outlive the launch
     // (they are the caller's, and torch's allocator orders reuse on the stream).
-    unsafe { nvrtc::launch(f, blocks, THREADS, ordinal, stream, &mut args) }
+    unsafe { nvrtc::launch(f, blocks, THREADS, ordinal, &mut args) }
 }
 
 #[cfg(test)]

@@ -24,13 +24,11 @@
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
 //!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
 //! - [`swiglu`]: silu(gate) * up over a GEMM's [gate | up] halves, an autograd function whose CUDA
-//!   forward and backward passes are one kernel each (ATen operations elsewhere);
-//! - [`stream`]: a side stream and events, to run such work beside torch's stream.
+//!   forward and backward passes are one kernel each (ATen operations elsewhere).
 
 pub mod adamw;
 pub mod cross_entropy;
 pub mod nvrtc;
-pub mod stream;
 pub mod swiglu;
 
 pub use adamw::{adamw_update, AdamWStep};

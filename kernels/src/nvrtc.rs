@@ -14,8 +14,6 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 use tch::TchError;
 
-use crate::stream::SideStream;
-
 /// CUDA C source with its kernels (`extern "C" __global__`).
 pub struct Program {
     /// Names the program in compile errors and the module cache.
@@ -179,7 +177,7 @@ fn driver(what: &str, e: cudarc::driver::DriverError) -> TchError {
 
 /// Make the device's primary context (the one the CUDA runtime, so libtorch, uses) current on
 /// this thread; retained once per device.
-pub(crate) fn use_device(device: usize) -> Result<(), TchError> {
+fn use_device(device: usize) -> Result<(), TchError> {
     struct Ctx(cudarc::driver::sys::CUcontext);
     unsafe impl Send for Ctx {}
     static CONTEXTS: OnceLock<Mutex<HashMap<usize, Ctx>>> = OnceLock::new();
@@ -231,20 +229,14 @@ pub fn function(program: &Program, kernel: &str, device: usize) -> Result<Functi
     Ok(Function(f))
 }
 
-/// Run `f` with `grid` x `block` threads on `stream` (None: torch's current stream of `device`).
+/// Run `f` on torch's current stream of `device` with `grid` x `block` threads.
 ///
 /// # Safety
 /// `args` must point at values whose types are the kernel's parameters, in order, and the device
-/// pointers among them must stay valid until the kernel has run (on torch's stream, torch's
-/// stream-ordered allocator makes that hold for tensors dropped after the launch; on a side
-/// stream the caller keeps them).
-pub unsafe fn launch(f: Function, grid: u32, block: u32, device: usize, stream: Option<&SideStream>, args: &mut [*mut c_void]) -> Result<(), TchError> {
-    let stream = match stream {
-        Some(s) => s.handle(),
-        None => crate::current_stream(device)?.handle as CUstream,
-    };
-    use_device(device)?;
-    unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), 0, stream, args) }.map_err(|e| driver("launch", e))
+/// pointers among them must stay valid until the kernel has run (tensors kept alive by the caller;
+/// torch's stream-ordered allocator makes that hold for tensors dropped after the launch).
+pub unsafe fn launch(f: Function, grid: u32, block: u32, device: usize, args: &mut [*mut c_void]) -> Result<(), TchError> {
+    unsafe { launch_shared(f, grid, block, 0, device, args) }
 }
 
 /// Run `f` on torch's current stream of `device` with `grid` x `block` threads and `shared` bytes

@@ -176,7 +176,7 @@ fn run(l: &Launch) -> Result<(), TchError> {
     ];
     // Safety: the arguments are the kernel's parameters in order; the shim keeps the tensors alive
     // until the launch is queued and torch's allocator orders their reuse on the stream.
-    unsafe { nvrtc::launch(f, blocks, THREADS, device, None, &mut args) }
+    unsafe { nvrtc::launch(f, blocks, THREADS, device, &mut args) }
 }
 
 /// The launcher the shim calls: 0 on success, else 1 with the message in `err` (`cap` bytes, NUL-terminated).

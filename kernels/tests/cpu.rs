@@ -16,7 +16,7 @@ fn mismatched_inputs_are_errors() {
     // The AdamW kernel runs on CUDA only, and says so.
     let a = Tensor::ones([4], (Kind::Float, Device::Cpu));
     let h = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
-    let err = adamw_update(&a, None, &a.copy(), &a.zeros_like(), &a.zeros_like(), &h, None, None).unwrap_err();
+    let err = adamw_update(&a, None, &a.copy(), &a.zeros_like(), &a.zeros_like(), &h, None).unwrap_err();
     assert!(err.to_string().contains("runs on CUDA"), "{err}");
     // ATen's own refusals come back as errors with its message.
     let q = Tensor::ones([6, 2, 8], (Kind::Float, Device::Cpu));

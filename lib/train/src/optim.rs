@@ -13,12 +13,8 @@
 //! `adamw_update`, which also writes the bf16 leaf and the weights' sums of squares for the
 //! parameter norm) and the gradient norm `_foreach_norm`; elsewhere (the CPU path, pure bf16
 //! weights) the same formulas run as tensor ops, one parameter at a time.
-//!
-//! On CUDA the update runs on a side stream, model part by model part in the order the next
-//! forward pass uses them (embedding, each layer, final norm and head), each part ending with an
-//! event; the [`UpdateFence`] makes the forward pass wait for a part only where it first uses it,
-//! so the update overlaps the next step's forward pass (`OPENSEEK_DISABLE=overlap_update`: on
-//! torch's stream, before it).
+//! Nothing waits for the update on the host: the next step's work queues behind it (the log's
+//! parameter norm, from the kernel's sums of squares, is read at the next synchronisation).
 //! [`Optimizer`] picks it at world size 1 and openseek-dist's ZeRO-1 over several ranks; both
 //! save the same re-shardable optimizer files.
 
@@ -27,49 +23,8 @@ use openseek_dist::layout::{FlatLayout, Param as LayoutParam};
 use openseek_dist::reshard::{self, ShardInfo};
 use openseek_dist::{Comm, NamedParam, Zero1};
 use crate::step::GradReady;
-use openseek_kernels::stream::{Event, SideStream};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
-
-/// The update queued on a side stream, by model part: what the next forward pass waits for.
-/// Clones share one state; with nothing queued every call does nothing.
-#[derive(Clone, Default)]
-pub struct UpdateFence(Arc<Mutex<Fence>>);
-
-#[derive(Default)]
-struct Fence {
-    device: usize,
-    /// Per [`GradReady::key`]: the event after that part's update.
-    parts: HashMap<usize, Event>,
-    /// Tensors the queued update reads (the step's gradients), kept until torch's stream has
-    /// waited for all of it: torch's allocator would otherwise hand their memory out again.
-    keep: Vec<Tensor>,
-}
-
-impl UpdateFence {
-    /// Torch's stream waits for `part`'s update before the work queued after this call.
-    pub fn wait(&self, part: GradReady) {
-        let mut f = self.0.lock().unwrap();
-        if let Some(event) = f.parts.remove(&part.key()) {
-            event.block_torch(f.device).expect("waiting for the parameter update");
-        }
-        if f.parts.is_empty() {
-            f.keep.clear();
-        }
-    }
-
-    /// Torch's stream waits for the whole update (before the weights or the optimizer state are read).
-    pub fn wait_all(&self) {
-        let mut f = self.0.lock().unwrap();
-        let device = f.device;
-        for (_, event) in f.parts.drain() {
-            event.block_torch(device).expect("waiting for the parameter update");
-        }
-        f.keep.clear();
-    }
-}
 
 pub struct Param {
     pub name: String,
@@ -112,11 +67,6 @@ pub struct AdamW {
     /// After a kernel update of every parameter: partial sums of the updated weights' squares
     /// ([`AdamW::weight_norm`] without another pass over the weights).
     squares: Option<Tensor>,
-    /// Parameter indices by model part, in the order a forward pass uses the parts.
-    parts: Vec<(GradReady, Vec<usize>)>,
-    /// The stream the CUDA update runs on (created at the first update), and what it has queued.
-    side: Option<SideStream>,
-    fence: UpdateFence,
 }
 
 /// Norms, biases and the router's correction bias get no weight decay.
@@ -159,22 +109,7 @@ impl AdamW {
                 Param { decay: decays(&name), exp_avg, exp_avg_sq, master, main_grad: None, name, tensor }
             })
             .collect();
-        let mut parts: Vec<(GradReady, Vec<usize>)> = vec![];
-        for (i, p) in params.iter().enumerate() {
-            let part = GradReady::of(&p.name);
-            match parts.iter_mut().find(|(q, _)| *q == part) {
-                Some((_, members)) => members.push(i),
-                None => parts.push((part, vec![i])),
-            }
-        }
-        let use_order = |p: &GradReady| match p {
-            GradReady::Embedding => 0,
-            GradReady::Layer(i) => i + 1,
-            GradReady::Head => usize::MAX,
-        };
-        parts.sort_by_key(|(p, _)| use_order(p));
-        let fence = UpdateFence::default();
-        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None, parts, side: None, fence };
+        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None };
         opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.weights().kind() == Kind::Float);
         opt
     }
@@ -229,40 +164,17 @@ impl AdamW {
                 step: self.steps,
                 grad_scale,
             };
-            let device = self.params[0].tensor.device();
-            let squares = Tensor::zeros([self.params.len() as i64, openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, device));
-            let side = match (openseek_model::layers::enabled("overlap_update"), device) {
-                (true, Device::Cuda(ordinal)) => {
-                    let side = self.side.get_or_insert_with(|| SideStream::new(ordinal).expect("creating a CUDA stream"));
-                    side.wait_for_torch().expect("ordering the update after the backward pass");
-                    Some(&*side)
-                }
-                _ => None,
-            };
-            let mut fence = self.fence.0.lock().unwrap();
+            let squares = Tensor::zeros([self.params.len() as i64, openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, self.params[0].tensor.device()));
             let mut all = true;
-            for (part, members) in &self.parts {
-                for &i in members {
-                    let p = &self.params[i];
-                    let g = p.grad();
-                    if !g.defined() {
-                        all = false;
-                        continue;
-                    }
-                    let h = openseek_kernels::AdamWStep { weight_decay: if p.decay { self.weight_decay } else { 0.0 }, ..h };
-                    openseek_kernels::adamw_update(p.weights(), p.master.as_ref().map(|_| &p.tensor), &g, &p.exp_avg, &p.exp_avg_sq, &h, Some(&squares.get(i as i64)), side)
-                        .unwrap_or_else(|e| panic!("AdamW kernel on {}: {e}", p.name));
-                    if side.is_some() {
-                        fence.keep.push(g);
-                    }
+            for (i, p) in self.params.iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    all = false;
+                    continue;
                 }
-                if let Some(side) = side {
-                    fence.device = side.device();
-                    fence.parts.insert(part.key(), side.record().expect("recording an event"));
-                }
-            }
-            if side.is_some() {
-                fence.keep.push(squares.shallow_clone());
+                let h = openseek_kernels::AdamWStep { weight_decay: if p.decay { self.weight_decay } else { 0.0 }, ..h };
+                openseek_kernels::adamw_update(p.weights(), p.master.as_ref().map(|_| &p.tensor), &g, &p.exp_avg, &p.exp_avg_sq, &h, Some(&squares.get(i as i64)))
+                    .unwrap_or_else(|e| panic!("AdamW kernel on {}: {e}", p.name));
             }
             self.squares = all.then_some(squares);
             return;
@@ -298,7 +210,6 @@ impl AdamW {
     /// The L2 norm of all weights (fp32 masters where the leaves are bf16 copies): from the last
     /// kernel update's sums of squares when it covered every parameter, else one pass.
     fn weight_norm(&mut self) -> Tensor {
-        self.fence.wait_all();
         if let Some(q) = self.squares.take() {
             return q.sum(Kind::Float).sqrt();
         }
@@ -314,7 +225,6 @@ impl AdamW {
     /// Write the state as the one shard of a world of one (`optim-00000-of-00001.safetensors`:
     /// flat fp32 master weights and moments), which [`Zero1::load`] re-shards on any world size.
     pub fn save(&self, dir: &Path) -> Result<PathBuf, Failure> {
-        self.fence.wait_all();
         let flat = |f: &dyn Fn(&Param) -> Tensor| -> Result<Vec<f32>, Failure> {
             let parts: Vec<Tensor> = self.params.iter().map(|p| f(p).detach().to_kind(Kind::Float).reshape([-1]).to_device(Device::Cpu)).collect();
             Vec::<f32>::try_from(&Tensor::cat(&parts, 0)).map_err(|e| Failure::software(format!("optimizer state to host: {e}")))
@@ -420,18 +330,9 @@ impl Optimizer {
         }
     }
 
-    /// What the next forward pass waits on, part by part, for the update to finish.
-    pub fn update_fence(&self) -> UpdateFence {
-        match self {
-            Optimizer::Full(a) => a.fence.clone(),
-            Optimizer::Sharded { .. } => UpdateFence::default(),
-        }
-    }
-
     /// (name, fp32 master) of the parameters whose model leaves are bf16 copies: what a checkpoint
-    /// saves in their place. Torch's stream first waits for any queued update.
+    /// saves in their place.
     pub fn masters(&self) -> Vec<(String, Tensor)> {
-        self.update_fence().wait_all();
         match self {
             Optimizer::Full(a) => a.params.iter().filter_map(|p| p.master.as_ref().map(|m| (p.name.clone(), m.shallow_clone()))).collect(),
             Optimizer::Sharded { .. } => vec![],

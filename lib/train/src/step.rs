@@ -99,10 +99,8 @@ fn sum_losses(stats: &Option<RoutingStats>) -> (Option<Tensor>, Option<Tensor>) 
 
 /// Forward and backward of one micro-batch; gradients accumulate into the parameters' `.grad`.
 /// `token_denominator`: tokens in the loss over the whole step; `micro_batches`: micro-batches in
-/// the step (the auxiliary losses are means over them). `weights_needed` is called with each
-/// model part (as [`GradReady`] names them) just before the forward pass first uses its weights,
-/// and `grads_ready` at each [`GradReady`] point once the gradients it names are complete (its
-/// error ends the pass).
+/// the step (the auxiliary losses are means over them). `grads_ready` is called at each
+/// [`GradReady`] point once the gradients it names are complete (its error ends the pass).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_backward(
     model: &DeepseekV3,
@@ -112,7 +110,6 @@ pub fn forward_backward(
     chunk_tokens: i64,
     token_denominator: f64,
     micro_batches: usize,
-    weights_needed: &mut dyn FnMut(GradReady),
     grads_ready: &mut dyn FnMut(GradReady) -> Result<(), Failure>,
 ) -> Result<MicroOutput, Failure> {
     let device = model.device();
@@ -124,15 +121,13 @@ pub fn forward_backward(
         Some((p, m)) => (Some(p), Some(m)),
         None => (None, None),
     };
-    weights_needed(GradReady::Embedding);
     let (x0, cos, sin) = model.embed(&batch.ids, positions);
     let mut x = x0.detach().set_requires_grad(true);
     // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
     let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
     let (mut seq_aux, mut z) = (zero(), zero());
     let mut loads = vec![];
-    for (i, (layer, &again)) in model.layers.iter().zip(recompute).enumerate() {
-        weights_needed(GradReady::Layer(i));
+    for (layer, &again) in model.layers.iter().zip(recompute) {
         let input = x;
         let (y, stats) = if again {
             tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux))
@@ -156,7 +151,6 @@ pub fn forward_backward(
     }
 
     // Final norm, then head + loss chunk by chunk with their backward (crate::loss).
-    weights_needed(GradReady::Head);
     let h = model.norm.forward(&x);
     let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, chunk_tokens, token_denominator, HeadLoss::from_env());
     profile.mark("head + loss forward/backward");
@@ -289,10 +283,8 @@ mod tests {
                 Ok(())
             };
             let aux = AuxCoefficients { seq_aux_loss: 1e-2, z_loss: 1e-3 };
-            let mut needed = vec![];
-            forward_backward(&model, &batch, &[false, true, false], &aux, 3, 8.0, 1, &mut |part| needed.push(part), &mut ready).unwrap();
+            forward_backward(&model, &batch, &[false, true, false], &aux, 3, 8.0, 1, &mut ready).unwrap();
             use GradReady::*;
-            assert_eq!(needed, [Embedding, Layer(0), Layer(1), Layer(2), Head], "parts in the order the forward pass uses them");
             assert_eq!(seen, [Head, Layer(2), Layer(1), Layer(0), Embedding]);
             assert_eq!(snapshots.len(), params.len(), "every parameter reported once");
             // ZeRO-1's buckets for these keys: the embedding, each layer, the final norm with the head.

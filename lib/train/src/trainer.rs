@@ -134,9 +134,9 @@ fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
     (*load.iter().min().unwrap(), *load.iter().max().unwrap(), var.sqrt(), load.iter().filter(|&&l| l == 0).count())
 }
 
-/// A step's log record, finished with the parameter norm once the step's update has run: the
-/// update runs on the GPU while the next step starts (see optim's `UpdateFence`), so the norm is
-/// read at the next step's synchronisation point, before a checkpoint, or at the end.
+/// A step's log record, finished with the parameter norm once the step's update has run: nothing
+/// waits for the update on the host (the next step's work queues behind it on the GPU), so the
+/// norm is read at the next step's synchronisation point, before a checkpoint, or at the end.
 struct PendingRecord {
     record: Value,
     /// TensorBoard scalars beyond the record's top-level numbers.
@@ -316,7 +316,6 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
     }
 
     let mut saved_at = state.step;
-    let fence = opt.update_fence();
     let mut pending: Option<PendingRecord> = None;
     // CPU: the peak resident set; CUDA: the most device memory in use after a step (allocator reserve + context).
     let mut peak_memory: Option<f64> = None;
@@ -366,18 +365,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 }
                 Ok(())
             };
-            let mut weights_needed = |part: GradReady| fence.wait(part);
-            let out = step::forward_backward(
-                &model,
-                &mb,
-                &recompute,
-                &aux,
-                cfg.loss_chunk_tokens as i64,
-                token_denominator,
-                batches.len(),
-                &mut weights_needed,
-                &mut grads_ready,
-            )?;
+            let out = step::forward_backward(&model, &mb, &recompute, &aux, cfg.loss_chunk_tokens as i64, token_denominator, batches.len(), &mut grads_ready)?;
             if accumulation > 1 {
                 opt.accumulate_grads();
             }
@@ -440,8 +428,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo, stop: &StopSigna
                 }
             }
         }
-        // On CUDA the update is queued (it overlaps the next step's forward pass): this is the
-        // time to queue it.
+        // On CUDA this is the time to queue the update: it runs ahead of the next step's work.
         let optimizer_time = started.elapsed().as_secs_f64() - data_wait - fwd_bwd;
         opt.zero_grad();
         state.step += 1;
