@@ -13,7 +13,8 @@
 //! - [`gather_rows`] and [`combine_rows`]: the MoE's row-moving steps as autograd functions with
 //!   hand-written backward passes (ATen operations, any device);
 //! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added (or written) into an fp32 tensor (the LM
-//!   head's weight gradient) and a parameter's `.grad` set or cleared.
+//!   head's weight gradient) and a parameter's `.grad` set or cleared;
+//! - [`backward`]: a backward pass from tensors with given upstream gradients.
 //!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
 //!
@@ -46,6 +47,7 @@ extern "C" {
     fn oskern_combine_rows(y: Handle, w: Handle, rank: Handle, order: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_addmm_acc(out: Handle, m1: Handle, m2: Handle, alpha: f64, accumulate: bool) -> *mut c_char;
     fn oskern_set_grad(t: Handle, g: Handle) -> *mut c_char;
+    fn oskern_backward(tensors: *const Handle, grads: *const Handle, n: usize) -> *mut c_char;
     fn oskern_foreach_norm(tensors: *const Handle, n: usize, out: *mut Handle) -> *mut c_char;
     fn oskern_foreach_mul_(tensors: *const Handle, n: usize, scale: Handle) -> *mut c_char;
     fn oskern_current_stream(device: i32, id: *mut i64, handle: *mut u64) -> *mut c_char;
@@ -204,6 +206,17 @@ pub fn addmm_accumulate(out: &Tensor, m1: &Tensor, m2: &Tensor, alpha: f64, accu
 /// `zero_grad(set_to_none=True)`: the next backward pass stores its gradient without an add).
 pub fn set_grad(t: &Tensor, grad: Option<&Tensor>) -> Result<(), TchError> {
     check(unsafe { oskern_set_grad(h(t), grad.map_or(std::ptr::null_mut(), h)) })
+}
+
+/// Backward from each of `tensors` with the upstream gradient `grads[i]` (`torch.autograd.backward`):
+/// what `(t * g).sum().backward()` computes, without the product and the sum.
+pub fn backward(tensors: &[&Tensor], grads: &[&Tensor]) -> Result<(), TchError> {
+    if tensors.len() != grads.len() {
+        return Err(TchError::Shape(format!("backward: {} tensors but {} gradients", tensors.len(), grads.len())));
+    }
+    let ts: Vec<Handle> = tensors.iter().map(|t| h(t)).collect();
+    let gs: Vec<Handle> = grads.iter().map(|g| h(g)).collect();
+    check(unsafe { oskern_backward(ts.as_ptr(), gs.as_ptr(), ts.len()) })
 }
 
 /// Start the Kineto profiler (CPU operators and CUDA kernels), as `torch.profiler.profile` does.

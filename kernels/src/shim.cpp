@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <cstdlib>
@@ -243,6 +244,11 @@ char *oskern_set_grad(Tensor *t, Tensor *g) {
       t->mutable_grad().reset();
     }
   })
+}
+
+// Backward from tensors[i] with upstream gradients grads[i] (torch.autograd.backward).
+char *oskern_backward(Tensor *const *tensors, Tensor *const *grads, size_t n) {
+  GUARD(torch::autograd::backward(list_of(tensors, n), list_of(grads, n)))
 }
 
 // The Kineto profiler (CPU ops and CUDA kernels), as torch.profiler records it: start, then stop

@@ -2,7 +2,7 @@
 //! compositions, and clear errors (not crashes) where ATen refuses.
 
 use openseek_kernels::{
-    adamw_update, addmm_accumulate, clip_grad_norm, combine_rows, current_stream, flash_attention_varlen, foreach_norm, gather_rows, set_grad, swiglu,
+    adamw_update, backward, addmm_accumulate, clip_grad_norm, combine_rows, current_stream, flash_attention_varlen, foreach_norm, gather_rows, set_grad, swiglu,
     AdamWStep,
 };
 use tch::{Device, Kind, Tensor};
@@ -129,4 +129,20 @@ fn addmm_accumulate_and_set_grad() {
     assert!(!p.grad().defined());
     (&p * 3.0).sum(Kind::Float).backward();
     assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), [3.0, 3.0, 3.0]);
+}
+
+/// A backward pass from tensors with upstream gradients gives the gradients of sum(t * g).
+#[test]
+fn backward_with_upstream_gradients_equals_the_dot_product_objective() {
+    tch::manual_seed(4);
+    let w = Tensor::randn([5, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let x = Tensor::randn([7, 5], (Kind::Float, Device::Cpu));
+    let g = Tensor::randn([7, 3], (Kind::Float, Device::Cpu));
+    x.mm(&w).tanh().multiply(&g).sum(Kind::Float).backward();
+    let want = w.grad().copy();
+    let _ = w.grad().zero_();
+    let (y, aux) = (x.mm(&w).tanh(), w.square().sum(Kind::Float));
+    backward(&[&y, &aux], &[&g, &aux.ones_like()]).unwrap();
+    assert!(w.grad().allclose(&(want + w.detach() * 2.0), 1e-6, 1e-6, false));
+    assert!(backward(&[&y], &[]).is_err());
 }

@@ -72,7 +72,7 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
         // default each chunk's product (compute dtype) added in fp32 straight into the head's
         // `.grad`, the first chunk's written into a fresh one when it has none (`head_assign`; off:
         // zeros, then added); with `OPENSEEK_DISABLE=head_grad` summed in an fp32 buffer and handed
-        // to autograd (a dot-product objective).
+        // to autograd as the head's upstream gradient.
         let mut head_grad = (direct && head.requires_grad()).then(|| {
             let g = head.grad();
             if g.defined() {
@@ -123,11 +123,12 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
         let dw = dw.map(|dw| (dw.narrow(0, 0, vocab) * (1.0 / denominator)).to_kind(head.kind()));
         (loss, dh, dw)
     });
-    let mut objective = (h * dh.view_as(h)).sum(Kind::Float);
-    if let Some(dw) = dw {
-        objective += head.flatten(0, -1).dot(&dw.flatten(0, -1));
+    let dh = dh.view_as(h);
+    match &dw {
+        Some(dw) => openseek_kernels::backward(&[h, head], &[&dh, dw]),
+        None => openseek_kernels::backward(&[h], &[&dh]),
     }
-    objective.backward();
+    .expect("the backward pass from the head");
     loss
 }
 

@@ -166,16 +166,16 @@ pub fn forward_backward(
                 (y, aux_total(a, zl, aux_scale))
             }
         };
-        let mut objective = (y * &grad).sum(Kind::Float);
-        if let Some(a) = aux_loss {
-            objective += a;
+        match aux_loss {
+            Some(a) => openseek_kernels::backward(&[&y, &a], &[&grad, &a.ones_like()]),
+            None => openseek_kernels::backward(&[&y], &[&grad]),
         }
-        objective.backward();
+        .map_err(|e| Failure::software(format!("backward pass of layer {i}: {e}")))?;
         grad = input.grad();
         profile.mark("backward layer");
         grads_ready(GradReady::Layer(i))?;
     }
-    (x0 * grad).sum(Kind::Float).backward();
+    openseek_kernels::backward(&[&x0], &[&grad]).map_err(|e| Failure::software(format!("backward pass of the embedding: {e}")))?;
     profile.mark("embedding backward");
     grads_ready(GradReady::Embedding)?;
     profile.report();
