@@ -11,7 +11,8 @@
 //! - [`profiler_start`] and [`profiler_stop`]: the Kineto profiler (CPU ops, CUDA kernels) around a
 //!   region, written as a Chrome trace;
 //! - [`gather_rows`] and [`combine_rows`]: the MoE's row-moving steps as autograd functions with
-//!   hand-written backward passes (ATen operations, any device);
+//!   hand-written backward passes (ATen operations, any device; on CUDA combine_rows' passes are one
+//!   NVRTC kernel each);
 //! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added (or written) into an fp32 tensor (the LM
 //!   head's weight gradient) and a parameter's `.grad` set or cleared;
 //! - [`backward`]: a backward pass from tensors with given upstream gradients.
@@ -28,11 +29,13 @@
 //!   forward and backward passes are one kernel each (ATen operations elsewhere).
 
 pub mod adamw;
+pub mod combine;
 pub mod cross_entropy;
 pub mod nvrtc;
 pub mod swiglu;
 
 pub use adamw::{adamw_update, AdamWStep};
+pub use combine::combine_rows;
 pub use cross_entropy::softmax_cross_entropy;
 pub use swiglu::swiglu;
 
@@ -44,7 +47,6 @@ type Handle = *mut C_tensor;
 
 extern "C" {
     fn oskern_gather_rows(x: Handle, token: Handle, rank: Handle, out: *mut Handle) -> *mut c_char;
-    fn oskern_combine_rows(y: Handle, w: Handle, rank: Handle, order: Handle, out: *mut Handle) -> *mut c_char;
     fn oskern_addmm_acc(out: Handle, m1: Handle, m2: Handle, alpha: f64, accumulate: bool) -> *mut c_char;
     fn oskern_set_grad(t: Handle, g: Handle) -> *mut c_char;
     fn oskern_backward(tensors: *const Handle, grads: *const Handle, n: usize) -> *mut c_char;
@@ -186,12 +188,6 @@ fn h(t: &Tensor) -> Handle {
 /// sums a token's k rows (a gather and a sum, no atomic adds).
 pub fn gather_rows(x: &Tensor, token: &Tensor, rank: &Tensor) -> Result<Tensor, TchError> {
     one_output(|out| unsafe { oskern_gather_rows(h(x), h(token), h(rank), out) })
-}
-
-/// out[t] = sum_s w[t, s] * y[rank[t*k + s]] for `y` [P, H], `w` [n, k] (y's dtype), `rank` [n*k]
-/// and `order` its inverse permutation: [n, H], differentiable with respect to `y` and `w`.
-pub fn combine_rows(y: &Tensor, w: &Tensor, rank: &Tensor, order: &Tensor) -> Result<Tensor, TchError> {
-    one_output(|out| unsafe { oskern_combine_rows(h(y), h(w), h(rank), h(order), out) })
 }
 
 /// `out += alpha * (m1 @ m2)[..rows of out]` outside autograd (`m1` may have more rows: padding,

@@ -121,24 +121,69 @@ struct GatherRows : public torch::autograd::Function<GatherRows> {
   }
 };
 
+// One combine kernel launch, filled here and run by the Rust launcher (`Launch` in combine.rs), all
+// tensors contiguous: forward y [P, H], w [n, k], rank [n*k] -> out [n, H]; backward the same and
+// dout [n, H] -> out = dy [P, H], dw [n, k]. dtype 0 = bf16, 1 = fp32.
+struct CombineLaunch {
+  const void *y, *w;
+  const int64_t *rank;
+  const void *dout;
+  void *out, *dw;
+  int64_t tokens, k, width;
+  int32_t dtype, device, backward;
+};
+typedef int (*CombineLauncher)(const CombineLaunch *, char *err, size_t cap);
+
+void run_combine(int64_t launcher, const Tensor &y, const Tensor &w, const Tensor &rank, const Tensor *dout, const Tensor &out,
+                 const Tensor *dw) {
+  CombineLaunch l{y.data_ptr(), w.data_ptr(), rank.data_ptr<int64_t>(), dout ? dout->data_ptr() : nullptr, out.data_ptr(),
+                  dw ? dw->data_ptr() : nullptr, w.size(0), w.size(1), y.size(1), y.scalar_type() == at::kBFloat16 ? 0 : 1,
+                  static_cast<int32_t>(y.get_device()), dout ? 1 : 0};
+  char err[1024] = {0};
+  if (reinterpret_cast<CombineLauncher>(launcher)(&l, err, sizeof err) != 0) throw std::runtime_error(std::string("combine kernel: ") + err);
+}
+
 // The experts' outputs back in token order, weighted and summed: out[t] = sum_s w[t, s] *
-// y[rank[t*k + s]], a gather and a batched [1 x k] @ [k x H] product per token; `order` is
-// rank's inverse (the backward's gather).
+// y[rank[t*k + s]]; `order` is rank's inverse. With a launcher (the address of a Rust function, 0
+// for none), CUDA bf16/fp32 inputs with k <= 32 go through its NVRTC kernels (one pass each way,
+// only y, w and rank kept); otherwise a gather and a batched [1 x k] @ [k x H] product per token,
+// the backward's gather by `order`.
 struct CombineRows : public torch::autograd::Function<CombineRows> {
-  static Tensor forward(AutogradContext *ctx, const Tensor &y, const Tensor &w, const Tensor &rank, const Tensor &order) {
+  static Tensor forward(AutogradContext *ctx, const Tensor &y, const Tensor &w, const Tensor &rank, const Tensor &order,
+                        int64_t launcher) {
     auto n = w.size(0), k = w.size(1);
+    bool kernel = launcher != 0 && y.is_cuda() && (y.scalar_type() == at::kBFloat16 || y.scalar_type() == at::kFloat) &&
+                  w.scalar_type() == y.scalar_type() && rank.scalar_type() == at::kLong && k >= 1 && k <= 32;
+    ctx->saved_data["launcher"] = kernel ? launcher : int64_t{0};
+    if (kernel) {
+      TORCH_CHECK(y.dim() == 2 && w.dim() == 2 && y.size(0) == n * k && rank.numel() == n * k,
+                  "combine_rows: y ", y.sizes(), ", w ", w.sizes(), " and rank ", rank.sizes(), " do not fit");
+      auto yc = y.contiguous(), wc = w.contiguous(), rc = rank.contiguous();
+      ctx->save_for_backward({yc, wc, rc});
+      auto out = at::empty({n, y.size(1)}, y.options());
+      run_combine(launcher, yc, wc, rc, nullptr, out, nullptr);
+      return out;
+    }
     auto yg = y.index_select(0, rank).view({n, k, y.size(1)});
     ctx->save_for_backward({yg, w, order});
     return at::bmm(w.unsqueeze(1), yg).squeeze(1);
   }
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
+    auto launcher = ctx->saved_data["launcher"].toInt();
+    if (launcher != 0) {
+      auto &y = saved[0], &w = saved[1], &rank = saved[2];
+      auto dout = grads[0].to(y.scalar_type()).contiguous();
+      auto dy = at::empty_like(y), dw = at::empty_like(w);
+      run_combine(launcher, y, w, rank, &dout, dy, &dw);
+      return {dy, dw, Tensor(), Tensor(), Tensor()};
+    }
     auto &yg = saved[0], &w = saved[1], &order = saved[2];
     auto dout = grads[0].contiguous();
     auto dw = at::bmm(yg, dout.unsqueeze(2)).squeeze(2);
     auto dyg = w.unsqueeze(2) * dout.unsqueeze(1);  // a K = 1 bmm runs a slow generic kernel
     auto dy = dyg.view({-1, dyg.size(2)}).index_select(0, order);
-    return {dy, dw, Tensor(), Tensor()};
+    return {dy, dw, Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -208,8 +253,8 @@ char *oskern_gather_rows(Tensor *x, Tensor *token, Tensor *rank, Tensor **out) {
   GUARD(*out = new Tensor(GatherRows::apply(*x, *token, *rank)))
 }
 
-char *oskern_combine_rows(Tensor *y, Tensor *w, Tensor *rank, Tensor *order, Tensor **out) {
-  GUARD(*out = new Tensor(CombineRows::apply(*y, *w, *rank, *order)))
+char *oskern_combine_rows(Tensor *y, Tensor *w, Tensor *rank, Tensor *order, CombineLauncher launcher, Tensor **out) {
+  GUARD(*out = new Tensor(CombineRows::apply(*y, *w, *rank, *order, reinterpret_cast<int64_t>(launcher))))
 }
 
 // out = accumulate * out + alpha * (m1 @ m2)[:rows of out] without autograd (m1 may have padding

@@ -305,3 +305,69 @@ fn softmax_cross_entropy_equals_fp32_tensor_ops() {
         );
     }
 }
+
+/// combine_rows' NVRTC kernels against its ATen path (a gather and a batched product; the
+/// backward's broadcast product gathered by `order`), forward and the gradients for y and w through
+/// autograd, bf16 and fp32: widths that take the 16-byte path and odd ones (scalar path), k from 1
+/// to 8, token counts not a multiple of a block's 8. Then the benchmark's MoE shape timed (printed,
+/// not asserted).
+#[test]
+#[ignore]
+fn combine_kernels_equal_the_aten_path() {
+    use openseek_kernels::{backward, combine_rows};
+    let dev = cuda();
+    tch::manual_seed(13);
+    let rel = |a: &Tensor, b: &Tensor| max_abs(a, b) / b.to_kind(Kind::Float).abs().max().double_value(&[]);
+    for kind in [Kind::BFloat16, Kind::Float] {
+        for (n, k, width) in [(37i64, 6i64, 1280i64), (29, 3, 18), (13, 1, 64), (5, 8, 40), (3, 6, 7)] {
+            let order = Tensor::randperm(n * k, (Kind::Int64, dev));
+            let rank = order.argsort(0, false);
+            let y = Tensor::randn([n * k, width], (Kind::Float, dev)).to_kind(kind);
+            let w = Tensor::rand([n, k], (Kind::Float, dev)).to_kind(kind);
+            let probe = Tensor::randn([n, width], (Kind::Float, dev)).to_kind(kind);
+            let run = |kernel: bool| {
+                let (yl, wl) = (y.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
+                let out = combine_rows(&yl, &wl, &rank, &order, kernel).unwrap();
+                backward(&[&out], &[&probe]).unwrap();
+                (out.detach(), yl.grad(), wl.grad())
+            };
+            let (out_k, dy_k, dw_k) = run(true);
+            let (out_a, dy_a, dw_a) = run(false);
+            assert_eq!((out_k.size(), dy_k.size(), dw_k.size()), (vec![n, width], vec![n * k, width], vec![n, k]));
+            assert_eq!((out_k.kind(), dy_k.kind(), dw_k.kind()), (kind, kind, kind));
+            let (ro, rw) = (rel(&out_k, &out_a), rel(&dw_k, &dw_a));
+            eprintln!("combine {kind:?} n {n} k {k} H {width}: max rel diff out {ro:.1e} dw {rw:.1e}");
+            // dy is one rounded product either way: the same bits. Sums differ in order only.
+            assert!(dy_k.equal(&dy_a), "dy differs from w * dout gathered by order");
+            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+            assert!(ro <= tol && rw <= tol, "combine kernels differ from the ATen path");
+        }
+    }
+    // The benchmark's MoE shape: 16,384 tokens, 6 slots, H = 1280.
+    let (n, k, width) = (16_384i64, 6i64, 1280i64);
+    let order = Tensor::randperm(n * k, (Kind::Int64, dev));
+    let rank = order.argsort(0, false);
+    let y = Tensor::randn([n * k, width], (Kind::BFloat16, dev)).set_requires_grad(true);
+    let w = Tensor::rand([n, k], (Kind::Float, dev)).to_kind(Kind::BFloat16).set_requires_grad(true);
+    let probe = Tensor::randn([n, width], (Kind::BFloat16, dev));
+    for kernel in [true, false] {
+        let time = |with_backward: bool| {
+            let pass = || {
+                let out = combine_rows(&y, &w, &rank, &order, kernel).unwrap();
+                if with_backward {
+                    backward(&[&out], &[&probe]).unwrap();
+                }
+            };
+            pass();
+            synchronize(0).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                pass();
+            }
+            synchronize(0).unwrap();
+            start.elapsed().as_secs_f64() * 50.0
+        };
+        let (fwd, both) = (time(false), time(true));
+        eprintln!("combine [16384 x 6, 1280] bf16, {}: forward {fwd:.3} ms, forward + backward {both:.3} ms", if kernel { "kernels" } else { "ATen" });
+    }
+}

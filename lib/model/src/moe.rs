@@ -90,8 +90,10 @@ impl Experts {
     /// `_grouped_mm` (offsets = running row counts), results put back in token order, weighted and
     /// summed. The rows move by gathers whose backward passes are gathers too (openseek-kernels'
     /// `gather_rows`/`combine_rows`: no atomic adds, slow in bf16 on CUDA) and SwiGLU runs as one
-    /// autograd function over the [gate | up] halves (`swiglu`). `OPENSEEK_DISABLE=moe_fused`: the
-    /// same steps as tensor ops (`index_copy`, `narrow`), the reference these are tested against.
+    /// autograd function over the [gate | up] halves (`swiglu`); on CUDA SwiGLU and the combine run
+    /// as NVRTC kernels (`OPENSEEK_DISABLE=swiglu_kernel` / `combine_kernel`: ATen operations).
+    /// `OPENSEEK_DISABLE=moe_fused`: the same steps as tensor ops (`index_copy`, `narrow`), the
+    /// reference these are tested against.
     pub fn forward_grouped(&self, x: &Tensor, weights: &Tensor, idx: &Tensor) -> Tensor {
         let (experts, k) = (self.gate_up_proj.size()[0], idx.size()[1]);
         let (n, width) = (x.size()[0], x.size()[1]);
@@ -108,7 +110,8 @@ impl Experts {
             let h = rows.internal_grouped_mm(&gate_up, Some(&offsets), None, None);
             let h = openseek_kernels::swiglu(&h, crate::layers::enabled("swiglu_kernel")).expect("swiglu");
             let y = h.internal_grouped_mm(&down, Some(&offsets), None, None);
-            return openseek_kernels::combine_rows(&y, &weights.to_kind(kind), &rank, &order).expect("combine_rows");
+            let kernel = crate::layers::enabled("combine_kernel");
+            return openseek_kernels::combine_rows(&y, &weights.to_kind(kind), &rank, &order, kernel).expect("combine_rows");
         }
         let pairs = x.unsqueeze(1).expand([n, k, width], false).reshape([n * k, width]);
         let rows = pairs.empty_like().index_copy(0, &rank, &pairs);
