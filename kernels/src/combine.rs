@@ -94,7 +94,8 @@ __device__ void forward(const T* y, const T* w, const long long* rank, T* out, l
         float acc[N];
         #pragma unroll
         for (int j = 0; j < N; j++) acc[j] = 0.0f;
-        for (int s = 0; s < k; s++) {
+        #pragma unroll 4
+        for (int s = 0; s < k; s++) {  // unrolled: the slots' loads in flight together
             const long long r = __shfl_sync(0xffffffffu, my_row, s);
             const float ws = __shfl_sync(0xffffffffu, my_w, s);
             if (live) {
@@ -133,6 +134,7 @@ __device__ void backward(const T* y, const T* w, const long long* rank, const T*
         const bool live = c0 + lane < cols;
         __align__(16) T d[N];
         if (live) copy_in<T, N>(d, dout + t * width + c);
+        #pragma unroll 4
         for (int s = 0; s < k; s++) {
             const long long r = __shfl_sync(0xffffffffu, my_row, s);
             const float ws = __shfl_sync(0xffffffffu, my_w, s);
