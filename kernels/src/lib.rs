@@ -26,17 +26,21 @@
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
 //!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
 //! - [`swiglu`]: silu(gate) * up over a GEMM's [gate | up] halves, an autograd function whose CUDA
-//!   forward and backward passes are one kernel each (ATen operations elsewhere).
+//!   forward and backward passes are one kernel each (ATen operations elsewhere);
+//! - [`rope_query`] and [`rope_key`]: MLA's query and key joins with rotary embeddings, autograd
+//!   functions whose CUDA passes are one kernel each (ATen operations elsewhere).
 
 pub mod adamw;
 pub mod combine;
 pub mod cross_entropy;
 pub mod nvrtc;
+pub mod rope;
 pub mod swiglu;
 
 pub use adamw::{adamw_update, AdamWStep};
 pub use combine::combine_rows;
 pub use cross_entropy::softmax_cross_entropy;
+pub use rope::{rope_key, rope_query};
 pub use swiglu::swiglu;
 
 use std::ffi::{c_char, c_void, CStr};

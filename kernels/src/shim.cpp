@@ -104,6 +104,185 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
   }
 };
 
+// One launch of the rope kernels, filled here and run by the Rust launcher (`Launch` in rope.rs):
+// mode 0/1 the query's forward/backward, 2/3 the key's; rows are (token, head) pairs.
+struct RopeLaunch {
+  const void *x, *pe, *dv, *cos, *sin;
+  void *out, *dpe;
+  int64_t rows, tokens, heads, nope, rope, v, x_stride, pe_stride, cos_batch_stride;
+  int32_t dtype, device, mode, interleave;
+};
+typedef int (*RopeLauncher)(const RopeLaunch *, char *err, size_t cap);
+
+// A launch's common fields: x the rows a kernel reads ([rows, width], rows uniform), tables c/s
+// [Bc, T, rope], out what it writes.
+RopeLaunch rope_launch(int32_t mode, const Tensor &x, const Tensor &c, const Tensor &s, const Tensor &out, int64_t heads,
+                       int64_t nope, bool inter) {
+  RopeLaunch l{};
+  l.x = x.data_ptr();
+  l.cos = c.data_ptr();
+  l.sin = s.data_ptr();
+  l.out = out.data_ptr();
+  l.rows = x.size(0);
+  l.tokens = c.size(1);
+  l.heads = heads;
+  l.nope = nope;
+  l.rope = c.size(2);
+  l.x_stride = x.stride(0);
+  l.cos_batch_stride = c.size(0) == 1 ? 0 : c.stride(0);
+  l.dtype = x.scalar_type() == at::kBFloat16 ? 0 : 1;
+  l.device = static_cast<int32_t>(x.get_device());
+  l.mode = mode;
+  l.interleave = inter ? 1 : 0;
+  return l;
+}
+
+void run_rope(int64_t launcher, const RopeLaunch &l) {
+  char err[1024] = {0};
+  if (reinterpret_cast<RopeLauncher>(launcher)(&l, err, sizeof err) != 0) throw std::runtime_error(std::string("rope kernel: ") + err);
+}
+
+bool rope_kernel_for(int64_t launcher, const Tensor &x) {
+  return launcher != 0 && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat);
+}
+
+// cos/sin [T, rope] or [B, T, rope] as [Bc, T, rope] contiguous in x's dtype, checked against x [B, T, ...].
+Tensor rope_table(const Tensor &c, const Tensor &x, int64_t rope) {
+  auto t = (c.dim() == 2 ? c.unsqueeze(0) : c).to(x.scalar_type()).contiguous();
+  TORCH_CHECK(t.dim() == 3 && (t.size(0) == 1 || t.size(0) == x.size(0)) && t.size(1) == x.size(1) && t.size(2) == rope,
+              "rope tables ", c.sizes(), " do not fit ", x.sizes(), " with ", rope, " rotated columns");
+  return t;
+}
+
+// The tables' columns for the pairs' first and second members' outputs (interleaved: the first
+// half for both, as the composition narrows them).
+std::pair<Tensor, Tensor> table_halves(const Tensor &t, bool inter) {
+  auto half = t.size(-1) / 2;
+  return {t.narrow(-1, 0, half), inter ? t.narrow(-1, 0, half) : t.narrow(-1, half, half)};
+}
+
+// x [..., rope] rotated by tables broadcasting against it: pairs (x[2i], x[2i+1]) when
+// interleaved, else (x[i], x[half + i]); out = [a c1 - b s1 | b c2 + a s2] over the pairs (a, b).
+Tensor rotate(const Tensor &x, const Tensor &cos, const Tensor &sin, bool inter) {
+  auto d = x.size(-1);
+  auto a = inter ? x.slice(-1, 0, d, 2) : x.narrow(-1, 0, d / 2);
+  auto b = inter ? x.slice(-1, 1, d, 2) : x.narrow(-1, d / 2, d / 2);
+  auto [c1, c2] = table_halves(cos, inter);
+  auto [s1, s2] = table_halves(sin, inter);
+  return at::cat({a * c1 - b * s1, b * c2 + a * s2}, -1);
+}
+
+// rotate's backward: the gradient dy [..., rope] of its output back onto x's pairs.
+Tensor rotate_back(const Tensor &dy, const Tensor &cos, const Tensor &sin, bool inter) {
+  auto half = dy.size(-1) / 2;
+  auto d1 = dy.narrow(-1, 0, half), d2 = dy.narrow(-1, half, half);
+  auto [c1, c2] = table_halves(cos, inter);
+  auto [s1, s2] = table_halves(sin, inter);
+  auto da = d1 * c1 + d2 * s2, db = d2 * c2 - d1 * s1;
+  return inter ? at::stack({da, db}, -1).flatten(-2) : at::cat({da, db}, -1);
+}
+
+// MLA's query [B, T, H, nope + rope] with its rope columns rotated, contiguous. Only the tables
+// are kept for the backward pass. With a launcher, CUDA bf16/fp32 tensors go through its NVRTC
+// kernels; otherwise ATen operations.
+struct RopeQuery : public torch::autograd::Function<RopeQuery> {
+  static Tensor forward(AutogradContext *ctx, const Tensor &q, const Tensor &cos, const Tensor &sin, int64_t nope, bool inter,
+                        int64_t launcher) {
+    TORCH_CHECK(q.dim() == 4 && nope >= 0 && nope < q.size(3), "rope_query: q ", q.sizes(), " with ", nope, " nope columns");
+    auto rope = q.size(3) - nope;
+    TORCH_CHECK(rope % 2 == 0, "rope_query: an odd number of rotated columns (", rope, ")");
+    auto c = rope_table(cos, q, rope), s = rope_table(sin, q, rope);
+    bool kernel = rope_kernel_for(launcher, q);
+    ctx->save_for_backward({c, s});
+    ctx->saved_data["nope"] = nope;
+    ctx->saved_data["inter"] = inter;
+    ctx->saved_data["launcher"] = kernel ? launcher : int64_t{0};
+    if (!kernel) return at::cat({q.narrow(-1, 0, nope), rotate(q.narrow(-1, nope, rope), c.unsqueeze(2), s.unsqueeze(2), inter)}, -1);
+    auto rows = as_rows(q);
+    auto out = at::empty(q.sizes(), q.options());
+    run_rope(launcher, rope_launch(0, rows, c, s, out, q.size(2), nope, inter));
+    return out;
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &c = saved[0], &s = saved[1];
+    auto nope = ctx->saved_data["nope"].toInt();
+    auto inter = ctx->saved_data["inter"].toBool();
+    auto launcher = ctx->saved_data["launcher"].toInt();
+    auto dy = grads[0];
+    auto rope = dy.size(3) - nope;
+    if (launcher == 0) {
+      auto dq = at::cat({dy.narrow(-1, 0, nope), rotate_back(dy.narrow(-1, nope, rope), c.unsqueeze(2), s.unsqueeze(2), inter)}, -1);
+      return {dq, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    }
+    dy = dy.to(c.scalar_type()).contiguous();
+    auto dq = at::empty(dy.sizes(), dy.options());
+    run_rope(launcher, rope_launch(1, dy.view({-1, dy.size(3)}), c, s, dq, dy.size(2), nope, inter));
+    return {dq, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// MLA's key [B, T, H, nope + rope]: kv [B, T, H, nope + v]'s nope columns, then k_pe [B, T, rope]
+// rotated and repeated on every head (contiguous); and the values kv[..., nope:] (a view). The
+// backward writes kv's gradient [dk_nope | dv] in one tensor and k_pe's from dk's rope columns
+// summed over heads. Kernels as in RopeQuery.
+struct RopeKey : public torch::autograd::Function<RopeKey> {
+  static variable_list forward(AutogradContext *ctx, const Tensor &kv, const Tensor &pe, const Tensor &cos, const Tensor &sin,
+                               int64_t nope, bool inter, int64_t launcher) {
+    TORCH_CHECK(kv.dim() == 4 && nope >= 0 && nope <= kv.size(3) && pe.dim() == 3 && pe.size(0) == kv.size(0) && pe.size(1) == kv.size(1) &&
+                    pe.size(2) % 2 == 0 && pe.scalar_type() == kv.scalar_type(),
+                "rope_key: kv ", kv.sizes(), " with ", nope, " nope columns and k_pe ", pe.sizes(), " do not fit");
+    auto b = kv.size(0), t = kv.size(1), heads = kv.size(2), rope = pe.size(2), vdim = kv.size(3) - nope;
+    auto c = rope_table(cos, kv, rope), s = rope_table(sin, kv, rope);
+    bool kernel = rope_kernel_for(launcher, kv);
+    ctx->save_for_backward({c, s});
+    ctx->saved_data["nope"] = nope;
+    ctx->saved_data["v"] = vdim;
+    ctx->saved_data["inter"] = inter;
+    ctx->saved_data["launcher"] = kernel ? launcher : int64_t{0};
+    auto v = kv.narrow(-1, nope, vdim);
+    if (!kernel) {
+      auto k_rot = rotate(pe.unsqueeze(2), c.unsqueeze(2), s.unsqueeze(2), inter).expand({b, t, heads, rope});
+      return {at::cat({kv.narrow(-1, 0, nope), k_rot}, -1), v};
+    }
+    auto rows = as_rows(kv), pe_rows = as_rows(pe);
+    auto k = at::empty({b, t, heads, nope + rope}, kv.options());
+    auto l = rope_launch(2, rows, c, s, k, heads, nope, inter);
+    l.pe = pe_rows.data_ptr();
+    l.pe_stride = pe_rows.stride(0);
+    l.v = vdim;
+    run_rope(launcher, l);
+    return {k, v};
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &c = saved[0], &s = saved[1];
+    auto nope = ctx->saved_data["nope"].toInt(), vdim = ctx->saved_data["v"].toInt();
+    auto inter = ctx->saved_data["inter"].toBool();
+    auto launcher = ctx->saved_data["launcher"].toInt();
+    auto dk = grads[0], dv = grads[1];
+    auto &like = dk.defined() ? dk : dv;
+    auto b = like.size(0), t = like.size(1), heads = like.size(2), rope = c.size(2);
+    if (!dk.defined()) dk = at::zeros({b, t, heads, nope + rope}, dv.options());
+    if (!dv.defined()) dv = at::zeros({b, t, heads, vdim}, dk.options());
+    if (launcher == 0) {
+      auto dkv = at::cat({dk.narrow(-1, 0, nope), dv}, -1);
+      auto dpe = rotate_back(dk.narrow(-1, nope, rope).sum(2), c, s, inter);
+      return {dkv, dpe, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    }
+    dk = dk.to(c.scalar_type()).contiguous();
+    dv = dv.to(c.scalar_type()).contiguous();
+    auto dkv = at::empty({b, t, heads, nope + vdim}, dk.options());
+    auto dpe = at::empty({b, t, rope}, dk.options());
+    auto l = rope_launch(3, dk.view({-1, nope + rope}), c, s, dkv, heads, nope, inter);
+    l.dv = dv.data_ptr();
+    l.dpe = dpe.data_ptr();
+    l.v = vdim;
+    run_rope(launcher, l);
+    return {dkv, dpe, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
 // The routed experts' rows: rows[j] = x[token[j]] (one gather); `rank` [n*k] is where the pair
 // (token t, slot s) sits among the rows, so dx[t] = sum_s drows[rank[t*k + s]] (a gather and a sum,
 // no atomic adds).
@@ -247,6 +426,18 @@ char *oskern_flash_attention_varlen(Tensor *q, Tensor *k, Tensor *v, Tensor *cu_
 
 char *oskern_swiglu(Tensor *h, SwiGluLauncher launcher, Tensor **out) {
   GUARD(*out = new Tensor(SwiGlu::apply(*h, reinterpret_cast<int64_t>(launcher))))
+}
+
+char *oskern_rope_query(Tensor *q, Tensor *cos, Tensor *sin, int64_t nope, bool inter, RopeLauncher launcher, Tensor **out) {
+  GUARD(*out = new Tensor(RopeQuery::apply(*q, *cos, *sin, nope, inter, reinterpret_cast<int64_t>(launcher))))
+}
+
+char *oskern_rope_key(Tensor *kv, Tensor *pe, Tensor *cos, Tensor *sin, int64_t nope, bool inter, RopeLauncher launcher, Tensor **out) {
+  GUARD({
+    auto r = RopeKey::apply(*kv, *pe, *cos, *sin, nope, inter, reinterpret_cast<int64_t>(launcher));
+    out[0] = new Tensor(r[0]);
+    out[1] = new Tensor(r[1]);
+  })
 }
 
 char *oskern_gather_rows(Tensor *x, Tensor *token, Tensor *rank, Tensor **out) {

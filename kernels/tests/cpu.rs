@@ -146,3 +146,59 @@ fn backward_with_upstream_gradients_equals_the_dot_product_objective() {
     assert!(w.grad().allclose(&(want + w.detach() * 2.0), 1e-6, 1e-6, false));
     assert!(backward(&[&y], &[]).is_err());
 }
+
+/// MLA's rotary joins (`rope_query`, `rope_key`) against the model's tensor-op composition
+/// (`Rope::apply` of openseek-model, inlined), forward and gradients: both pair layouts, tables
+/// shared by the batch and per sequence (random, so a wrong column of them shows), odd sizes, and
+/// the values view's gradient reaching kv through the key function.
+#[test]
+fn rope_functions_equal_the_composition() {
+    use openseek_kernels::{rope_key, rope_query};
+    tch::manual_seed(9);
+    let opts = (Kind::Float, Device::Cpu);
+    let (b, t, h, nope, rope, v) = (3i64, 5i64, 2i64, 6i64, 8i64, 4i64);
+    let apply = |x: &Tensor, cos: &Tensor, sin: &Tensor, interleave: bool| {
+        let d = *x.size().last().unwrap();
+        if interleave {
+            let (cos, sin) = (cos.narrow(-1, 0, d / 2), sin.narrow(-1, 0, d / 2));
+            let (x1, x2) = (x.slice(-1, 0, d, 2), x.slice(-1, 1, d, 2));
+            Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x2 * &cos + &x1 * &sin], -1)
+        } else {
+            let (x1, x2) = (x.narrow(-1, 0, d / 2), x.narrow(-1, d / 2, d / 2));
+            x * cos + Tensor::cat(&[-x2, x1], -1) * sin
+        }
+    };
+    for interleave in [true, false] {
+        for per_sequence in [false, true] {
+            let table = if per_sequence { vec![b, t, rope] } else { vec![t, rope] };
+            let (cos, sin) = (Tensor::randn(table.as_slice(), opts), Tensor::randn(table.as_slice(), opts));
+            // The composition's broadcast over heads: [T, 1, rope] or [B, T, 1, rope].
+            let (c4, s4) = (cos.unsqueeze(-2), sin.unsqueeze(-2));
+            let what = format!("interleave {interleave}, per-sequence tables {per_sequence}");
+            let q = Tensor::randn([b, t, h, nope + rope], opts);
+            let (y1, g1) = grads_of(&[&q], &|l| rope_query(&l[0], &cos, &sin, nope, interleave, true).unwrap());
+            let (y2, g2) = grads_of(&[&q], &|l| Tensor::cat(&[l[0].narrow(-1, 0, nope), apply(&l[0].narrow(-1, nope, rope), &c4, &s4, interleave)], -1));
+            assert_close(&format!("rope_query {what}"), &y1, &y2, 1e-6);
+            assert_close(&format!("rope_query dq {what}"), &g1[0], &g2[0], 1e-6);
+            // k_pe as the model takes it: the last columns of a wider projection.
+            let kv = Tensor::randn([b, t, h, nope + v], opts);
+            let kv_a = Tensor::randn([b, t, 3 + rope], opts);
+            let joined = |k: &Tensor, val: &Tensor| Tensor::cat(&[k.flatten(0, -1), val.flatten(0, -1)], 0);
+            let (y1, g1) = grads_of(&[&kv, &kv_a], &|l| {
+                let (k, val) = rope_key(&l[0], &l[1].narrow(-1, 3, rope), &cos, &sin, nope, interleave, true).unwrap();
+                assert_eq!(k.size(), [b, t, h, nope + rope]);
+                joined(&k, &val)
+            });
+            let (y2, g2) = grads_of(&[&kv, &kv_a], &|l| {
+                let k_rot = apply(&l[1].narrow(-1, 3, rope).unsqueeze(2), &c4, &s4, interleave).expand([b, t, h, rope], false);
+                joined(&Tensor::cat(&[l[0].narrow(-1, 0, nope), k_rot], -1), &l[0].narrow(-1, nope, v))
+            });
+            assert_close(&format!("rope_key {what}"), &y1, &y2, 1e-6);
+            assert_close(&format!("rope_key dkv {what}"), &g1[0], &g2[0], 1e-6);
+            assert_close(&format!("rope_key dk_pe {what}"), &g1[1], &g2[1], 1e-6);
+        }
+    }
+    let q = Tensor::randn([b, t, h, nope + rope], opts);
+    let err = rope_query(&q, &Tensor::ones([t + 1, rope], opts), &Tensor::ones([t + 1, rope], opts), nope, true, true).unwrap_err().to_string();
+    assert!(err.contains("rope tables"), "{err}");
+}

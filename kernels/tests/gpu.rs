@@ -306,6 +306,136 @@ fn softmax_cross_entropy_equals_fp32_tensor_ops() {
     }
 }
 
+/// MLA's rotary joins on CUDA: the NVRTC kernels of `rope_query` and `rope_key` against the
+/// model's tensor-op composition (`Rope::apply` inlined) and against the functions' ATen path,
+/// forward and gradients through autograd, bf16 and fp32, both pair layouts, tables shared by the
+/// batch and per sequence; odd batch, token and head counts with widths that take the 16-byte
+/// path and widths that do not (an odd k_pe row stride, 6 pairs). Then the benchmark's shape timed
+/// against the composition (printed, not asserted).
+#[test]
+#[ignore]
+fn rope_kernels_equal_the_composition() {
+    use openseek_kernels::{backward, rope_key, rope_query};
+    let dev = cuda();
+    tch::manual_seed(10);
+    let apply = |x: &Tensor, cos: &Tensor, sin: &Tensor, interleave: bool| {
+        let d = *x.size().last().unwrap();
+        if interleave {
+            let (cos, sin) = (cos.narrow(-1, 0, d / 2), sin.narrow(-1, 0, d / 2));
+            let (x1, x2) = (x.slice(-1, 0, d, 2), x.slice(-1, 1, d, 2));
+            Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x2 * &cos + &x1 * &sin], -1)
+        } else {
+            let (x1, x2) = (x.narrow(-1, 0, d / 2), x.narrow(-1, d / 2, d / 2));
+            x * cos + Tensor::cat(&[-x2, x1], -1) * sin
+        }
+    };
+    // (b, t, h, nope, rope, v, latent columns before k_pe)
+    let shapes = [(3i64, 37i64, 5i64, 32i64, 16i64, 24i64, 16i64), (3, 37, 5, 32, 16, 24, 3), (2, 9, 3, 12, 12, 10, 5), (1, 64, 10, 128, 64, 128, 512)];
+    for kind in [Kind::BFloat16, Kind::Float] {
+        for &(b, t, h, nope, rope, v, lat) in &shapes {
+            for interleave in [true, false] {
+                for per_sequence in [false, true] {
+                    let what = format!("{kind:?} b{b} t{t} h{h} nope {nope} rope {rope} v {v} k_pe at {lat}, interleave {interleave}, per-sequence {per_sequence}");
+                    let table = if per_sequence { vec![b, t, rope] } else { vec![t, rope] };
+                    let cos = Tensor::randn(table.as_slice(), (Kind::Float, dev)).to_kind(kind);
+                    let sin = Tensor::randn(table.as_slice(), (Kind::Float, dev)).to_kind(kind);
+                    let (c4, s4) = (cos.unsqueeze(-2), sin.unsqueeze(-2));
+                    let q = (Tensor::randn([b, t, h, nope + rope], (Kind::Float, dev)) * 2.0).to_kind(kind);
+                    let kv = Tensor::randn([b, t, h, nope + v], (Kind::Float, dev)).to_kind(kind);
+                    let kv_a = Tensor::randn([b, t, lat + rope], (Kind::Float, dev)).to_kind(kind);
+                    let (pq, pk, pv) = (
+                        Tensor::randn([b, t, h, nope + rope], (Kind::Float, dev)).to_kind(kind),
+                        Tensor::randn([b, t, h, nope + rope], (Kind::Float, dev)).to_kind(kind),
+                        Tensor::randn([b, t, h, v], (Kind::Float, dev)).to_kind(kind),
+                    );
+                    // Outputs and gradients of (q, kv, kv_a) under sum(out * probe); the values and
+                    // their gradient go through the transposed views attention takes.
+                    let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> (Tensor, Tensor, Tensor)| {
+                        let leaves: Vec<Tensor> = [&q, &kv, &kv_a].iter().map(|t| t.detach().set_requires_grad(true)).collect();
+                        let (yq, yk, yv) = f(&leaves[0], &leaves[1], &leaves[2]);
+                        let yv = yv.transpose(1, 2);
+                        backward(&[&yq, &yk, &yv], &[&pq, &pk, &pv.transpose(1, 2)]).unwrap();
+                        (vec![yq.detach(), yk.detach(), yv.transpose(1, 2).contiguous()], leaves.iter().map(|l| l.grad()).collect::<Vec<_>>())
+                    };
+                    let fused = |kernel: bool, q: &Tensor, kv: &Tensor, kv_a: &Tensor| {
+                        let yq = rope_query(q, &cos, &sin, nope, interleave, kernel).unwrap();
+                        let (yk, yv) = rope_key(kv, &kv_a.narrow(-1, lat, rope), &cos, &sin, nope, interleave, kernel).unwrap();
+                        (yq, yk, yv)
+                    };
+                    let composition = |q: &Tensor, kv: &Tensor, kv_a: &Tensor| {
+                        let yq = Tensor::cat(&[q.narrow(-1, 0, nope), apply(&q.narrow(-1, nope, rope), &c4, &s4, interleave)], -1);
+                        let k_rot = apply(&kv_a.narrow(-1, lat, rope).unsqueeze(2), &c4, &s4, interleave).expand([b, t, h, rope], false);
+                        (yq, Tensor::cat(&[kv.narrow(-1, 0, nope), k_rot], -1), kv.narrow(-1, nope, v))
+                    };
+                    let (y_kernel, g_kernel) = run(&|q, kv, kv_a| fused(true, q, kv, kv_a));
+                    let (y_aten, g_aten) = run(&|q, kv, kv_a| fused(false, q, kv, kv_a));
+                    let (y_ref, g_ref) = run(&composition);
+                    let rel = |a: &Tensor, b: &Tensor| max_abs(a, b) / b.to_kind(Kind::Float).abs().max().double_value(&[]);
+                    let differ = |a: &Tensor, b: &Tensor| a.ne_tensor(b).sum(Kind::Int64).int64_value(&[]);
+                    let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+                    for (name, got, aten, want) in [
+                        ("q", &y_kernel[0], &y_aten[0], &y_ref[0]),
+                        ("k", &y_kernel[1], &y_aten[1], &y_ref[1]),
+                        ("v", &y_kernel[2], &y_aten[2], &y_ref[2]),
+                        ("dq", &g_kernel[0], &g_aten[0], &g_ref[0]),
+                        ("dkv", &g_kernel[1], &g_aten[1], &g_ref[1]),
+                        ("dk_pe", &g_kernel[2], &g_aten[2], &g_ref[2]),
+                    ] {
+                        assert_eq!(got.size(), want.size(), "{name} {what}: shape");
+                        let (r, ra, d) = (rel(got, want), rel(aten, want), differ(got, want));
+                        if r > 0.0 || ra > 0.0 {
+                            eprintln!("rope {name} {what}: max rel diff kernel {r:.1e}, ATen path {ra:.1e}; elements differing {d}/{}", want.numel());
+                        }
+                        assert!(r <= tol && ra <= tol, "rope {name} {what}: differs from the composition");
+                        // The kernels round where the composition does; only fp32 sums over heads
+                        // may take another order.
+                        if kind == Kind::BFloat16 || name != "dk_pe" {
+                            assert!(d * 100 <= want.numel() as i64, "rope {name} {what}: more than 1% of the elements differ");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The benchmark's shape: 4 x 4096 tokens, 10 heads, nope 128, rope 64, v 128, k_pe after 512
+    // latent columns; forward and backward from upstream gradients, kernels vs the composition.
+    let (b, t, h) = (4i64, 4096i64, 10i64);
+    let (cos, sin) = (Tensor::randn([t, 64], (Kind::BFloat16, dev)), Tensor::randn([t, 64], (Kind::BFloat16, dev)));
+    let (c4, s4) = (cos.unsqueeze(-2), sin.unsqueeze(-2));
+    let q = Tensor::randn([b, t, h, 192], (Kind::BFloat16, dev)).set_requires_grad(true);
+    let kv = Tensor::randn([b, t, h, 256], (Kind::BFloat16, dev)).set_requires_grad(true);
+    let kv_a = Tensor::randn([b, t, 576], (Kind::BFloat16, dev)).set_requires_grad(true);
+    let (gq, gk, gv) = (Tensor::randn([b, t, h, 192], (Kind::BFloat16, dev)), Tensor::randn([b, t, h, 192], (Kind::BFloat16, dev)), Tensor::randn([b, t, h, 128], (Kind::BFloat16, dev)));
+    for kernel in [true, false] {
+        let time = |with_backward: bool| {
+            let pass = || {
+                let (yq, yk, yv) = if kernel {
+                    let yq = rope_query(&q, &cos, &sin, 128, true, true).unwrap();
+                    let (yk, yv) = rope_key(&kv, &kv_a.narrow(-1, 512, 64), &cos, &sin, 128, true, true).unwrap();
+                    (yq, yk, yv)
+                } else {
+                    let yq = Tensor::cat(&[q.narrow(-1, 0, 128), apply(&q.narrow(-1, 128, 64), &c4, &s4, true)], -1);
+                    let k_rot = apply(&kv_a.narrow(-1, 512, 64).unsqueeze(2), &c4, &s4, true).expand([b, t, h, 64], false);
+                    (yq, Tensor::cat(&[kv.narrow(-1, 0, 128), k_rot], -1), kv.narrow(-1, 128, 128))
+                };
+                if with_backward {
+                    backward(&[&yq, &yk, &yv], &[&gq, &gk, &gv]).unwrap();
+                }
+            };
+            pass();
+            synchronize(0).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                pass();
+            }
+            synchronize(0).unwrap();
+            start.elapsed().as_secs_f64() * 50.0
+        };
+        let (fwd, both) = (time(false), time(true));
+        eprintln!("rope joins [4, 4096, 10, 192] bf16, {}: forward {fwd:.3} ms, forward + backward {both:.3} ms", if kernel { "kernels" } else { "composition" });
+    }
+}
+
 /// combine_rows' NVRTC kernels against its ATen path (a gather and a batched product; the
 /// backward's broadcast product gathered by `order`), forward and the gradients for y and w through
 /// autograd, bf16 and fp32: widths that take the 16-byte path and odd ones (scalar path), k from 1

@@ -58,8 +58,7 @@ impl Attention {
 
     /// Causal self-attention over x [B, T, hidden] at positions 0..T (cos/sin [T, rope_dim]).
     pub fn forward(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
-        let (k, v) = self.expand(&latent, &k_rot);
+        let (q, k, v) = self.qkv(x, rope, cos, sin);
         let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, self.scale, false);
         self.output(&y)
     }
@@ -88,8 +87,7 @@ impl Attention {
     /// attention runs per group, the groups padded to a common length, each token seeing the keys
     /// that `groups.mask` allows.
     pub fn forward_grouped(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, groups: &TokenGroups) -> Tensor {
-        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
-        let (k, v) = self.expand(&latent, &k_rot);
+        let (q, k, v) = self.qkv(x, rope, cos, sin);
         let y = Tensor::scaled_dot_product_attention(&groups.spread(&q), &groups.spread(&k), &groups.spread(&v), Some(&groups.mask), 0.0, false, self.scale, false);
         self.output(&groups.collect(&y))
     }
@@ -121,6 +119,25 @@ impl Attention {
     /// gradients come back in that layout, so neither pass copies a transposed tensor to regroup
     /// heads. `OPENSEEK_DISABLE=attn_layout`: the same operations on [B, H, S, d] tensors.
     fn project(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (q, latent, k_pe) = self.projections(x);
+        if enabled("attn_layout") {
+            // cos/sin [S, rope] or [B, 1, S, rope] -> broadcasting against [B, S, H, rope].
+            let per_token = |c: &Tensor| if c.dim() == 2 { c.unsqueeze(1) } else { c.transpose(-3, -2) };
+            let (cos, sin) = (per_token(cos), per_token(sin));
+            let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
+            let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], &cos, &sin)], -1).transpose(1, 2);
+            let k_rot = rope.apply(&k_pe.unsqueeze(2), &cos, &sin).transpose(1, 2);
+            return (q, latent, k_rot);
+        }
+        let q_parts = q.transpose(1, 2).split_with_sizes([self.nope, self.rope_dim], -1);
+        let k_rot = rope.apply(&k_pe.unsqueeze(1), cos, sin);
+        let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], cos, sin)], -1);
+        (q, latent, k_rot)
+    }
+
+    /// The projections of x [B, T, hidden]: queries [B, T, H, nope + rope], the normalised latent
+    /// [B, T, kv_lora_rank] and the shared key part k_pe [B, T, rope] before rotation.
+    fn projections(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = match &self.q {
             QueryProj::Plain(q) => q.forward(x),
@@ -129,20 +146,28 @@ impl Attention {
         let kv_a = self.kv_a_proj_with_mqa.forward(x);
         let kv_parts = kv_a.split_with_sizes([self.kv_lora_rank, self.rope_dim], -1);
         let latent = self.kv_a_layernorm.forward(&kv_parts[0]);
-        let q = q.view([b, t, self.heads, self.nope + self.rope_dim]);
-        if enabled("attn_layout") {
-            // cos/sin [S, rope] or [B, 1, S, rope] -> broadcasting against [B, S, H, rope].
-            let per_token = |c: &Tensor| if c.dim() == 2 { c.unsqueeze(1) } else { c.transpose(-3, -2) };
-            let (cos, sin) = (per_token(cos), per_token(sin));
-            let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
-            let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], &cos, &sin)], -1).transpose(1, 2);
-            let k_rot = rope.apply(&kv_parts[1].view([b, t, 1, self.rope_dim]), &cos, &sin).transpose(1, 2);
-            return (q, latent, k_rot);
+        (q.view([b, t, self.heads, self.nope + self.rope_dim]), latent, kv_parts[1].shallow_clone())
+    }
+
+    /// Queries, keys and values [B, H, T, d] for attention among x's own tokens (cos/sin as in
+    /// `project`). On CUDA with the `attn_layout` path, the rotary joins are openseek-kernels'
+    /// `rope_query` and `rope_key` (one kernel per join and pass, [B, T, H, d] tensors handed over
+    /// as transposed views; `OPENSEEK_DISABLE=rope_kernel`: `project` and `expand`'s tensor ops).
+    fn qkv(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
+        if !(x.device().is_cuda() && enabled("attn_layout") && enabled("rope_kernel")) {
+            let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+            let (k, v) = self.expand(&latent, &k_rot);
+            return (q, k, v);
         }
-        let q_parts = q.transpose(1, 2).split_with_sizes([self.nope, self.rope_dim], -1);
-        let k_rot = rope.apply(&kv_parts[1].view([b, 1, t, self.rope_dim]), cos, sin);
-        let q = Tensor::cat(&[&q_parts[0], &rope.apply(&q_parts[1], cos, sin)], -1);
-        (q, latent, k_rot)
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (q, latent, k_pe) = self.projections(x);
+        // cos/sin [T, rope] or [B, 1, T, rope] -> [T, rope] or [B, T, rope].
+        let table = |c: &Tensor| if c.dim() == 2 { c.shallow_clone() } else { c.squeeze_dim(1) };
+        let (cos, sin) = (table(cos), table(sin));
+        let q = openseek_kernels::rope_query(&q, &cos, &sin, self.nope, rope.interleave(), true).expect("rope_query");
+        let kv = self.kv_b_proj.forward(&latent).view([b, t, self.heads, self.nope + self.v_dim]);
+        let (k, v) = openseek_kernels::rope_key(&kv, &k_pe, &cos, &sin, self.nope, rope.interleave(), true).expect("rope_key");
+        (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     }
 
     /// Keys [B, H, K, nope + rope] and values [B, H, K, v] from latents [B, K, r] and k_rot [B, 1, K, rope].

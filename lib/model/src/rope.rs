@@ -69,6 +69,11 @@ impl Rope {
         ((emb.cos() * self.attention_factor).to_kind(kind), (emb.sin() * self.attention_factor).to_kind(kind))
     }
 
+    /// Whether pairs are interleaved (x[2i], x[2i+1]) rather than halves (x[i], x[i + rope_dim/2]).
+    pub fn interleave(&self) -> bool {
+        self.interleave
+    }
+
     /// Rotate `x` [..., T, rope_dim] by the tables from `cos_sin`.
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
         let d = *x.size().last().unwrap();
