@@ -316,6 +316,8 @@ fn softmax_cross_entropy_equals_fp32_tensor_ops() {
 #[ignore]
 fn rope_kernels_equal_the_composition() {
     use openseek_kernels::{backward, rope_key, rope_query};
+    /// (q, kv, kv_a) -> (query, key, values).
+    type Joins<'a> = dyn Fn(&Tensor, &Tensor, &Tensor) -> (Tensor, Tensor, Tensor) + 'a;
     let dev = cuda();
     tch::manual_seed(10);
     let apply = |x: &Tensor, cos: &Tensor, sin: &Tensor, interleave: bool| {
@@ -350,7 +352,7 @@ fn rope_kernels_equal_the_composition() {
                     );
                     // Outputs and gradients of (q, kv, kv_a) under sum(out * probe); the values and
                     // their gradient go through the transposed views attention takes.
-                    let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> (Tensor, Tensor, Tensor)| {
+                    let run = |f: &Joins<'_>| {
                         let leaves: Vec<Tensor> = [&q, &kv, &kv_a].iter().map(|t| t.detach().set_requires_grad(true)).collect();
                         let (yq, yk, yv) = f(&leaves[0], &leaves[1], &leaves[2]);
                         let yv = yv.transpose(1, 2);
