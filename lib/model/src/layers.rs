@@ -6,9 +6,10 @@ use crate::model::{take, Weights};
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};
 
-/// The fast paths (`fused_norm`, `moe_fused`, `swiglu_kernel`, `mlp_fused`, `attn_layout`;
-/// os-train's `head_grad`, `head_assign`, `grad_none`) are on unless named in `OPENSEEK_DISABLE`
-/// (comma-separated), which benchmarks use to measure each one.
+/// The fast paths (`fused_norm`, `moe_fused`, `swiglu_kernel`, `mlp_fused`, `combine_kernel`,
+/// `attn_layout`, `rope_kernel`; os-train's `head_grad`, `head_assign`, `xent_kernel`, `grad_none`,
+/// `bf16_leaves`) are on unless named in `OPENSEEK_DISABLE` (comma-separated), which benchmarks
+/// use to measure each one.
 pub fn enabled(fast_path: &str) -> bool {
     static OFF: OnceLock<Vec<String>> = OnceLock::new();
     let off = OFF.get_or_init(|| std::env::var("OPENSEEK_DISABLE").unwrap_or_default().split(',').map(|s| s.trim().to_string()).collect());
