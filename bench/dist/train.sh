@@ -2,7 +2,8 @@
 # os-train over the GPUs of one machine at the OpenSeek-Small-v1 shape (bench/train/train.toml: random
 # init from seed 1234, seq 4096, micro-batch 4, bf16 compute, fp32 master weights and Adam moments):
 # 1. parity: the same global batch (8 samples) on 1 GPU (2 micro-batches) and on 2 GPUs (1 each), 50 steps
-#    from the same initial weights: losses compared step by step (max relative difference);
+#    from the same initial weights: losses compared step by step (max relative difference) against the
+#    drift between two 1-GPU runs (GPU training in bf16 is not bitwise reproducible);
 # 2. weak scaling: 2 micro-batches of 4 per GPU per step (global batch 8 x GPUs) on 1, 2 and, with 4 GPUs,
 #    4 GPUs: tokens/s per GPU over the steps after the 3rd, efficiency against 1 GPU (the parity run);
 # 3. overlap: the 2-GPU scaling run again with overlap_grad_reduce = false.
@@ -58,15 +59,21 @@ train() {
 failed=0
 part() { echo "== $1: $2" | tee -a "$out/summary.txt"; [ "$2" = ok ] || failed=$((failed + 1)); }
 
-train gpu1 1 50 8 && train gpu2 2 50 8 && python3 - "$out/gpu1/log.jsonl" "$out/gpu2/log.jsonl" <<'PY' | tee -a "$out/summary.txt" && part parity ok || part parity FAILED
+train gpu1 1 50 8 && train gpu1-again 1 50 8 && train gpu2 2 50 8 && python3 - "$out/gpu1/log.jsonl" "$out/gpu1-again/log.jsonl" "$out/gpu2/log.jsonl" <<'PY' | tee -a "$out/summary.txt" && part parity ok || part parity FAILED
 import json, sys
-a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
-assert len(a) == len(b) == 50, (len(a), len(b))
-rel = [abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b)]
-worst = max(range(50), key=lambda i: rel[i])
+a, again, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:4])
+assert len(a) == len(again) == len(b) == 50, (len(a), len(again), len(b))
+def rel(x, y):
+    return [abs(p["loss"] - q["loss"]) / abs(p["loss"]) for p, q in zip(x, y)]
+two, floor = rel(a, b), rel(a, again)
+worst = max(range(50), key=lambda i: two[i])
+# bf16 training is not bitwise reproducible on a GPU (atomics in attention and GEMM backward passes): two
+# 1-GPU runs drift apart too. 2 GPUs pass when they stay within 1.5x that run-to-run drift (or 1e-2).
+bound = max(1e-2, 1.5 * max(floor))
 print(f"parity, global batch 8, 50 steps: loss 1 GPU {a[0]['loss']:.4f} -> {a[-1]['loss']:.4f}, 2 GPUs {b[0]['loss']:.4f} -> {b[-1]['loss']:.4f}; "
-      f"max relative difference {rel[worst]:.3g} (step {worst + 1}), first step {rel[0]:.3g}, steps 1-10 {max(rel[:10]):.3g}")
-sys.exit(0 if rel[worst] < 1e-2 else 1)
+      f"max relative difference {two[worst]:.3g} (step {worst + 1}), first step {two[0]:.3g}, steps 1-10 {max(two[:10]):.3g}; "
+      f"two 1-GPU runs: max {max(floor):.3g}, first step {floor[0]:.3g}; bound {bound:.3g}")
+sys.exit(0 if two[worst] <= bound and two[0] < 1e-5 else 1)
 PY
 
 worlds=(2); [ "$ngpu" -ge 4 ] && worlds+=(4)
