@@ -255,6 +255,28 @@ pub unsafe fn launch_shared(f: Function, grid: u32, block: u32, shared: u32, dev
     unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), shared, stream.handle as CUstream, args) }.map_err(|e| driver("launch", e))
 }
 
+/// The body of a launcher that the C++ shim calls through a function pointer: runs `launch`,
+/// returns 0, or 1 with its error (or a panic, named by `what`) written into `err` (`cap` bytes,
+/// NUL-terminated): no unwinding crosses into C++.
+///
+/// # Safety
+/// `err` must point at `cap` writable bytes (`cap` >= 1).
+pub(crate) unsafe fn shim_launcher(what: &str, err: *mut c_char, cap: usize, launch: impl FnOnce() -> Result<(), TchError> + std::panic::UnwindSafe) -> c_int {
+    let result = std::panic::catch_unwind(launch).unwrap_or_else(|_| Err(TchError::Torch(format!("{what} launcher panicked"))));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = e.to_string();
+            let n = msg.len().min(cap.saturating_sub(1));
+            unsafe {
+                std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+                *err.add(n) = 0;
+            }
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

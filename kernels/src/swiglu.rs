@@ -179,21 +179,10 @@ fn run(l: &Launch) -> Result<(), TchError> {
     unsafe { nvrtc::launch(f, blocks, THREADS, device, &mut args) }
 }
 
-/// The launcher the shim calls: 0 on success, else 1 with the message in `err` (`cap` bytes, NUL-terminated).
+/// The launcher the shim calls (see [`nvrtc::shim_launcher`]).
 unsafe extern "C" fn launch(l: *const Launch, err: *mut c_char, cap: usize) -> c_int {
-    let result = std::panic::catch_unwind(|| run(unsafe { &*l })).unwrap_or_else(|_| Err(TchError::Torch("swiglu launcher panicked".into())));
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            let msg = e.to_string();
-            let n = msg.len().min(cap.saturating_sub(1));
-            unsafe {
-                std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
-                *err.add(n) = 0;
-            }
-            1
-        }
-    }
+    // Safety: the shim passes a valid `Launch` and an error buffer of `cap` bytes.
+    unsafe { nvrtc::shim_launcher("swiglu", err, cap, || run(&*l)) }
 }
 
 #[cfg(test)]
