@@ -10,6 +10,19 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().max().double_value(&[])
 }
 
+/// Milliseconds per call of `pass` on device 0: one warm-up call, then the mean of 20 (printed
+/// figures, never asserted).
+fn mean_ms(pass: impl Fn()) -> f64 {
+    pass();
+    synchronize(0).unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..20 {
+        pass();
+    }
+    synchronize(0).unwrap();
+    start.elapsed().as_secs_f64() * 50.0
+}
+
 fn cuda() -> Device {
     assert!(tch::Cuda::is_available(), "these tests need a CUDA device");
     Device::Cuda(0)
@@ -209,14 +222,7 @@ fn swiglu_kernels_equal_the_composition() {
                     (y * &probe).sum(Kind::Float).backward();
                 }
             };
-            pass();
-            synchronize(0).unwrap();
-            let start = std::time::Instant::now();
-            for _ in 0..20 {
-                pass();
-            }
-            synchronize(0).unwrap();
-            start.elapsed().as_secs_f64() * 50.0
+            mean_ms(pass)
         };
         let (fwd, both) = (time(false), time(true));
         eprintln!("swiglu [98304, 1792] bf16, {}: forward {fwd:.3} ms, forward + backward {both:.3} ms", if kernel { "kernels" } else { "ATen" });
@@ -424,14 +430,7 @@ fn rope_kernels_equal_the_composition() {
                     backward(&[&yq, &yk, &yv], &[&gq, &gk, &gv]).unwrap();
                 }
             };
-            pass();
-            synchronize(0).unwrap();
-            let start = std::time::Instant::now();
-            for _ in 0..20 {
-                pass();
-            }
-            synchronize(0).unwrap();
-            start.elapsed().as_secs_f64() * 50.0
+            mean_ms(pass)
         };
         let (fwd, both) = (time(false), time(true));
         eprintln!("rope joins [4, 4096, 10, 192] bf16, {}: forward {fwd:.3} ms, forward + backward {both:.3} ms", if kernel { "kernels" } else { "composition" });
@@ -490,14 +489,7 @@ fn combine_kernels_equal_the_aten_path() {
                     backward(&[&out], &[&probe]).unwrap();
                 }
             };
-            pass();
-            synchronize(0).unwrap();
-            let start = std::time::Instant::now();
-            for _ in 0..20 {
-                pass();
-            }
-            synchronize(0).unwrap();
-            start.elapsed().as_secs_f64() * 50.0
+            mean_ms(pass)
         };
         let (fwd, both) = (time(false), time(true));
         eprintln!("combine [16384 x 6, 1280] bf16, {}: forward {fwd:.3} ms, forward + backward {both:.3} ms", if kernel { "kernels" } else { "ATen" });
