@@ -29,8 +29,12 @@ $(VENV)/.installed: tests/requirements.txt tests/requirements-nodeps.txt
 
 venv: $(VENV)/.installed
 
-test: venv build
-	$(CARGO) test --release --workspace --no-fail-fast
+# The tests drive os-train's test faults (OPENSEEK_TRAIN_FAULT), compiled in only for them.
+TEST_FEATURES := --features os-train/fault-injection
+
+test: venv
+	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
+	$(CARGO) test --release --workspace --no-fail-fast $(TEST_FEATURES)
 
 # The demo: generate a bilingual corpus and its tokenizer; tokenize it (three formats, all
 # cores) into Megatron shards; validate them; pack a piped token stream with best-fit-decreasing;

@@ -1,7 +1,8 @@
 //! Multi-head latent attention (MLA) as transformers' DeepSeek-V3 computes it.
 
 use crate::config::Config;
-use crate::layers::{enabled, Linear, RmsNorm};
+use crate::fast_paths::FastPaths;
+use crate::layers::{Linear, RmsNorm};
 use crate::model::Weights;
 use crate::packed::TokenGroups;
 use crate::rope::Rope;
@@ -27,9 +28,19 @@ pub struct Attention {
     v_dim: i64,
     kv_lora_rank: i64,
     scale: f64,
+    pub fast: FastPaths,
 }
 
 impl Attention {
+    /// The fast paths of the attention and its norms.
+    pub fn set_fast_paths(&mut self, fast: FastPaths) {
+        self.fast = fast;
+        self.kv_a_layernorm.fast = fast;
+        if let QueryProj::LowRank { norm, .. } = &mut self.q {
+            norm.fast = fast;
+        }
+    }
+
     pub(crate) fn take(w: &mut Weights, p: &str, cfg: &Config) -> Attention {
         let bias = cfg.attention_bias;
         let q = match cfg.q_lora_rank {
@@ -53,6 +64,7 @@ impl Attention {
             v_dim: cfg.v_head_dim,
             kv_lora_rank: cfg.kv_lora_rank,
             scale: cfg.softmax_scale(),
+            fast: FastPaths::default(),
         }
     }
 
@@ -117,10 +129,10 @@ impl Attention {
     /// Queries (and keys, in `expand`) are split and joined per token, in the projections' own
     /// [B, S, H, d] layout, and handed to attention as transposed views of it: the joined tensors'
     /// gradients come back in that layout, so neither pass copies a transposed tensor to regroup
-    /// heads. `OPENSEEK_DISABLE=attn_layout`: the same operations on [B, H, S, d] tensors.
+    /// heads. `attn_layout` off: the same operations on [B, H, S, d] tensors.
     fn project(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (q, latent, k_pe) = self.projections(x);
-        if enabled("attn_layout") {
+        if self.fast.attn_layout {
             // cos/sin [S, rope] or [B, 1, S, rope] -> broadcasting against [B, S, H, rope].
             let per_token = |c: &Tensor| if c.dim() == 2 { c.unsqueeze(1) } else { c.transpose(-3, -2) };
             let (cos, sin) = (per_token(cos), per_token(sin));
@@ -152,9 +164,9 @@ impl Attention {
     /// Queries, keys and values [B, H, T, d] for attention among x's own tokens (cos/sin as in
     /// `project`). On CUDA with the `attn_layout` path, the rotary joins are openseek-kernels'
     /// `rope_query` and `rope_key` (one kernel per join and pass, [B, T, H, d] tensors handed over
-    /// as transposed views; `OPENSEEK_DISABLE=rope_kernel`: `project` and `expand`'s tensor ops).
+    /// as transposed views; `rope_kernel` off: `project` and `expand`'s tensor ops).
     fn qkv(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
-        if !(x.device().is_cuda() && enabled("attn_layout") && enabled("rope_kernel")) {
+        if !(x.device().is_cuda() && self.fast.attn_layout && self.fast.rope_kernel) {
             let (q, latent, k_rot) = self.project(x, rope, cos, sin);
             let (k, v) = self.expand(&latent, &k_rot);
             return (q, k, v);
@@ -174,7 +186,7 @@ impl Attention {
     fn expand(&self, latent: &Tensor, k_rot: &Tensor) -> (Tensor, Tensor) {
         let (b, t) = (latent.size()[0], latent.size()[1]);
         let kv = self.kv_b_proj.forward(latent).view([b, t, self.heads, self.nope + self.v_dim]);
-        if enabled("attn_layout") {
+        if self.fast.attn_layout {
             let kv_parts = kv.split_with_sizes([self.nope, self.v_dim], -1);
             let k_rot = k_rot.transpose(1, 2).expand([b, t, self.heads, self.rope_dim], false);
             let k = Tensor::cat(&[&kv_parts[0], &k_rot], -1).transpose(1, 2);

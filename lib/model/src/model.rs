@@ -9,6 +9,7 @@
 
 use crate::attention::{Attention, QueryProj};
 use crate::config::Config;
+use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::moe::{AuxCoefficients, Moe, RoutingStats};
 use crate::rope::Rope;
@@ -35,6 +36,16 @@ pub struct Layer {
 }
 
 impl Layer {
+    pub fn set_fast_paths(&mut self, fast: FastPaths) {
+        self.input_layernorm.fast = fast;
+        self.post_attention_layernorm.fast = fast;
+        self.self_attn.set_fast_paths(fast);
+        match &mut self.mlp {
+            FeedForward::Dense(m) => m.fast = fast,
+            FeedForward::Moe(m) => m.set_fast_paths(fast),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor) -> Tensor {
         self.forward_train(x, rope, cos, sin, None, &AuxCoefficients::default()).0
     }
@@ -122,6 +133,14 @@ impl DeepseekV3 {
 
     pub fn device(&self) -> Device {
         self.embed_tokens.device()
+    }
+
+    /// Take the fast paths `fast` in every module (all are on when a model is built).
+    pub fn set_fast_paths(&mut self, fast: FastPaths) {
+        for layer in &mut self.layers {
+            layer.set_fast_paths(fast);
+        }
+        self.norm.fast = fast;
     }
 
     /// The weights' dtype.

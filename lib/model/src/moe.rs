@@ -2,6 +2,7 @@
 //! (grouped GEMM on CUDA, a loop on CPU) and the shared experts.
 
 use crate::config::Config;
+use crate::fast_paths::FastPaths;
 use crate::layers::Mlp;
 use crate::model::{take, Weights};
 use tch::{Kind, Tensor};
@@ -67,12 +68,24 @@ impl Router {
     pub fn top_k(&self) -> i64 {
         self.top_k
     }
+
+    /// DeepSeek-V3's auxiliary-loss-free balancing, after a step: each expert's correction bias
+    /// moves by `rate` towards balance, `bias_e += rate * sign(mean load - load_e)`, where `load`
+    /// is the tokens routed to each expert over the step (all micro-batches and ranks), as
+    /// Megatron's `_update_router_expert_bias` does.
+    pub fn update_bias(&mut self, load: &Tensor, rate: f64) {
+        let _guard = tch::no_grad_guard();
+        let load = load.to_kind(Kind::Float);
+        let delta = (load.mean(Kind::Float) - &load).sign() * rate;
+        let _ = self.bias.g_add_(&delta);
+    }
 }
 
 /// The routed experts, fused: gate_up [E, 2I, H], down [E, H, I].
 pub struct Experts {
     pub gate_up_proj: Tensor,
     pub down_proj: Tensor,
+    pub fast: FastPaths,
 }
 
 impl Experts {
@@ -91,8 +104,8 @@ impl Experts {
     /// summed. The rows move by gathers whose backward passes are gathers too (openseek-kernels'
     /// `gather_rows`/`combine_rows`: no atomic adds, slow in bf16 on CUDA) and SwiGLU runs as one
     /// autograd function over the [gate | up] halves (`swiglu`); on CUDA SwiGLU and the combine run
-    /// as NVRTC kernels (`OPENSEEK_DISABLE=swiglu_kernel` / `combine_kernel`: ATen operations).
-    /// `OPENSEEK_DISABLE=moe_fused`: the same steps as tensor ops (`index_copy`, `narrow`), the
+    /// as NVRTC kernels (`swiglu_kernel` / `combine_kernel` off: ATen operations).
+    /// `moe_fused` off: the same steps as tensor ops (`index_copy`, `narrow`), the
     /// reference these are tested against.
     pub fn forward_grouped(&self, x: &Tensor, weights: &Tensor, idx: &Tensor) -> Tensor {
         let (experts, k) = (self.gate_up_proj.size()[0], idx.size()[1]);
@@ -105,13 +118,12 @@ impl Experts {
         let kind = x.kind();
         let gate_up = self.gate_up_proj.to_kind(kind).transpose(1, 2);
         let down = self.down_proj.to_kind(kind).transpose(1, 2);
-        if crate::layers::enabled("moe_fused") {
+        if self.fast.moe_fused {
             let rows = openseek_kernels::gather_rows(x, &order.floor_divide_scalar(k), &rank).expect("gather_rows");
             let h = rows.internal_grouped_mm(&gate_up, Some(&offsets), None, None);
-            let h = openseek_kernels::swiglu(&h, crate::layers::enabled("swiglu_kernel")).expect("swiglu");
+            let h = openseek_kernels::swiglu(&h, self.fast.swiglu_kernel).expect("swiglu");
             let y = h.internal_grouped_mm(&down, Some(&offsets), None, None);
-            let kernel = crate::layers::enabled("combine_kernel");
-            return openseek_kernels::combine_rows(&y, &weights.to_kind(kind), &rank, &order, kernel).expect("combine_rows");
+            return openseek_kernels::combine_rows(&y, &weights.to_kind(kind), &rank, &order, self.fast.combine_kernel).expect("combine_rows");
         }
         let pairs = x.unsqueeze(1).expand([n, k, width], false).reshape([n * k, width]);
         let rows = pairs.empty_like().index_copy(0, &rank, &pairs);
@@ -151,6 +163,11 @@ pub struct Moe {
 }
 
 impl Moe {
+    pub fn set_fast_paths(&mut self, fast: FastPaths) {
+        self.experts.fast = fast;
+        self.shared_experts.fast = fast;
+    }
+
     pub(crate) fn take(w: &mut Weights, p: &str, cfg: &Config) -> Moe {
         Moe {
             gate: Router {
@@ -165,6 +182,7 @@ impl Moe {
             experts: Experts {
                 gate_up_proj: take(w, &format!("{p}.experts.gate_up_proj")),
                 down_proj: take(w, &format!("{p}.experts.down_proj")),
+                fast: FastPaths::default(),
             },
             shared_experts: Mlp::take(w, &format!("{p}.shared_experts")),
         }
@@ -244,6 +262,7 @@ mod tests {
         let experts = Experts {
             gate_up_proj: Tensor::randn([e, 2 * i, h], (Kind::Float, Device::Cpu)) / 8.0,
             down_proj: Tensor::randn([e, h, i], (Kind::Float, Device::Cpu)) / 6.0,
+            fast: FastPaths::default(),
         };
         let x = Tensor::randn([n, h], (Kind::Float, Device::Cpu));
         // Expert 3 gets no token: an empty group.
@@ -272,7 +291,7 @@ mod tests {
         let probe = Tensor::randn([n, h], (Kind::Float, Device::Cpu));
         let grads = |grouped: bool| {
             let leaves: Vec<Tensor> = [&gate_up, &down, &x, &w].iter().map(|t| t.detach().copy().set_requires_grad(true)).collect();
-            let experts = Experts { gate_up_proj: leaves[0].shallow_clone(), down_proj: leaves[1].shallow_clone() };
+            let experts = Experts { gate_up_proj: leaves[0].shallow_clone(), down_proj: leaves[1].shallow_clone(), fast: FastPaths::default() };
             let y = if grouped {
                 experts.forward_grouped(&leaves[2], &leaves[3], &idx)
             } else {

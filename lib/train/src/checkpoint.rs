@@ -12,7 +12,10 @@
 //! run directory must be on a shared file system.
 
 use crate::optim::Optimizer;
+use crate::trainer::RunInfo;
 use openseek_common::{AtomicOutputs, Failure};
+use openseek_mix::store::SampleStore;
+use sha2::{Digest, Sha256};
 use openseek_dist::Comm;
 use openseek_model::DeepseekV3;
 use serde::{Deserialize, Serialize};
@@ -33,12 +36,91 @@ pub struct TrainerState {
     /// Updates the optimizer took (its bias-correction count).
     pub optimizer_steps: u64,
     pub skipped_steps: u64,
+    /// Samples of the steps whose update was taken: what the learning-rate schedule has counted
+    /// (as Megatron's scheduler, it does not advance on a skipped step). Absent in states written
+    /// before it existed, whose schedule counted every consumed sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_samples: Option<u64>,
+    /// The sample store the run trains on (absent in older states).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
     /// The seed of the initial weights. Training itself draws no random numbers (no dropout,
     /// deterministic routing), so the seed and the cursor are the whole random state.
     pub seed: u64,
     pub tool: String,
     pub version: String,
     pub git_commit: String,
+}
+
+/// What identifies a sample store's order: a resume on another store would read other samples
+/// at the same cursor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataIdentity {
+    pub store: PathBuf,
+    /// sha256 of the store's manifest (its datasets, blend, seed, sizes).
+    pub manifest_sha256: String,
+    pub samples: u64,
+    pub seq_len: u32,
+}
+
+impl DataIdentity {
+    pub fn of(store: &SampleStore) -> Result<DataIdentity, Failure> {
+        let path = store.dir().join(openseek_mix::store::MANIFEST);
+        let bytes = std::fs::read(&path).map_err(|e| Failure::io_at(&path, "cannot read", &e))?;
+        Ok(DataIdentity { store: store.dir().to_path_buf(), manifest_sha256: hex::encode(Sha256::digest(&bytes)), samples: store.len(), seq_len: store.seq_len() })
+    }
+}
+
+impl TrainerState {
+    /// The state of a run that has not taken a step.
+    pub fn new(seed: u64, info: &RunInfo, data: DataIdentity) -> TrainerState {
+        TrainerState {
+            format: "openseek-trainer-state".into(),
+            step: 0,
+            consumed_samples: 0,
+            optimizer_steps: 0,
+            skipped_steps: 0,
+            schedule_samples: Some(0),
+            data: Some(data),
+            seed,
+            tool: info.tool.clone(),
+            version: info.version.clone(),
+            git_commit: info.git_commit.clone(),
+        }
+    }
+
+    /// The samples the learning-rate schedule has counted.
+    pub fn schedule_samples(&self) -> u64 {
+        self.schedule_samples.unwrap_or(self.consumed_samples)
+    }
+
+    /// Refuse to resume the checkpoint `dir` on another sample store than the one it was trained
+    /// on, unless `allow` (then say what changed).
+    pub fn check_data(&self, now: &DataIdentity, dir: &Path, allow: bool) -> Result<(), Failure> {
+        let Some(was) = &self.data else { return Ok(()) };
+        if was.manifest_sha256 == now.manifest_sha256 && was.samples == now.samples && was.seq_len == now.seq_len {
+            return Ok(());
+        }
+        let what = format!(
+            "{} was trained on the store {} ({} samples of {} tokens, manifest sha256 {}), the data now is {} ({} samples of {} tokens, manifest sha256 {})",
+            dir.display(),
+            was.store.display(),
+            was.samples,
+            was.seq_len,
+            &was.manifest_sha256[..12.min(was.manifest_sha256.len())],
+            now.store.display(),
+            now.samples,
+            now.seq_len,
+            &now.manifest_sha256[..12]
+        );
+        if allow {
+            eprintln!("os-train: warning: {what}; resuming at sample {} of the new store (--allow-data-change)", self.consumed_samples);
+            return Ok(());
+        }
+        Err(Failure::data(format!(
+            "{what}: resuming would read other samples than the run's order; rebuild the original store, or pass --allow-data-change to continue on this one"
+        )))
+    }
 }
 
 pub fn root(run_dir: &Path) -> PathBuf {
@@ -93,10 +175,10 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// A test hook: `OPENSEEK_TRAIN_FAULT=kill-during-save:STEP` kills the process (SIGKILL) after
-/// the model files of that step's checkpoint are written and before the checkpoint is complete.
+/// A test fault (`crate::fault`): `kill-during-save:STEP` kills the process (SIGKILL) after the
+/// model files of that step's checkpoint are written and before the checkpoint is complete.
 fn fault_during_save(step: u64) {
-    if crate::trainer::fault("kill-during-save", step) {
+    if crate::fault::at("kill-during-save", step) {
         // SAFETY: kill(2) on our own pid; no memory is touched.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);

@@ -2,8 +2,10 @@
 //! on the command line as `--name value` (or `--name=value`, dashes or underscores), checked and
 //! resolved into the lengths the loop needs.
 
+use crate::loss::HeadLoss;
 use crate::schedule::{Schedule, Style, WsdDecay};
 use openseek_common::Failure;
+use openseek_model::FastPaths;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -11,8 +13,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
-    /// bf16 compute, fp32 master weights and fp32 Adam moments (Megatron's default).
+    /// bf16 compute on bf16 weights, with fp32 master weights and fp32 Adam moments in the
+    /// optimizer; gradients summed in fp32 (Megatron's bf16 with its distributed optimizer).
     Bf16Mixed,
+    /// bf16 compute on fp32 weights cast where used (as torch.autocast), fp32 gradients and Adam
+    /// moments: no bf16 copy of the weights, one rounding fewer in the gradients.
+    Bf16Autocast,
     /// bf16 weights and compute; Adam moments fp32, updates rounded into the bf16 weights.
     Bf16,
     /// fp32 throughout (the CPU path).
@@ -26,6 +32,97 @@ pub enum OnNan {
     Skip,
     /// Log the sample ids and stop (exit 65).
     Stop,
+}
+
+/// How a step's loss (and so its gradient) averages over tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossAveraging {
+    /// Each micro-batch's mean over its loss tokens, then the mean over micro-batches and ranks
+    /// (Megatron's default, without `--calculate-per-token-loss`; the seeds' FlagScale configs).
+    PerMicroBatch,
+    /// The sum over the global batch's loss tokens divided by their number (Megatron's
+    /// `--calculate-per-token-loss`).
+    PerToken,
+}
+
+/// Switches for measuring and debugging. None changes the numbers a run computes beyond rounding
+/// (the fast paths compute what the plain paths do), so they are grouped apart from the options
+/// that define a run; all are recorded in `train_config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugOptions {
+    /// Fast paths to turn off, by name (a list or a comma-separated string): the model's
+    /// (`FastPaths::NAMES`) and os-train's (`TrainFastPaths::NAMES`).
+    #[serde(default, deserialize_with = "names")]
+    pub disable: Vec<String>,
+    /// The LM head + loss: `fused` (one pass per chunk, no autograd graph) or `autograd` (the
+    /// reference the tests compare with).
+    #[serde(default)]
+    pub loss: HeadLoss,
+    /// Print each phase's wall time per micro-batch (device synchronised) on stderr.
+    #[serde(default)]
+    pub profile: bool,
+    /// Write the fifth micro-batch's forward and backward (after warm-up) as a Chrome trace here.
+    pub trace: Option<PathBuf>,
+}
+
+/// os-train's own fast paths (the model's are `openseek_model::FastPaths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainFastPaths {
+    /// The head weight's gradient added straight into its `.grad` per loss chunk.
+    pub head_grad: bool,
+    /// The first chunk's head-gradient product written into a fresh `.grad` (no zero fill).
+    pub head_assign: bool,
+    /// The loss's softmax - one-hot as one CUDA kernel per chunk.
+    pub xent_kernel: bool,
+    /// Gradients set to none after an update (else zeroed in place).
+    pub grad_none: bool,
+}
+
+impl Default for TrainFastPaths {
+    fn default() -> TrainFastPaths {
+        TrainFastPaths { head_grad: true, head_assign: true, xent_kernel: true, grad_none: true }
+    }
+}
+
+impl TrainFastPaths {
+    pub const NAMES: [&'static str; 4] = ["head_grad", "head_assign", "xent_kernel", "grad_none"];
+}
+
+impl DebugOptions {
+    /// The model's and os-train's fast paths with `disable` applied; an unknown name is an error.
+    pub fn fast_paths(&self) -> Result<(FastPaths, TrainFastPaths), Failure> {
+        let (model, rest) = FastPaths::with_disabled(&self.disable);
+        let mut train = TrainFastPaths::default();
+        for name in rest {
+            match name {
+                "head_grad" => train.head_grad = false,
+                "head_assign" => train.head_assign = false,
+                "xent_kernel" => train.xent_kernel = false,
+                "grad_none" => train.grad_none = false,
+                other => {
+                    let known: Vec<&str> = FastPaths::NAMES.iter().chain(&TrainFastPaths::NAMES).copied().collect();
+                    return Err(Failure::config(format!("debug.disable: unknown fast path {other:?}; known: {}", known.join(", "))));
+                }
+            }
+        }
+        Ok((model, train))
+    }
+}
+
+/// A list of names, or one comma-separated string of them.
+fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Names::deserialize(d)? {
+        Names::List(l) => l,
+        Names::Text(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+    })
 }
 
 /// Where a from-scratch model's shape comes from: a config.json path, or the config inline.
@@ -93,6 +190,9 @@ pub struct TrainConfig {
     pub clip_grad: f64,
     #[serde(default = "bf16_mixed")]
     pub precision: Precision,
+    /// How the loss averages over the step's tokens.
+    #[serde(default = "per_micro_batch")]
+    pub loss_averaging: LossAveraging,
 
     /// The aux-loss-free balance: bias_e += rate * sign(mean load - load_e) after each step (0 = off).
     #[serde(default = "bias_rate")]
@@ -138,6 +238,9 @@ pub struct TrainConfig {
     /// The MFU basis in TFLOP/s (default: H100 SXM dense bf16, 989).
     #[serde(default = "peak")]
     pub peak_tflops: f64,
+    /// Measuring and debugging switches (`[debug]`; flags `--debug.disable xent_kernel`).
+    #[serde(default)]
+    pub debug: DebugOptions,
 }
 
 fn cosine() -> Style {
@@ -160,6 +263,9 @@ fn one() -> f64 {
 }
 fn bf16_mixed() -> Precision {
     Precision::Bf16Mixed
+}
+fn per_micro_batch() -> LossAveraging {
+    LossAveraging::PerMicroBatch
 }
 fn bias_rate() -> f64 {
     1e-3
@@ -219,7 +325,8 @@ pub fn read_file(path: &Path) -> Result<serde_json::Map<String, Value>, Failure>
 }
 
 /// Apply `--name value` / `--name=value` pairs over `map`. Values are read as JSON (numbers,
-/// booleans, arrays, objects) and fall back to strings.
+/// booleans, arrays, objects) and fall back to strings; `--table.name value` sets `name` in the
+/// table `table` (e.g. `--debug.disable xent_kernel`).
 pub fn apply_flags(map: &mut serde_json::Map<String, Value>, flags: &[String]) -> Result<(), Failure> {
     let mut i = 0;
     while i < flags.len() {
@@ -236,7 +343,17 @@ pub fn apply_flags(map: &mut serde_json::Map<String, Value>, flags: &[String]) -
         };
         let key = name.replace('-', "_");
         let v = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
-        map.insert(key, v);
+        match key.split_once('.') {
+            Some((table, inner)) => match map.entry(table.to_string()).or_insert_with(|| Value::Object(Default::default())) {
+                Value::Object(t) => {
+                    t.insert(inner.to_string(), v);
+                }
+                _ => return Err(Failure::usage(format!("--{name}: {table} is not a table of options"))),
+            },
+            None => {
+                map.insert(key, v);
+            }
+        }
         i += 1;
     }
     Ok(())
@@ -283,6 +400,10 @@ impl TrainConfig {
         if self.loss_chunk_tokens == 0 {
             return bad("loss_chunk_tokens must be at least 1".into());
         }
+        if !(self.lr.is_finite() && self.lr >= 0.0 && self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return bad(format!("lr {} and min_lr {} must be finite and not negative", self.lr, self.min_lr));
+        }
+        self.debug.fast_paths()?;
         self.schedule().check().map_err(|m| Failure::config(format!("learning-rate schedule: {m}")))?;
         Ok(())
     }
@@ -342,6 +463,27 @@ impl TrainConfig {
 mod tests {
     use super::*;
 
+    /// `[debug]` from a table or dotted flags; an unknown fast path or key is an error naming it.
+    #[test]
+    fn debug_switches_are_checked_config() {
+        let c = TrainConfig::from_map(base()).unwrap();
+        assert_eq!(c.debug, DebugOptions::default());
+        assert_eq!(c.loss_averaging, LossAveraging::PerMicroBatch);
+        let mut m = base();
+        apply_flags(&mut m, &["--debug.disable".into(), "xent_kernel,rope_kernel".into(), "--debug.loss=autograd".into()]).unwrap();
+        let c = TrainConfig::from_map(m).unwrap();
+        let (model, train) = c.debug.fast_paths().unwrap();
+        assert!(!model.rope_kernel && model.fused_norm && !train.xent_kernel && train.grad_none);
+        assert_eq!(c.debug.loss, HeadLoss::Autograd);
+        let mut m = base();
+        m.insert("debug".into(), serde_json::json!({"disable": ["flash_pad"]}));
+        let e = TrainConfig::from_map(m).unwrap_err();
+        assert!(e.message.contains("flash_pad") && e.message.contains("rope_kernel"), "{}", e.message);
+        let mut m = base();
+        m.insert("debug".into(), serde_json::json!({"profil": true}));
+        assert!(TrainConfig::from_map(m).unwrap_err().message.contains("profil"));
+    }
+
     fn base() -> serde_json::Map<String, Value> {
         serde_json::from_value(serde_json::json!({
             "model_config": {"vocab_size": 10}, "data": "d", "micro_batch_size": 2,
@@ -375,6 +517,9 @@ mod tests {
         assert!(TrainConfig::from_map(m).unwrap_err().message.contains("exactly one"));
         let c = TrainConfig::from_map(base()).unwrap();
         assert_eq!(c.recompute_layers(3).unwrap(), vec![false; 3]);
+        let mut m = base();
+        m.insert("lr".into(), Value::from(-1.0));
+        assert!(TrainConfig::from_map(m).unwrap_err().message.contains("not negative"));
         let mut m = base();
         m.insert("recompute".into(), Value::from("0,2"));
         assert_eq!(TrainConfig::from_map(m).unwrap().recompute_layers(3).unwrap(), vec![true, false, true]);

@@ -3,13 +3,17 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fault;
 pub mod init;
 pub mod loss;
 pub mod metrics;
+pub mod microbatch;
+pub mod moe_stats;
 pub mod optim;
+pub mod run_log;
 pub mod schedule;
-pub mod step;
 pub mod tensorboard;
+pub mod train_step;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -6,26 +6,19 @@
 //! compute dtype, the loss from the label's probability); two GEMMs turn that
 //! into the hidden states' gradient and the head weight's, added in fp32 straight into the head's
 //! `.grad`. Full-vocabulary fp32 logits and their gradient never exist.
-//! `OPENSEEK_TRAIN_LOSS=autograd` selects the autograd path, the reference the tests compare with.
+//! `debug.loss = "autograd"` selects the autograd path, the reference the tests compare with.
 
+use crate::config::TrainFastPaths;
 use openseek_model::DeepseekV3;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HeadLoss {
+    #[default]
     Fused,
     Autograd,
-}
-
-impl HeadLoss {
-    /// `OPENSEEK_TRAIN_LOSS`: `autograd`, or `fused` (also when unset).
-    pub fn from_env() -> HeadLoss {
-        match std::env::var("OPENSEEK_TRAIN_LOSS").as_deref() {
-            Ok("autograd") => HeadLoss::Autograd,
-            Ok("fused") | Err(_) => HeadLoss::Fused,
-            Ok(other) => panic!("OPENSEEK_TRAIN_LOSS={other}: expected `fused` or `autograd`"),
-        }
-    }
 }
 
 /// Loss of the final hidden states `h` ([B, T, H], with its autograd graph) and its backward: the
@@ -40,23 +33,24 @@ pub fn head_and_loss(
     chunk_tokens: i64,
     denominator: f64,
     path: HeadLoss,
+    fast: TrainFastPaths,
 ) -> Tensor {
     let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
     match path {
-        HeadLoss::Fused => fused(head, h, labels, loss_mask, chunk_tokens, denominator),
+        HeadLoss::Fused => fused(head, h, labels, loss_mask, chunk_tokens, denominator, fast),
         HeadLoss::Autograd => autograd(head, h, labels, loss_mask, chunk_tokens, denominator),
     }
 }
 
-fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_tokens: i64, denominator: f64) -> Tensor {
+fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_tokens: i64, denominator: f64, fast: TrainFastPaths) -> Tensor {
     let kind = h.kind();
     let width = *h.size().last().unwrap();
     let hidden = h.detach().view([-1, width]);
     let n = hidden.size()[0];
     let device = hidden.device();
-    let direct = openseek_model::layers::enabled("head_grad");
-    // The softmax and loss as one CUDA kernel per chunk (`OPENSEEK_DISABLE=xent_kernel`: tensor ops).
-    let kernel = device.is_cuda() && kind == Kind::BFloat16 && openseek_model::layers::enabled("xent_kernel");
+    let direct = fast.head_grad;
+    // The softmax and loss as one CUDA kernel per chunk (`xent_kernel` off: tensor ops).
+    let kernel = device.is_cuda() && kind == Kind::BFloat16 && fast.xent_kernel;
     let (loss, dh, dw) = tch::no_grad(|| {
         let (weight, _) = padded_head(head, kind, false);
         let vocab = head.size()[0];
@@ -71,14 +65,14 @@ fn fused(head: &Tensor, h: &Tensor, labels: &Tensor, loss_mask: &Tensor, chunk_t
         // The head weight's gradient, sum over tokens of mask * dlogits^T h / denominator: by
         // default each chunk's product (compute dtype) added in fp32 straight into the head's
         // `.grad`, the first chunk's written into a fresh one when it has none (`head_assign`; off:
-        // zeros, then added); with `OPENSEEK_DISABLE=head_grad` summed in an fp32 buffer and handed
+        // zeros, then added); with `head_grad` off summed in an fp32 buffer and handed
         // to autograd as the head's upstream gradient.
         let mut head_grad = (direct && head.requires_grad()).then(|| {
             let g = head.grad();
             if g.defined() {
                 return (g, true);
             }
-            let assign = openseek_model::layers::enabled("head_assign");
+            let assign = fast.head_assign;
             let g = if assign { head.empty_like() } else { head.zeros_like() };
             openseek_kernels::set_grad(head, Some(&g)).expect("setting the head's gradient");
             (g, !assign)
@@ -217,7 +211,7 @@ mod tests {
         }
         let h = model.norm.forward(&x);
         // Chunks of 7 tokens: the last one is short.
-        let loss = head_and_loss(&model, &h, &labels, &mask, 7, 23.0, path);
+        let loss = head_and_loss(&model, &h, &labels, &mask, 7, 23.0, path, TrainFastPaths::default());
         let grads = model.named_tensors().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad())).collect();
         (loss.double_value(&[]), grads)
     }

@@ -22,7 +22,7 @@ use openseek_common::Failure;
 use openseek_dist::layout::{FlatLayout, Param as LayoutParam};
 use openseek_dist::reshard::{self, ShardInfo};
 use openseek_dist::{Comm, NamedParam, Zero1};
-use crate::step::GradReady;
+use crate::microbatch::GradReady;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -67,6 +67,8 @@ pub struct AdamW {
     /// After a kernel update of every parameter: partial sums of the updated weights' squares
     /// ([`AdamW::weight_norm`] without another pass over the weights).
     squares: Option<Tensor>,
+    /// Clear gradients to none after an update (else zero them; see `clear_grad`).
+    pub grad_none: bool,
 }
 
 /// Norms, biases and the router's correction bias get no weight decay.
@@ -82,9 +84,9 @@ fn stays_fp32(name: &str) -> bool {
 
 /// After an update: no gradient (`zero_grad(set_to_none=True)`, PyTorch's default), so the next
 /// backward pass stores each gradient rather than adding it to zeros, and no gradient memory is
-/// held through the forward pass. `OPENSEEK_DISABLE=grad_none`: zeroed in place instead.
-fn clear_grad(t: &mut Tensor) {
-    if openseek_model::layers::enabled("grad_none") {
+/// held through the forward pass; with `to_none` false (the `grad_none` fast path off) zeroed in place.
+fn clear_grad(t: &mut Tensor, to_none: bool) {
+    if to_none {
         openseek_kernels::set_grad(t, None).expect("clearing a gradient");
     } else {
         t.zero_grad();
@@ -109,7 +111,7 @@ impl AdamW {
                 Param { decay: decays(&name), exp_avg, exp_avg_sq, master, main_grad: None, name, tensor }
             })
             .collect();
-        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None };
+        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None, grad_none: true };
         opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.weights().kind() == Kind::Float);
         opt
     }
@@ -133,7 +135,7 @@ impl AdamW {
                 }
                 None => p.main_grad = Some(g.to_kind(Kind::Float)),
             }
-            clear_grad(&mut p.tensor);
+            clear_grad(&mut p.tensor, self.grad_none);
         }
     }
 
@@ -144,7 +146,7 @@ impl AdamW {
 
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
-            clear_grad(&mut p.tensor);
+            clear_grad(&mut p.tensor, self.grad_none);
             p.main_grad = None;
         }
     }
@@ -257,16 +259,29 @@ impl AdamW {
 /// the same re-shardable files, so a run resumes on any number of ranks.
 pub enum Optimizer {
     Full(AdamW),
-    Sharded { zero: Box<Zero1>, leaves: Vec<Tensor> },
+    Sharded { zero: Box<Zero1>, leaves: Vec<Tensor>, grad_none: bool },
 }
 
 impl Optimizer {
     /// AdamW at world size 1, ZeRO-1 above; `params` are the model's trainable leaves. With
     /// `bf16_leaves` (mixed precision) AdamW turns them into bf16 leaves with fp32 masters; ZeRO-1
     /// keeps fp32 leaves (its buckets would need the per-micro-batch fp32 sums first).
-    pub fn new(params: Vec<(String, Tensor)>, comm: &mut Comm, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bf16_leaves: bool) -> Result<Optimizer, Failure> {
+    /// `grad_none`: gradients are cleared to none after an update (else zeroed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        params: Vec<(String, Tensor)>,
+        comm: &mut Comm,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        bf16_leaves: bool,
+        grad_none: bool,
+    ) -> Result<Optimizer, Failure> {
         if comm.world() == 1 {
-            return Ok(Optimizer::Full(AdamW::new(params, beta1, beta2, eps, weight_decay, bf16_leaves)));
+            let mut adam = AdamW::new(params, beta1, beta2, eps, weight_decay, bf16_leaves);
+            adam.grad_none = grad_none;
+            return Ok(Optimizer::Full(adam));
         }
         let named: Vec<NamedParam> =
             params.iter().map(|(n, t)| NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n), bucket: GradReady::of(n).key() }).collect();
@@ -274,7 +289,7 @@ impl Optimizer {
         Zero1::broadcast_params(&named, comm)?;
         let leaves = params.into_iter().map(|(_, t)| t).collect();
         let zero = Zero1::new(named, comm, openseek_dist::AdamW { beta1, beta2, eps, weight_decay })?;
-        Ok(Optimizer::Sharded { zero: Box::new(zero), leaves })
+        Ok(Optimizer::Sharded { zero: Box::new(zero), leaves, grad_none })
     }
 
     /// The trainable leaves (shallow clones sharing storage and gradients with the model).
@@ -349,7 +364,7 @@ impl Optimizer {
     pub fn zero_grad(&mut self) {
         match self {
             Optimizer::Full(a) => a.zero_grad(),
-            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(clear_grad),
+            Optimizer::Sharded { leaves, grad_none, .. } => leaves.iter_mut().for_each(|t| clear_grad(t, *grad_none)),
         }
     }
 

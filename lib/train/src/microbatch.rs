@@ -5,10 +5,12 @@
 //! layer from the last, then the embedding) it tells the caller, which can start reducing them
 //! over ranks while the rest of the backward runs.
 
+use crate::config::TrainFastPaths;
 use crate::loss::{self, HeadLoss};
-use openseek_model::moe::{AuxCoefficients, RoutingStats};
 use openseek_common::Failure;
+use openseek_model::moe::{AuxCoefficients, RoutingStats};
 use openseek_model::DeepseekV3;
+use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// The points of [`forward_backward`]'s backward pass after which some parameters' gradients are
@@ -77,9 +79,28 @@ pub fn document_attention(document_starts: &[Vec<u32>], seq: i64, device: tch::D
     (Tensor::from_slice(&pos).view([rows, seq]).to_device(device), mask)
 }
 
+/// How a micro-batch runs: the same for every micro-batch of a run but the loss denominator.
+pub struct MicroBatchPlan<'a> {
+    /// Per layer: recompute its activations in the backward pass.
+    pub recompute: &'a [bool],
+    pub aux: AuxCoefficients,
+    /// Tokens per chunk of the LM head + loss.
+    pub chunk_tokens: i64,
+    pub head_loss: HeadLoss,
+    pub fast: TrainFastPaths,
+    /// The micro-batch's sum of masked token losses is divided by this (see `crate::train_step`).
+    pub loss_denominator: f64,
+    /// Micro-batches in the step (the auxiliary losses are means over them).
+    pub micro_batches: usize,
+    /// Print each phase's wall time (device synchronised).
+    pub profile: bool,
+    /// Record this micro-batch under the profiler into this Chrome trace file.
+    pub trace: Option<&'a Path>,
+}
+
 /// What a micro-batch contributed; detached scalars already divided by the step's denominators.
 pub struct MicroOutput {
-    /// Sum of masked token losses / tokens in the step's loss.
+    /// Sum of masked token losses / the loss denominator.
     pub lm_loss: Tensor,
     pub seq_aux_loss: Tensor,
     pub z_loss: Tensor,
@@ -97,26 +118,21 @@ fn sum_losses(stats: &Option<RoutingStats>) -> (Option<Tensor>, Option<Tensor>) 
     }
 }
 
-/// Forward and backward of one micro-batch; gradients accumulate into the parameters' `.grad`.
-/// `token_denominator`: tokens in the loss over the whole step; `micro_batches`: micro-batches in
-/// the step (the auxiliary losses are means over them). `grads_ready` is called at each
-/// [`GradReady`] point once the gradients it names are complete (its error ends the pass).
-#[allow(clippy::too_many_arguments)]
+/// Forward and backward of one micro-batch as `plan` says; gradients accumulate into the
+/// parameters' `.grad`. `grads_ready` is called at each [`GradReady`] point once the gradients it
+/// names are complete (its error ends the pass).
 pub fn forward_backward(
     model: &DeepseekV3,
     batch: &MicroBatch,
-    recompute: &[bool],
-    aux: &AuxCoefficients,
-    chunk_tokens: i64,
-    token_denominator: f64,
-    micro_batches: usize,
+    plan: &MicroBatchPlan,
     grads_ready: &mut dyn FnMut(GradReady) -> Result<(), Failure>,
 ) -> Result<MicroOutput, Failure> {
     let device = model.device();
-    let trace = Trace::start();
-    let mut profile = Profile::new(device);
+    let trace = Trace::start(plan.trace)?;
+    let mut profile = Profile::new(device, plan.profile);
     let zero = || Tensor::zeros([], (Kind::Float, device));
-    let aux_scale = 1.0 / micro_batches as f64;
+    let aux = &plan.aux;
+    let aux_scale = 1.0 / plan.micro_batches as f64;
     let (positions, mask) = match &batch.per_document {
         Some((p, m)) => (Some(p), Some(m)),
         None => (None, None),
@@ -127,7 +143,7 @@ pub fn forward_backward(
     let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
     let (mut seq_aux, mut z) = (zero(), zero());
     let mut loads = vec![];
-    for (layer, &again) in model.layers.iter().zip(recompute) {
+    for (layer, &again) in model.layers.iter().zip(plan.recompute) {
         let input = x;
         let (y, stats) = if again {
             tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux))
@@ -152,7 +168,7 @@ pub fn forward_backward(
 
     // Final norm, then head + loss chunk by chunk with their backward (crate::loss).
     let h = model.norm.forward(&x);
-    let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, chunk_tokens, token_denominator, HeadLoss::from_env());
+    let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, plan.chunk_tokens, plan.loss_denominator, plan.head_loss, plan.fast);
     profile.mark("head + loss forward/backward");
     grads_ready(GradReady::Head)?;
 
@@ -179,11 +195,11 @@ pub fn forward_backward(
     profile.mark("embedding backward");
     grads_ready(GradReady::Embedding)?;
     profile.report();
-    trace.stop(device);
+    trace.stop(device)?;
     Ok(MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads })
 }
 
-/// `OPENSEEK_TRAIN_PROFILE=1`: wall time of each phase (device synchronised), printed on stderr.
+/// `debug.profile`: wall time of each phase (device synchronised), printed on stderr.
 struct Profile {
     device: tch::Device,
     on: bool,
@@ -192,8 +208,7 @@ struct Profile {
 }
 
 impl Profile {
-    fn new(device: tch::Device) -> Profile {
-        let on = std::env::var("OPENSEEK_TRAIN_PROFILE").is_ok_and(|v| v == "1");
+    fn new(device: tch::Device, on: bool) -> Profile {
         let p = Profile { device, on, last: std::time::Instant::now(), phases: vec![] };
         p.sync();
         p
@@ -218,28 +233,26 @@ impl Profile {
     }
 }
 
-/// `OPENSEEK_TRAIN_TRACE=FILE`: the fifth micro-batch's forward and backward (after warm-up) under
-/// the Kineto profiler, written to FILE as a Chrome trace (CPU operators and CUDA kernels).
-struct Trace(Option<std::path::PathBuf>);
+/// `debug.trace`: a micro-batch's forward and backward under the Kineto profiler, written as a
+/// Chrome trace (CPU operators and CUDA kernels).
+struct Trace<'a>(Option<&'a Path>);
 
-impl Trace {
-    fn start() -> Trace {
-        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::var_os("OPENSEEK_TRAIN_TRACE").filter(|_| call == 4).map(std::path::PathBuf::from);
+impl<'a> Trace<'a> {
+    fn start(path: Option<&'a Path>) -> Result<Trace<'a>, Failure> {
         if path.is_some() {
-            openseek_kernels::profiler_start().expect("starting the profiler");
+            openseek_kernels::profiler_start().map_err(|e| Failure::software(format!("starting the profiler: {e}")))?;
         }
-        Trace(path)
+        Ok(Trace(path))
     }
-    fn stop(&self, device: tch::Device) {
-        if let Some(path) = &self.0 {
+    fn stop(&self, device: tch::Device) -> Result<(), Failure> {
+        if let Some(path) = self.0 {
             if let tch::Device::Cuda(i) = device {
                 tch::Cuda::synchronize(i as i64);
             }
-            openseek_kernels::profiler_stop(path).expect("writing the profiler trace");
+            openseek_kernels::profiler_stop(path).map_err(|e| Failure::io(format!("{}: cannot write the profiler trace: {e}", path.display())))?;
             eprintln!("os-train: profiler trace in {}", path.display());
         }
+        Ok(())
     }
 }
 
@@ -282,8 +295,18 @@ mod tests {
                 }
                 Ok(())
             };
-            let aux = AuxCoefficients { seq_aux_loss: 1e-2, z_loss: 1e-3 };
-            forward_backward(&model, &batch, &[false, true, false], &aux, 3, 8.0, 1, &mut ready).unwrap();
+            let plan = MicroBatchPlan {
+                recompute: &[false, true, false],
+                aux: AuxCoefficients { seq_aux_loss: 1e-2, z_loss: 1e-3 },
+                chunk_tokens: 3,
+                head_loss: HeadLoss::Fused,
+                fast: TrainFastPaths::default(),
+                loss_denominator: 8.0,
+                micro_batches: 1,
+                profile: false,
+                trace: None,
+            };
+            forward_backward(&model, &batch, &plan, &mut ready).unwrap();
             use GradReady::*;
             assert_eq!(seen, [Head, Layer(2), Layer(1), Layer(0), Embedding]);
             assert_eq!(snapshots.len(), params.len(), "every parameter reported once");
