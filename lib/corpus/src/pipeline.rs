@@ -19,8 +19,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::inputs::Input;
-use crate::json_text::{extract_from_line, Field};
-use crate::records::{location_name, InputStats, Payload, Problem, Record, RecordReader};
+use crate::records::{location_name, record_text, InputStats, Problem, Record, RecordReader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -306,27 +305,13 @@ pub fn run(config: &TokenizeConfig, tokenizer: &Tokenizer) -> Result<TokenizeRep
 
 /// Turn one record into its token ids, or say why it yields no document.
 fn tokenize_record(record: &Record, key: &str, tokenizer: &Tokenizer, bos: Option<u32>, eos: Option<u32>) -> Result<Vec<u32>, Problem> {
-    let extracted;
-    let text: &str = match &record.payload {
-        Payload::Bad(problem) => return Err(problem.clone()),
-        Payload::Text(text) => text,
-        Payload::JsonLine(bytes) => {
-            let line = std::str::from_utf8(bytes).map_err(|e| Problem::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
-            extracted = match extract_from_line(line, key) {
-                Ok(Field::Text(text)) => text,
-                Ok(Field::Missing) => return Err(Problem::MissingKey(key.to_string())),
-                Ok(Field::NotAString(found)) => return Err(Problem::NotAString { key: key.to_string(), found }),
-                Err(e) => return Err(Problem::InvalidJson(e.to_string())),
-            };
-            &extracted
-        }
-    };
+    let text = record_text(record, key)?;
     if text.is_empty() {
         return Err(Problem::EmptyDocument);
     }
     let mut ids = Vec::with_capacity(text.len() / 3 + 2);
     ids.extend(bos);
-    tokenizer.encode_into(text, &mut ids);
+    tokenizer.encode_into(&text, &mut ids);
     ids.extend(eos);
     Ok(ids)
 }

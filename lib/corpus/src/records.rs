@@ -69,6 +69,23 @@ pub struct Record {
     pub payload: Payload,
 }
 
+/// The text of a record, or why it has none; `key` names the field of a JSON lines record.
+pub fn record_text<'r>(record: &'r Record, key: &str) -> Result<std::borrow::Cow<'r, str>, Problem> {
+    match &record.payload {
+        Payload::Bad(problem) => Err(problem.clone()),
+        Payload::Text(text) => Ok(std::borrow::Cow::Borrowed(text)),
+        Payload::JsonLine(bytes) => {
+            let line = std::str::from_utf8(bytes).map_err(|e| Problem::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
+            match crate::json_text::extract_from_line(line, key) {
+                Ok(crate::json_text::Field::Text(text)) => Ok(std::borrow::Cow::Owned(text)),
+                Ok(crate::json_text::Field::Missing) => Err(Problem::MissingKey(key.to_string())),
+                Ok(crate::json_text::Field::NotAString(found)) => Err(Problem::NotAString { key: key.to_string(), found }),
+                Err(e) => Err(Problem::InvalidJson(e.to_string())),
+            }
+        }
+    }
+}
+
 /// What was read from one input, for the manifest.
 #[derive(Debug, Clone, Serialize)]
 pub struct InputStats {
