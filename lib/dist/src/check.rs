@@ -10,7 +10,7 @@ use openseek_common::Failure;
 use tch::{Device, Kind, Tensor};
 
 use crate::comm::{Comm, CommOptions, ReduceOp};
-use crate::dp::{AdamW, NamedParam, Zero1};
+use crate::dp::{AdamWConfig, NamedParam, Zero1};
 use crate::launch::Launch;
 use crate::layout::{self, split_evenly};
 
@@ -97,16 +97,16 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
     let w = (Tensor::randn([16, 4], (Kind::Float, Device::Cpu)) * 0.1).to_device(dev).set_requires_grad(true);
     let b = Tensor::zeros([4], (Kind::Float, dev)).set_requires_grad(true);
     let params = vec![
-        NamedParam { name: "w".into(), tensor: w.shallow_clone(), decay: true, bucket: 0 },
-        NamedParam { name: "b".into(), tensor: b.shallow_clone(), decay: false, bucket: 1 },
+        NamedParam { name: "w".into(), tensor: w.shallow_clone(), decay: true, bucket: 0, leaf_kind: Kind::Float },
+        NamedParam { name: "b".into(), tensor: b.shallow_clone(), decay: false, bucket: 1, leaf_kind: Kind::Float },
     ];
     Zero1::broadcast_params(&params, comm)?;
-    let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
     let mut opt = Zero1::new(params, comm, adam)?;
     if resume {
         let dir = state.ok_or_else(|| Failure::usage("--resume needs --state DIR"))?;
         opt.load(dir)?;
-        opt.gather_params(comm)?;
+        opt.gather_params(comm, false)?;
     }
     let rows = split_evenly(BATCH as usize, comm.world(), comm.rank());
     for step in opt.steps() + 1..=steps {
@@ -128,8 +128,8 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
         opt.grads_ready(1, comm)?;
         opt.reduce_grads(comm)?;
         let norm = opt.clip_grads(comm, 1.0)?;
-        opt.step(0.05);
-        opt.gather_params(comm)?;
+        opt.step(0.05, 1.0);
+        opt.gather_params(comm, false)?;
         let mut loss = [local_sum.double_value(&[]) / BATCH as f64];
         comm.all_reduce_f64(&mut loss, ReduceOp::Sum)?;
         if comm.rank() == 0 {

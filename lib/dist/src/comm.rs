@@ -37,6 +37,10 @@ impl Default for CommOptions {
     }
 }
 
+/// A point in the collectives queued so far ([`Comm::mark`]): the device can wait for the
+/// collectives up to it ([`Comm::wait_mark`]) without waiting for those queued after it.
+pub struct Mark(Option<nccl::Event>);
+
 enum Backend {
     Local,
     Store,
@@ -200,8 +204,41 @@ impl Comm {
         }
     }
 
-    /// Every rank's `output` becomes all ranks' `input`s end to end, in rank order.
+    /// Every rank's `output` becomes all ranks' `input`s end to end, in rank order. `input` may be
+    /// rank r's part of `output` itself (in place).
     pub fn all_gather(&mut self, input: &Tensor, output: &mut Tensor) -> Result<(), Failure> {
+        self.all_gather_maybe_overlapped(input, output, false)
+    }
+
+    /// [`Comm::all_gather`] overlapped with the computation that follows (as
+    /// [`Comm::reduce_scatter_overlapped`]); the device waits for it at [`Comm::wait`] or at a
+    /// [`Comm::wait_mark`] of a mark taken after it.
+    pub fn all_gather_overlapped(&mut self, input: &Tensor, output: &mut Tensor) -> Result<(), Failure> {
+        self.all_gather_maybe_overlapped(input, output, true)
+    }
+
+    /// A mark after the collectives queued so far.
+    pub fn mark(&mut self) -> Result<Mark, Failure> {
+        match &mut self.backend {
+            Backend::Nccl(c) => Ok(Mark(Some(c.mark()?))),
+            _ => Ok(Mark(None)),
+        }
+    }
+
+    /// The compute stream waits (on the device) for the collectives queued up to `mark`.
+    pub fn wait_mark(&mut self, mark: Mark) -> Result<(), Failure> {
+        match (&mut self.backend, mark.0) {
+            (Backend::Nccl(c), Some(event)) => c.wait_event(event),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether collectives really run (NCCL or the TCP store), rather than the world-size-1 copies.
+    pub fn is_local(&self) -> bool {
+        matches!(self.backend, Backend::Local)
+    }
+
+    fn all_gather_maybe_overlapped(&mut self, input: &Tensor, output: &mut Tensor, overlap: bool) -> Result<(), Failure> {
         self.check("all_gather", input)?;
         self.check("all_gather", output)?;
         let n = input.numel();
@@ -218,10 +255,12 @@ impl Comm {
         }
         match &mut self.backend {
             Backend::Local => {
-                output.copy_(&input.view_as(output));
+                if input.data_ptr() != output.data_ptr() {
+                    output.copy_(&input.view_as(output));
+                }
                 Ok(())
             }
-            Backend::Nccl(c) => unsafe { c.all_gather(input.data_ptr(), output.data_ptr(), n, nccl_type(input.kind())?) },
+            Backend::Nccl(c) => unsafe { c.all_gather(input.data_ptr(), output.data_ptr(), n, nccl_type(input.kind())?, overlap) },
             Backend::Store => {
                 let parts = store_gather(&self.store, "all_gather", input)?;
                 output.copy_(&Tensor::cat(&parts, 0).view_as(output));

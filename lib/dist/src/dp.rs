@@ -1,10 +1,19 @@
-//! ZeRO-1, the sharded optimizer of data parallelism ([`Zero1`]): gradients reduce-scattered in
-//! fp32 bucket by bucket, so each rank gets the averaged gradient of its slice of every bucket
-//! (Megatron's distributed optimizer with `accumulate_allreduce_grads_in_fp32`); AdamW on those
-//! slices' fp32 master weights and moments; then the updated parameters all-gathered into every
-//! rank's model. A bucket's reduction can start as soon as its gradients are complete
-//! ([`Zero1::grads_ready`], called from the backward pass), overlapped on NCCL with the rest of
-//! the backward; [`Zero1::reduce_grads`] starts the others and waits. World size 1 runs the same code.
+//! ZeRO-1, the sharded optimizer of data parallelism ([`Zero1`]), as Megatron's distributed
+//! optimizer runs it. The model's parameters live in one flat buffer per bucket (each leaf a view
+//! into it; bf16 for mixed precision, or the leaf's own dtype), so the all-gather of updated
+//! parameters writes straight into the model. A step's micro-batch gradients are summed in fp32
+//! into a bucketed gradient buffer (`accumulate_allreduce_grads_in_fp32`), which is reduce-scattered
+//! bucket by bucket as the last micro-batch's backward pass completes each bucket
+//! ([`Zero1::grads_ready`], overlapped on NCCL with the rest of the backward), so each rank gets the
+//! averaged gradient of its slice of every bucket. AdamW updates that slice's fp32 master weights
+//! and moments (on CUDA openseek-kernels' one-pass kernel, which also writes the rank's slice of the
+//! bf16 parameter buffer), then each bucket is all-gathered in place; with `overlap` the gathers run
+//! on NCCL's stream while the next forward pass goes on, each part of the model waiting only for
+//! its own bucket ([`Zero1::params_ready`]; Megatron's `overlap_param_gather`).
+//!
+//! Per rank this holds: the parameters (bf16, or fp32 where a leaf stays fp32), the fp32 gradient
+//! buffer, and 1/world of the fp32 master weights and both moments; nothing else of model size.
+//! World size 1 runs the same code.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -12,93 +21,139 @@ use std::path::{Path, PathBuf};
 use openseek_common::Failure;
 use tch::{Device, Kind, Tensor};
 
-use crate::comm::{Comm, ReduceOp};
+use crate::comm::{Comm, Mark, ReduceOp};
 use crate::layout::{FlatLayout, Param};
 use crate::reshard::{self, ShardInfo};
 
 /// A model parameter handed to [`Zero1`]: its name (for checkpoints and error messages), the
-/// tensor (a shallow clone of the model's, sharing storage and gradient), whether AdamW decays it,
-/// and its bucket key: the point of the backward pass after which its gradient is complete
-/// (neighbouring parameters with the same key share a bucket).
+/// tensor (a shallow clone of the model's leaf: [`Zero1::new`] moves its data into a bucket
+/// buffer, which the model sees), whether AdamW decays it, its bucket key (the point of the
+/// backward pass after which its gradient is complete, and of the forward pass before which its
+/// value is needed; neighbouring parameters with the same key share a bucket) and the dtype its
+/// leaf has in training (bf16 for mixed precision: its fp32 value lives on as the master).
 pub struct NamedParam {
     pub name: String,
     pub tensor: Tensor,
     pub decay: bool,
     pub bucket: usize,
+    pub leaf_kind: Kind,
 }
 
 /// AdamW hyper-parameters (torch.optim.AdamW's update, decoupled weight decay).
 #[derive(Debug, Clone, Copy)]
-pub struct AdamW {
+pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
 }
 
-/// ZeRO-1: this rank's slices of the fp32 master weights and Adam moments.
+/// A run of this rank's shard inside one bucket with one weight decay (the update's unit).
+#[derive(Debug, Clone)]
+struct Run {
+    bucket: usize,
+    /// Where in the shard.
+    shard: Range<usize>,
+    decay: bool,
+}
+
+/// ZeRO-1: the bucket buffers the model's leaves live in, the fp32 gradient buffer, and this
+/// rank's slices of the fp32 master weights and Adam moments.
 pub struct Zero1 {
     params: Vec<NamedParam>,
     layout: FlatLayout,
     rank: usize,
-    adam: AdamW,
+    adam: AdamWConfig,
     step: u64,
-    /// Reduce-scatter input: every gradient, fp32, each bucket padded.
-    grad_flat: Tensor,
+    /// Per bucket: the parameters' values end to end (padded), in the bucket's leaf dtype.
+    buffers: Vec<Tensor>,
+    /// Reduce-scatter input: the step's gradients summed in fp32, each bucket padded.
+    grad_buffer: Tensor,
+    /// `grad_buffer` holds sums of this step's micro-batches (else it is stale and is overwritten).
+    accumulating: bool,
     /// This rank's slices of the averaged gradient (its shard).
     grad: Tensor,
     master: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// All-gather output: every rank's shard in rank order, in the parameters' dtype (fp32: the
-    /// storage of `grad_flat`, free once the gradients are reduced, as Megatron reuses its buffer).
-    gathered: Tensor,
-    param_kind: Kind,
-    decay_ranges: Vec<Range<usize>>,
+    runs: Vec<Run>,
     /// The buckets whose reduction started since the last [`Zero1::reduce_grads`].
     started: Vec<bool>,
+    /// Per bucket, the point after its overlapped all-gather (waited for by [`Zero1::params_ready`]).
+    gathers: Vec<Option<Mark>>,
+    /// After a kernel update: partial sums of the updated master weights' squares.
+    squares: Option<Tensor>,
+}
+
+/// A bucket key from a ready key and the leaf dtype (buckets hold one dtype).
+fn layout_key(ready: usize, kind: Kind) -> usize {
+    ready.wrapping_mul(2) + usize::from(kind == Kind::Float)
 }
 
 impl Zero1 {
-    /// Take this rank's slices of the current parameters as fp32 master weights. Every rank must
-    /// start from the same parameters (see [`Zero1::broadcast_params`]).
-    pub fn new(params: Vec<NamedParam>, comm: &Comm, adam: AdamW) -> Result<Zero1, Failure> {
-        let keys: Vec<usize> = params.iter().map(|p| p.bucket).collect();
-        let described = params.iter().map(|p| Param { name: p.name.clone(), numel: p.tensor.numel(), decay: p.decay }).collect();
-        let layout = FlatLayout::with_buckets(described, &keys, comm.world());
+    /// Move the parameters into bucket buffers (the model's leaves become views of them, in their
+    /// `leaf_kind`) and take this rank's slices of their current values as fp32 master weights.
+    /// Every rank must start from the same parameters (see [`Zero1::broadcast_params`]).
+    pub fn new(mut params: Vec<NamedParam>, comm: &Comm, adam: AdamWConfig) -> Result<Zero1, Failure> {
         let device = comm.device();
-        let kinds: Vec<Kind> = params.iter().map(|p| p.tensor.kind()).collect();
-        let param_kind = if kinds.windows(2).all(|w| w[0] == w[1]) { kinds.first().copied().unwrap_or(Kind::Float) } else { Kind::Float };
         for p in &params {
             if p.tensor.device() != device {
                 return Err(Failure::software(format!("parameter {} is on {:?}, the communicator on {device:?}", p.name, p.tensor.device())));
             }
         }
+        let keys: Vec<usize> = params.iter().map(|p| layout_key(p.bucket, p.leaf_kind)).collect();
+        let described = params.iter().map(|p| Param { name: p.name.clone(), numel: p.tensor.numel(), decay: p.decay }).collect();
+        let layout = FlatLayout::with_buckets(described, &keys, comm.world());
+        let (rank, world) = (comm.rank(), comm.world());
         let n = layout.shard_len() as i64;
         let f32s = (Kind::Float, device);
         let master = Tensor::zeros([n], f32s);
         tch::no_grad(|| {
-            for piece in layout.shard_pieces(comm.rank()) {
-                let src = params[piece.param].tensor.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64);
+            for piece in layout.shard_pieces(rank) {
+                let src = params[piece.param].tensor.detach().reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64);
                 master.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64).copy_(&src);
             }
         });
-        let grad_flat = Tensor::zeros([layout.padded() as i64], f32s);
-        let gathered = match param_kind {
-            Kind::Float => grad_flat.shallow_clone(),
-            kind => Tensor::zeros([layout.padded() as i64], (kind, device)),
-        };
+        let mut buffers = Vec::with_capacity(layout.buckets().len());
+        for b in layout.buckets() {
+            let kind = layout.pieces(b.flat.clone()).first().map_or(Kind::Float, |p| params[p.param].leaf_kind);
+            let buffer = Tensor::zeros([b.padded.len() as i64], (kind, device));
+            for piece in layout.pieces(b.flat.clone()) {
+                let p = &mut params[piece.param];
+                let mut view = buffer.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64);
+                tch::no_grad(|| view.copy_(&p.tensor.detach().reshape([-1])));
+                // The leaf's data becomes the view (as Megatron's `param.data = buffer[...]`).
+                p.tensor.set_data(&view.view(p.tensor.size().as_slice()));
+            }
+            buffers.push(buffer);
+        }
+        let mut runs: Vec<Run> = vec![];
+        for (bi, b) in layout.buckets().iter().enumerate() {
+            let at = b.in_shard(world).start;
+            let owned = b.owned(world, rank);
+            for piece in layout.pieces(owned.clone()) {
+                let shard = at + piece.in_range.start..at + piece.in_range.end;
+                let decay = layout.params()[piece.param].decay;
+                match runs.last_mut() {
+                    Some(r) if r.bucket == bi && r.decay == decay && r.shard.end == shard.start => r.shard.end = shard.end,
+                    _ => runs.push(Run { bucket: bi, shard, decay }),
+                }
+            }
+        }
+        let buckets = layout.buckets().len();
         Ok(Zero1 {
-            decay_ranges: layout.decay_ranges(comm.rank()),
-            grad_flat,
-            gathered,
+            grad_buffer: Tensor::zeros([layout.padded() as i64], f32s),
+            accumulating: false,
             grad: Tensor::zeros([n], f32s),
             exp_avg: Tensor::zeros([n], f32s),
             exp_avg_sq: Tensor::zeros([n], f32s),
-            started: vec![false; layout.buckets().len()],
+            started: vec![false; buckets],
+            gathers: (0..buckets).map(|_| None).collect(),
+            squares: None,
             master,
-            param_kind,
-            rank: comm.rank(),
+            buffers,
+            runs,
+            rank,
             params,
             layout,
             adam,
@@ -115,6 +170,13 @@ impl Zero1 {
         self.step
     }
 
+    /// Bytes held per rank: (parameter buffers, gradient buffer, optimizer shard: masters + moments).
+    pub fn memory_bytes(&self) -> (usize, usize, usize) {
+        let bytes = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let params = self.buffers.iter().map(bytes).sum();
+        (params, bytes(&self.grad_buffer), bytes(&self.master) + bytes(&self.exp_avg) + bytes(&self.exp_avg_sq) + bytes(&self.grad))
+    }
+
     /// Make every rank's parameters rank 0's (call once before [`Zero1::new`] when ranks
     /// initialise weights independently).
     pub fn broadcast_params(params: &[NamedParam], comm: &mut Comm) -> Result<(), Failure> {
@@ -125,38 +187,71 @@ impl Zero1 {
         Ok(())
     }
 
+    /// Add the parameters' gradients in `flat` (a bucket's elements, or all) into the gradient
+    /// buffer (the first micro-batch of a step overwrites it; a parameter without gradient
+    /// counts as zeros) and clear them.
+    fn take_grads(&mut self, flat: Range<usize>) {
+        let first = !self.accumulating;
+        tch::no_grad(|| {
+            for b in self.layout.buckets() {
+                let (lo, hi) = (b.flat.start.max(flat.start), b.flat.end.min(flat.end));
+                if lo >= hi {
+                    continue;
+                }
+                let dst = self.grad_buffer.narrow(0, b.padded.start as i64, b.padded.len() as i64);
+                for piece in self.layout.pieces(lo..hi) {
+                    let at = piece.in_range.start + (lo - b.flat.start);
+                    let mut part = dst.narrow(0, at as i64, piece.in_range.len() as i64);
+                    let p = &self.params[piece.param];
+                    let grad = p.tensor.grad();
+                    if grad.defined() {
+                        let g = grad.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64);
+                        if first {
+                            part.copy_(&g);
+                        } else {
+                            let _ = part.g_add_(&g);
+                        }
+                    } else if first {
+                        let _ = part.zero_();
+                    }
+                }
+            }
+        });
+        for piece in self.layout.pieces(flat) {
+            let p = &self.params[piece.param];
+            if p.tensor.grad().defined() && piece.in_param.end == p.tensor.numel() {
+                openseek_kernels::set_grad(&p.tensor, None).expect("clearing a gradient");
+            }
+        }
+    }
+
+    /// After each micro-batch but the last of a step: its gradients summed into the fp32 buffer.
+    pub fn accumulate_grads(&mut self) {
+        self.take_grads(0..self.layout.total());
+        self.accumulating = true;
+    }
+
     /// The gradients of the parameters with bucket key `key` are complete (for this step): start
     /// averaging their buckets over ranks, overlapped with what the device does next. Every rank
     /// must call it with the same keys in the same order.
     pub fn grads_ready(&mut self, key: usize, comm: &mut Comm) -> Result<(), Failure> {
         for b in 0..self.layout.buckets().len() {
-            if self.layout.buckets()[b].key == key && !self.started[b] {
+            if self.layout.buckets()[b].key / 2 == key && !self.started[b] {
                 self.start_bucket(b, comm)?;
             }
         }
         Ok(())
     }
 
-    /// Copy bucket `b`'s gradients into the fp32 buffer (a parameter without gradient counts as
-    /// zeros) and start their reduce-scatter into this rank's slice.
+    /// Sum bucket `b`'s last gradients into the buffer and start its reduce-scatter into this
+    /// rank's slice.
     fn start_bucket(&mut self, b: usize, comm: &mut Comm) -> Result<(), Failure> {
-        let bucket = &self.layout.buckets()[b];
-        let dst = self.grad_flat.narrow(0, bucket.padded.start as i64, bucket.padded.len() as i64);
-        tch::no_grad(|| {
-            let _ = dst.narrow(0, bucket.flat.len() as i64, (bucket.padded.len() - bucket.flat.len()) as i64).zero_();
-            for piece in self.layout.pieces(bucket.flat.clone()) {
-                let mut part = dst.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64);
-                let grad = self.params[piece.param].tensor.grad();
-                if grad.defined() {
-                    part.copy_(&grad.reshape([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64));
-                } else {
-                    let _ = part.zero_();
-                }
-            }
-        });
+        let bucket = self.layout.buckets()[b].clone();
+        self.take_grads(bucket.flat.clone());
+        let src = self.grad_buffer.narrow(0, bucket.padded.start as i64, bucket.padded.len() as i64);
         let mine = bucket.in_shard(self.layout.world());
         let mut out = self.grad.narrow(0, mine.start as i64, mine.len() as i64);
-        comm.reduce_scatter_overlapped(&dst, &mut out, ReduceOp::Avg)?;
+        comm.reduce_scatter_overlapped(&src, &mut out, ReduceOp::Avg)?;
         self.started[b] = true;
         Ok(())
     }
@@ -170,6 +265,7 @@ impl Zero1 {
             }
         }
         self.started.iter_mut().for_each(|s| *s = false);
+        self.accumulating = false;
         comm.wait()
     }
 
@@ -201,45 +297,139 @@ impl Zero1 {
         &self.grad
     }
 
-    /// One AdamW step on this rank's slices with learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
-        let AdamW { beta1, beta2, eps, weight_decay } = self.adam;
-        self.step += 1;
-        tch::no_grad(|| {
-            if weight_decay != 0.0 {
-                for r in &self.decay_ranges {
-                    let _ = self.master.narrow(0, r.start as i64, r.len() as i64).g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-            }
-            let _ = self.exp_avg.lerp_(&self.grad, 1.0 - beta1);
-            let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
-            let _ = self.exp_avg_sq.g_add_(&(self.grad.square() * (1.0 - beta2)));
-            let t = self.step as i32;
-            let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-            let denom = self.exp_avg_sq.sqrt() / bc2.sqrt() + eps;
-            let _ = self.master.g_sub_(&(&self.exp_avg / denom * (lr / bc1)));
-        });
+    /// This rank's part of bucket `b`'s buffer (what its all-gather sends).
+    fn own_slice(&self, b: usize) -> Tensor {
+        let bucket = &self.layout.buckets()[b];
+        let len = bucket.slice_len(self.layout.world());
+        self.buffers[b].narrow(0, (self.rank * len) as i64, len as i64)
     }
 
-    /// All-gather every rank's shard and copy the slices into every rank's parameters.
-    pub fn gather_params(&mut self, comm: &mut Comm) -> Result<(), Failure> {
-        let mine = self.master.to_kind(self.param_kind);
-        comm.all_gather(&mine, &mut self.gathered)?;
-        let (world, shard) = (self.layout.world() as i64, self.layout.shard_len() as i64);
-        let by_rank = self.gathered.view([world, shard]);
-        tch::no_grad(|| {
-            for b in self.layout.buckets() {
-                let at = b.in_shard(world as usize);
-                // Rank r's slice of the bucket is row r: rows end to end are the padded bucket.
-                let bucket = by_rank.narrow(1, at.start as i64, at.len() as i64).reshape([-1]);
-                for piece in self.layout.pieces(b.flat.clone()) {
-                    let src = bucket.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64);
-                    let p = self.params[piece.param].tensor.shallow_clone();
-                    p.view([-1]).narrow(0, piece.in_param.start as i64, piece.in_param.len() as i64).copy_(&src);
+    /// One AdamW step on this rank's slices with learning rate `lr`, the gradients multiplied by
+    /// `grad_scale` (the clipping factor); the updated slices are written into this rank's part of
+    /// the parameter buffers ([`Zero1::gather_params`] sends them to the other ranks).
+    pub fn step(&mut self, lr: f64, grad_scale: f64) {
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.adam;
+        self.step += 1;
+        self.squares = None;
+        let _guard = tch::no_grad_guard();
+        if self.master.device().is_cuda() {
+            let h = openseek_kernels::AdamWStep { lr, beta1, beta2, eps, weight_decay: 0.0, step: self.step, grad_scale };
+            let squares = Tensor::zeros([self.runs.len().max(1) as i64, openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, self.master.device()));
+            for (i, run) in self.runs.iter().enumerate() {
+                let (at, len) = (run.shard.start as i64, run.shard.len() as i64);
+                let bucket_at = self.layout.buckets()[run.bucket].in_shard(self.layout.world()).start;
+                let mut leaf = self.own_slice(run.bucket).narrow(0, (run.shard.start - bucket_at) as i64, len);
+                let h = openseek_kernels::AdamWStep { weight_decay: if run.decay { weight_decay } else { 0.0 }, ..h };
+                let w = self.master.narrow(0, at, len);
+                let bf16 = leaf.kind() == Kind::BFloat16;
+                openseek_kernels::adamw_update(
+                    &w,
+                    bf16.then_some(&leaf),
+                    &self.grad.narrow(0, at, len),
+                    &self.exp_avg.narrow(0, at, len),
+                    &self.exp_avg_sq.narrow(0, at, len),
+                    &h,
+                    Some(&squares.get(i as i64)),
+                )
+                .unwrap_or_else(|e| panic!("AdamW kernel on a ZeRO-1 slice: {e}"));
+                if !bf16 {
+                    leaf.copy_(&w);
                 }
             }
-        });
+            self.squares = Some(squares);
+            return;
+        }
+        if grad_scale != 1.0 {
+            self.scale_grads(grad_scale);
+        }
+        for run in self.runs.iter().filter(|r| r.decay) {
+            if weight_decay != 0.0 {
+                let _ = self.master.narrow(0, run.shard.start as i64, run.shard.len() as i64).g_mul_scalar_(1.0 - lr * weight_decay);
+            }
+        }
+        let _ = self.exp_avg.lerp_(&self.grad, 1.0 - beta1);
+        let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
+        let _ = self.exp_avg_sq.g_add_(&(self.grad.square() * (1.0 - beta2)));
+        let t = self.step as i32;
+        let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+        let denom = self.exp_avg_sq.sqrt() / bc2.sqrt() + eps;
+        let _ = self.master.g_sub_(&(&self.exp_avg / denom * (lr / bc1)));
+        for b in 0..self.buffers.len() {
+            let at = self.layout.buckets()[b].in_shard(self.layout.world());
+            let mut mine = self.own_slice(b);
+            mine.copy_(&self.master.narrow(0, at.start as i64, at.len() as i64));
+        }
+    }
+
+    /// The L2 norm of all master weights (every rank's shard); a host sync.
+    pub fn weight_norm(&mut self, comm: &mut Comm) -> Result<f64, Failure> {
+        let local = match self.squares.take() {
+            Some(q) => q.sum(Kind::Double),
+            None => self.master.square().sum(Kind::Double),
+        };
+        let mut sq = [local.double_value(&[])];
+        comm.all_reduce_f64(&mut sq, ReduceOp::Sum)?;
+        Ok(sq[0].sqrt())
+    }
+
+    /// All-gather every bucket in place, so every rank's parameters hold the updated values. With
+    /// `overlap` (NCCL) the gathers run behind the work that follows; [`Zero1::params_ready`]
+    /// makes the device wait for a part of the model before it is used.
+    pub fn gather_params(&mut self, comm: &mut Comm, overlap: bool) -> Result<(), Failure> {
+        for b in 0..self.buffers.len() {
+            let (mine, mut all) = (self.own_slice(b), self.buffers[b].shallow_clone());
+            if overlap {
+                comm.all_gather_overlapped(&mine, &mut all)?;
+                self.gathers[b] = Some(comm.mark()?);
+            } else {
+                comm.all_gather(&mine, &mut all)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Before the parameters with bucket key `key` are used: the device waits for their
+    /// overlapped all-gather (and those queued before it).
+    pub fn params_ready(&mut self, key: usize, comm: &mut Comm) -> Result<(), Failure> {
+        let Some(last) = (0..self.gathers.len()).rev().find(|&b| self.layout.buckets()[b].key / 2 == key && self.gathers[b].is_some()) else { return Ok(()) };
+        let mark = self.gathers[last].take().unwrap();
+        self.gathers[..last].iter_mut().for_each(|g| *g = None);
+        comm.wait_mark(mark)
+    }
+
+    /// The device waits for every overlapped all-gather still pending.
+    pub fn all_params_ready(&mut self, comm: &mut Comm) -> Result<(), Failure> {
+        match (0..self.gathers.len()).rev().find(|&b| self.gathers[b].is_some()) {
+            Some(last) => {
+                let mark = self.gathers[last].take().unwrap();
+                self.gathers.iter_mut().for_each(|g| *g = None);
+                comm.wait_mark(mark)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// (name, fp32 master) of every parameter whose leaf is not fp32, gathered from all ranks
+    /// onto the host (every rank calls it; a checkpoint saves these in place of the bf16 leaves).
+    pub fn full_masters(&self, comm: &mut Comm) -> Result<Vec<(String, Tensor)>, Failure> {
+        let world = self.layout.world();
+        let mut out = vec![];
+        for (b, bucket) in self.layout.buckets().iter().enumerate() {
+            if self.buffers[b].kind() == Kind::Float {
+                continue;
+            }
+            let at = bucket.in_shard(world);
+            let mine = self.master.narrow(0, at.start as i64, at.len() as i64);
+            let mut all = Tensor::zeros([bucket.padded.len() as i64], (Kind::Float, self.master.device()));
+            comm.all_gather(&mine, &mut all)?;
+            let all = all.to_device(Device::Cpu);
+            for piece in self.layout.pieces(bucket.flat.clone()) {
+                let p = &self.params[piece.param];
+                let values = all.narrow(0, piece.in_range.start as i64, piece.in_range.len() as i64).view(p.tensor.size().as_slice());
+                out.push((p.name.clone(), values));
+            }
+        }
+        Ok(out)
     }
 
     /// `t`'s parts that hold this rank's flat ranges, end to end, on the host.
@@ -284,6 +474,14 @@ impl Zero1 {
         self.exp_avg = put("exp_avg");
         self.exp_avg_sq = put("exp_avg_sq");
         self.step = step;
+        // The parameters from the masters (exact where the model files held rounded values).
+        tch::no_grad(|| {
+            for b in 0..self.buffers.len() {
+                let at = self.layout.buckets()[b].in_shard(self.layout.world());
+                let mut mine = self.own_slice(b);
+                mine.copy_(&self.master.narrow(0, at.start as i64, at.len() as i64));
+            }
+        });
         Ok(())
     }
 }
@@ -299,7 +497,7 @@ mod tests {
             .iter()
             .zip(decay)
             .enumerate()
-            .map(|(i, (v, &d))| NamedParam { name: format!("p{i}"), tensor: Tensor::from_slice(v).set_requires_grad(true), decay: d, bucket: 0 })
+            .map(|(i, (v, &d))| NamedParam { name: format!("p{i}"), tensor: Tensor::from_slice(v).set_requires_grad(true), decay: d, bucket: 0, leaf_kind: Kind::Float })
             .collect()
     }
 
@@ -309,7 +507,7 @@ mod tests {
         let mut comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
         let ps = params(&[&[1.0, -2.0, 3.0], &[0.5, 0.25]], &[true, false]);
         let model: Vec<Tensor> = ps.iter().map(|p| p.tensor.shallow_clone()).collect();
-        let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = Zero1::new(ps, &comm, adam).unwrap();
         // Reference state, in f64.
         let mut p: Vec<f64> = vec![1.0, -2.0, 3.0, 0.5, 0.25];
@@ -326,8 +524,8 @@ mod tests {
             loss.backward();
             let g: Vec<f64> = vec![p[0], p[1], p[2], 3.0, 3.0];
             opt.reduce_grads(&mut comm).unwrap();
-            opt.step(lr);
-            opt.gather_params(&mut comm).unwrap();
+            opt.step(lr, 1.0);
+            opt.gather_params(&mut comm, false).unwrap();
             for i in 0..5 {
                 if i < 3 {
                     p[i] *= 1.0 - lr * 0.1;
@@ -371,7 +569,7 @@ mod tests {
                             .enumerate()
                             .map(|(i, (&n, k))| {
                                 let t = Tensor::arange(n as i64, (Kind::Float, Device::Cpu)) * 0.1 + i as f64;
-                                NamedParam { name: format!("p{i}"), tensor: t.set_requires_grad(true), decay: i != 2, bucket: k }
+                                NamedParam { name: format!("p{i}"), tensor: t.set_requires_grad(true), decay: i != 2, bucket: k, leaf_kind: Kind::Float }
                             })
                             .collect()
                     };
@@ -383,7 +581,7 @@ mod tests {
                             }
                         }
                     };
-                    let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+                    let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
                     let (early, late) = (make(), make());
                     let (early_model, late_model): (Vec<Tensor>, Vec<Tensor>) =
                         (early.iter().map(|p| p.tensor.shallow_clone()).collect(), late.iter().map(|p| p.tensor.shallow_clone()).collect());
@@ -410,8 +608,8 @@ mod tests {
                     for (g, e) in ga.iter().zip(&expect) {
                         assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "rank {rank}: {ga:?} vs {expect:?}");
                     }
-                    a.step(0.01);
-                    a.gather_params(&mut comm).unwrap();
+                    a.step(0.01, 1.0);
+                    a.gather_params(&mut comm, false).unwrap();
                     a.save(&state).unwrap();
                     comm.store().barrier("saved").unwrap();
                     (early_model.iter().map(|t| Vec::<f32>::try_from(&t.detach()).unwrap()).collect::<Vec<_>>(), a.steps())
@@ -423,8 +621,8 @@ mod tests {
         assert_ne!(got[0].0[0], vec![0.0, 0.1, 0.2], "parameters moved");
         // Saved on two ranks (three buckets), loaded on one (one bucket): the same master weights.
         let comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
-        let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
-        let zeros = sizes.iter().enumerate().map(|(i, &n)| NamedParam { name: format!("p{i}"), tensor: Tensor::zeros([n as i64], (Kind::Float, Device::Cpu)), decay: i != 2, bucket: 0 });
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let zeros = sizes.iter().enumerate().map(|(i, &n)| NamedParam { name: format!("p{i}"), tensor: Tensor::zeros([n as i64], (Kind::Float, Device::Cpu)), decay: i != 2, bucket: 0, leaf_kind: Kind::Float });
         let mut one = Zero1::new(zeros.collect(), &comm, adam).unwrap();
         one.load(&state).unwrap();
         let master = Vec::<f32>::try_from(&one.master.narrow(0, 0, one.layout().total() as i64)).unwrap();
@@ -435,10 +633,10 @@ mod tests {
     #[test]
     fn zero1_state_saves_and_reloads_with_its_step() {
         let comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
-        let adam = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
         let mut opt = Zero1::new(params(&[&[1.0, 2.0], &[3.0]], &[true, false]), &comm, adam).unwrap();
         opt.grad = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).pad([0, opt.layout.shard_len() as i64 - 3], "constant", Some(0.0));
-        opt.step(0.1);
+        opt.step(0.1, 1.0);
         let dir = tempfile::tempdir().unwrap();
         opt.save(dir.path()).unwrap();
         let mut other = Zero1::new(params(&[&[0.0, 0.0], &[0.0]], &[true, false]), &comm, adam).unwrap();

@@ -13,8 +13,8 @@ pub mod nccl;
 pub mod reshard;
 pub mod store;
 
-pub use comm::{Comm, CommOptions, ReduceOp};
-pub use dp::{AdamW, NamedParam, Zero1};
+pub use comm::{Comm, CommOptions, Mark, ReduceOp};
+pub use dp::{AdamWConfig, NamedParam, Zero1};
 
 pub use launch::Launch;
 pub use layout::{FlatLayout, Param};

@@ -122,6 +122,12 @@ fn cuda(what: &str, r: Result<(), cu::DriverError>) -> Result<(), Failure> {
 }
 
 /// One collective in flight, as the watchdog sees it.
+/// A CUDA event recorded on a communicator's stream ([`NcclComm::mark`]).
+pub struct Event(CUevent);
+
+// Safety: an event handle may be waited on and destroyed from any thread of the process.
+unsafe impl Send for Event {}
+
 struct Inflight {
     done: CUevent,
     what: String,
@@ -277,10 +283,36 @@ impl NcclComm {
         })
     }
 
+    /// With `overlap`, the compute stream does not wait for it (see [`NcclComm::wait`]).
+    ///
     /// # Safety
-    /// `send` holds `send_count` elements, `recv` holds `world * send_count`, on this GPU.
-    pub unsafe fn all_gather(&mut self, send: *const c_void, recv: *mut c_void, send_count: usize, dtype: ncclDataType_t) -> Result<(), Failure> {
-        self.run(format!("all_gather of {send_count} x {dtype:?} per rank"), false, |api, comm, s| unsafe { (api.all_gather)(send, recv, send_count, dtype, comm, s) })
+    /// `send` holds `send_count` elements, `recv` holds `world * send_count`, on this GPU (`send`
+    /// may be this rank's part of `recv`); with `overlap`, both stay allocated and untouched until
+    /// the compute stream waits for it.
+    pub unsafe fn all_gather(&mut self, send: *const c_void, recv: *mut c_void, send_count: usize, dtype: ncclDataType_t, overlap: bool) -> Result<(), Failure> {
+        self.run(format!("all_gather of {send_count} x {dtype:?} per rank"), overlap, |api, comm, s| unsafe { (api.all_gather)(send, recv, send_count, dtype, comm, s) })
+    }
+
+    /// An event after the collectives queued so far on this communicator's stream.
+    pub fn mark(&mut self) -> Result<Event, Failure> {
+        self.check()?;
+        cuda("set context", unsafe { cu::ctx::set_current(self.ctx) })?;
+        let ev = cu::event::create(CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(|e| Failure::software(format!("CUDA event: {e:?}")))?;
+        // Safety: the event and the stream are live.
+        unsafe { cuda("event record", cu::event::record(ev, self.stream))? };
+        Ok(Event(ev))
+    }
+
+    /// The compute stream waits (on the device) for `event`, which is then released.
+    pub fn wait_event(&mut self, event: Event) -> Result<(), Failure> {
+        self.check()?;
+        cuda("set context", unsafe { cu::ctx::set_current(self.ctx) })?;
+        let compute = self.compute_stream()?;
+        // Safety: the event was recorded on this communicator's stream; a waited-on event may be destroyed at once.
+        unsafe {
+            cuda("stream wait", cu::stream::wait_event(compute, event.0, CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT))?;
+            cuda("event destroy", cu::event::destroy(event.0))
+        }
     }
 
     /// # Safety

@@ -226,20 +226,20 @@ pub fn save(
     opt: &Optimizer,
     state: &TrainerState,
     keep_last: Option<usize>,
-    comm: &Comm,
+    comm: &mut Comm,
 ) -> Result<PathBuf, Failure> {
     let root = root(run_dir);
     let name = name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let dest = root.join(&name);
     let lead = comm.rank() == 0;
+    // Where the model computes from bf16 copies, the checkpoint holds the fp32 masters.
+    let masters = opt.masters(comm)?;
     if lead {
         std::fs::create_dir_all(&root).map_err(|e| Failure::io_at(&root, "cannot create", &e))?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
         }
-        // Where the model computes from bf16 copies, the checkpoint holds the fp32 masters.
-        let masters = opt.masters();
         let with_masters = (!masters.is_empty()).then(|| {
             let mut w: openseek_model::model::Weights = model.named_tensors().into_iter().collect();
             w.extend(masters);

@@ -65,6 +65,10 @@ pub struct DebugOptions {
     pub profile: bool,
     /// Write the fifth micro-batch's forward and backward (after warm-up) as a Chrome trace here.
     pub trace: Option<PathBuf>,
+    /// Run the collectives through NCCL (and so the ZeRO-1 optimizer) even on one GPU, to measure
+    /// the multi-GPU path where only one GPU is at hand.
+    #[serde(default)]
+    pub force_nccl: bool,
 }
 
 /// os-train's own fast paths (the model's are `openseek_model::FastPaths`).
@@ -215,6 +219,11 @@ pub struct TrainConfig {
     /// (Megatron's `overlap_grad_reduce`); false: all at once after the pass. Same numbers.
     #[serde(default = "yes")]
     pub overlap_grad_reduce: bool,
+    /// With several ranks (ZeRO-1), the all-gathers of updated parameters run behind the next
+    /// forward pass, each layer waiting only for its own bucket (Megatron's `overlap_param_gather`,
+    /// set in the seeds' FlagScale configs); false: the step waits for them. Same numbers.
+    #[serde(default = "yes")]
+    pub overlap_param_gather: bool,
 
     /// cpu, cuda, cuda:N or auto.
     #[serde(default = "auto")]

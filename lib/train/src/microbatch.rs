@@ -98,6 +98,17 @@ pub struct MicroBatchPlan<'a> {
     pub trace: Option<&'a Path>,
 }
 
+/// Where the pass is, for the caller's hook: the parameters of a part of the model are about to be
+/// used (forward), or their gradients are complete (backward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassPoint {
+    /// Before the forward pass uses the part's parameters (`Head`: before the final norm, the
+    /// head and anything after them).
+    ParamsNeeded(GradReady),
+    /// The part's gradients are complete for the micro-batch.
+    GradsReady(GradReady),
+}
+
 /// What a micro-batch contributed; detached scalars already divided by the step's denominators.
 pub struct MicroOutput {
     /// Sum of masked token losses / the loss denominator.
@@ -119,13 +130,13 @@ fn sum_losses(stats: &Option<RoutingStats>) -> (Option<Tensor>, Option<Tensor>) 
 }
 
 /// Forward and backward of one micro-batch as `plan` says; gradients accumulate into the
-/// parameters' `.grad`. `grads_ready` is called at each [`GradReady`] point once the gradients it
-/// names are complete (its error ends the pass).
+/// parameters' `.grad`. `at` is called at each [`PassPoint`]: before a part's parameters are used,
+/// and once the gradients of a part are complete (its error ends the pass).
 pub fn forward_backward(
     model: &DeepseekV3,
     batch: &MicroBatch,
     plan: &MicroBatchPlan,
-    grads_ready: &mut dyn FnMut(GradReady) -> Result<(), Failure>,
+    at: &mut dyn FnMut(PassPoint) -> Result<(), Failure>,
 ) -> Result<MicroOutput, Failure> {
     let device = model.device();
     let trace = Trace::start(plan.trace)?;
@@ -137,13 +148,15 @@ pub fn forward_backward(
         Some((p, m)) => (Some(p), Some(m)),
         None => (None, None),
     };
+    at(PassPoint::ParamsNeeded(GradReady::Embedding))?;
     let (x0, cos, sin) = model.embed(&batch.ids, positions);
     let mut x = x0.detach().set_requires_grad(true);
     // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
     let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
     let (mut seq_aux, mut z) = (zero(), zero());
     let mut loads = vec![];
-    for (layer, &again) in model.layers.iter().zip(plan.recompute) {
+    for (i, (layer, &again)) in model.layers.iter().zip(plan.recompute).enumerate() {
+        at(PassPoint::ParamsNeeded(GradReady::Layer(i)))?;
         let input = x;
         let (y, stats) = if again {
             tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux))
@@ -167,10 +180,11 @@ pub fn forward_backward(
     }
 
     // Final norm, then head + loss chunk by chunk with their backward (crate::loss).
+    at(PassPoint::ParamsNeeded(GradReady::Head))?;
     let h = model.norm.forward(&x);
     let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, plan.chunk_tokens, plan.loss_denominator, plan.head_loss, plan.fast);
     profile.mark("head + loss forward/backward");
-    grads_ready(GradReady::Head)?;
+    at(PassPoint::GradsReady(GradReady::Head))?;
 
     let mut grad = x.grad();
     for (i, (layer, (input, graph))) in model.layers.iter().zip(saved).enumerate().rev() {
@@ -189,11 +203,11 @@ pub fn forward_backward(
         .map_err(|e| Failure::software(format!("backward pass of layer {i}: {e}")))?;
         grad = input.grad();
         profile.mark("backward layer");
-        grads_ready(GradReady::Layer(i))?;
+        at(PassPoint::GradsReady(GradReady::Layer(i)))?;
     }
     openseek_kernels::backward(&[&x0], &[&grad]).map_err(|e| Failure::software(format!("backward pass of the embedding: {e}")))?;
     profile.mark("embedding backward");
-    grads_ready(GradReady::Embedding)?;
+    at(PassPoint::GradsReady(GradReady::Embedding))?;
     profile.report();
     trace.stop(device)?;
     Ok(MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads })
@@ -286,7 +300,8 @@ mod tests {
             let batch = MicroBatch { labels: ids.view([-1]).roll([-1], [0]), loss_mask: Tensor::ones([8], (Kind::Float, Device::Cpu)), ids, per_document: None };
             let mut seen = vec![];
             let mut snapshots: Vec<(String, Tensor)> = vec![];
-            let mut ready = |point: GradReady| {
+            let mut ready = |point: PassPoint| {
+                let PassPoint::GradsReady(point) = point else { return Ok(()) };
                 seen.push(point);
                 for (n, t) in &params {
                     if GradReady::of(n) == point {

@@ -15,8 +15,10 @@
 //! weights) the same formulas run as tensor ops, one parameter at a time.
 //! Nothing waits for the update on the host: the next step's work queues behind it (the log's
 //! parameter norm, from the kernel's sums of squares, is read at the next synchronisation).
-//! [`Optimizer`] picks it at world size 1 and openseek-dist's ZeRO-1 over several ranks; both
-//! save the same re-shardable optimizer files.
+//! [`Optimizer`] picks it at world size 1 and openseek-dist's ZeRO-1 over several ranks (or with
+//! NCCL forced on one), which runs the same mixed precision on its shard: bf16 parameters in
+//! bucket buffers, fp32 masters and moments 1/world per rank, the same kernel; both save the same
+//! re-shardable optimizer files.
 
 use openseek_common::Failure;
 use openseek_dist::layout::{FlatLayout, Param as LayoutParam};
@@ -254,42 +256,73 @@ impl AdamW {
     }
 }
 
-/// The optimizer of a run: [`AdamW`] with the whole state on one rank, or [`Zero1`] (the state
-/// sharded, gradients reduce-scattered in fp32, parameters all-gathered) over several. Both save
-/// the same re-shardable files, so a run resumes on any number of ranks.
+/// The optimizer's settings (from the training config).
+#[derive(Debug, Clone, Copy)]
+pub struct OptimizerConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Mixed precision: bf16 leaves with fp32 masters (else the leaves keep their dtype).
+    pub bf16_leaves: bool,
+    /// Clear gradients to none after an update (else zero them).
+    pub grad_none: bool,
+    /// ZeRO-1: the parameter all-gathers overlap the next forward pass.
+    pub overlap_param_gather: bool,
+}
+
+/// The optimizer of a run: [`AdamW`] with the whole state when the collectives are local (one
+/// rank), or [`Zero1`] (the state sharded, gradients reduce-scattered in fp32, parameters
+/// all-gathered) over several ranks or with NCCL forced on one. Both save the same re-shardable
+/// files, so a run resumes on any number of ranks.
 pub enum Optimizer {
     Full(AdamW),
-    Sharded { zero: Box<Zero1>, leaves: Vec<Tensor>, grad_none: bool },
+    Sharded { zero: Box<Zero1>, leaves: Vec<Tensor>, overlap_param_gather: bool },
 }
 
 impl Optimizer {
-    /// AdamW at world size 1, ZeRO-1 above; `params` are the model's trainable leaves. With
-    /// `bf16_leaves` (mixed precision) AdamW turns them into bf16 leaves with fp32 masters; ZeRO-1
-    /// keeps fp32 leaves (its buckets would need the per-micro-batch fp32 sums first).
-    /// `grad_none`: gradients are cleared to none after an update (else zeroed).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        params: Vec<(String, Tensor)>,
-        comm: &mut Comm,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-        bf16_leaves: bool,
-        grad_none: bool,
-    ) -> Result<Optimizer, Failure> {
-        if comm.world() == 1 {
-            let mut adam = AdamW::new(params, beta1, beta2, eps, weight_decay, bf16_leaves);
-            adam.grad_none = grad_none;
+    /// `params` are the model's trainable leaves. With `bf16_leaves` (mixed precision) they become
+    /// bf16 leaves with fp32 masters in the optimizer, but those that [`stays_fp32`].
+    pub fn new(params: Vec<(String, Tensor)>, comm: &mut Comm, c: OptimizerConfig) -> Result<Optimizer, Failure> {
+        if comm.is_local() {
+            let mut adam = AdamW::new(params, c.beta1, c.beta2, c.eps, c.weight_decay, c.bf16_leaves);
+            adam.grad_none = c.grad_none;
             return Ok(Optimizer::Full(adam));
         }
-        let named: Vec<NamedParam> =
-            params.iter().map(|(n, t)| NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n), bucket: GradReady::of(n).key() }).collect();
+        let named: Vec<NamedParam> = params
+            .iter()
+            .map(|(n, t)| {
+                let mixed = c.bf16_leaves && t.kind() == Kind::Float && !stays_fp32(n);
+                let leaf_kind = if mixed { Kind::BFloat16 } else { t.kind() };
+                NamedParam { name: n.clone(), tensor: t.shallow_clone(), decay: decays(n), bucket: GradReady::of(n).key(), leaf_kind }
+            })
+            .collect();
         // Ranks that built their weights independently start from rank 0's.
         Zero1::broadcast_params(&named, comm)?;
         let leaves = params.into_iter().map(|(_, t)| t).collect();
-        let zero = Zero1::new(named, comm, openseek_dist::AdamW { beta1, beta2, eps, weight_decay })?;
-        Ok(Optimizer::Sharded { zero: Box::new(zero), leaves, grad_none })
+        let adam = openseek_dist::AdamWConfig { beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay };
+        let zero = Zero1::new(named, comm, adam)?;
+        Ok(Optimizer::Sharded { zero: Box::new(zero), leaves, overlap_param_gather: c.overlap_param_gather })
+    }
+
+    /// What the optimizer holds per rank, in GiB, for the log: parameters, gradient buffer and
+    /// optimizer state (masters, moments, this rank's gradient slices).
+    pub fn memory_line(&self) -> String {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let (params, grads, state) = match self {
+            Optimizer::Full(a) => {
+                let bytes = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+                let params = a.params.iter().map(|p| bytes(&p.tensor)).sum();
+                let state = a.params.iter().map(|p| bytes(&p.exp_avg) + bytes(&p.exp_avg_sq) + p.master.as_ref().map_or(0, bytes)).sum();
+                (params, 0, state)
+            }
+            Optimizer::Sharded { zero, .. } => zero.memory_bytes(),
+        };
+        let kind = match self {
+            Optimizer::Full(_) => "AdamW, whole state; gradients in the leaves",
+            Optimizer::Sharded { .. } => "ZeRO-1",
+        };
+        format!("parameters {:.2} GiB, gradient buffer {:.2} GiB, optimizer state {:.2} GiB ({kind})", gib(params), gib(grads), gib(state))
     }
 
     /// The trainable leaves (shallow clones sharing storage and gradients with the model).
@@ -309,6 +342,16 @@ impl Optimizer {
         }
     }
 
+    /// In the forward pass, before the parameters of `point` are used: the device waits for their
+    /// overlapped all-gather (the head's point waits for all that remain).
+    pub fn params_needed(&mut self, comm: &mut Comm, point: GradReady) -> Result<(), Failure> {
+        match self {
+            Optimizer::Full(_) => Ok(()),
+            Optimizer::Sharded { zero, .. } if point == GradReady::Head => zero.all_params_ready(comm),
+            Optimizer::Sharded { zero, .. } => zero.params_ready(point.key(), comm),
+        }
+    }
+
     /// After the last micro-batch's backward: average the gradients over ranks (in fp32, each rank
     /// keeping its slices; what [`Optimizer::grads_ready`] has not started) and return the global
     /// gradient norm.
@@ -323,34 +366,34 @@ impl Optimizer {
     }
 
     /// One update at `lr` with the gradients scaled by `grad_scale`; the sharded optimizer
-    /// all-gathers the updated parameters into every rank's model.
+    /// all-gathers the updated parameters into every rank's model (overlapped with the next
+    /// forward pass when `overlap_param_gather`).
     pub fn step(&mut self, comm: &mut Comm, lr: f64, grad_scale: f64) -> Result<(), Failure> {
         match self {
             Optimizer::Full(a) => a.step(lr, grad_scale),
-            Optimizer::Sharded { zero, .. } => {
-                if grad_scale != 1.0 {
-                    zero.scale_grads(grad_scale);
-                }
-                zero.step(lr);
-                zero.gather_params(comm)?;
+            Optimizer::Sharded { zero, overlap_param_gather, .. } => {
+                zero.step(lr, grad_scale);
+                zero.gather_params(comm, *overlap_param_gather)?;
             }
         }
         Ok(())
     }
 
-    /// After each micro-batch of a step that has several (see [`AdamW::accumulate_grads`]).
+    /// After each micro-batch of a step that has several: the gradients summed in fp32 (see
+    /// [`AdamW::accumulate_grads`], [`Zero1::accumulate_grads`]).
     pub fn accumulate_grads(&mut self) {
-        if let Optimizer::Full(a) = self {
-            a.accumulate_grads();
+        match self {
+            Optimizer::Full(a) => a.accumulate_grads(),
+            Optimizer::Sharded { zero, .. } => zero.accumulate_grads(),
         }
     }
 
     /// (name, fp32 master) of the parameters whose model leaves are bf16 copies: what a checkpoint
-    /// saves in their place.
-    pub fn masters(&self) -> Vec<(String, Tensor)> {
+    /// saves in their place. Every rank calls it (the sharded optimizer gathers the masters).
+    pub fn masters(&self, comm: &mut Comm) -> Result<Vec<(String, Tensor)>, Failure> {
         match self {
-            Optimizer::Full(a) => a.params.iter().filter_map(|p| p.master.as_ref().map(|m| (p.name.clone(), m.shallow_clone()))).collect(),
-            Optimizer::Sharded { .. } => vec![],
+            Optimizer::Full(a) => Ok(a.params.iter().filter_map(|p| p.master.as_ref().map(|m| (p.name.clone(), m.shallow_clone()))).collect()),
+            Optimizer::Sharded { zero, .. } => zero.full_masters(comm),
         }
     }
 
@@ -364,17 +407,16 @@ impl Optimizer {
     pub fn zero_grad(&mut self) {
         match self {
             Optimizer::Full(a) => a.zero_grad(),
-            Optimizer::Sharded { leaves, grad_none, .. } => leaves.iter_mut().for_each(|t| clear_grad(t, *grad_none)),
+            Optimizer::Sharded { leaves, .. } => leaves.iter_mut().for_each(|t| clear_grad(t, true)),
         }
     }
 
-    /// The L2 norm of all weights (the fp32 masters where the leaves are bf16 copies).
-    pub fn param_norm(&mut self) -> f64 {
+    /// The L2 norm of all weights (the fp32 masters where the leaves are bf16 copies); every rank calls it.
+    pub fn param_norm(&mut self, comm: &mut Comm) -> Result<f64, Failure> {
         match self {
-            Optimizer::Full(a) => a.weight_norm(),
-            Optimizer::Sharded { leaves, .. } => norm_of(&leaves.iter().collect::<Vec<_>>()),
+            Optimizer::Full(a) => Ok(a.weight_norm().double_value(&[])),
+            Optimizer::Sharded { zero, .. } => zero.weight_norm(comm),
         }
-        .double_value(&[])
     }
 
     /// This rank's state file in the checkpoint directory `dir` (every rank calls it).
@@ -385,14 +427,17 @@ impl Optimizer {
         }
     }
 
-    /// The state saved in `dir` on any world size.
-    pub fn load(&mut self, dir: &Path) -> Result<(), Failure> {
+    /// The state saved in `dir` on any world size (the sharded optimizer then sets every rank's
+    /// parameters from the masters).
+    pub fn load(&mut self, dir: &Path, comm: &mut Comm) -> Result<(), Failure> {
         match self {
             Optimizer::Full(a) => a.load(dir),
-            Optimizer::Sharded { zero, .. } => zero.load(dir),
+            Optimizer::Sharded { zero, .. } => {
+                zero.load(dir)?;
+                zero.gather_params(comm, false)
+            }
         }
     }
-
 }
 
 /// The L2 norm of `tensors` together (fp32 accumulation per tensor; one multi-tensor kernel on CUDA).
@@ -475,10 +520,10 @@ mod tests {
         let mut comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
         let fresh = model(&[&[0.0; 3], &[0.0; 2]]);
         let leaves: Vec<Tensor> = fresh.iter().map(|(_, t)| t.shallow_clone()).collect();
-        let named = fresh.into_iter().map(|(n, t)| NamedParam { decay: decays(&n), name: n, tensor: t, bucket: 0 }).collect();
-        let mut zero = Zero1::new(named, &comm, openseek_dist::AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }).unwrap();
+        let named = fresh.into_iter().map(|(n, t)| NamedParam { decay: decays(&n), name: n, tensor: t, bucket: 0, leaf_kind: Kind::Float }).collect();
+        let mut zero = Zero1::new(named, &comm, openseek_dist::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }).unwrap();
         zero.load(dir.path()).unwrap();
-        zero.gather_params(&mut comm).unwrap();
+        zero.gather_params(&mut comm, false).unwrap();
         for (l, p) in leaves.iter().zip(&opt.params) {
             assert_eq!(Vec::<f32>::try_from(&l.reshape([-1])).unwrap(), Vec::<f32>::try_from(&p.tensor.reshape([-1])).unwrap());
         }

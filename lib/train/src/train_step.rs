@@ -17,7 +17,7 @@
 //! `_update_router_expert_bias` before the optimizer step).
 
 use crate::config::{LossAveraging, OnNan};
-use crate::microbatch::{self, GradReady, MicroBatch, MicroBatchPlan, MicroOutput};
+use crate::microbatch::{self, GradReady, MicroBatch, MicroBatchPlan, MicroOutput, PassPoint};
 use crate::trainer::{sync, Trainer};
 use openseek_common::Failure;
 use openseek_dist::ReduceOp;
@@ -165,7 +165,8 @@ impl Trainer<'_> {
     }
 
     /// One micro-batch's forward and backward; during the step's last one the gradients are
-    /// handed to the optimizer's reduction as they complete (`overlap_grad_reduce`).
+    /// handed to the optimizer's reduction as they complete (`overlap_grad_reduce`); each part of
+    /// the model waits for its parameters' all-gather (`overlap_param_gather`).
     fn micro_batch(&mut self, b: &reader::MicroBatch, loss_denominator: f64, last: bool) -> Result<MicroOutput, Failure> {
         let device = self.comm.device();
         let rows = b.sample_ids.len() as i64;
@@ -189,16 +190,19 @@ impl Trainer<'_> {
         };
         let step = self.state.step + 1;
         let (opt, comm) = (&mut self.opt, &mut self.comm);
-        let mut grads_ready = |point: GradReady| {
-            if last && point == GradReady::Embedding && crate::fault::at("nan-grad-at-step", step) {
-                let _ = opt.leaves()[0].grad().fill_(f64::NAN);
+        let mut at = |point: PassPoint| match point {
+            PassPoint::ParamsNeeded(part) => opt.params_needed(comm, part),
+            PassPoint::GradsReady(part) => {
+                if last && part == GradReady::Embedding && crate::fault::at("nan-grad-at-step", step) {
+                    let _ = opt.leaves()[0].grad().fill_(f64::NAN);
+                }
+                if last && cfg.overlap_grad_reduce {
+                    opt.grads_ready(comm, part)?;
+                }
+                Ok(())
             }
-            if last && cfg.overlap_grad_reduce {
-                opt.grads_ready(comm, point)?;
-            }
-            Ok(())
         };
-        let out = microbatch::forward_backward(&self.model, &batch, &plan, &mut grads_ready)?;
+        let out = microbatch::forward_backward(&self.model, &batch, &plan, &mut at)?;
         if self.accumulation > 1 {
             self.opt.accumulate_grads();
         }

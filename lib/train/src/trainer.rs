@@ -11,7 +11,7 @@
 use crate::checkpoint::{self, DataIdentity, TrainerState};
 use crate::config::{ModelConfig, Precision, TrainConfig, TrainFastPaths};
 use crate::metrics;
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::run_log::{PendingRecord, RunLog};
 use openseek_common::signals::StopSignal;
 use openseek_common::{AtomicOutputs, ExitCode, Failure};
@@ -195,7 +195,7 @@ impl<'a> Trainer<'a> {
             tch::set_num_threads(t as i32);
         }
         let device = rank_device(&cfg.device, &launch)?;
-        let mut comm = Comm::init(launch, device, CommOptions::default())?;
+        let mut comm = Comm::init(launch, device, CommOptions { force_nccl: cfg.debug.force_nccl, ..CommOptions::default() })?;
         let (master, compute) = kinds(cfg.precision);
         let total_steps = cfg.total_steps();
         let gbs = cfg.global_batch_size as u64;
@@ -279,10 +279,18 @@ impl<'a> Trainer<'a> {
             .filter(|(n, _)| !n.ends_with("e_score_correction_bias"))
             .map(|(n, t)| (n, t.set_requires_grad(true)))
             .collect();
-        let bf16_leaves = cfg.precision == Precision::Bf16Mixed;
-        let mut opt = Optimizer::new(params, &mut comm, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay, bf16_leaves, fast.grad_none)?;
+        let optimizer = OptimizerConfig {
+            beta1: cfg.adam_beta1,
+            beta2: cfg.adam_beta2,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+            bf16_leaves: cfg.precision == Precision::Bf16Mixed,
+            grad_none: fast.grad_none,
+            overlap_param_gather: cfg.overlap_param_gather,
+        };
+        let mut opt = Optimizer::new(params, &mut comm, optimizer)?;
         if let Some((_, dir)) = &resume {
-            opt.load(dir)?;
+            opt.load(dir, &mut comm)?;
         }
         let seq = store.seq_len() as i64;
         let options = ReaderOptions {
@@ -310,6 +318,7 @@ impl<'a> Trainer<'a> {
                 comm.backend_name(),
                 cfg.peak_tflops
             );
+            eprintln!("os-train: per rank: {}", opt.memory_line());
         }
         let flops_per_token = metrics::flops_per_token(&model.config, seq);
         Ok(Some(Trainer {
@@ -380,7 +389,7 @@ impl<'a> Trainer<'a> {
     /// Write the pending record (the parameter norm waits for the update queued last).
     pub(crate) fn emit_pending(&mut self) -> Result<(), Failure> {
         if let Some(p) = self.pending.take() {
-            let norm = self.opt.param_norm();
+            let norm = self.opt.param_norm(&mut self.comm)?;
             if let Some(log) = &mut self.log {
                 log.emit(p, norm)?;
             }
@@ -391,7 +400,7 @@ impl<'a> Trainer<'a> {
     fn checkpoint(&mut self) -> Result<(), Failure> {
         self.emit_pending()?;
         let tokenizer = self.cfg.tokenizer.as_deref().or(self.cfg.init_from.as_deref());
-        let dir = checkpoint::save(self.run_dir, &self.model, tokenizer, &self.opt, &self.state, self.cfg.keep_last, &self.comm)?;
+        let dir = checkpoint::save(self.run_dir, &self.model, tokenizer, &self.opt, &self.state, self.cfg.keep_last, &mut self.comm)?;
         self.saved_at = self.state.step;
         if self.comm.rank() == 0 {
             eprintln!("os-train: saved {}", dir.display());
