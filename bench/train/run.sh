@@ -14,7 +14,7 @@ if [ "${1:-}" = prepare ]; then
   target/release/os-demo-data --output "$g/demo" >/dev/null
   target/release/os-tokenize --tokenizer "$g/demo/tokenizer" --wrap-docs --quiet --output "$g/shards/part-0" "$g/demo/corpus/part-0.jsonl"
   rm -rf "$g/demo"
-  target/release/os-mix --weights "1.0 $g/shards/part-0" --seq-len 4096 --samples 64 --output "$g/mix"
+  target/release/os-mix --weights "1.0 $g/shards/part-0" --seq-len 4096 --samples 512 --output "$g/mix"
   cp ../shared/bench/hf_baseline.py "$g/"
   objcopy --strip-debug target/release/os-train bench/out/gpu/os-train
   exit 0

@@ -151,7 +151,8 @@ impl Comm {
         }
     }
 
-    /// `input` holds `world` equal parts; rank r's `output` becomes the reduction of part r.
+    /// `input` holds `world` equal parts; rank r's `output` becomes the reduction of part r
+    /// (`output` may be part r of `input` itself: in place).
     pub fn reduce_scatter(&mut self, input: &Tensor, output: &mut Tensor, op: ReduceOp) -> Result<(), Failure> {
         self.reduce_scatter_maybe_overlapped(input, output, op, false)
     }
@@ -190,7 +191,9 @@ impl Comm {
         }
         match &mut self.backend {
             Backend::Local => {
-                output.copy_(&input.view_as(output));
+                if input.data_ptr() != output.data_ptr() {
+                    output.copy_(&input.view_as(output));
+                }
                 Ok(())
             }
             Backend::Nccl(c) => unsafe { c.reduce_scatter(input.data_ptr(), output.data_ptr(), n, nccl_type(input.kind())?, nccl_op(op), overlap) },

@@ -70,9 +70,9 @@ pub struct Zero1 {
     /// Reduce-scatter input: the step's gradients summed in fp32, each bucket padded.
     grad_buffer: Tensor,
     /// `grad_buffer` holds sums of this step's micro-batches (else it is stale and is overwritten).
+    /// After the reduce-scatter (in place), this rank's slice of each bucket holds the averaged
+    /// gradient of its shard.
     accumulating: bool,
-    /// This rank's slices of the averaged gradient (its shard).
-    grad: Tensor,
     master: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -144,7 +144,6 @@ impl Zero1 {
         Ok(Zero1 {
             grad_buffer: Tensor::zeros([layout.padded() as i64], f32s),
             accumulating: false,
-            grad: Tensor::zeros([n], f32s),
             exp_avg: Tensor::zeros([n], f32s),
             exp_avg_sq: Tensor::zeros([n], f32s),
             started: vec![false; buckets],
@@ -174,7 +173,7 @@ impl Zero1 {
     pub fn memory_bytes(&self) -> (usize, usize, usize) {
         let bytes = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
         let params = self.buffers.iter().map(bytes).sum();
-        (params, bytes(&self.grad_buffer), bytes(&self.master) + bytes(&self.exp_avg) + bytes(&self.exp_avg_sq) + bytes(&self.grad))
+        (params, bytes(&self.grad_buffer), bytes(&self.master) + bytes(&self.exp_avg) + bytes(&self.exp_avg_sq))
     }
 
     /// Make every rank's parameters rank 0's (call once before [`Zero1::new`] when ranks
@@ -249,8 +248,8 @@ impl Zero1 {
         let bucket = self.layout.buckets()[b].clone();
         self.take_grads(bucket.flat.clone());
         let src = self.grad_buffer.narrow(0, bucket.padded.start as i64, bucket.padded.len() as i64);
-        let mine = bucket.in_shard(self.layout.world());
-        let mut out = self.grad.narrow(0, mine.start as i64, mine.len() as i64);
+        // In place: this rank's slice of the bucket receives the average.
+        let mut out = self.grad_slice(b);
         comm.reduce_scatter_overlapped(&src, &mut out, ReduceOp::Avg)?;
         self.started[b] = true;
         Ok(())
@@ -269,9 +268,30 @@ impl Zero1 {
         comm.wait()
     }
 
+    /// This rank's slice of bucket `b` in the gradient buffer (after the reduction: its averaged gradient).
+    fn grad_slice(&self, b: usize) -> Tensor {
+        let bucket = &self.layout.buckets()[b];
+        let len = bucket.slice_len(self.layout.world());
+        self.grad_buffer.narrow(0, (bucket.padded.start + self.rank * len) as i64, len as i64)
+    }
+
+    /// The gradient of this rank's shard range `shard` (within one bucket's slice).
+    fn grad_of(&self, bucket: usize, shard: &Range<usize>) -> Tensor {
+        let at = self.layout.buckets()[bucket].in_shard(self.layout.world()).start;
+        self.grad_slice(bucket).narrow(0, (shard.start - at) as i64, shard.len() as i64)
+    }
+
     /// The global gradient norm (all ranks' slices together); a host sync.
     pub fn grad_norm(&self, comm: &mut Comm) -> Result<f64, Failure> {
-        let mut sq = [self.grad.square().sum(Kind::Double).double_value(&[])];
+        let slices: Vec<Tensor> = (0..self.buffers.len()).map(|b| self.grad_slice(b)).collect();
+        // Per slice an fp32 norm (no squared copy of the gradient), squares summed in fp64.
+        let norms: Vec<Tensor> = if self.grad_buffer.device().is_cuda() {
+            openseek_kernels::foreach_norm(&slices).map_err(|e| Failure::software(format!("_foreach_norm: {e}")))?
+        } else {
+            slices.iter().map(|t| t.norm()).collect()
+        };
+        let local = Tensor::stack(&norms, 0).to_kind(Kind::Double).square().sum(Kind::Double);
+        let mut sq = [local.double_value(&[])];
         comm.all_reduce_f64(&mut sq, ReduceOp::Sum)?;
         Ok(sq[0].sqrt())
     }
@@ -289,12 +309,14 @@ impl Zero1 {
 
     /// Multiply this rank's gradient slices by `coef` (clipping with a norm computed by the caller).
     pub fn scale_grads(&mut self, coef: f64) {
-        let _ = self.grad.g_mul_scalar_(coef);
+        for b in 0..self.buffers.len() {
+            let _ = self.grad_slice(b).g_mul_scalar_(coef);
+        }
     }
 
-    /// This rank's averaged gradient slices, fp32, end to end as its shard holds them.
-    pub fn grad_shard(&self) -> &Tensor {
-        &self.grad
+    /// This rank's averaged gradient slices, fp32, end to end as its shard holds them (a copy).
+    pub fn grad_shard(&self) -> Tensor {
+        Tensor::cat(&(0..self.buffers.len()).map(|b| self.grad_slice(b)).collect::<Vec<_>>(), 0)
     }
 
     /// This rank's part of bucket `b`'s buffer (what its all-gather sends).
@@ -325,7 +347,7 @@ impl Zero1 {
                 openseek_kernels::adamw_update(
                     &w,
                     bf16.then_some(&leaf),
-                    &self.grad.narrow(0, at, len),
+                    &self.grad_of(run.bucket, &run.shard),
                     &self.exp_avg.narrow(0, at, len),
                     &self.exp_avg_sq.narrow(0, at, len),
                     &h,
@@ -342,14 +364,15 @@ impl Zero1 {
         if grad_scale != 1.0 {
             self.scale_grads(grad_scale);
         }
+        let grad = self.grad_shard();
         for run in self.runs.iter().filter(|r| r.decay) {
             if weight_decay != 0.0 {
                 let _ = self.master.narrow(0, run.shard.start as i64, run.shard.len() as i64).g_mul_scalar_(1.0 - lr * weight_decay);
             }
         }
-        let _ = self.exp_avg.lerp_(&self.grad, 1.0 - beta1);
+        let _ = self.exp_avg.lerp_(&grad, 1.0 - beta1);
         let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
-        let _ = self.exp_avg_sq.g_add_(&(self.grad.square() * (1.0 - beta2)));
+        let _ = self.exp_avg_sq.g_add_(&(grad.square() * (1.0 - beta2)));
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         let denom = self.exp_avg_sq.sqrt() / bc2.sqrt() + eps;
@@ -594,7 +617,7 @@ mod tests {
                     a.grads_ready(9, &mut comm).unwrap(); // once per step, whatever the calls
                     a.reduce_grads(&mut comm).unwrap();
                     b.reduce_grads(&mut comm).unwrap();
-                    let (ga, gb) = (Vec::<f32>::try_from(a.grad_shard()).unwrap(), Vec::<f32>::try_from(b.grad_shard()).unwrap());
+                    let (ga, gb) = (Vec::<f32>::try_from(&a.grad_shard()).unwrap(), Vec::<f32>::try_from(&b.grad_shard()).unwrap());
                     assert_eq!(ga, gb);
                     // The averaged gradient, element by element, from the owned ranges.
                     let mut expect = vec![0f32; a.layout().shard_len()];
@@ -635,7 +658,8 @@ mod tests {
         let comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
         let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
         let mut opt = Zero1::new(params(&[&[1.0, 2.0], &[3.0]], &[true, false]), &comm, adam).unwrap();
-        opt.grad = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).pad([0, opt.layout.shard_len() as i64 - 3], "constant", Some(0.0));
+        let mut g = opt.grad_slice(0).narrow(0, 0, 3);
+        g.copy_(&Tensor::from_slice(&[0.5f32, -1.0, 2.0]));
         opt.step(0.1, 1.0);
         let dir = tempfile::tempdir().unwrap();
         opt.save(dir.path()).unwrap();
