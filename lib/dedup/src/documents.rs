@@ -149,9 +149,8 @@ impl DocWriter {
         result
     }
 
-    /// Write a replacement text for a record (exact-substring dedup): the record's JSON with its
-    /// text field replaced, other fields kept.
-    pub fn write_replaced(&mut self, record: &Record, text: &str) -> Result<(), Failure> {
+    /// Write a record with its text replaced and fields added (`extra`), its other fields kept.
+    pub fn write_edited(&mut self, record: &Record, text: &str, extra: &[(String, serde_json::Value)]) -> Result<(), Failure> {
         self.line.clear();
         let mut object = match &record.payload {
             Payload::JsonLine(raw) => match serde_json::from_slice::<serde_json::Value>(raw) {
@@ -161,6 +160,9 @@ impl DocWriter {
             _ => serde_json::Map::new(),
         };
         object.insert(self.text_key.clone(), serde_json::Value::String(text.to_string()));
+        for (key, value) in extra {
+            object.insert(key.clone(), value.clone());
+        }
         serde_json::to_writer(&mut self.line, &object).map_err(|e| Failure::software(format!("cannot encode a record: {e}")))?;
         self.line.push(b'\n');
         let line = std::mem::take(&mut self.line);

@@ -23,6 +23,15 @@ fn is_punctuation(c: char) -> bool {
     PUNCTUATION_SYMBOLS.contains(c)
 }
 
+/// datatrove's `TERMINAL_PUNCTUATION` (sentence-ending marks of many scripts).
+const TERMINAL_PUNCTUATION: &str = "!.?։؝؞؟۔܀܁܂߹࠷࠹࠽࠾।॥၊။።፧፨᙮᜵᜶។៕៖៙៚᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟᭽᭾᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼⹓⹔。꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫﹒﹖﹗！．？｡𐩖𐩗𐽕𐽖𐽗𐽘𐽙𐾆𐾇𐾈𐾉𑁇𑁈𑂾𑂿𑃀𑃁𑅁𑅂𑅃𑇅𑇆𑇍𑇞𑇟𑈸𑈹𑈻𑈼𑊩𑑋𑑌𑗂𑗃𑗉𑗊𑗋𑗌𑗍𑗎𑗏𑗐𑗑𑗒𑗓𑗔𑗕𑗖𑗗𑙁𑙂𑜼𑜽𑜾𑥄𑥆𑩂𑩃𑪛𑪜𑱁𑱂𑻷𑻸\u{11f43}\u{11f44}𖩮𖩯𖫵𖬷𖬸𖭄𖺘𛲟𝪈";
+
+/// Membership in datatrove's `PUNCTUATION_SET` (its punctuation list and the terminal marks),
+/// which its Gopher quality rules use to tell symbol-only words.
+pub fn in_punctuation_set(c: char) -> bool {
+    is_punctuation(c) || TERMINAL_PUNCTUATION.contains(c)
+}
+
 /// Python's `str.isspace` (what `re`'s `\s` and `str.strip` use): Unicode White_Space plus the
 /// information separators U+001C-U+001F.
 pub fn is_python_space(c: char) -> bool {
