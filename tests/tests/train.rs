@@ -1,7 +1,11 @@
 //! os-train end to end on CPU with the demo recipe's tiny OpenSeek-architecture model: it learns
 //! (loss far below the corpus' unigram entropy), the logged learning rates follow the formulas,
 //! TensorBoard's own reader reads the event files, and a run killed (SIGKILL, or during a save)
-//! or stopped by USR1/TERM resumes to exactly the losses and weights of an uninterrupted run.
+//! or stopped by USR1/TERM resumes to exactly the losses and weights of an uninterrupted run
+//! (its log holding every step once). The logged losses equal a plain PyTorch training loop's
+//! (tests/python/train_reference.py) for both loss averagings; a NaN-skipped step keeps the
+//! schedule and moves the router biases as Megatron does; a resume on another store is refused
+//! unless allowed; a closed stdout or a SIGTERM during the rendezvous is handled.
 
 use openseek_mix::store::SampleStore;
 use openseek_tests::{demo_store, root, run_python, run_tool, tool};
@@ -53,17 +57,30 @@ fn train(run_dir: &Path, extra: &[&str]) -> Output {
     Command::new(tool("os-train")).args(args(run_dir, extra)).output().unwrap()
 }
 
-/// The last record of each step in RUN_DIR/log.jsonl (a resumed run logs some steps twice).
+/// The records of RUN_DIR/log.jsonl, checked to hold every step once and in order (a resumed run
+/// drops the lines the interrupted run wrote past its checkpoint).
 fn log(run_dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run_dir.join("log.jsonl")).unwrap_or_default();
-    let mut by_step: Vec<Value> = vec![];
+    let mut steps: Vec<Value> = vec![];
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line {line:?}: {e}"));
-        let s = v["step"].as_u64().unwrap() as usize;
-        by_step.truncate(s - 1);
-        by_step.push(v);
+        assert_eq!(v["step"].as_u64(), Some(steps.len() as u64 + 1), "{}: steps out of order or repeated", run_dir.display());
+        steps.push(v);
     }
-    by_step
+    steps
+}
+
+/// A safetensors file's tensors: name -> (dtype, raw bytes).
+fn tensors(bytes: &[u8]) -> std::collections::BTreeMap<String, (String, Vec<u8>)> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let entries = header.as_object().unwrap().iter().filter(|(n, _)| *n != "__metadata__");
+    entries
+        .map(|(name, e)| {
+            let [start, end] = [0, 1].map(|i| 8 + header_len + e["data_offsets"][i].as_u64().unwrap() as usize);
+            (name.clone(), (e["dtype"].as_str().unwrap().to_string(), bytes[start..end].to_vec()))
+        })
+        .collect()
 }
 
 fn final_weights(run_dir: &Path) -> Vec<u8> {
@@ -223,13 +240,9 @@ fn mixed_precision_checkpoints_fp32_masters_and_resumes_exactly() {
     assert!(a.last().unwrap()["loss"].as_f64().unwrap() < a[0]["loss"].as_f64().unwrap() - 0.5, "it learns");
     assert!(final_weights(whole.path()) == final_weights(dir.path()), "final weights differ from the uninterrupted run");
     // The saved weights are fp32 with bits below bf16's precision: the masters.
-    let bytes = final_weights(whole.path());
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let (name, entry) = header.as_object().unwrap().iter().find(|(n, _)| n.contains("mlp.experts.") && n.ends_with("down_proj.weight")).unwrap();
-    assert_eq!(entry["dtype"], "F32", "{name}");
-    let [start, end] = [0, 1].map(|i| 8 + header_len + entry["data_offsets"][i].as_u64().unwrap() as usize);
-    let data = &bytes[start..end];
+    let weights = tensors(&final_weights(whole.path()));
+    let (name, (dtype, data)) = weights.iter().find(|(n, _)| n.contains("mlp.experts.") && n.ends_with("down_proj.weight")).unwrap();
+    assert_eq!(dtype, "F32", "{name}");
     let low_bits = data.chunks(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0xffff != 0).count();
     assert!(low_bits > data.len() / 8, "{name}: the checkpoint holds bf16-rounded weights, not the fp32 masters");
 }
@@ -384,5 +397,252 @@ fn checkpoints_load_in_os_eval_and_transformers_with_equal_scores() {
         assert!((x - y).abs() < 1e-3, "os-eval {x} vs transformers {y}");
         // Trained for 12 steps: well under the 64 * ln(2048) = 488 nats of a uniform guess.
         assert!(-x < 0.7 * 64.0 * 2048f64.ln(), "sum log-prob {x}");
+    }
+}
+
+/// Megatron's skip semantics (lib/train/src/train_step.rs): a step skipped for a NaN gradient does
+/// not advance the learning-rate schedule, so the next step runs at the rate the skipped one would
+/// have used, and the routers' correction biases still move from the skipped step's loads while
+/// every weight stays as it was.
+#[test]
+fn a_skipped_step_keeps_the_schedule_and_still_moves_the_router_biases() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(tool("os-train"))
+        .args(args(dir.path(), &["--train-iters", "4", "--save-interval", "1", "--keep-last", "4"]))
+        .env("OPENSEEK_TRAIN_FAULT", "nan-grad-at-step:2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = log(dir.path());
+    let lrs: Vec<f64> = l.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    let skipped: Vec<bool> = l.iter().map(|r| r["skipped"].as_bool().unwrap()).collect();
+    assert_eq!(skipped, [false, true, false, false]);
+    // Warm-up over 24 samples to 6e-3, 8 samples a step: the updates taken before steps 1..4 are 0, 1, 1, 2.
+    let want = [0.0, 2e-3, 2e-3, 4e-3];
+    for (step, (got, want)) in lrs.iter().zip(want).enumerate() {
+        assert!((got - want).abs() < 1e-15, "step {}: lr {got}, want {want} (the skipped step must not advance the schedule)", step + 1);
+    }
+    let ck = |s: u64| dir.path().join(format!("checkpoints/step-{s:07}"));
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(ck(2).join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!((state["consumed_samples"].as_u64(), state["schedule_samples"].as_u64()), (Some(16), Some(8)));
+    let read = |s: u64| tensors(&std::fs::read(ck(s).join("model-00001-of-00001.safetensors")).unwrap());
+    let (before, after) = (read(1), read(2));
+    let mut biases = 0;
+    for (name, (_, bytes)) in &before {
+        if name.ends_with("e_score_correction_bias") {
+            assert_ne!(bytes, &after[name].1, "{name}: the router bias did not move at the skipped step");
+            biases += 1;
+        } else {
+            assert_eq!(bytes, &after[name].1, "{name} changed at the skipped step");
+        }
+    }
+    assert_eq!(biases, 2, "the demo model's two MoE layers");
+}
+
+/// A resume on another sample store than the run's is refused (exit 65, nothing trained), and
+/// accepted with --allow-data-change, which train_config.json records.
+#[test]
+fn a_resume_on_a_changed_store_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(dir.path(), &["--train-iters", "4", "--save-interval", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Another store from the same shards: more samples, so another order and manifest.
+    let other = dir.path().join("other-store");
+    let shards = scratch().join("store/shards/part-0");
+    let o = run_tool("os-mix", &["--weights", &format!("1.0 {}", shards.display()), "--seq-len", "128", "--samples", "900", "--output", other.to_str().unwrap()]);
+    assert!(o.status.success(), "os-mix: {}", String::from_utf8_lossy(&o.stderr));
+    let o = train(dir.path(), &["--train-iters", "5", "--data", other.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(err.contains("--allow-data-change") && err.contains("other-store"), "{err}");
+    assert_eq!(log(dir.path()).len(), 4, "nothing trained");
+    let o = train(dir.path(), &["--train-iters", "5", "--data", other.to_str().unwrap(), "--allow-data-change"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(log(dir.path()).len(), 5);
+    let rc: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("train_config.json")).unwrap()).unwrap();
+    assert_eq!(rc["allow_data_change"], true);
+}
+
+/// os-train's own flags (--run-dir, --config) may come after config options.
+#[test]
+fn own_flags_may_follow_config_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path(), &["--train-iters", "4", "--save-interval", "4"]);
+    let run_dir = a.drain(2..4).collect::<Vec<_>>();
+    let config = a.drain(0..2).collect::<Vec<_>>();
+    a.extend(run_dir);
+    a.extend(config);
+    assert_eq!(a[a.len() - 4], "--run-dir");
+    let o = Command::new(tool("os-train")).args(&a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.path().join("checkpoints/step-0000004/trainer_state.json").is_file());
+}
+
+/// `os-train … | head -1`: the closed stdout ends the echo, not the run, which finishes (exit 0)
+/// with its last checkpoint and the whole log.
+#[test]
+fn a_closed_stdout_stops_the_echo_not_the_training() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(tool("os-train"))
+        .args(args(dir.path(), &["--train-iters", "4"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&first).unwrap()["step"], 1);
+    // The reader is dropped here: stdout is closed, as `head -1` does.
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("stdout is closed"), "{err}");
+    assert_eq!(log(dir.path()).len(), 4);
+    assert!(dir.path().join("checkpoints/step-0000004/trainer_state.json").is_file());
+}
+
+/// os-train against a plain PyTorch training loop (tests/python/train_reference.py: transformers'
+/// DeepseekV3ForCausalLM in fp32 on the CPU, torch.optim.AdamW, clip_grad_norm_, the router bias
+/// update) from the same initial checkpoint, on the micro-batches os-train's reader makes
+/// (openseek_mix's DataLoader with eod_mask_loss, so micro-batches hold different numbers of loss
+/// tokens): 20 steps of 2 micro-batches, both loss averagings, logged losses within 1e-5
+/// relative, learning rates equal to rounding.
+#[test]
+fn losses_equal_a_pytorch_reference_loop_for_both_loss_averagings() {
+    use openseek_mix::reader::{Cursor, DataLoader, ReaderOptions};
+    let work = tempfile::tempdir().unwrap();
+    let w = |p: &str| work.path().join(p).to_str().unwrap().to_string();
+    let s = SampleStore::open(store()).unwrap();
+    // The demo tokenizer's EOS ends every document (os-train's EOD when the store names none).
+    let eod: u32 = 2;
+    assert_eq!(s.manifest().eod_token, None);
+    let (steps, micro, global) = (20usize, 2usize, 4usize);
+    let options = ReaderOptions { eod_mask_loss: true, eod_token: Some(eod), pad_token: s.manifest().pad_token, ..Default::default() };
+    let mut loader = DataLoader::new(&s, options, 0, 1, micro, Cursor { consumed_samples: 0 }).unwrap();
+    let seq = s.seq_len() as usize;
+    let mut plan_steps = vec![];
+    let mut uneven = 0;
+    for _ in 0..steps {
+        let mut step = vec![];
+        let mut counts = vec![];
+        for _ in 0..global / micro {
+            let b = loader.next_batch().unwrap().unwrap();
+            counts.push(b.loss_mask.iter().sum::<f32>());
+            let rows = |v: Vec<Value>| v.chunks(seq).map(|r| Value::from(r.to_vec())).collect::<Vec<_>>();
+            step.push(serde_json::json!({
+                "tokens": rows(b.tokens.iter().map(|&t| t.into()).collect()),
+                "labels": rows(b.labels.iter().map(|&t| t.into()).collect()),
+                "loss_mask": rows(b.loss_mask.iter().map(|&m| (m as f64).into()).collect()),
+            }));
+        }
+        uneven += (counts[0] != counts[1]) as usize;
+        plan_steps.push(step);
+    }
+    assert!(uneven >= steps / 2, "the micro-batches' loss-token counts differ in only {uneven} steps: the averagings would agree");
+    let (lr, min_lr, warmup_iters, weight_decay, clip, bias_rate) = (2e-3, 2e-4, 3, 0.1, 1.0, 1e-3);
+    let modes = ["per_micro_batch", "per_token"];
+    let plan = serde_json::json!({
+        "seed": 0, "vocab": 2048, "eos": eod,
+        "hyper": {
+            "lr": lr, "min_lr": min_lr, "warmup_samples": warmup_iters * global, "decay_end_samples": steps * global,
+            "global_batch_size": global, "weight_decay": weight_decay, "adam_beta1": 0.9, "adam_beta2": 0.95,
+            "adam_eps": 1e-8, "clip_grad": clip, "router_bias_update_rate": bias_rate,
+        },
+        "modes": modes,
+        "steps": plan_steps,
+    });
+    std::fs::write(w("plan.json"), plan.to_string()).unwrap();
+    run_python("train_reference.py", &[&w("plan.json"), &w("")]);
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(w("reference.json")).unwrap()).unwrap();
+    let tokenizer = scratch().join("store/demo/tokenizer");
+    // os-train in both modes at once (one thread each).
+    let runs: Vec<_> = modes
+        .iter()
+        .map(|mode| {
+            let run_dir = w(mode);
+            let flags = [
+                "--init-from", &w("init"), "--tokenizer", tokenizer.to_str().unwrap(), "--data", store().to_str().unwrap(),
+                "--run-dir", &run_dir, "--micro-batch-size", &micro.to_string(), "--global-batch-size", &global.to_string(),
+                "--train-iters", &steps.to_string(), "--lr", &lr.to_string(), "--min-lr", &min_lr.to_string(),
+                "--lr-schedule", "cosine", "--warmup-iters", &warmup_iters.to_string(), "--weight-decay", &weight_decay.to_string(),
+                "--adam-beta1", "0.9", "--adam-beta2", "0.95", "--adam-eps", "1e-8", "--clip-grad", &clip.to_string(),
+                "--router-bias-update-rate", &bias_rate.to_string(), "--seq-aux-loss-coeff", "0", "--z-loss-coeff", "0",
+                "--eod-mask-loss", "true", "--loss-averaging", mode, "--precision", "fp32", "--device", "cpu", "--threads", "1",
+                "--save-at-end", "false", "--tensorboard", "false",
+            ];
+            let child = Command::new(tool("os-train")).args(flags).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+            (mode, run_dir, child)
+        })
+        .collect();
+    let mut all_losses = vec![];
+    for (mode, run_dir, child) in runs {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "os-train {mode}: {}", String::from_utf8_lossy(&o.stderr));
+        let ours = log(Path::new(&run_dir));
+        let theirs = reference[mode].as_array().unwrap();
+        assert_eq!(ours.len(), steps);
+        let mut worst = 0f64;
+        for (step, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            let (la, lb) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+            worst = worst.max((la - lb).abs() / lb.abs());
+            assert!((la - lb).abs() <= 1e-5 * lb.abs(), "{mode} step {}: os-train loss {la}, PyTorch {lb}", step + 1);
+            let (ra, rb) = (a["lr"].as_f64().unwrap(), b["lr"].as_f64().unwrap());
+            assert!((ra - rb).abs() <= 1e-12 * rb.abs(), "{mode} step {}: os-train lr {ra}, PyTorch {rb}", step + 1);
+            let (ga, gb) = (a["grad_norm"].as_f64().unwrap(), b["grad_norm"].as_f64().unwrap());
+            assert!((ga - gb).abs() <= 1e-4 * gb, "{mode} step {}: os-train grad norm {ga}, PyTorch {gb}", step + 1);
+        }
+        eprintln!("{mode}: losses at most {worst:.1e} relative from PyTorch's");
+        all_losses.push(ours.iter().map(|r| r["loss"].as_f64().unwrap()).collect::<Vec<_>>());
+    }
+    // The averagings differ by far more than the tolerance, so the test tells them apart.
+    let apart = all_losses[0].iter().zip(&all_losses[1]).map(|(a, b)| (a - b).abs() / b.abs()).fold(0.0, f64::max);
+    eprintln!("losses {:.5} -> {:.5}; the averagings up to {apart:.1e} relative apart", all_losses[0][0], all_losses[0][steps - 1]);
+    assert!(apart > 1e-4, "the two averagings gave losses only {apart:e} apart");
+}
+
+/// Whether process `pid` catches SIGTERM yet (its handlers are installed): /proc's SigCgt mask.
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|m| u64::from_str_radix(m.trim(), 16).unwrap()).unwrap_or(0);
+    mask & (1 << (15 - 1)) != 0
+}
+
+/// SIGTERM while a rank waits for the others at the rendezvous (rank 0 alone, waiting for rank 1
+/// to connect; rank 1 alone, retrying to reach rank 0's store) ends it with exit 75 at once, not
+/// after the store's 600 s timeout.
+#[test]
+fn sigterm_during_the_rendezvous_exits_75_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    for rank in ["0", "1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(tool("os-train"))
+            .args(args(dir.path(), &["--device", "cpu"]))
+            .envs([("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !catches_sigterm(child.id()) {
+            assert!(start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "rank {rank} did not start waiting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(child.try_wait().unwrap().is_none(), "rank {rank} ended before the signal");
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let signalled = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if signalled.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("rank {rank} still waits 60 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(75), "rank {rank}: {err}");
+        assert!(err.contains("stopped by SIGTERM"), "rank {rank}: {err}");
+        assert!(!dir.path().join("checkpoints").join("latest").exists());
     }
 }

@@ -27,16 +27,26 @@ pub struct StopSignal {
     received: Arc<AtomicUsize>,
 }
 
+/// The stop signal this process received so far, if [`watch`] installed the handlers: for waits
+/// deep inside a library (the rendezvous store's) that have no [`StopSignal`] handed to them.
+pub fn received() -> Option<&'static str> {
+    RECEIVED.get().and_then(|r| name(r.load(Ordering::Relaxed)))
+}
+
+fn name(signal: usize) -> Option<&'static str> {
+    match signal {
+        0 => None,
+        s if s == signal_hook::consts::SIGTERM as usize => Some("SIGTERM"),
+        s if s == signal_hook::consts::SIGINT as usize => Some("SIGINT"),
+        s if s == signal_hook::consts::SIGUSR1 as usize => Some("SIGUSR1"),
+        _ => Some("a signal"),
+    }
+}
+
 impl StopSignal {
     /// The signal received so far, if any.
     pub fn received(&self) -> Option<&'static str> {
-        match self.received.load(Ordering::Relaxed) {
-            0 => None,
-            s if s == signal_hook::consts::SIGTERM as usize => Some("SIGTERM"),
-            s if s == signal_hook::consts::SIGINT as usize => Some("SIGINT"),
-            s if s == signal_hook::consts::SIGUSR1 as usize => Some("SIGUSR1"),
-            _ => Some("a signal"),
-        }
+        name(self.received.load(Ordering::Relaxed))
     }
 
     /// `Err(TempFail)` once a stop was requested; `what_happens` says what the tool did about it.

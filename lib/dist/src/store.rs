@@ -4,6 +4,11 @@
 //! once all have posted. Exchanging the NCCL unique id, barriers and agreeing on small values
 //! ("stop requested" on any rank -> every rank stops at the same step) are built on it.
 //! Timeouts give an error naming this rank, its host, the operation and the ranks not yet there.
+//! A stop signal (TERM, USR1, INT: `openseek_common::signals`) during the rendezvous (connecting
+//! and the first barrier) ends the wait within a fraction of a second with `TempFail` (exit 75),
+//! so a job cancelled while its ranks gather does not sit out the store's timeout. Later waits
+//! are not cut short: a stop signal is then agreed on by all ranks through the store (see
+//! `any`) and they checkpoint together.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
@@ -18,6 +23,17 @@ use crate::launch::Launch;
 
 const OP_GATHER: u8 = 1;
 const OP_MISSING: u8 = 2;
+
+/// How often a waiting rank looks for a stop signal.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What a gather got from the server.
+enum Answer {
+    Values(Vec<Vec<u8>>),
+    Refused(String),
+    /// A stop signal came while waiting for the other ranks.
+    Stopped(&'static str),
+}
 
 /// The client every rank holds (rank 0 also runs the server).
 pub struct Store {
@@ -75,6 +91,9 @@ impl Store {
                 Ok(s) => break s,
                 Err(e) => last_error = e.to_string(),
             }
+            if let Some(signal) = openseek_common::signals::received() {
+                return Err(stopped(&store.who, signal, &format!("trying to reach the rendezvous store at {addr}")));
+            }
             if Instant::now() >= deadline {
                 return Err(unavailable(format!(
                     "{}: could not reach the rendezvous store at {addr} within {} s (last error: {last_error}); \
@@ -83,13 +102,13 @@ impl Store {
                     timeout.as_secs_f64()
                 )));
             }
-            thread::sleep(Duration::from_millis(200));
+            thread::sleep(POLL);
         };
         stream.set_nodelay(true).ok();
         let reader = BufReader::new(stream.try_clone().map_err(|e| unavailable(format!("{}: store socket: {e}", store.who)))?);
         *store.conn.get_mut().unwrap() = Some(Conn { reader, writer: BufWriter::new(stream) });
         // Everyone is connected once this returns.
-        store.barrier("connect")?;
+        store.gather_until("connect", &[], true)?;
         Ok(store)
     }
 
@@ -104,6 +123,11 @@ impl Store {
     /// Every rank's `value` for the operation `name`, in rank order. Every rank must call the
     /// store's operations in the same order (a sequence number tells rounds apart).
     pub fn gather(&self, name: &str, value: &[u8]) -> Result<Vec<Vec<u8>>, Failure> {
+        self.gather_until(name, value, false)
+    }
+
+    /// [`Store::gather`]; with `interruptible`, a stop signal ends the wait (the rendezvous).
+    fn gather_until(&self, name: &str, value: &[u8], interruptible: bool) -> Result<Vec<Vec<u8>>, Failure> {
         let seq = {
             let mut s = self.seq.lock().unwrap();
             *s += 1;
@@ -115,25 +139,48 @@ impl Store {
         let key = format!("{name}#{seq}");
         let mut guard = self.conn.lock().unwrap();
         let conn = guard.as_mut().ok_or_else(|| unavailable(format!("{}: the store connection was lost earlier", self.who)))?;
-        let result = (|| -> std::io::Result<Result<Vec<Vec<u8>>, String>> {
-            conn.reader.get_ref().set_read_timeout(Some(self.timeout))?;
+        let result = (|| -> std::io::Result<Answer> {
             conn.writer.write_all(&[OP_GATHER])?;
             write_bytes(&mut conn.writer, key.as_bytes())?;
             write_u32(&mut conn.writer, self.rank as u32)?;
             write_u32(&mut conn.writer, self.world as u32)?;
             write_bytes(&mut conn.writer, value)?;
             conn.writer.flush()?;
+            // The answer's first byte comes once every rank has posted: wait for it in short
+            // reads, looking for a stop signal between them.
+            conn.reader.get_ref().set_read_timeout(Some(POLL))?;
+            let deadline = Instant::now() + self.timeout;
             let mut status = [0u8];
-            conn.reader.read_exact(&mut status)?;
+            loop {
+                match conn.reader.read(&mut status) {
+                    Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => break,
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                        if let Some(signal) = openseek_common::signals::received().filter(|_| interruptible) {
+                            return Ok(Answer::Stopped(signal));
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(ErrorKind::TimedOut.into());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            conn.reader.get_ref().set_read_timeout(Some(self.timeout))?;
             if status[0] != 0 {
-                return Ok(Err(String::from_utf8_lossy(&read_bytes(&mut conn.reader)?).into_owned()));
+                return Ok(Answer::Refused(String::from_utf8_lossy(&read_bytes(&mut conn.reader)?).into_owned()));
             }
             let n = read_u32(&mut conn.reader)? as usize;
-            (0..n).map(|_| read_bytes(&mut conn.reader)).collect::<std::io::Result<Vec<_>>>().map(Ok)
+            (0..n).map(|_| read_bytes(&mut conn.reader)).collect::<std::io::Result<Vec<_>>>().map(Answer::Values)
         })();
         match result {
-            Ok(Ok(values)) => Ok(values),
-            Ok(Err(why)) => Err(unavailable(format!("{}: store operation '{name}' refused: {why}", self.who))),
+            Ok(Answer::Values(values)) => Ok(values),
+            Ok(Answer::Refused(why)) => Err(unavailable(format!("{}: store operation '{name}' refused: {why}", self.who))),
+            Ok(Answer::Stopped(signal)) => {
+                *guard = None; // the answer may still come: the stream is out of step
+                let missing = self.missing(&key).map(|m| format!(" for rank(s) {m:?}")).unwrap_or_default();
+                Err(stopped(&self.who, signal, &format!("waiting{missing} in store operation '{name}' (store at {})", self.addr)))
+            }
             Err(e) => {
                 *guard = None; // the stream is out of step now
                 if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
@@ -209,6 +256,10 @@ impl Drop for Store {
 
 fn unavailable(message: String) -> Failure {
     Failure::new(ExitCode::Unavailable, message)
+}
+
+fn stopped(who: &str, signal: &str, doing: &str) -> Failure {
+    Failure::new(ExitCode::TempFail, format!("{who}: stopped by {signal} while {doing}; nothing was trained; run again to start"))
 }
 
 fn connect_once(target: &str) -> std::io::Result<TcpStream> {
