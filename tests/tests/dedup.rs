@@ -214,3 +214,44 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn exact_documents_and_repeated_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let boiler = "Subscribe to our newsletter for weekly updates, privacy policy and terms of use apply to all readers.";
+    let docs = [
+        "The first story is about a river that runs through the old town.".to_string(),
+        format!("A second story about mountains and snow. {boiler}"),
+        "THE FIRST STORY is about a river, that runs through the old town!".to_string(),
+        format!("Third text on forests full of birds and deer. {boiler} End."),
+        format!("{boiler}"),
+        "Fourth is unique as well and mentions nothing repeated.".to_string(),
+    ];
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(&input, docs.iter().enumerate().map(|(i, t)| format!("{}\n", serde_json::json!({"id": i, "text": t}))).collect::<String>()).unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["exact", "--quiet"];
+        all.extend_from_slice(args);
+        run_tool("os-dedup", &all)
+    };
+    let out = dir.path().join("docs-out");
+    ok(run(&["--output", out.to_str().unwrap(), input.to_str().unwrap()]));
+    let kept: Vec<serde_json::Value> = std::fs::read_to_string(out.join("docs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<u64> = kept.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [0, 1, 3, 4, 5], "document 2 is document 0 after normalisation");
+
+    let spans = dir.path().join("spans-out");
+    ok(run(&["--mode", "substrings", "--min-bytes", "40", "--output", spans.to_str().unwrap(), input.to_str().unwrap()]));
+    let kept: Vec<serde_json::Value> = std::fs::read_to_string(spans.join("docs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let texts: Vec<&str> = kept.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    assert_eq!(texts[1], docs[1], "the first occurrence stays");
+    // The repeat shared with document 1 is ". " + the boilerplate.
+    assert_eq!(texts[3], "Third text on forests full of birds and deer End.");
+    assert_eq!(kept.len(), 5, "the document that was only the repeated span is dropped");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("spans-out.json")).unwrap()).unwrap();
+    assert_eq!(manifest["removed_bytes"], 2 * boiler.len() + 2);
+    assert_eq!(manifest["edited"], 1);
+    assert_eq!(manifest["dropped"], 1);
+    let again = run(&["--mode", "substrings", "--output", spans.to_str().unwrap(), input.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(73));
+}

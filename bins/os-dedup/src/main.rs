@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use openseek_common::exit::run_main;
 use openseek_corpus::inputs;
 use openseek_dedup::documents::OnError;
+use openseek_dedup::exact::{ExactJob, ExactMode};
 use openseek_dedup::minhash::MinhashConfig;
 use openseek_dedup::minhash_stages::{manifest_path, MinhashJob, Stage};
 
@@ -31,6 +32,27 @@ struct Cli {
 enum Command {
     /// Near-duplicate removal with MinHash LSH, as datatrove's minhash_deduplication (same documents removed).
     Minhash(MinhashArgs),
+    /// Exact duplicates: whole documents (normalised text), or repeated spans cut out (suffix array).
+    Exact(ExactArgs),
+}
+
+#[derive(Args)]
+struct ExactArgs {
+    #[command(flatten)]
+    common: Common,
+    /// documents: drop a document whose normalised text was seen before; substrings: cut every
+    /// later occurrence of a span of at least --min-bytes bytes repeated anywhere in the corpus.
+    #[arg(long, value_enum, default_value_t = ExactModeArg::Documents)]
+    mode: ExactModeArg,
+    /// Shortest repeated span cut in substrings mode (bytes).
+    #[arg(long, default_value_t = 100)]
+    min_bytes: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExactModeArg {
+    Documents,
+    Substrings,
 }
 
 #[derive(Args)]
@@ -111,9 +133,43 @@ fn default_workers() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
+fn on_error(mode: ErrorMode) -> OnError {
+    match mode {
+        ErrorMode::Fail => OnError::Fail,
+        ErrorMode::Skip => OnError::Skip,
+    }
+}
+
 fn main() {
     let cli = openseek_common::exit::parse_args::<Cli>();
     run_main("os-dedup", || match cli.command {
+        Command::Exact(args) => {
+            let common = &args.common;
+            if args.min_bytes == 0 {
+                return Err(openseek_common::Failure::usage("--min-bytes must be at least 1"));
+            }
+            let job = ExactJob {
+                inputs: inputs::resolve(&common.inputs)?,
+                output: common.output.clone(),
+                mode: match args.mode {
+                    ExactModeArg::Documents => ExactMode::Documents,
+                    ExactModeArg::Substrings => ExactMode::Substrings { min_bytes: args.min_bytes },
+                },
+                text_key: common.text_key.clone(),
+                on_error: on_error(common.on_error),
+                workers: common.workers.unwrap_or_else(default_workers),
+                force: common.force,
+                quiet: common.quiet,
+            };
+            let report = job.run()?;
+            if !common.quiet {
+                eprintln!(
+                    "os-dedup: {} documents, {} kept, {} dropped, {} edited, {} of {} text bytes removed in {:.1}s -> {}/",
+                    report.documents, report.kept, report.dropped, report.edited, report.removed_bytes, report.text_bytes, report.wall_seconds, job.output.display()
+                );
+            }
+            Ok(())
+        }
         Command::Minhash(args) => {
             let common = &args.common;
             if args.n_grams == 0 || args.bands == 0 || args.hashes_per_band == 0 {
@@ -137,10 +193,7 @@ fn main() {
                 output: common.output.clone(),
                 config: MinhashConfig { n_grams: args.n_grams, num_buckets: args.bands, hashes_per_bucket: args.hashes_per_band, seed: args.seed },
                 text_key: common.text_key.clone(),
-                on_error: match common.on_error {
-                    ErrorMode::Fail => OnError::Fail,
-                    ErrorMode::Skip => OnError::Skip,
-                },
+                on_error: on_error(common.on_error),
                 workers: common.workers.unwrap_or_else(default_workers),
                 force: common.force,
                 quiet: common.quiet,

@@ -3,6 +3,7 @@
 //! out as Slurm arrays, and exact deduplication of documents and of repeated substrings.
 
 pub mod documents;
+pub mod exact;
 pub mod minhash;
 pub mod minhash_stages;
 pub mod normalize;
