@@ -7,8 +7,6 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-changed=src/shim.cpp");
     let lib = openseek_torch_link::link_libtorch().expect("torch-sys did not report DEP_TCH_LIBTORCH_LIB (build with LIBTORCH_USE_PYTORCH=1)");
-    // Where the NVRTC loader looks for the pip package's libnvrtc (beside this torch).
-    println!("cargo:rustc-env=OPENSEEK_TORCH_LIB={lib}");
     let include = Path::new(&lib).parent().unwrap().join("include");
     cc::Build::new()
         .cpp(true)

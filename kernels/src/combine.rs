@@ -8,9 +8,8 @@
 //! summed in fp32 and rounded to y's dtype. Only `y`, `w` and `rank` are kept for the backward
 //! pass. Elsewhere (or when no launcher is given) ATen operations: a gather and a batched product.
 
-use crate::nvrtc::{self, Program, BF16};
+use crate::nvrtc::{self, Args, Program};
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::OnceLock;
 use tch::{TchError, Tensor};
 
 /// One launch as the shim describes it (`CombineLaunch` in `shim.cpp`); all tensors contiguous.
@@ -54,128 +53,8 @@ pub fn combine_rows(y: &Tensor, w: &Tensor, rank: &Tensor, order: &Tensor, kerne
     crate::one_output(|out| unsafe { oskern_combine_rows(crate::h(y), crate::h(w), crate::h(rank), crate::h(order), kernel.then_some(launch as Launcher), out) })
 }
 
-const KERNEL: &str = r#"
-__device__ __forceinline__ float load(bf16 x) { return bf16_to_f32(x); }
-__device__ __forceinline__ float load(float x) { return x; }
-__device__ __forceinline__ void store(bf16& d, float x) { d = f32_to_bf16(x); }
-__device__ __forceinline__ void store(float& d, float x) { d = x; }
 
-// N values of T: 16 bytes in one access, or one value (unaligned rows).
-template <typename T, int N> __device__ __forceinline__ void copy_in(T* dst, const T* src) {
-    if constexpr (N * sizeof(T) == 16) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-        for (int j = 0; j < N; j++) dst[j] = src[j];
-    }
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-// A warp per token; lane s < k holds the token's slot s (its row of y and its weight), the others
-// pass them round by shuffles. The lanes walk the row N columns at a time, 32 chunks apart.
-template <typename T, int N>
-__device__ void forward(const T* y, const T* w, const long long* rank, T* out, long long tokens, int k, long long width) {
-    const int lane = threadIdx.x & 31;
-    const long long t = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (t >= tokens) return;
-    long long my_row = 0;
-    float my_w = 0.0f;
-    if (lane < k) {
-        my_row = rank[t * k + lane];
-        my_w = load(w[t * k + lane]);
-    }
-    const long long cols = width / N;
-    for (long long c0 = 0; c0 < cols; c0 += 32) {
-        const long long c = (c0 + lane) * N;
-        const bool live = c0 + lane < cols;
-        float acc[N];
-        #pragma unroll
-        for (int j = 0; j < N; j++) acc[j] = 0.0f;
-        #pragma unroll 4
-        for (int s = 0; s < k; s++) {  // unrolled: the slots' loads in flight together
-            const long long r = __shfl_sync(0xffffffffu, my_row, s);
-            const float ws = __shfl_sync(0xffffffffu, my_w, s);
-            if (live) {
-                __align__(16) T v[N];
-                copy_in<T, N>(v, y + r * width + c);
-                #pragma unroll
-                for (int j = 0; j < N; j++) acc[j] += ws * load(v[j]);
-            }
-        }
-        if (live) {
-            __align__(16) T o[N];
-            #pragma unroll
-            for (int j = 0; j < N; j++) store(o[j], acc[j]);
-            copy_in<T, N>(out + t * width + c, o);
-        }
-    }
-}
-
-// dy[rank[t*k + s]] = round(w[t, s] * dout[t]) at the permuted rows; dw[t, s] = dout[t] . y[rank]
-// in fp32: each chunk's partial sum is summed over the warp and kept by lane s.
-template <typename T, int N>
-__device__ void backward(const T* y, const T* w, const long long* rank, const T* dout, T* dy, T* dw, long long tokens, int k,
-                         long long width) {
-    const int lane = threadIdx.x & 31;
-    const long long t = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (t >= tokens) return;
-    long long my_row = 0;
-    float my_w = 0.0f, my_dot = 0.0f;
-    if (lane < k) {
-        my_row = rank[t * k + lane];
-        my_w = load(w[t * k + lane]);
-    }
-    const long long cols = width / N;
-    for (long long c0 = 0; c0 < cols; c0 += 32) {
-        const long long c = (c0 + lane) * N;
-        const bool live = c0 + lane < cols;
-        __align__(16) T d[N];
-        if (live) copy_in<T, N>(d, dout + t * width + c);
-        #pragma unroll 4
-        for (int s = 0; s < k; s++) {
-            const long long r = __shfl_sync(0xffffffffu, my_row, s);
-            const float ws = __shfl_sync(0xffffffffu, my_w, s);
-            float part = 0.0f;
-            if (live) {
-                __align__(16) T v[N], o[N];
-                copy_in<T, N>(v, y + r * width + c);
-                #pragma unroll
-                for (int j = 0; j < N; j++) {
-                    const float g = load(d[j]);
-                    store(o[j], ws * g);
-                    part += g * load(v[j]);
-                }
-                copy_in<T, N>(dy + r * width + c, o);
-            }
-            part = warp_sum(part);
-            if (lane == s) my_dot += part;
-        }
-    }
-    if (lane < k) store(dw[t * k + lane], my_dot);
-}
-
-#define COMBINE(name, T, N)                                                                                            \
-extern "C" __global__ void name##_fwd(const T* y, const T* w, const long long* rank, const T* dout, T* out, T* dw,     \
-                                      long long tokens, long long k, long long width) {                               \
-    forward<T, N>(y, w, rank, out, tokens, (int)k, width);                                                             \
-}                                                                                                                      \
-extern "C" __global__ void name##_bwd(const T* y, const T* w, const long long* rank, const T* dout, T* out, T* dw,     \
-                                      long long tokens, long long k, long long width) {                               \
-    backward<T, N>(y, w, rank, dout, out, dw, tokens, (int)k, width);                                                  \
-}
-COMBINE(combine_bf16_v, bf16, 8)
-COMBINE(combine_bf16_s, bf16, 1)
-COMBINE(combine_f32_v, float, 4)
-COMBINE(combine_f32_s, float, 1)
-"#;
-
-fn program() -> &'static Program {
-    static P: OnceLock<Program> = OnceLock::new();
-    P.get_or_init(|| Program { name: "combine", source: Box::leak(format!("{BF16}{KERNEL}").into_boxed_str()) })
-}
+static PROGRAM: Program = Program { name: "combine", source: include_str!("../cuda/combine.cu") };
 
 /// Threads per block: 8 warps, a token each.
 const THREADS: u32 = 256;
@@ -199,24 +78,12 @@ fn run(l: &Launch) -> Result<(), TchError> {
         return Err(TchError::Torch(format!("combine kernel: {} slots per token (1 to 32 supported)", l.k)));
     }
     let device = l.device as usize;
-    let f = nvrtc::function(program(), &plan(l), device)?;
+    let f = nvrtc::function(&PROGRAM, &plan(l), device)?;
     let blocks = u32::try_from((l.tokens as u64).div_ceil((THREADS / 32) as u64)).map_err(|_| TchError::Torch(format!("combine kernel: {} tokens", l.tokens)))?;
-    let (mut y, mut w, mut rank, mut dout, mut out, mut dw) = (l.y, l.w, l.rank, l.dout, l.out, l.dw);
-    let (mut tokens, mut k, mut width) = (l.tokens, l.k, l.width);
-    let mut args: Vec<*mut c_void> = vec![
-        (&mut y as *mut *const c_void).cast(),
-        (&mut w as *mut *const c_void).cast(),
-        (&mut rank as *mut *const i64).cast(),
-        (&mut dout as *mut *const c_void).cast(),
-        (&mut out as *mut *mut c_void).cast(),
-        (&mut dw as *mut *mut c_void).cast(),
-        (&mut tokens as *mut i64).cast(),
-        (&mut k as *mut i64).cast(),
-        (&mut width as *mut i64).cast(),
-    ];
+    let args = Args::new().arg(l.y).arg(l.w).arg(l.rank).arg(l.dout).arg(l.out).arg(l.dw).arg(l.tokens).arg(l.k).arg(l.width);
     // Safety: the arguments are the kernel's parameters in order; the shim keeps the tensors alive
     // until the launch is queued and torch's allocator orders their reuse on the stream.
-    unsafe { nvrtc::launch(f, blocks, THREADS, device, &mut args) }
+    unsafe { nvrtc::launch(f, blocks, THREADS, 0, device, args) }
 }
 
 /// The launcher the shim calls (see [`nvrtc::shim_launcher`]).
@@ -233,7 +100,7 @@ mod tests {
     /// where every row start is 16-byte aligned.
     #[test]
     fn kernels_compile_and_vectorise_aligned_rows() {
-        let code = nvrtc::compile(program(), 90).unwrap();
+        let code = nvrtc::compile(&PROGRAM, 90).unwrap();
         assert!(!code.is_empty());
         let at = |p: usize| p as *mut c_void;
         let mut l = Launch {

@@ -4,8 +4,10 @@
 //! API loads it, and [`launch`] runs a kernel on torch's current stream of the device. Modules are
 //! cached per process.
 //!
-//! The sources include no headers: bf16 values travel as `unsigned short` and are converted with
-//! [`BF16`]'s helpers (round to nearest even, as torch casts).
+//! The sources (`kernels/cuda/*.cu`, built into the binary with `include_str!`) include no CUDA
+//! headers: bf16 values travel as `unsigned short`, converted by `cuda/bf16.cuh`'s helpers (round
+//! to nearest even, as torch casts), which NVRTC receives as a named header. Kernel arguments are
+//! collected with [`Args`].
 
 use cudarc::driver::result as cu;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction, CUmodule, CUstream};
@@ -21,17 +23,8 @@ pub struct Program {
     pub source: &'static str,
 }
 
-/// Device helpers that the programs prepend: bf16 <-> fp32 as torch converts.
-pub const BF16: &str = r#"
-typedef unsigned short bf16;
-__device__ __forceinline__ float bf16_to_f32(bf16 b) { return __uint_as_float(((unsigned int)b) << 16); }
-__device__ __forceinline__ bf16 f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;  // NaN stays a quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16)(u >> 16);
-}
-"#;
+/// The header every program includes (`#include "bf16.cuh"`): bf16 <-> fp32 as torch converts.
+const BF16_HEADER: (&str, &str) = ("bf16.cuh", include_str!("../cuda/bf16.cuh"));
 
 type NvrtcProgram = *mut c_void;
 
@@ -55,10 +48,9 @@ struct Nvrtc {
 fn candidates() -> Vec<String> {
     let mut c: Vec<String> = std::env::var("OPENSEEK_NVRTC_LIBRARY").ok().into_iter().collect();
     c.push("libnvrtc.so.13".into());
-    if let Some(lib) = option_env!("OPENSEEK_TORCH_LIB") {
-        c.push(format!("{lib}/../../nvidia/cu13/lib/libnvrtc.so.13"));
+    for torch_lib in [option_env!("OPENSEEK_TORCH_LIB"), option_env!("OPENSEEK_GPU_MACHINES_TORCH_LIB")].into_iter().flatten() {
+        c.push(format!("{torch_lib}/../../nvidia/cu13/lib/libnvrtc.so.13"));
     }
-    c.push("/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib/libnvrtc.so.13".into());
     c
 }
 
@@ -122,13 +114,14 @@ pub fn compile(program: &Program, arch: i32) -> Result<Vec<u8>, TchError> {
     };
     let source = CString::new(program.source).expect("kernel sources hold no NUL");
     let name = CString::new(format!("{}.cu", program.name)).unwrap();
+    let (header_name, header) = (CString::new(BF16_HEADER.0).unwrap(), CString::new(BF16_HEADER.1).unwrap());
     let options: Vec<CString> =
         [format!("--gpu-architecture=sm_{arch}"), "-std=c++17".into(), "-default-device".into()].into_iter().map(|o| CString::new(o).unwrap()).collect();
     let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
     let mut prog: NvrtcProgram = std::ptr::null_mut();
     // Safety: valid C strings that outlive the calls; the program is destroyed below.
     unsafe {
-        let rc = (api.create)(&mut prog, source.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null());
+        let rc = (api.create)(&mut prog, source.as_ptr(), name.as_ptr(), 1, &header.as_ptr(), &header_name.as_ptr());
         if rc != 0 {
             return Err(fail("create", rc));
         }
@@ -229,14 +222,28 @@ pub fn function(program: &Program, kernel: &str, device: usize) -> Result<Functi
     Ok(Function(f))
 }
 
-/// Run `f` on torch's current stream of `device` with `grid` x `block` threads.
-///
-/// # Safety
-/// `args` must point at values whose types are the kernel's parameters, in order, and the device
-/// pointers among them must stay valid until the kernel has run (tensors kept alive by the caller;
-/// torch's stream-ordered allocator makes that hold for tensors dropped after the launch).
-pub unsafe fn launch(f: Function, grid: u32, block: u32, device: usize, args: &mut [*mut c_void]) -> Result<(), TchError> {
-    unsafe { launch_shared(f, grid, block, 0, device, args) }
+/// A kernel's arguments, in the order of its parameters, for [`launch`]: each value is copied into
+/// a slot of its own, so the pointers the driver reads stay valid until the launch (candle's
+/// `barg!` builder as a type). `Args::new().arg(ptr).arg(n as i64)`: the types must be the
+/// kernel's parameter types (`*mut c_void` / `*const c_void` for pointers, `i64` for `long long`).
+#[derive(Default)]
+pub struct Args {
+    slots: Vec<Box<dyn std::any::Any>>,
+    pointers: Vec<*mut c_void>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    /// The next argument.
+    pub fn arg<T: Copy + 'static>(mut self, value: T) -> Args {
+        let mut slot = Box::new(value);
+        self.pointers.push((&mut *slot as *mut T).cast());
+        self.slots.push(slot);
+        self
+    }
 }
 
 /// Run `f` on torch's current stream of `device` with `grid` x `block` threads and `shared` bytes
@@ -244,15 +251,17 @@ pub unsafe fn launch(f: Function, grid: u32, block: u32, device: usize, args: &m
 /// driver requires).
 ///
 /// # Safety
-/// As [`launch`].
-pub unsafe fn launch_shared(f: Function, grid: u32, block: u32, shared: u32, device: usize, args: &mut [*mut c_void]) -> Result<(), TchError> {
+/// `args` must hold values whose types are the kernel's parameters, in order, and the device
+/// pointers among them must stay valid until the kernel has run (tensors kept alive by the caller;
+/// torch's stream-ordered allocator makes that hold for tensors dropped after the launch).
+pub unsafe fn launch(f: Function, grid: u32, block: u32, shared: u32, device: usize, mut args: Args) -> Result<(), TchError> {
     let stream = crate::current_stream(device)?;
     use_device(device)?;
     if shared > 48 * 1024 {
         let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
         unsafe { cu::function::set_function_attribute(f.0, attr, shared as i32) }.map_err(|e| driver("shared memory size", e))?;
     }
-    unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), shared, stream.handle as CUstream, args) }.map_err(|e| driver("launch", e))
+    unsafe { cu::launch_kernel(f.0, (grid, 1, 1), (block, 1, 1), shared, stream.handle as CUstream, &mut args.pointers) }.map_err(|e| driver("launch", e))
 }
 
 /// The body of a launcher that the C++ shim calls through a function pointer: runs `launch`,
@@ -290,5 +299,21 @@ mod tests {
         let bad = Program { name: "broken", source: "extern \"C\" __global__ void broken(float* x) { x[0] = undefined_name; }" };
         let err = compile(&bad, 90).unwrap_err().to_string();
         assert!(err.contains("broken") && err.contains("undefined_name"), "{err}");
+        let with_header = Program { name: "header", source: "#include \"bf16.cuh\"\nextern \"C\" __global__ void h(bf16* x) { x[0] = f32_to_bf16(1.0f); }" };
+        assert!(compile(&with_header, 90).is_ok(), "the bf16 header is found by name");
+    }
+
+    /// Each argument's pointer reads back the value given, in order.
+    #[test]
+    fn args_point_at_their_values() {
+        let p = 0x1234usize as *mut c_void;
+        let args = Args::new().arg(p).arg(7i64).arg(3i32).arg(2.5f32);
+        let ptrs = &args.pointers;
+        unsafe {
+            assert_eq!(*ptrs[0].cast::<*mut c_void>(), p);
+            assert_eq!(*ptrs[1].cast::<i64>(), 7);
+            assert_eq!(*ptrs[2].cast::<i32>(), 3);
+            assert_eq!(*ptrs[3].cast::<f32>(), 2.5);
+        }
     }
 }

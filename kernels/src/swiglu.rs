@@ -8,9 +8,8 @@
 //! Intermediate values are rounded to the storage dtype where the ATen composition rounds them
 //! (silu(gate); grad * up), so results agree with it up to the last bit of an exp.
 
-use crate::nvrtc::{self, Program, BF16};
+use crate::nvrtc::{self, Args, Program};
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::OnceLock;
 use tch::{TchError, Tensor};
 
 /// One launch as the shim describes it (`SwiGluLaunch` in `shim.cpp`). Forward: `h` [rows, 2I]
@@ -46,91 +45,8 @@ pub fn swiglu(h: &Tensor, kernel: bool) -> Result<Tensor, TchError> {
     crate::one_output(|out| unsafe { oskern_swiglu(crate::h(h), kernel.then_some(launch as Launcher), out) })
 }
 
-const KERNEL: &str = r#"
-__device__ __forceinline__ float load(bf16 x) { return bf16_to_f32(x); }
-__device__ __forceinline__ float load(float x) { return x; }
-__device__ __forceinline__ void store(bf16& d, float x) { d = f32_to_bf16(x); }
-__device__ __forceinline__ void store(float& d, float x) { d = x; }
-// x as the storage type holds it (where ATen's composition writes a tensor and reads it back).
-__device__ __forceinline__ float rounded(float x, bf16) { return bf16_to_f32(f32_to_bf16(x)); }
-__device__ __forceinline__ float rounded(float x, float) { return x; }
 
-// N values of T: 16 bytes in one access, or one value (unaligned rows).
-template <typename T, int N> __device__ __forceinline__ void copy_in(T* dst, const T* src) {
-    if constexpr (N * sizeof(T) == 16) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-        for (int k = 0; k < N; k++) dst[k] = src[k];
-    }
-}
-
-// silu as ATen computes it (opmath fp32): x / (1 + exp(-x)).
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-
-// Element (row, N*c .. N*c+N) of each half. Idx: the flat index type (32-bit when it fits).
-template <typename T, int N, typename Idx>
-__device__ void forward(const T* h, T* out, Idx rows, Idx inter, Idx h_stride, Idx out_stride) {
-    const Idx cols = inter / N, total = rows * cols;
-    for (Idx t = (Idx)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (Idx)gridDim.x * blockDim.x) {
-        const Idx r = t / cols, c = (t - r * cols) * N;
-        __align__(16) T g[N], u[N], o[N];
-        copy_in<T, N>(g, h + r * h_stride + c);
-        copy_in<T, N>(u, h + r * h_stride + inter + c);
-        #pragma unroll
-        for (int k = 0; k < N; k++) {
-            const float s = rounded(silu(load(g[k])), T());
-            store(o[k], s * load(u[k]));
-        }
-        copy_in<T, N>(out + r * out_stride + c, o);
-    }
-}
-
-// dgate = silu_backward(round(dy * up), gate), dup = dy * round(silu(gate)): the composition's
-// mul backward and silu_backward (sigmoid * (1 + x * (1 - sigmoid))), in its order.
-template <typename T, int N, typename Idx>
-__device__ void backward(const T* h, const T* dy, T* dh, Idx rows, Idx inter, Idx h_stride, Idx dy_stride, Idx dh_stride) {
-    const Idx cols = inter / N, total = rows * cols;
-    for (Idx t = (Idx)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (Idx)gridDim.x * blockDim.x) {
-        const Idx r = t / cols, c = (t - r * cols) * N;
-        __align__(16) T g[N], u[N], d[N], dg[N], du[N];
-        copy_in<T, N>(g, h + r * h_stride + c);
-        copy_in<T, N>(u, h + r * h_stride + inter + c);
-        copy_in<T, N>(d, dy + r * dy_stride + c);
-        #pragma unroll
-        for (int k = 0; k < N; k++) {
-            const float x = load(g[k]), grad = load(d[k]);
-            const float s = rounded(silu(x), T());
-            store(du[k], grad * s);
-            const float gu = rounded(grad * load(u[k]), T());
-            const float sig = 1.0f / (1.0f + expf(-x));
-            store(dg[k], gu * sig * (1.0f + x * (1.0f - sig)));
-        }
-        copy_in<T, N>(dh + r * dh_stride + c, dg);
-        copy_in<T, N>(dh + r * dh_stride + inter + c, du);
-    }
-}
-
-#define SWIGLU(name, T, N, Idx)                                                                             \
-extern "C" __global__ void name##_fwd(const T* h, const T* dy, T* out, long long rows, long long inter,   \
-                                      long long hs, long long ds, long long os) {                         \
-    forward<T, N, Idx>(h, out, rows, inter, hs, os);                                                       \
-}                                                                                                          \
-extern "C" __global__ void name##_bwd(const T* h, const T* dy, T* out, long long rows, long long inter,   \
-                                      long long hs, long long ds, long long os) {                         \
-    backward<T, N, Idx>(h, dy, out, rows, inter, hs, ds, os);                                              \
-}
-SWIGLU(swiglu_bf16_v, bf16, 8, unsigned int)
-SWIGLU(swiglu_bf16_v_wide, bf16, 8, unsigned long long)
-SWIGLU(swiglu_bf16_s, bf16, 1, unsigned long long)
-SWIGLU(swiglu_f32_v, float, 4, unsigned int)
-SWIGLU(swiglu_f32_v_wide, float, 4, unsigned long long)
-SWIGLU(swiglu_f32_s, float, 1, unsigned long long)
-"#;
-
-fn program() -> &'static Program {
-    static P: OnceLock<Program> = OnceLock::new();
-    P.get_or_init(|| Program { name: "swiglu", source: Box::leak(format!("{BF16}{KERNEL}").into_boxed_str()) })
-}
+static PROGRAM: Program = Program { name: "swiglu", source: include_str!("../cuda/swiglu.cu") };
 
 const THREADS: u32 = 256;
 /// Blocks at most per launch (a grid-stride loop covers the rest).
@@ -159,24 +75,13 @@ fn run(l: &Launch) -> Result<(), TchError> {
     }
     let (name, per) = plan(l);
     let device = l.device as usize;
-    let f = nvrtc::function(program(), &name, device)?;
+    let f = nvrtc::function(&PROGRAM, &name, device)?;
     let threads_needed = (l.rows * (l.inter / per)) as u64;
     let blocks = threads_needed.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32;
-    let (mut h, mut dy, mut out) = (l.h, l.dy, l.out);
-    let (mut rows, mut inter, mut hs, mut ds, mut os) = (l.rows, l.inter, l.h_stride, l.dy_stride, l.out_stride);
-    let mut args: Vec<*mut c_void> = vec![
-        (&mut h as *mut *const c_void).cast(),
-        (&mut dy as *mut *const c_void).cast(),
-        (&mut out as *mut *mut c_void).cast(),
-        (&mut rows as *mut i64).cast(),
-        (&mut inter as *mut i64).cast(),
-        (&mut hs as *mut i64).cast(),
-        (&mut ds as *mut i64).cast(),
-        (&mut os as *mut i64).cast(),
-    ];
+    let args = Args::new().arg(l.h).arg(l.dy).arg(l.out).arg(l.rows).arg(l.inter).arg(l.h_stride).arg(l.dy_stride).arg(l.out_stride);
     // Safety: the arguments are the kernel's parameters in order; the shim keeps the tensors alive
     // until the launch is queued and torch's allocator orders their reuse on the stream.
-    unsafe { nvrtc::launch(f, blocks, THREADS, device, &mut args) }
+    unsafe { nvrtc::launch(f, blocks, THREADS, 0, device, args) }
 }
 
 /// The launcher the shim calls (see [`nvrtc::shim_launcher`]).
@@ -193,7 +98,7 @@ mod tests {
     /// where every row start is 16-byte aligned.
     #[test]
     fn kernels_compile_and_vectorise_aligned_rows() {
-        let code = nvrtc::compile(program(), 90).unwrap();
+        let code = nvrtc::compile(&PROGRAM, 90).unwrap();
         assert!(!code.is_empty());
         let at = |p: usize| p as *mut c_void;
         let mut l = Launch {

@@ -2,7 +2,5 @@
 //! where this torch lives.
 
 fn main() {
-    if let Some(lib) = openseek_torch_link::link_libtorch() {
-        println!("cargo:rustc-env=OPENSEEK_TORCH_LIB={lib}");
-    }
+    openseek_torch_link::link_libtorch();
 }

@@ -40,10 +40,9 @@ struct Api {
 fn candidates() -> Vec<String> {
     let mut c: Vec<String> = std::env::var("OPENSEEK_NCCL_LIBRARY").ok().into_iter().collect();
     c.push("libnccl.so.2".into());
-    if let Some(lib) = option_env!("OPENSEEK_TORCH_LIB") {
-        c.push(format!("{lib}/../../nvidia/nccl/lib/libnccl.so.2"));
+    for torch_lib in [option_env!("OPENSEEK_TORCH_LIB"), option_env!("OPENSEEK_GPU_MACHINES_TORCH_LIB")].into_iter().flatten() {
+        c.push(format!("{torch_lib}/../../nvidia/nccl/lib/libnccl.so.2"));
     }
-    c.push("/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2".into());
     c
 }
 

@@ -10,7 +10,6 @@
 //! tokenizer (see [`config`]). A `Tokenizer` is `Send + Sync`: share it by reference across threads.
 
 pub mod bpe;
-pub mod cache;
 pub mod classes;
 pub mod config;
 pub mod hf;
@@ -259,16 +258,6 @@ impl Tokenizer {
     /// special_tokens_map.json where present.
     pub fn source_files(&self) -> &[PathBuf] {
         &self.files
-    }
-
-    /// tiktoken mode: use a small per-thread cache of piece → ids, or not (the default: with
-    /// the direct pair/triple tables the BPE is about as fast as a cache hit on text that does not
-    /// repeat itself; see cache.rs). The ids are the same either way.
-    pub fn with_piece_cache(mut self, on: bool) -> Tokenizer {
-        if let Backend::Tiktoken(t) = &mut self.backend {
-            t.set_piece_cache(on);
-        }
-        self
     }
 
     /// tiktoken mode: append the BPE ids of one pre-tokenizer piece (no pre-tokenizing, NFC or

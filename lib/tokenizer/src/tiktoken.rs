@@ -5,7 +5,6 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -16,7 +15,6 @@ use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::bpe::Ranks;
-use crate::cache::{PieceCache, MAX_PIECE};
 use crate::pretok::PreTokenizer;
 
 /// Qwen's special tokens, in id order from the first id after the ranks:
@@ -40,12 +38,7 @@ pub struct Tiktoken {
     /// Pattern index of `special_matcher` → id.
     special_ids: Vec<u32>,
     pre: PreTokenizer,
-    /// Identity for the per-thread piece cache.
-    id: u64,
-    use_cache: bool,
 }
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Parse a rank file's bytes (`path` only names it in errors).
 pub fn parse_ranks(path: &Path, data: &[u8]) -> Result<Vec<Box<[u8]>>, Failure> {
@@ -161,8 +154,6 @@ impl Tiktoken {
             special_matcher,
             special_ids,
             pre: PreTokenizer::new(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            use_cache: false,
         })
     }
 
@@ -195,27 +186,9 @@ impl Tiktoken {
         if text.is_empty() {
             return;
         }
-        if !self.use_cache {
-            for piece in self.pre.pieces(text) {
-                self.ranks.encode_piece(piece.as_bytes(), out);
-            }
-            return;
+        for piece in self.pre.pieces(text) {
+            self.ranks.encode_piece(piece.as_bytes(), out);
         }
-        PieceCache::with(self.id, |cache| {
-            for piece in self.pre.pieces(text) {
-                let bytes = piece.as_bytes();
-                if bytes.len() <= MAX_PIECE {
-                    cache.encode(bytes, out, |p, o| self.ranks.encode_piece(p, o));
-                } else {
-                    self.ranks.encode_piece(bytes, out);
-                }
-            }
-        })
-    }
-
-    /// Turn the per-thread piece cache on or off (off by default; ids are the same either way).
-    pub fn set_piece_cache(&mut self, on: bool) {
-        self.use_cache = on;
     }
 
     #[inline]

@@ -7,10 +7,15 @@
 /// Where PyTorch lives on the GPU machines (TOOLCHAIN.md).
 pub const GPU_MACHINES_TORCH_LIB: &str = "/opt/torch/.venv/lib/python3.12/site-packages/torch/lib";
 
-/// Print the link arguments; returns the build's libtorch directory (None when torch-sys gave none).
+/// Print the link arguments, and set `OPENSEEK_TORCH_LIB` (the build's torch/lib) and
+/// `OPENSEEK_GPU_MACHINES_TORCH_LIB` ([`GPU_MACHINES_TORCH_LIB`]) for the crate's code, where the
+/// loaders of torch's pip-installed CUDA libraries (NVRTC, NCCL) look; returns the build's libtorch
+/// directory (None when torch-sys gave none).
 pub fn link_libtorch() -> Option<String> {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-env=OPENSEEK_GPU_MACHINES_TORCH_LIB={GPU_MACHINES_TORCH_LIB}");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").ok()?;
+    println!("cargo:rustc-env=OPENSEEK_TORCH_LIB={lib}");
     if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-ltorch,--as-needed");
     }
