@@ -48,7 +48,7 @@ impl FastPaths {
 
     /// All on but those in `names`; names that are not the model's are returned, for the caller
     /// to check against its own switches.
-    pub fn with_disabled<'a>(names: &'a [String]) -> (FastPaths, Vec<&'a str>) {
+    pub fn with_disabled(names: &[String]) -> (FastPaths, Vec<&str>) {
         let mut fast = FastPaths::default();
         let mut others = vec![];
         for name in names {

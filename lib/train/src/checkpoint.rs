@@ -12,7 +12,6 @@
 //! run directory must be on a shared file system.
 
 use crate::optim::Optimizer;
-use crate::trainer::RunInfo;
 use openseek_common::{AtomicOutputs, Failure};
 use openseek_mix::store::SampleStore;
 use sha2::{Digest, Sha256};
@@ -22,6 +21,12 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Who is training: recorded in the run directory and in checkpoints.
+pub struct RunInfo {
+    pub tool: String,
+    pub version: String,
+    pub git_commit: String,
+}
 pub const STATE: &str = "trainer_state.json";
 /// Largest model shard written (bytes).
 const SHARD_BYTES: usize = 4 << 30;

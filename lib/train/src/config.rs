@@ -2,7 +2,6 @@
 //! on the command line as `--name value` (or `--name=value`, dashes or underscores), checked and
 //! resolved into the lengths the loop needs.
 
-use crate::loss::HeadLoss;
 use crate::schedule::{Schedule, Style, WsdDecay};
 use openseek_common::Failure;
 use openseek_model::FastPaths;
@@ -69,6 +68,15 @@ pub struct DebugOptions {
     /// the multi-GPU path where only one GPU is at hand.
     #[serde(default)]
     pub force_nccl: bool,
+}
+
+/// The LM head + loss implementation (`debug.loss`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadLoss {
+    #[default]
+    Fused,
+    Autograd,
 }
 
 /// os-train's own fast paths (the model's are `openseek_model::FastPaths`).

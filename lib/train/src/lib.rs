@@ -12,9 +12,11 @@ pub mod moe_stats;
 pub mod optim;
 pub mod run_log;
 pub mod schedule;
+pub mod setup;
 pub mod tensorboard;
 pub mod train_step;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{train, RunInfo};
+pub use checkpoint::RunInfo;
+pub use trainer::train;

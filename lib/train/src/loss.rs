@@ -8,23 +8,16 @@
 //! `.grad`. Full-vocabulary fp32 logits and their gradient never exist.
 //! `debug.loss = "autograd"` selects the autograd path, the reference the tests compare with.
 
-use crate::config::TrainFastPaths;
+use crate::config::{HeadLoss, TrainFastPaths};
 use openseek_model::DeepseekV3;
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeadLoss {
-    #[default]
-    Fused,
-    Autograd,
-}
 
 /// Loss of the final hidden states `h` ([B, T, H], with its autograd graph) and its backward: the
 /// gradients accumulate into the parameters' `.grad` (the head's, or the tied embedding's, added
 /// to what else reaches it). `labels` [B*T] (-100: no loss), `loss_mask` [B*T] fp32; the result
 /// is the detached sum of masked token losses / `denominator`.
+#[allow(clippy::too_many_arguments)]
 pub fn head_and_loss(
     model: &DeepseekV3,
     h: &Tensor,

@@ -101,3 +101,10 @@ mod tests {
         assert!((f / 1e9 - 2.614).abs() < 0.001, "{f}");
     }
 }
+
+/// Wait for the device, so that wall-clock times measure the work (a no-op on the CPU).
+pub fn sync(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}

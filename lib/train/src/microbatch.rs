@@ -5,8 +5,8 @@
 //! layer from the last, then the embedding) it tells the caller, which can start reducing them
 //! over ranks while the rest of the backward runs.
 
-use crate::config::TrainFastPaths;
-use crate::loss::{self, HeadLoss};
+use crate::config::{HeadLoss, TrainFastPaths};
+use crate::loss;
 use openseek_common::Failure;
 use openseek_model::moe::{AuxCoefficients, RoutingStats};
 use openseek_model::DeepseekV3;

@@ -18,7 +18,8 @@
 
 use crate::config::{LossAveraging, OnNan};
 use crate::microbatch::{self, GradReady, MicroBatch, MicroBatchPlan, MicroOutput, PassPoint};
-use crate::trainer::{sync, Trainer};
+use crate::metrics::sync;
+use crate::setup::Trainer;
 use openseek_common::Failure;
 use openseek_dist::ReduceOp;
 use openseek_mix::reader;
