@@ -78,3 +78,88 @@ fn inspect_prints_the_stored_samples() {
     let out = run_tool("os-mix", &["inspect", store_dir.to_str().unwrap(), "--range", "45:60"]);
     assert_eq!(out.status.code(), Some(64), "a range past the end is a usage error: {}", stderr(&out));
 }
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn existing_stores_are_refused_and_replaced_whole_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_shard(&a, 200, 0);
+    write_shard(&b, 200, 2000);
+    let out = dir.path().join("mix");
+    let o = out.to_str().unwrap();
+    let two = format!("1 {} 1 {}", a.display(), b.display());
+    let ok = |r: std::process::Output| assert!(r.status.success(), "{}", stderr(&r));
+    ok(run_tool("os-mix", &["--weights", &two, "--seq-len", "32", "--samples", "50", "-o", o]));
+    assert!(files(&out).contains(&"d001_shuffle_index.npy".to_string()));
+    // Without --force: exit 73 naming the store, nothing touched.
+    let before = std::fs::read(out.join("manifest.json")).unwrap();
+    let again = run_tool("os-mix", &["--weights", &format!("1 {}", a.display()), "--seq-len", "32", "--samples", "50", "-o", o]);
+    assert_eq!(again.status.code(), Some(73), "{}", stderr(&again));
+    assert!(stderr(&again).contains("cannot create output") && stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), before);
+    // With --force a one-dataset blend replaces the two-dataset one: no d001_* is left behind.
+    ok(run_tool("os-mix", &["--weights", &format!("1 {}", a.display()), "--seq-len", "32", "--samples", "50", "-o", o, "--force"]));
+    assert!(!files(&out).iter().any(|f| f.starts_with("d001_")), "stale files: {:?}", files(&out));
+    assert_eq!(SampleStore::open(&out).unwrap().len(), 50);
+    // os-pack into that store: refused, then a packed store replaces it whole.
+    let pack = |extra: &[&str]| {
+        let mut args = vec!["--input", a.to_str().unwrap(), "--seq-len", "32", "-o", o];
+        args.extend_from_slice(extra);
+        run_tool("os-pack", &args)
+    };
+    assert_eq!(pack(&["--strategy", "bfd"]).status.code(), Some(73));
+    ok(pack(&["--strategy", "bfd", "--force"]));
+    assert_eq!(files(&out), ["manifest.json", "pieces.npy", "sample_offsets.npy"]);
+}
+
+#[test]
+fn sample_counts_are_bounded_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write_shard(&a, 200, 0);
+    let ap = a.to_str().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // --samples 0 asks for nothing: a usage error, not an empty store.
+    for tool in ["os-pack", "os-mix"] {
+        let r = if tool == "os-pack" {
+            run_tool(tool, &["--input", ap, "--seq-len", "32", "--samples", "0", "-o", &out("zero")])
+        } else {
+            run_tool(tool, &["--weights", &format!("1 {ap}"), "--seq-len", "32", "--samples", "0", "-o", &out("zero")])
+        };
+        assert_eq!(r.status.code(), Some(64), "{tool}: {}", stderr(&r));
+    }
+    // A huge count stops with what it needs before allocating (no abort, no store).
+    for tool in ["os-pack", "os-mix"] {
+        let r = if tool == "os-pack" {
+            run_tool(tool, &["--input", ap, "--seq-len", "32", "--samples", "100000000000", "-o", &out("huge")])
+        } else {
+            run_tool(tool, &["--weights", &format!("1 {ap}"), "--seq-len", "32", "--samples", "100000000000", "-o", &out("huge")])
+        };
+        assert_eq!(r.status.code(), Some(64), "{tool}: {}", stderr(&r));
+        assert!(stderr(&r).contains("of memory but") && stderr(&r).contains("is available"), "{tool}: {}", stderr(&r));
+        assert!(!dir.path().join("huge/manifest.json").exists());
+    }
+    // Megatron builds whole epochs: the message says why the store holds more samples than asked.
+    let r = run_tool("os-pack", &["--input", ap, "--seq-len", "32", "--samples", "10", "-o", &out("ten")]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let said = String::from_utf8_lossy(&r.stdout);
+    assert!(said.contains("(10 asked for: Megatron's GPTDataset builds whole epochs") && said.contains("a reader takes the first 10"), "{said}");
+}
+
+#[test]
+fn a_dry_run_names_every_missing_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write_shard(&a, 50, 0);
+    let weights = format!("1 {} 1 {} 1 {}", dir.path().join("gone1").display(), a.display(), dir.path().join("gone2").display());
+    let r = run_tool("os-mix", &["--weights", &weights, "--seq-len", "32", "--samples", "10", "--dry-run"]);
+    assert_eq!(r.status.code(), Some(66), "{}", stderr(&r));
+    let err = stderr(&r);
+    assert!(err.contains("2 of the mix's datasets cannot be read") && err.contains("gone1") && err.contains("gone2"), "{err}");
+}

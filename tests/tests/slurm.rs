@@ -209,7 +209,6 @@ fn the_demo_chain_completes() {
         "--recipe", &recipe("demo.toml"),
         "--train-config", &recipe("train-demo.toml"),
         "--train-args", "--train-iters 4 --warmup-iters 1 --save-interval 2 --micro-batch-size 4 --global-batch-size 4",
-        "--soup-latest", "2",
         "--eval-args", "--data eval-data --tasks openbookqa,commonsense_qa --limit 4 --tokenizer tokenizer --device cpu",
         "--cpu-args", CPU_ARGS, "--gpu-args", GPU_ARGS,
     ];
@@ -239,6 +238,8 @@ fn the_demo_chain_completes() {
     }
     let info = std::fs::read_to_string(d.join("run/soup/merge_info.json")).unwrap();
     assert!(info.contains("step-0000002") && info.contains("step-0000004"), "the soup averages the last two checkpoints: {info}");
+    // the chain's default soup of 3 takes the 2 checkpoints train-demo.toml keeps, and says so
+    assert!(report.contains("--latest 3 but") && report.contains("averaging those 2"), "{report}");
     // the two sweeps evaluated each checkpoint and the soup once
     assert_eq!(evaluated(&d.join("run")), ["soup", "step-0000002", "step-0000004"], "{report}");
 

@@ -289,3 +289,58 @@ fn mismatched_tensors_fail_clearly_or_are_skipped_with_allow_partial() {
     assert_eq!(res.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&res.stderr).contains("base"));
 }
+
+#[test]
+fn weights_are_validated_and_a_non_finite_merge_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    make(&m, &["--models", "2"]);
+    let (m1, m2) = (m.join("m1"), m.join("m2"));
+    let (m1, m2) = (m1.to_str().unwrap(), m2.to_str().unwrap());
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let refused = |args: &[&str], code: i32, says: &str| {
+        let mut all = vec![m1, m2, "--output", o];
+        all.extend_from_slice(args);
+        let r = run_tool("os-soup", &all);
+        let err = String::from_utf8_lossy(&r.stderr).to_string();
+        assert_eq!(r.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("os-soup: error: os-soup:"), "doubled prefix: {err}");
+        assert!(!out.join("model.safetensors.index.json").exists() && !out.join("model.safetensors").exists(), "{args:?}: nothing written");
+    };
+    refused(&["--method", "weighted", "--weights", "nan,1"], 78, "weight = NaN: parameters must be finite");
+    refused(&["--method", "weighted", "--weights", "1,-1"], 78, "an average takes no negative weights");
+    refused(&["--method", "linear", "--weights", "1,-1"], 78, "the weights sum to 0");
+    refused(&["--method", "weighted", "--weights", "1e39,1"], 78, "beyond float32");
+    refused(&["--method", "weighted", "--weights", "1000000,1", "--normalize", "false", "--dtype", "float16"], 65, "the merge turns finite inputs into");
+    // An output that cannot be created: 73, one prefix.
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    let r = run_tool("os-soup", &[m1, m2, "-o", dir.path().join("file/sub").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(73), "{err}");
+    assert!(err.starts_with("os-soup: error: ") && err.contains("cannot create output") && !err.contains("os-soup: error: os-soup:"), "{err}");
+}
+
+#[test]
+fn latest_takes_an_os_train_run_directory_and_fewer_checkpoints_than_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    make(&m, &["--models", "2"]);
+    // An os-train run: RUN/checkpoints/step-NNNNNNN (keep_last 2), a log and TensorBoard files beside.
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::create_dir_all(run.join("tensorboard")).unwrap();
+    std::fs::write(run.join("log.jsonl"), "").unwrap();
+    for (src, name) in [("m1", "step-0000040"), ("m2", "step-0000080")] {
+        std::os::unix::fs::symlink(m.join(src), run.join("checkpoints").join(name)).unwrap();
+    }
+    let out = dir.path().join("soup");
+    let r = run_tool("os-soup", &["--latest", "3", run.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("--latest 3 but") && err.contains("averaging those 2"), "{err}");
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(out.join("merge_info.json")).unwrap()).unwrap();
+    let inputs: Vec<&str> = info["inputs"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap()).collect();
+    assert!(inputs[0].ends_with("step-0000040") && inputs[1].ends_with("step-0000080"), "{inputs:?}");
+}

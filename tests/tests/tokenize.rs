@@ -333,3 +333,59 @@ fn sigterm_stops_with_75_and_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "an interrupted run left files: {left:?}");
 }
+
+#[test]
+fn stale_temporaries_empty_inputs_workers_surrogates_and_unwritable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok = openseek_tokenizer_dir();
+    let tok = tok.to_str().unwrap();
+    write_jsonl(&d.join("in.jsonl"), &sample_texts(5));
+    let input = d.join("in.jsonl");
+    let input = input.to_str().unwrap();
+    let prefix = d.join("o");
+    let o = prefix.to_str().unwrap();
+
+    // A run killed outright (SIGKILL) left its temporaries: the next run of the same output removes them.
+    let stale = d.join(".o.bin.tmp-4194999"); // a pid above the kernel's limit: no such process
+    std::fs::write(&stale, vec![7u8; 4096]).unwrap();
+    let other = d.join(".other.bin.tmp-4194999");
+    std::fs::write(&other, b"x").unwrap();
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "-o", o, input]);
+    assert_ok(&out);
+    assert!(!stale.exists(), "the stale temporary of this output is removed");
+    assert!(other.exists(), "another output's temporary is left alone");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed 1 temporary file(s)"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // An empty input is an error, not an empty shard; beside others it is a warning.
+    std::fs::write(d.join("empty.jsonl"), b"").unwrap();
+    let empty = d.join("empty.jsonl");
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "-q", "-o", d.join("e").to_str().unwrap(), empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no documents in"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(prefix_files(&d.join("e")).iter().all(|p| !p.exists()));
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "-q", "-o", d.join("f").to_str().unwrap(), empty.to_str().unwrap(), input]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty.jsonl holds no documents"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // --workers 0 is a usage error, not a silent single worker.
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "--workers", "0", "-o", d.join("w").to_str().unwrap(), input]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A lone surrogate escape is named as such, with its column.
+    std::fs::write(d.join("sur.jsonl"), "{\"text\": \"fine\"}\n{\"text\": \"a\\ud800 b\"}\n").unwrap();
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "-q", "-o", d.join("s").to_str().unwrap(), d.join("sur.jsonl").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sur.jsonl: line 2") && err.contains("lone UTF-16 surrogate escape \\ud800 at column 12"), "{err}");
+
+    // An output that cannot be created (its parent is a file) is 73 "cannot create output".
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "-q", "-o", d.join("in.jsonl/x").to_str().unwrap(), input]);
+    assert_eq!(out.status.code(), Some(73), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create output"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // --skip-empty-shard: a job-array task past the number of files writes nothing and succeeds.
+    let out = run_tool("os-tokenize", &["--tokenizer", tok, "-q", "--shard-index", "2", "--num-shards", "3", "--skip-empty-shard", "-o", d.join("p2").to_str().unwrap(), input]);
+    assert_ok(&out);
+    assert!(prefix_files(&d.join("p2")).iter().all(|p| !p.exists()));
+}

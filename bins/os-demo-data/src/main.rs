@@ -6,14 +6,18 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use openseek_common::exit::run_main;
+use openseek_common::output;
 use openseek_corpus::synthetic;
 
 #[derive(Parser)]
 #[command(name = "os-demo-data", version, about = "Generate the demo corpus and train its tokenizer")]
 struct Args {
     /// Output directory: writes DIR/corpus/* and DIR/tokenizer/{tokenizer.json,tokenizer_config.json}.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     output: PathBuf,
+    /// Replace the files of an earlier run in the output directory.
+    #[arg(long)]
+    force: bool,
     /// Number of documents.
     #[arg(long, default_value_t = 20_000)]
     documents: usize,
@@ -27,10 +31,12 @@ struct Args {
 fn main() {
     let args = openseek_common::exit::parse_args::<Args>();
     run_main("os-demo-data", || {
-        let files = synthetic::write_demo_corpus(&args.output.join("corpus"), args.documents, args.seed)?;
         let tokenizer_dir = args.output.join("tokenizer");
-        std::fs::create_dir_all(&tokenizer_dir)
-            .map_err(|e| openseek_common::Failure::io_at(&tokenizer_dir, "cannot create directory", &e))?;
+        let mut outputs = synthetic::demo_corpus_paths(&args.output.join("corpus")).to_vec();
+        outputs.extend(["tokenizer.json", "tokenizer_config.json"].map(|f| tokenizer_dir.join(f)));
+        output::refuse_existing(&outputs, args.force)?;
+        let files = synthetic::write_demo_corpus(&args.output.join("corpus"), args.documents, args.seed)?;
+        output::create_dir(&tokenizer_dir)?;
         let training_text = tokenizer_dir.join(".training-text.txt");
         synthetic::write_plain_text(&training_text, args.documents, args.seed)?;
         let trained = openseek_tokenizer::train_bpe(
@@ -41,12 +47,17 @@ fn main() {
         );
         let _ = std::fs::remove_file(&training_text);
         trained?;
+        let vocab_size = openseek_tokenizer::Tokenizer::load(&tokenizer_dir)?.vocab_size();
         eprintln!(
-            "os-demo-data: {} documents in {} files under {}, tokenizer ({} tokens) in {}",
+            "os-demo-data: {} documents in {} files under {}, tokenizer ({vocab_size} tokens{}) in {}",
             args.documents,
             files.len(),
             args.output.join("corpus").display(),
-            args.vocab_size,
+            if vocab_size < args.vocab_size {
+                format!("; --vocab-size {} asked for more merges than the corpus holds", args.vocab_size)
+            } else {
+                String::new()
+            },
             tokenizer_dir.display()
         );
         Ok(())

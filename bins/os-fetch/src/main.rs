@@ -33,7 +33,7 @@ struct Args {
     #[arg(long = "exclude", value_name = "GLOB")]
     exclude: Vec<String>,
     /// Write real files under DIR (with .cache/huggingface metadata) instead of the HF cache.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, short = 'o', value_name = "DIR", visible_alias = "output")]
     local_dir: Option<PathBuf>,
     /// Fetch exactly the `<prefix>.bin` + `<prefix>.idx` shards an os-mix recipe names, into
     /// --local-dir (default: the recipe's data_root).

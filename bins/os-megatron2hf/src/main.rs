@@ -18,8 +18,8 @@ struct Cli {
     #[arg(long)]
     iteration: Option<String>,
     /// Output directory (created; must not already hold a checkpoint).
-    #[arg(long, short)]
-    out: PathBuf,
+    #[arg(long, short = 'o', visible_alias = "out")]
+    output: PathBuf,
     /// True vocabulary size; Megatron's embedding rows past it are padding and are dropped
     /// (default: args.vocab_size when the checkpoint has it).
     #[arg(long)]
@@ -50,7 +50,7 @@ fn main() {
         let opts = Options {
             load: cli.load,
             iteration: cli.iteration,
-            out: cli.out.clone(),
+            out: cli.output.clone(),
             vocab_size: cli.vocab_size,
             max_shard_bytes: openseek_common::size::parse_size(&cli.shard_size, "--shard-size")?,
             skip_unknown: cli.skip_unknown,
@@ -74,7 +74,7 @@ fn main() {
                 report.tensor_parallel,
                 report.pipeline_parallel,
                 report.expert_parallel,
-                cli.out.display(),
+                cli.output.display(),
                 report.hf_tensors,
                 report.megatron_tensors,
                 report.total_bytes as f64 / 1e6,

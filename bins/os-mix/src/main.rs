@@ -35,7 +35,7 @@ struct BuildArgs {
     #[arg(long)]
     seq_len: Option<u32>,
     /// Total samples of the blend.
-    #[arg(long, conflicts_with = "tokens")]
+    #[arg(long, conflicts_with = "tokens", value_parser = clap::value_parser!(u64).range(1..))]
     samples: Option<u64>,
     /// Total tokens of the blend (samples = ceil(tokens / seq_len)).
     #[arg(long)]
@@ -53,8 +53,11 @@ struct BuildArgs {
     #[arg(long)]
     data_root: Option<PathBuf>,
     /// Output directory of the sample store.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Replace a store already in the output directory (its files are removed first).
+    #[arg(long)]
+    force: bool,
     /// Print the plan (weight, tokens available and used, epochs, share per dataset) and stop.
     #[arg(long)]
     dry_run: bool,
@@ -133,6 +136,10 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
         total_tokens: a.tokens,
         data_root: a.data_root.clone(),
     };
+    if let (Some(output), false, false) = (&a.output, a.dry_run, a.force) {
+        // Refused before the plan is made (it may take a while), not after.
+        openseek_mix::store::check_output(output, false)?;
+    }
     let (spec, warnings) = recipe::resolve(&recipe, recipe_path, &overrides)?;
     for w in &warnings {
         eprintln!("os-mix: warning: {w}");
@@ -152,6 +159,7 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let output = a.output.ok_or_else(|| Failure::usage("--output DIR is required (or --dry-run)"))?;
+    openseek_mix::store::prepare_output(&output, a.force)?;
     let provenance = serde_json::to_value(Provenance::capture("os-mix", env!("CARGO_PKG_VERSION"))).ok();
     let manifest = mix::build(plan, &output, provenance, true)?;
     if a.json {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, ValueEnum};
 use openseek_common::{provenance::Provenance, AtomicOutputs, Failure};
-use openseek_mix::{blend, mix, pack, recipe};
+use openseek_mix::{blend, mix, pack, recipe, store};
 use openseek_shards::docstream::DocStreamReader;
 use openseek_shards::indexed::{DType, IndexedDataset, IndexedDatasetWriter};
 
@@ -26,14 +26,18 @@ struct Cli {
     #[arg(long)]
     input: String,
     /// Output directory of the sample store.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     output: PathBuf,
+    /// Replace a store already in the output directory (its files are removed first).
+    #[arg(long)]
+    force: bool,
     #[arg(long, value_enum, default_value = "megatron")]
     strategy: Strategy,
     #[arg(long)]
     seq_len: u32,
-    /// Samples (megatron strategy; default one epoch).
-    #[arg(long)]
+    /// Samples (megatron strategy; default one epoch). Megatron builds whole epochs, so the store
+    /// may hold more: a reader takes the first N.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     samples: Option<u64>,
     /// numpy RandomState seed (Megatron's --seed).
     #[arg(long, default_value_t = 1234)]
@@ -66,7 +70,7 @@ fn stream_to_shard(dir: &Path, outputs: &mut AtomicOutputs) -> Result<PathBuf, F
         0 => DType::for_vocab_size(usize::MAX),
         v => DType::for_vocab_size(v as usize),
     };
-    let prefix = dir.join("documents");
+    let prefix = dir.join(store::STREAM_DOCUMENTS);
     let mut w = IndexedDatasetWriter::create(&prefix, dtype, outputs)?;
     let mut doc = Vec::new();
     while reader.next_document(&mut doc)? {
@@ -81,7 +85,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
         return Err(Failure::usage("--seq-len must be at least 2"));
     }
     let seed = u32::try_from(cli.seed).map_err(|_| Failure::usage("--seed must be in 0..=4294967295"))?;
-    std::fs::create_dir_all(&cli.output).map_err(|e| Failure::io_at(&cli.output, "cannot create the output directory", &e))?;
+    if cli.strategy != Strategy::Megatron && cli.samples.is_some() {
+        return Err(Failure::usage("--samples applies to --strategy megatron; packing takes every document once"));
+    }
+    let input_in_output = cli.input != "-"
+        && Path::new(&cli.input).parent().and_then(|p| std::path::absolute(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok())
+            == std::path::absolute(&cli.output).ok();
+    if input_in_output {
+        return Err(Failure::usage(format!("--input {} is inside the output store {}; write the store elsewhere", cli.input, cli.output.display())));
+    }
+    store::prepare_output(&cli.output, cli.force)?;
     let provenance = serde_json::to_value(Provenance::capture("os-pack", env!("CARGO_PKG_VERSION"))).ok();
     let mut outputs = AtomicOutputs::new();
     let prefix = if cli.input == "-" {
@@ -140,6 +153,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&manifest).unwrap());
     } else {
         print!("wrote {}: {} samples of {} tokens", cli.output.display(), manifest.num_samples, cli.seq_len + 1);
+        if let Some(asked) = cli.samples.filter(|&n| n != manifest.num_samples) {
+            let d = &manifest.datasets[0];
+            print!(
+                " ({asked} asked for: Megatron's GPTDataset builds whole epochs, and {} epoch(s) of {} tokens make {} samples; \
+                 a reader takes the first {asked})",
+                d.epochs, d.tokens_available, manifest.num_samples
+            );
+        }
         if let Some(p) = &manifest.packing {
             print!(
                 ", {} documents ({} split, {} tokens truncated), padding {} tokens = {:.2}%",

@@ -159,11 +159,7 @@ fn merge(output: &Path, force: bool, inputs: &[PathBuf]) -> Result<(), Failure> 
     let output = indexed::strip_extension(output);
     let manifest_path = PathBuf::from(format!("{}.json", output.display()));
     let targets = [indexed::bin_path(&output), indexed::idx_path(&output), manifest_path.clone()];
-    if !force {
-        if let Some(existing) = targets.iter().find(|p| p.exists()) {
-            return Err(Failure::cant_create(format!("{} already exists; pass --force to replace it", existing.display())));
-        }
-    }
+    openseek_common::output::refuse_existing(&targets, force)?;
     let mut outputs = AtomicOutputs::new();
     let merged = indexed::merge_detailed(&prefixes(inputs), &output, &mut outputs)?;
     let manifest = report::merge_manifest(&output, &merged, &provenance);

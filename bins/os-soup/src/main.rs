@@ -29,7 +29,9 @@ struct Cli {
     /// Density per model (ties / dare): one value for all, or one per model.
     #[arg(long, value_delimiter = ',')]
     density: Option<Vec<f64>>,
-    /// Take the latest N checkpoints (by step number) of the run directory given.
+    /// Take the latest N checkpoints (by step number) of the directory given: one holding
+    /// checkpoint-N / iter_N / step-N subdirectories, or an os-train run directory (its
+    /// checkpoints/). With fewer (at least 2), those are averaged and a note says so.
     #[arg(long)]
     latest: Option<usize>,
     /// EMA decay: ema = decay * ema + (1 - decay) * next checkpoint.
@@ -57,8 +59,8 @@ struct Cli {
     #[arg(long)]
     out_dtype: Option<String>,
     /// Output directory (created; must not already hold weights).
-    #[arg(long, short)]
-    out: PathBuf,
+    #[arg(long, short = 'o', visible_alias = "out")]
+    output: PathBuf,
     /// Largest output shard, e.g. 5GB, 500MB.
     #[arg(long, default_value = "5GB")]
     shard_size: String,
@@ -81,7 +83,16 @@ fn plan_from_flags(cli: &Cli) -> Result<MergePlan, Failure> {
         if paths.len() != 1 {
             return Err(Failure::usage("--latest N takes exactly one run directory"));
         }
-        paths = openseek_soup::select::latest(&paths[0], n)?;
+        let run = paths[0].clone();
+        paths = openseek_soup::select::latest(&run, n)?;
+        if paths.len() < n && !cli.quiet {
+            eprintln!(
+                "os-soup: note: --latest {n} but {} holds {} checkpoints (training keeps only its newest); averaging those {}",
+                run.display(),
+                paths.len(),
+                paths.len()
+            );
+        }
     }
     if method_name == "weighted" && cli.weights.is_none() {
         return Err(Failure::usage("--method weighted needs --weights w1,w2,..."));
@@ -165,7 +176,7 @@ fn main() {
             None => plan_from_flags(&cli)?,
         };
         let options = MergeOptions {
-            out: cli.out.clone(),
+            out: cli.output.clone(),
             max_shard_bytes: openseek_common::size::parse_size(&cli.shard_size, "--shard-size")?,
             allow_partial: cli.allow_partial,
             hash_inputs: !cli.no_hash,
@@ -181,7 +192,7 @@ fn main() {
                 report.copied.len(),
                 report.skipped.len(),
                 plan.models.len() + plan.base.is_some() as usize,
-                cli.out.display(),
+                cli.output.display(),
                 report.shards.len(),
                 report.output_bytes as f64 / 1e6,
                 started.elapsed().as_secs_f64()

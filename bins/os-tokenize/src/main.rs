@@ -25,7 +25,7 @@ struct Args {
     #[arg(long)]
     tokenizer: PathBuf,
     /// Output prefix (writes PREFIX.bin, PREFIX.idx, PREFIX.json), or - for the token document stream on stdout.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     output: String,
     /// JSON field or Parquet column holding the text.
     #[arg(long, default_value = "text")]
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long)]
     wrap_docs: bool,
     /// Worker threads [default: $SLURM_CPUS_PER_TASK, else all cores]. The output is the same for any value.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     workers: Option<usize>,
     /// What to do with a bad record (invalid JSON or UTF-8, missing text, empty document).
     #[arg(long, value_enum, default_value_t = ErrorMode::Fail)]
@@ -45,6 +45,10 @@ struct Args {
     /// Number of parts the inputs are split into (files dealt round-robin in sorted order).
     #[arg(long, requires = "shard_index")]
     num_shards: Option<usize>,
+    /// With --shard-index past the number of input files (a job array with more tasks than
+    /// files): write nothing and exit 0 instead of failing.
+    #[arg(long, requires = "shard_index")]
+    skip_empty_shard: bool,
     /// Replace existing output files.
     #[arg(long)]
     force: bool,
@@ -76,6 +80,10 @@ fn main() {
         let mut resolved = inputs::resolve(&args.inputs)?;
         let shard = match (args.shard_index, args.num_shards) {
             (Some(i), Some(n)) => {
+                if args.skip_empty_shard && i < n && resolved.len() <= i {
+                    eprintln!("os-tokenize: shard {i} of {n} has no input files; nothing to do (--skip-empty-shard)");
+                    return Ok(());
+                }
                 resolved = inputs::select_shard(resolved, i, n)?;
                 Some((i, n))
             }

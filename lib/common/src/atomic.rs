@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::output::cannot_create;
 use crate::Failure;
 
 pub struct AtomicOutputs {
@@ -27,19 +28,45 @@ impl AtomicOutputs {
         final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     }
 
+    /// Remove the temporaries of `final_path` that an earlier run left behind when it was killed
+    /// outright (SIGKILL, a lost node): `.NAME.tmp-PID` files whose process no longer runs here.
+    /// Returns each removed file with its size.
+    pub fn remove_stale_temporaries(final_path: &Path) -> Vec<(PathBuf, u64)> {
+        let Some(name) = final_path.file_name().and_then(|n| n.to_str()) else { return Vec::new() };
+        let dir = match final_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let prefix = format!(".{name}.tmp-");
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let running = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+            if running {
+                continue;
+            }
+            let path = entry.path();
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push((path, bytes));
+            }
+        }
+        removed
+    }
+
     /// Create the temporary file for `final_path` and register it for commit.
     pub fn create(&mut self, final_path: &Path) -> Result<File, Failure> {
         if let Some(dir) = final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                return Err(Failure::cant_create(format!(
-                    "{}: output directory {} does not exist; create it first",
-                    final_path.display(),
-                    dir.display()
-                )));
+                return Err(cannot_create(final_path, format!("its directory {} does not exist; create it first", dir.display())));
             }
         }
         let temp = Self::temp_path_for(final_path);
-        let file = File::create(&temp).map_err(|e| Failure::io_at(&temp, "cannot create", &e).with_code_cantcreat())?;
+        let file = File::create(&temp).map_err(|e| cannot_create(final_path, format!("{}: {e}", temp.display())))?;
         self.files.push((temp, final_path.to_path_buf()));
         Ok(file)
     }
@@ -52,7 +79,7 @@ impl AtomicOutputs {
                 .map_err(|e| Failure::io_at(temp, "cannot sync", &e))?;
         }
         for (temp, final_path) in &self.files {
-            std::fs::rename(temp, final_path).map_err(|e| Failure::io_at(final_path, "cannot rename into place", &e))?;
+            std::fs::rename(temp, final_path).map_err(|e| cannot_create(final_path, format!("cannot rename into place: {e}")))?;
         }
         if let Some(dir) = self.files.last().and_then(|(_, p)| p.parent()) {
             let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
@@ -76,12 +103,6 @@ impl Drop for AtomicOutputs {
                 let _ = std::fs::remove_file(temp);
             }
         }
-    }
-}
-
-impl Failure {
-    fn with_code_cantcreat(self) -> Self {
-        Failure { code: crate::ExitCode::CantCreat, message: self.message }
     }
 }
 
@@ -110,6 +131,22 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"data");
         assert_eq!(std::fs::read(&b).unwrap(), b"{}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("part_0.bin");
+        // A pid that cannot be running (above the kernel's pid_max limit of 2^22).
+        let dead = dir.path().join(".part_0.bin.tmp-4194999");
+        std::fs::write(&dead, b"12345").unwrap();
+        let mine = AtomicOutputs::temp_path_for(&out);
+        std::fs::write(&mine, b"x").unwrap();
+        let other_output = dir.path().join(".part_1.bin.tmp-4194999");
+        std::fs::write(&other_output, b"x").unwrap();
+        let removed = AtomicOutputs::remove_stale_temporaries(&out);
+        assert_eq!(removed, vec![(dead.clone(), 5)]);
+        assert!(!dead.exists() && mine.exists() && other_output.exists());
     }
 
     #[test]

@@ -100,6 +100,50 @@ pub fn extract_from_line(line: &str, key: &str) -> Result<Field, serde_json::Err
     Ok(field)
 }
 
+/// serde_json's message for an error in `line`, made plain for a lone UTF-16 surrogate escape
+/// (serde_json reports those as "unexpected end of hex escape" or "lone leading surrogate").
+pub fn describe_error(line: Option<&str>, e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    if !(message.contains("hex escape") || message.contains("surrogate")) {
+        return message;
+    }
+    match line.and_then(lone_surrogate) {
+        Some((column, escape)) => format!(
+            "a lone UTF-16 surrogate escape {escape} at column {column}: a character outside the Basic Multilingual Plane \
+             is written as a pair \\uD800-\\uDBFF then \\uDC00-\\uDFFF, and half a pair is no character ({message})"
+        ),
+        None => format!("{message} (a \\uD800-\\uDFFF escape that is not half of a surrogate pair?)"),
+    }
+}
+
+/// The 1-based column and text of the first `\uXXXX` escape in `line` that is half of a
+/// surrogate pair without its other half.
+fn lone_surrogate(line: &str) -> Option<(usize, String)> {
+    let b = line.as_bytes();
+    let escape_at = |i: usize| -> Option<u16> {
+        (b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u'))
+            .then(|| line.get(i + 2..i + 6).and_then(|h| u16::from_str_radix(h, 16).ok()))
+            .flatten()
+    };
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escape_at(i) {
+            Some(high @ 0xD800..=0xDBFF) => match escape_at(i + 6) {
+                Some(0xDC00..=0xDFFF) => i += 12,
+                _ => return Some((i + 1, format!("\\u{high:04x}"))),
+            },
+            Some(low @ 0xDC00..=0xDFFF) => return Some((i + 1, format!("\\u{low:04x}"))),
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +158,22 @@ mod tests {
         assert!(extract_from_line(r#"{"text": "a"} trailing"#, "text").is_err());
         assert!(extract_from_line(r#"["text"]"#, "text").is_err());
         assert!(extract_from_line(r#"{"text": "\ud800"}"#, "text").is_err(), "lone surrogate");
+    }
+
+    #[test]
+    fn lone_surrogates_are_named_plainly() {
+        for (line, column, escape) in [
+            (r#"{"text": "ab\ud800"}"#, 13, "\\ud800"),
+            (r#"{"text": "\\u0041 \ud83d\ude00 x \udc00 y"}"#, 34, "\\udc00"),
+            (r#"{"text": "\uD800\u0041"}"#, 11, "\\ud800"),
+        ] {
+            let e = extract_from_line(line, "text").unwrap_err();
+            let m = describe_error(Some(line), &e);
+            assert!(m.contains(&format!("lone UTF-16 surrogate escape {escape} at column {column}")), "{line}: {m}");
+        }
+        // A valid pair and an escaped backslash before "u" are no surrogates.
+        assert_eq!(lone_surrogate(r#"{"text": "\ud83d\ude00 \\ud800"}"#), None);
+        let e = extract_from_line("{", "text").unwrap_err();
+        assert_eq!(describe_error(Some("{"), &e), e.to_string());
     }
 }

@@ -155,16 +155,18 @@ pub fn run(config: &TokenizeConfig, tokenizer: &Tokenizer) -> Result<TokenizeRep
     let mut sink = match &config.output {
         Output::Shards(prefix) => {
             let paths = output_paths(prefix);
-            if !config.force {
-                if let Some(existing) = paths.iter().find(|p| p.exists()) {
-                    return Err(Failure::cant_create(format!(
-                        "{} already exists (a finished earlier run); pass --force to replace it",
-                        existing.display()
-                    )));
-                }
+            openseek_common::output::refuse_existing(&paths, config.force)?;
+            if let Some(dir) = prefix.parent() {
+                openseek_common::output::create_dir(dir)?;
             }
-            if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create output directory", &e))?;
+            let stale: Vec<(PathBuf, u64)> = paths.iter().flat_map(|p| AtomicOutputs::remove_stale_temporaries(p)).collect();
+            if !stale.is_empty() && !config.quiet {
+                eprintln!(
+                    "os-tokenize: removed {} temporary file(s) ({:.1} MB) left by an interrupted run of {}",
+                    stale.len(),
+                    stale.iter().map(|s| s.1).sum::<u64>() as f64 / 1e6,
+                    prefix.display()
+                );
             }
             Sink::Shards(IndexedDatasetWriter::create(prefix, dtype, &mut outputs)?)
         }
@@ -245,7 +247,17 @@ pub fn run(config: &TokenizeConfig, tokenizer: &Tokenizer) -> Result<TokenizeRep
     let outcome = consumed.and_then(|()| reader.join().map_err(|_| Failure::software("the input reader thread panicked"))?);
     progress.finish();
     let input_stats = outcome?;
+    if documents == 0 {
+        return Err(Failure::data(format!(
+            "no documents in {}: {}; nothing was written",
+            if input_stats.len() == 1 { input_stats[0].path.clone() } else { format!("the {} inputs", input_stats.len()) },
+            if skipped.is_empty() { "there are no records".to_string() } else { format!("all {} records were skipped", skipped.values().sum::<u64>()) }
+        )));
+    }
 
+    for stats in input_stats.iter().filter(|s| s.records == 0) {
+        eprintln!("os-tokenize: warning: {} holds no documents", stats.path);
+    }
     let report = TokenizeReport {
         format: match config.output {
             Output::Shards(_) => "megatron-indexed-dataset",

@@ -80,7 +80,7 @@ pub fn record_text<'r>(record: &'r Record, key: &str) -> Result<std::borrow::Cow
                 Ok(crate::json_text::Field::Text(text)) => Ok(std::borrow::Cow::Owned(text)),
                 Ok(crate::json_text::Field::Missing) => Err(Problem::MissingKey(key.to_string())),
                 Ok(crate::json_text::Field::NotAString(found)) => Err(Problem::NotAString { key: key.to_string(), found }),
-                Err(e) => Err(Problem::InvalidJson(e.to_string())),
+                Err(e) => Err(Problem::InvalidJson(crate::json_text::describe_error(Some(line), &e))),
             }
         }
     }
@@ -363,7 +363,7 @@ fn read_json_array(index: usize, input: &Input, reader: impl Read, key: &str, ba
     let result = Seed(&mut elements).deserialize(&mut de).and_then(|_| if elements.batcher.stopped { Ok(()) } else { de.end() });
     let count = elements.count;
     result.map_err(|e| {
-        Failure::data(format!("{}: element {}: the JSON array is malformed ({e}); the file cannot be read past this point", input.display(), count + 1))
+        Failure::data(format!("{}: element {}: the JSON array is malformed ({}); the file cannot be read past this point", input.display(), count + 1, crate::json_text::describe_error(None, &e)))
     })?;
     Ok(count)
 }

@@ -113,6 +113,11 @@ mod tests {
     }
 }
 
+/// The files `write_demo_corpus` writes under `dir`.
+pub fn demo_corpus_paths(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    [dir.join("part-0.jsonl"), dir.join("part-1.jsonl.zst"), dir.join("part-2.json")]
+}
+
 /// Write the demo corpus under `dir`: `documents` documents dealt over three files in three
 /// input formats (`part-0.jsonl`, `part-1.jsonl.zst`, `part-2.json` as an array), each record
 /// `{"id": …, "text": …}`. Returns the paths written.
@@ -120,14 +125,14 @@ pub fn write_demo_corpus(dir: &std::path::Path, documents: usize, seed: u64) -> 
     use openseek_common::{AtomicOutputs, Failure};
     use std::io::Write;
 
-    std::fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create directory", &e))?;
+    openseek_common::output::create_dir(dir)?;
     let mut rng = SplitMix::new(seed);
     let mut parts: [Vec<String>; 3] = Default::default();
     for id in 0..documents {
         let record = serde_json::json!({"id": id, "text": document(&mut rng)});
         parts[id % 3].push(record.to_string());
     }
-    let paths = [dir.join("part-0.jsonl"), dir.join("part-1.jsonl.zst"), dir.join("part-2.json")];
+    let paths = demo_corpus_paths(dir);
     let mut outputs = AtomicOutputs::new();
     let write_err = |p: &std::path::Path, e: std::io::Error| Failure::io_at(p, "cannot write", &e);
     let mut f = outputs.create(&paths[0])?;

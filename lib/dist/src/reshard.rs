@@ -4,7 +4,7 @@
 //! the layout fingerprint in the metadata); a rank of another world size (or bucketing) reads the
 //! overlap of the ranges it owns with every file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -59,7 +59,7 @@ pub fn save_shard(dir: &Path, info: &ShardInfo, tensors: &[(&str, &[f32])]) -> R
             (name.to_string(), TensorView::new(Dtype::F32, vec![len], f32_bytes(data)).expect("shape matches the data"))
         })
         .collect::<Vec<_>>();
-    let meta: HashMap<String, String> = [
+    let meta: BTreeMap<String, String> = [
         ("rank", info.rank.to_string()),
         ("world", info.world.to_string()),
         ("ranges", format_ranges(&info.ranges)),
@@ -71,13 +71,33 @@ pub fn save_shard(dir: &Path, info: &ShardInfo, tensors: &[(&str, &[f32])]) -> R
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let bytes = serialize_with_sorted_metadata(views, &meta)
+        .map_err(|e| Failure::software(format!("{}: cannot serialise the optimizer shard: {e}", path.display())))?;
     let mut outputs = AtomicOutputs::new();
-    drop(outputs.create(&path)?);
-    let temp = AtomicOutputs::temp_path_for(&path);
-    safetensors::serialize_to_file(views, Some(meta), &temp)
-        .map_err(|e| Failure::io(format!("{}: cannot write the optimizer shard: {e}", temp.display())))?;
+    std::io::Write::write_all(&mut outputs.create(&path)?, &bytes)
+        .map_err(|e| Failure::io(format!("{}: cannot write the optimizer shard: {e}", path.display())))?;
     outputs.commit()?;
     Ok(path)
+}
+
+/// A safetensors file whose `__metadata__` keys come in sorted order, so that identical state
+/// makes byte-identical files: the safetensors crate writes metadata from a `HashMap`, in a
+/// different order every run. The header is the crate's own with the metadata put first (tensor
+/// offsets are relative to the data, so they are unchanged), padded to 8 bytes as the crate pads.
+fn serialize_with_sorted_metadata(views: Vec<(String, TensorView)>, meta: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    let plain = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(plain[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&plain[8..8 + n]).map_err(|e| e.to_string())?.trim_end();
+    let tensors = header.strip_prefix('{').ok_or("the safetensors header is not a JSON object")?;
+    let meta = serde_json::to_string(meta).map_err(|e| e.to_string())?;
+    let separator = if tensors == "}" { "" } else { "," };
+    let mut header = format!("{{\"__metadata__\":{meta}{separator}{tensors}").into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + plain.len() - 8 - n);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&plain[8 + n..]);
+    Ok(out)
 }
 
 /// The shard files of the newest complete set in `dir` (all ranks of one world size), by rank.
@@ -266,6 +286,26 @@ mod tests {
         safetensors::serialize_to_file(vec![("master".to_string(), view)], Some(meta), &dir.path().join(shard_file_name(0, 1))).unwrap();
         let (got, step) = load_ranges(dir.path(), &[7..10, 1..3], &["master"], "f").unwrap();
         assert_eq!((got["master"].clone(), step), (vec![7.0, 8.0, 9.0, 1.0, 2.0], 3));
+    }
+
+    #[test]
+    fn identical_state_makes_byte_identical_files() {
+        let total = layout(1).total();
+        let full = [(0..total).map(|i| i as f32).collect::<Vec<_>>(), vec![0.5; total]];
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        save_world(a.path(), 2, &[0, 0, 0], &full, 7);
+        save_world(b.path(), 2, &[0, 0, 0], &full, 7);
+        for r in 0..2 {
+            let name = shard_file_name(r, 2);
+            let (x, y) = (std::fs::read(a.path().join(&name)).unwrap(), std::fs::read(b.path().join(&name)).unwrap());
+            assert!(x == y, "{name} differs between two saves of the same state");
+            let n = u64::from_le_bytes(x[..8].try_into().unwrap()) as usize;
+            let header = std::str::from_utf8(&x[8..8 + n]).unwrap();
+            assert!(header.starts_with(r#"{"__metadata__":{"fingerprint":"#), "metadata first, keys sorted: {header}");
+            // safetensors (the crate, as Python's safetensors uses it) reads it back.
+            let (_, meta) = SafeTensors::read_metadata(&x).unwrap();
+            assert_eq!(meta.metadata().as_ref().unwrap()["step"], "7");
+        }
     }
 
     #[test]

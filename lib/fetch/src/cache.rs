@@ -11,6 +11,7 @@ use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use openseek_common::output::create_dir;
 use openseek_common::Failure;
 use sha1::{Digest, Sha1};
 
@@ -39,23 +40,10 @@ pub struct Placement {
     pub lock: PathBuf,
 }
 
-fn mkdirs(dir: &Path) -> Result<(), Failure> {
-    fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create directory", &e).with_code(openseek_common::ExitCode::CantCreat))
-}
-
-trait WithCode {
-    fn with_code(self, code: openseek_common::ExitCode) -> Self;
-}
-impl WithCode for Failure {
-    fn with_code(self, code: openseek_common::ExitCode) -> Self {
-        Failure::new(code, self.message)
-    }
-}
-
 /// Write `content` to `path` through a temporary and a rename.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Failure> {
     if let Some(dir) = path.parent() {
-        mkdirs(dir)?;
+        create_dir(dir)?;
     }
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
@@ -163,8 +151,8 @@ impl Layout {
     pub fn prepare(&self, revision: &str, commit: &str, listing: Option<&[RemoteFile]>) -> Result<(), Failure> {
         let tree_folder = match self {
             Layout::Cache { hub, repo_dir, .. } => {
-                mkdirs(&repo_dir.join("blobs"))?;
-                mkdirs(&repo_dir.join("snapshots").join(commit))?;
+                create_dir(&repo_dir.join("blobs"))?;
+                create_dir(&repo_dir.join("snapshots").join(commit))?;
                 if !hub.join("CACHEDIR.TAG").exists() {
                     let _ = fs::write(hub.join("CACHEDIR.TAG"), CACHEDIR_TAG);
                 }
@@ -178,7 +166,7 @@ impl Layout {
             }
             Layout::LocalDir { dir } => {
                 let hf = Self::hf_dir(dir);
-                mkdirs(&hf.join("download"))?;
+                create_dir(&hf.join("download"))?;
                 if !hf.join(".gitignore").exists() {
                     let _ = fs::write(hf.join(".gitignore"), "*");
                 }
@@ -273,7 +261,7 @@ impl Layout {
         match self {
             Layout::Cache { .. } => {
                 let dir = p.visible.parent().unwrap_or(Path::new("."));
-                mkdirs(dir)?;
+                create_dir(dir)?;
                 let depth = path.split('/').count() - 1 + 2;
                 let target = format!("{}blobs/{etag}", "../".repeat(depth));
                 if fs::read_link(&p.visible).ok().map(|t| t == Path::new(&target)).unwrap_or(false) {
@@ -301,7 +289,7 @@ pub struct FileLock {
 impl FileLock {
     pub fn acquire(path: &Path) -> Result<FileLock, Failure> {
         if let Some(dir) = path.parent() {
-            mkdirs(dir)?;
+            create_dir(dir)?;
         }
         let file = OpenOptions::new()
             .create(true)

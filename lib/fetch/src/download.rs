@@ -272,7 +272,7 @@ impl Engine<'_> {
         let lock = FileLock::acquire(&job.placement.lock)?;
         let inc = &job.placement.incomplete;
         if let Some(dir) = inc.parent() {
-            fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create directory", &e))?;
+            openseek_common::output::create_dir(dir)?;
         }
         let done = load_resume_state(inc, job.size);
         let journal = journal_path(inc);
@@ -413,9 +413,10 @@ impl Engine<'_> {
             Ok((sha256, git_oid)) => {
                 active.file.sync_all().map_err(|e| Failure::io_at(inc, "cannot sync", &e))?;
                 if let Some(dir) = job.placement.complete.parent() {
-                    fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create directory", &e))?;
+                    openseek_common::output::create_dir(dir)?;
                 }
-                fs::rename(inc, &job.placement.complete).map_err(|e| Failure::io_at(&job.placement.complete, "cannot rename into place", &e))?;
+                fs::rename(inc, &job.placement.complete)
+                    .map_err(|e| openseek_common::output::cannot_create(&job.placement.complete, format!("cannot rename into place: {e}")))?;
                 let _ = fs::remove_file(journal_path(inc));
                 (self.on_done)(job)?;
                 let downloaded = active.progress.done.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(active.resumed);

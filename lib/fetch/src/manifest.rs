@@ -46,7 +46,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn write(&self, path: &Path) -> Result<(), Failure> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create directory", &e))?;
+            openseek_common::output::create_dir(dir)?;
         }
         let mut out = AtomicOutputs::new();
         let mut f = out.create(path)?;

@@ -5,6 +5,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub use openseek_common::size::human;
 use openseek_common::{ExitCode, Failure};
 
 /// Bytes available to an unprivileged user on the filesystem holding `path` (its nearest
@@ -21,19 +22,6 @@ pub fn available_bytes(path: &Path) -> Option<u64> {
         return None;
     }
     Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.1} kB", b / 1e3)
-    } else {
-        format!("{bytes} B")
-    }
 }
 
 /// Fail when `needed` bytes (plus a 1% / 64 MiB margin) do not fit in `available`.

@@ -199,9 +199,9 @@ pub fn convert(
     }
 
     // Output directory.
-    std::fs::create_dir_all(&opts.out).map_err(|e| Failure::io_at(&opts.out, "cannot create", &e).context("output"))?;
+    openseek_common::output::create_dir(&opts.out)?;
     if opts.out.join("model.safetensors.index.json").exists() || opts.out.join("model.safetensors").exists() {
-        return Err(Failure::cant_create(format!("{}: already holds a checkpoint; choose an empty directory", opts.out.display())));
+        return Err(openseek_common::output::cannot_create(&opts.out, "it already holds a checkpoint; choose an empty directory"));
     }
 
     // Stream.

@@ -210,22 +210,41 @@ fn new_list(v: Vec<Value>) -> Value {
     Value::List(Rc::new(RefCell::new(v)))
 }
 
+/// How deeply values may nest (Python's own recursion limit): deeper pickles are refused, as
+/// dropping or walking them would overflow the stack. Real checkpoints nest a few levels.
+pub const MAX_DEPTH: u32 = 1000;
+
+/// A stack entry: a value with its nesting depth (1 for a scalar).
 enum Slot {
     Mark,
-    V(Value),
+    V(Value, u32),
 }
 
 struct Vm<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Slot>,
-    memo: std::collections::HashMap<u64, Value>,
+    memo: std::collections::HashMap<u64, (Value, u32)>,
+    /// Depth of each shared container (list, dict, object; by address), which items added
+    /// later deepen, and whether it is already inside another value (it may then not deepen:
+    /// the depths of those holding it would be stale).
+    containers: std::collections::HashMap<usize, (u32, bool)>,
 }
 
 /// Unpickle `data`; errors say which opcode at which byte went wrong.
 pub fn loads(data: &[u8]) -> Result<Value, String> {
-    let mut vm = Vm { data, pos: 0, stack: Vec::new(), memo: Default::default() };
+    let mut vm = Vm { data, pos: 0, stack: Vec::new(), memo: Default::default(), containers: Default::default() };
     vm.run()
+}
+
+/// The address of a shared container, its identity for `Vm::containers`.
+fn container_id(v: &Value) -> Option<usize> {
+    match v {
+        Value::List(l) => Some(Rc::as_ptr(l) as *const u8 as usize),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const u8 as usize),
+        Value::Object(o) => Some(Rc::as_ptr(o) as *const u8 as usize),
+        _ => None,
+    }
 }
 
 impl<'a> Vm<'a> {
@@ -259,38 +278,113 @@ impl<'a> Vm<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| "pickle: invalid UTF-8 string".to_string())
     }
 
+    /// Push a scalar (depth 1).
     fn push(&mut self, v: Value) {
-        self.stack.push(Slot::V(v));
+        self.stack.push(Slot::V(v, 1));
     }
-    fn pop(&mut self) -> Result<Value, String> {
+    /// Push a value made of parts of `parts` depths (the containers among them: `nested`): one
+    /// level deeper than the deepest.
+    fn push_made_of(&mut self, v: Value, parts: &[u32], nested: Vec<usize>) -> Result<(), String> {
+        let depth = parts.iter().max().copied().unwrap_or(0) + 1;
+        if depth > MAX_DEPTH {
+            return Err(format!("pickle: values nest deeper than {MAX_DEPTH} levels at byte {}; this is no checkpoint", self.pos));
+        }
+        let id = container_id(&v);
+        let fresh = id.is_some_and(|id| !nested.contains(&id));
+        self.nest(nested);
+        match id {
+            // A new container (its address may be a freed one's: its record starts over).
+            Some(id) if fresh => {
+                self.containers.insert(id, (depth, false));
+            }
+            Some(id) => {
+                let entry = self.containers.entry(id).or_insert((depth, true));
+                entry.0 = entry.0.max(depth);
+            }
+            None => {}
+        }
+        self.stack.push(Slot::V(v, depth));
+        Ok(())
+    }
+    /// The depth of a value as it is now (a shared container may have deepened since it was pushed).
+    fn depth_of(&self, v: &Value, pushed: u32) -> u32 {
+        container_id(v).and_then(|id| self.containers.get(&id)).map_or(pushed, |e| e.0.max(pushed))
+    }
+    /// Mark these containers as held inside another value.
+    fn nest(&mut self, ids: Vec<usize>) {
+        for id in ids {
+            self.containers.entry(id).or_insert((1, true)).1 = true;
+        }
+    }
+    /// Add items of `depths` to the container `target`: it deepens to one level past the deepest
+    /// item; the items are now held by it.
+    fn deepen(&mut self, target: &Value, items: &[(Value, u32)]) -> Result<(), String> {
+        let Some(id) = container_id(target) else { return Ok(()) };
+        let deepest = items.iter().map(|(v, d)| self.depth_of(v, *d)).max().unwrap_or(0);
+        self.nest(items.iter().filter_map(|(v, _)| container_id(v)).collect());
+        let (depth, nested) = self.containers.get(&id).copied().unwrap_or((1, false));
+        if deepest + 1 > depth {
+            if deepest + 1 > MAX_DEPTH {
+                return Err(format!("pickle: values nest deeper than {MAX_DEPTH} levels at byte {}; this is no checkpoint", self.pos));
+            }
+            if nested {
+                return Err(format!(
+                    "pickle: a container grows deeper after it was put inside another (or inside itself) at byte {}; not supported",
+                    self.pos
+                ));
+            }
+            self.containers.insert(id, (deepest + 1, nested));
+        }
+        Ok(())
+    }
+    fn pop_slot(&mut self) -> Result<(Value, u32), String> {
         match self.stack.pop() {
-            Some(Slot::V(v)) => Ok(v),
+            Some(Slot::V(v, d)) => {
+                let d = self.depth_of(&v, d);
+                Ok((v, d))
+            }
             Some(Slot::Mark) => Err("pickle: unexpected MARK on the stack".into()),
             None => Err("pickle: stack underflow".into()),
         }
     }
+    fn pop(&mut self) -> Result<Value, String> {
+        self.pop_slot().map(|(v, _)| v)
+    }
     fn top(&mut self) -> Result<&mut Value, String> {
         match self.stack.last_mut() {
-            Some(Slot::V(v)) => Ok(v),
+            Some(Slot::V(v, _)) => Ok(v),
             _ => Err("pickle: stack underflow".into()),
         }
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+    fn pop_mark(&mut self) -> Result<Vec<(Value, u32)>, String> {
         let at = self.stack.iter().rposition(|s| matches!(s, Slot::Mark)).ok_or("pickle: no MARK")?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
-        Ok(items.into_iter().map(|s| if let Slot::V(v) = s { v } else { unreachable!() }).collect())
+        Ok(items
+            .into_iter()
+            .map(|s| match s {
+                Slot::V(v, d) => {
+                    let d = self.depth_of(&v, d);
+                    (v, d)
+                }
+                Slot::Mark => unreachable!(),
+            })
+            .collect())
     }
-    fn memo_get(&self, i: u64) -> Result<Value, String> {
+    fn memo_get(&self, i: u64) -> Result<(Value, u32), String> {
         self.memo.get(&i).cloned().ok_or_else(|| format!("pickle: memo {i} is not set"))
     }
     fn memo_put(&mut self, i: u64) -> Result<(), String> {
         let v = match self.stack.last() {
-            Some(Slot::V(v)) => v.clone(),
+            Some(Slot::V(v, d)) => (v.clone(), *d),
             _ => return Err("pickle: PUT with an empty stack".into()),
         };
         self.memo.insert(i, v);
         Ok(())
+    }
+    /// Push a value with its depth as recorded (DUP, GET).
+    fn push_slot(&mut self, (v, d): (Value, u32)) {
+        self.stack.push(Slot::V(v, d));
     }
 
     fn run(&mut self) -> Result<Value, String> {
@@ -312,10 +406,13 @@ impl<'a> Vm<'a> {
                 b'1' => {
                     self.pop_mark()?;
                 }
-                b'2' => {
-                    let v = self.top()?.clone();
-                    self.push(v);
-                }
+                b'2' => match self.stack.last() {
+                    Some(Slot::V(v, d)) => {
+                        let slot = (v.clone(), *d);
+                        self.push_slot(slot)
+                    }
+                    _ => return Err("pickle: DUP with an empty stack".into()),
+                },
                 b'N' => self.push(Value::None),
                 0x88 => self.push(Value::Bool(true)),
                 0x89 => self.push(Value::Bool(false)),
@@ -396,13 +493,14 @@ impl<'a> Vm<'a> {
                     };
                     self.push(v)
                 }
-                b']' => self.push(new_list(Vec::new())),
-                b'l' => {
+                b']' | 0x8f => self.push_made_of(new_list(Vec::new()), &[], Vec::new())?, // EMPTY_SET: a list is enough here
+                b'l' | 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(new_list(items))
+                    let (values, depths, ids) = split(items);
+                    self.push_made_of(new_list(values), &depths, ids)?
                 }
                 b'a' => {
-                    let v = self.pop()?;
+                    let v = self.pop_slot()?;
                     self.append(vec![v])?;
                 }
                 b'e' => {
@@ -412,7 +510,8 @@ impl<'a> Vm<'a> {
                 b')' => self.push(Value::Tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))
+                    let (values, depths, ids) = split(items);
+                    self.push_made_of(Value::Tuple(values), &depths, ids)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -421,21 +520,23 @@ impl<'a> Vm<'a> {
                     }
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
-                        items.push(self.pop()?);
+                        items.push(self.pop_slot()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items))
+                    let (values, depths, ids) = split(items);
+                    self.push_made_of(Value::Tuple(values), &depths, ids)?
                 }
-                b'}' => self.push(new_dict()),
+                b'}' => self.push_made_of(new_dict(), &[], Vec::new())?,
                 b'd' => {
                     let items = self.pop_mark()?;
+                    let depths: Vec<u32> = items.iter().map(|i| i.1).collect();
                     let d = new_dict();
                     self.set_items(&d, items)?;
-                    self.push(d)
+                    self.push_made_of(d, &depths, Vec::new())?
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
+                    let v = self.pop_slot()?;
+                    let k = self.pop_slot()?;
                     let target = self.top()?.clone();
                     self.set_items(&target, vec![k, v])?;
                 }
@@ -444,14 +545,9 @@ impl<'a> Vm<'a> {
                     let target = self.top()?.clone();
                     self.set_items(&target, items)?;
                 }
-                0x8f => self.push(new_list(Vec::new())), // EMPTY_SET: a list is enough here
                 0x90 => {
                     let items = self.pop_mark()?;
                     self.append(items)?;
-                }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.push(new_list(items))
                 }
                 b'c' => {
                     let m = Self::utf8(self.line()?)?;
@@ -466,29 +562,28 @@ impl<'a> Vm<'a> {
                         _ => return Err(format!("pickle: STACK_GLOBAL without strings at byte {at}")),
                     }
                 }
-                b'R' => {
-                    let args = self.pop()?;
-                    let f = self.pop()?;
-                    let args = args.items().ok_or_else(|| format!("pickle: REDUCE arguments are not a tuple at byte {at}"))?;
+                b'R' | 0x81 => {
+                    let (args, args_depth) = self.pop_slot()?;
+                    let (f, f_depth) = self.pop_slot()?;
+                    let what = if op == b'R' { "REDUCE" } else { "NEWOBJ" };
+                    let args = args.items().ok_or_else(|| format!("pickle: {what} arguments are not a tuple at byte {at}"))?;
+                    let ids = args.iter().filter_map(container_id).collect();
                     let v = call(f, args)?;
-                    self.push(v)
-                }
-                0x81 => {
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    let args = args.items().ok_or_else(|| format!("pickle: NEWOBJ arguments are not a tuple at byte {at}"))?;
-                    let v = call(cls, args)?;
-                    self.push(v)
+                    self.push_made_of(v, &[args_depth, f_depth], ids)?
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    let v = call(cls, args.items().unwrap_or_default())?;
-                    self.push(v)
+                    let (args, args_depth) = self.pop_slot()?;
+                    let (cls, cls_depth) = self.pop_slot()?;
+                    let args = args.items().unwrap_or_default();
+                    let ids = args.iter().filter_map(container_id).collect();
+                    let v = call(cls, args)?;
+                    self.push_made_of(v, &[args_depth, cls_depth], ids)?
                 }
                 b'b' => {
-                    let state = self.pop()?;
+                    let (state, depth) = self.pop_slot()?;
+                    let target = self.top()?.clone();
+                    self.deepen(&target, &[(state.clone(), depth)])?;
                     match self.top()? {
                         Value::Object(o) => o.borrow_mut().state = Some(state),
                         // A dict subclass's attributes (OrderedDict's `_metadata` of a state dict) are not items.
@@ -499,13 +594,14 @@ impl<'a> Vm<'a> {
                     }
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
+                    let (pid, depth) = self.pop_slot()?;
+                    let ids = container_id(&pid).into_iter().collect();
                     let v = persistent(pid)?;
-                    self.push(v)
+                    self.push_made_of(v, &[depth], ids)?
                 }
                 b'P' => {
                     let pid = Self::utf8(self.line()?)?;
-                    self.push(Value::PersId(Box::new(Value::Str(pid))))
+                    self.push_made_of(Value::PersId(Box::new(Value::Str(pid))), &[1], Vec::new())?
                 }
                 b'p' => {
                     let i: u64 = Self::utf8(self.line()?)?.parse().map_err(|_| "pickle: bad PUT")?;
@@ -526,37 +622,41 @@ impl<'a> Vm<'a> {
                 b'g' => {
                     let i: u64 = Self::utf8(self.line()?)?.parse().map_err(|_| "pickle: bad GET")?;
                     let v = self.memo_get(i)?;
-                    self.push(v)
+                    self.push_slot(v)
                 }
                 b'h' => {
                     let i = self.u8()? as u64;
                     let v = self.memo_get(i)?;
-                    self.push(v)
+                    self.push_slot(v)
                 }
                 b'j' => {
                     let i = self.u32()? as u64;
                     let v = self.memo_get(i)?;
-                    self.push(v)
+                    self.push_slot(v)
                 }
                 other => return Err(format!("pickle: unsupported opcode 0x{other:02x} at byte {at}")),
             }
         }
     }
 
-    fn append(&mut self, items: Vec<Value>) -> Result<(), String> {
-        match self.top()? {
+    fn append(&mut self, items: Vec<(Value, u32)>) -> Result<(), String> {
+        let target = self.top()?.clone();
+        self.deepen(&target, &items)?;
+        let items = items.into_iter().map(|(v, _)| v);
+        match &target {
             Value::List(l) => l.borrow_mut().extend(items),
-            Value::Object(o) => o.borrow_mut().items.extend(items.into_iter().map(|v| (Value::None, v))),
+            Value::Object(o) => o.borrow_mut().items.extend(items.map(|v| (Value::None, v))),
             other => return Err(format!("pickle: APPEND to {other:?}")),
         }
         Ok(())
     }
 
-    fn set_items(&mut self, target: &Value, items: Vec<Value>) -> Result<(), String> {
+    fn set_items(&mut self, target: &Value, items: Vec<(Value, u32)>) -> Result<(), String> {
         if !items.len().is_multiple_of(2) {
             return Err("pickle: odd number of dict items".into());
         }
-        let mut it = items.into_iter();
+        self.deepen(target, &items)?;
+        let mut it = items.into_iter().map(|(v, _)| v);
         let mut pairs = Vec::new();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             pairs.push((k, v));
@@ -568,6 +668,13 @@ impl<'a> Vm<'a> {
         }
         Ok(())
     }
+}
+
+/// Items with their depths, as the values, their depths and the containers among them.
+fn split(items: Vec<(Value, u32)>) -> (Vec<Value>, Vec<u32>, Vec<usize>) {
+    let ids = items.iter().filter_map(|(v, _)| container_id(v)).collect();
+    let (values, depths) = items.into_iter().unzip();
+    (values, depths, ids)
 }
 
 fn global_name(v: &Value) -> Option<(&str, &str)> {
@@ -718,5 +825,29 @@ mod tests {
         assert!(loads(b"\x80\x02K").unwrap_err().contains("truncated"));
         assert!(loads(b"\x80\x02\xff.").unwrap_err().contains("unsupported opcode 0xff at byte 2"));
         assert!(loads(b"\x80\x02h\x05.").unwrap_err().contains("memo 5"));
+    }
+
+    #[test]
+    fn nesting_is_limited_before_it_can_overflow_the_stack() {
+        // N, then TUPLE1 two million times: a tuple nested 2M deep.
+        let mut data = b"\x80\x02N".to_vec();
+        data.extend(std::iter::repeat_n(0x85u8, 2_000_000));
+        data.push(b'.');
+        assert!(loads(&data).unwrap_err().contains("nest deeper than 1000 levels"));
+        // Lists appended into each other through the memo: [[[...]]] 2M deep.
+        let mut data = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..2_000_000 {
+            data.extend_from_slice(b"]h\x00aq\x00"); // a new list, the previous one appended, memoized
+        }
+        data.push(b'.');
+        assert!(loads(&data).unwrap_err().contains("nest deeper than 1000 levels"));
+        // A list that deepens after it was put inside a tuple is refused (the tuple's depth would be stale).
+        let data = b"\x80\x02]q\x00h\x00\x85q\x01h\x00N\x85a.";
+        assert!(loads(data).unwrap_err().contains("grows deeper after it was put inside"));
+        // MAX_DEPTH levels are fine.
+        let mut data = b"\x80\x02N".to_vec();
+        data.extend(std::iter::repeat_n(0x85u8, MAX_DEPTH as usize - 1));
+        data.push(b'.');
+        assert!(loads(&data).is_ok());
     }
 }

@@ -70,6 +70,7 @@ pub fn plan(spec: MixSpec, split_index: usize, surplus: f64) -> Result<MixPlan, 
     let mut datasets: Vec<PlannedDataset> = Vec::new();
     let mut lengths: Vec<Vec<i32>> = Vec::new();
     let mut stage_maps: Vec<Vec<usize>> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
     for (k, stage) in spec.stages.iter().enumerate() {
         let mut seen: HashMap<PathBuf, usize> = HashMap::new();
         let mut map = Vec::new();
@@ -85,7 +86,17 @@ pub fn plan(spec: MixSpec, split_index: usize, surplus: f64) -> Result<MixPlan, 
                     } else {
                         format!("dataset {}", e_i + 1)
                     };
-                    let shard = open_shard(&entry.prefix, &entry.label, &where_)?;
+                    let shard = match open_shard(&entry.prefix, &entry.label, &where_) {
+                        Ok(shard) => shard,
+                        Err(e) if e.code == openseek_common::ExitCode::NoInput => {
+                            // Every missing dataset is reported at once, below.
+                            missing.push(e.message);
+                            keys.insert(key, usize::MAX);
+                            map.push(usize::MAX);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let lens: Vec<i32> = shard.sequence_lengths().into_iter().map(|l| l as i32).collect();
                     let ranges = blend::split_ranges(&spec.split_fractions, lens.len() as u64);
                     let range = ranges[split_index].clone().ok_or_else(|| {
@@ -122,15 +133,27 @@ pub fn plan(spec: MixSpec, split_index: usize, surplus: f64) -> Result<MixPlan, 
         }
         stage_maps.push(map);
     }
+    if !missing.is_empty() {
+        return Err(Failure::no_input(format!(
+            "{} of the mix's datasets cannot be read:\n  {}",
+            missing.len(),
+            missing.join("\n  ")
+        )));
+    }
     if datasets.len() >= 32767 {
         return Err(Failure::config(format!("{} datasets: Megatron's blend index holds at most 32766", datasets.len())));
     }
+    let blend_plans: Vec<blend::BlendPlan> = spec
+        .stages
+        .iter()
+        .map(|stage| blend::plan(&stage.entries.iter().map(|e| e.weight).collect::<Vec<_>>(), stage.samples, surplus))
+        .collect();
+    check_index_memory(&spec, &datasets, &stage_maps, &blend_plans, openseek_common::size::available_memory())?;
     let mut dataset_index = Vec::new();
     let mut dataset_sample_index = Vec::new();
     let mut stages = Vec::new();
-    for (k, stage) in spec.stages.iter().enumerate() {
+    for ((k, stage), p) in spec.stages.iter().enumerate().zip(blend_plans) {
         let weights: Vec<f64> = stage.entries.iter().map(|e| e.weight).collect();
-        let p = blend::plan(&weights, stage.samples, surplus);
         let start = dataset_index.len() as u64;
         let (di, si) = blend::blending_indices(&p.weights, p.size);
         let map = &stage_maps[k];
@@ -168,6 +191,47 @@ pub fn plan(spec: MixSpec, split_index: usize, surplus: f64) -> Result<MixPlan, 
         }
     }
     Ok(MixPlan { spec, split_index, datasets, stages, dataset_index, dataset_sample_index, lengths })
+}
+
+/// Refuse, before anything is allocated, a mix whose indices would not fit in `available` bytes
+/// of memory (they are built in memory, then written): the blend's 10 bytes per sample, and per
+/// dataset its GPT document index (4 bytes per document per epoch), sample index (16 bytes per
+/// sample) and shuffle index (8 bytes per sample) over the epochs the samples asked for take.
+fn check_index_memory(
+    spec: &MixSpec,
+    datasets: &[PlannedDataset],
+    stage_maps: &[Vec<usize>],
+    blend_plans: &[blend::BlendPlan],
+    available: Option<u64>,
+) -> Result<(), Failure> {
+    let mut requested = vec![0f64; datasets.len()];
+    let mut blended = 0f64;
+    for (map, p) in stage_maps.iter().zip(blend_plans) {
+        blended += p.size as f64;
+        for (&g, &r) in map.iter().zip(&p.requests) {
+            requested[g] += r as f64;
+        }
+    }
+    let seq_len = spec.seq_len as f64;
+    let mut needed = blended * 10.0;
+    for (d, &samples) in datasets.iter().zip(&requested) {
+        let epochs = ((samples * seq_len + 1.0) / d.tokens_available as f64).ceil().max(1.0);
+        let documents = (d.range.end - d.range.start) as f64;
+        let built = epochs * d.tokens_available as f64 / seq_len;
+        needed += epochs * documents * 4.0 + built * 24.0;
+    }
+    let Some(available) = available else { return Ok(()) };
+    if needed > available as f64 {
+        let total: u64 = spec.stages.iter().map(|s| s.samples).fold(0, u64::saturating_add);
+        return Err(Failure::usage(format!(
+            "{total} samples of {} tokens: their indices need about {} of memory but {} is available; \
+             ask for fewer samples (--samples, --tokens, total_samples) or build on a machine with more memory",
+            spec.seq_len + 1,
+            openseek_common::size::human(needed as u64),
+            openseek_common::size::human(available)
+        )));
+    }
+    Ok(())
 }
 
 /// The per-dataset table the dry run prints, and warnings for datasets repeated more than
@@ -231,9 +295,10 @@ fn write_array(outputs: &mut AtomicOutputs, path: &Path, array: &IndexArray, col
     write_npy(&mut w, array, cols).and_then(|()| w.flush()).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))
 }
 
-/// Build every dataset's GPT index (in parallel) and write the store to `dir`.
-pub fn build(plan: MixPlan, dir: &Path, provenance: Option<serde_json::Value>, blended: bool) -> Result<Manifest, Failure> {
-    std::fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create the output directory", &e).with_cant_create())?;
+/// Build every dataset's GPT index (in parallel) and write the store to `dir` (made ready by
+/// `store::prepare_output`).
+pub fn build(mut plan: MixPlan, dir: &Path, provenance: Option<serde_json::Value>, blended: bool) -> Result<Manifest, Failure> {
+    openseek_common::output::create_dir(dir)?;
     let seq_len = plan.spec.seq_len;
     let seed = plan.spec.seed;
     let drop_last = true;
@@ -257,13 +322,14 @@ pub fn build(plan: MixPlan, dir: &Path, provenance: Option<serde_json::Value>, b
     for r in results {
         built.push(r?);
     }
+    let blended_samples = plan.num_samples();
     if blended {
-        write_array(&mut outputs, &dir.join(store::BLEND_DATASET_INDEX), &IndexArray::I16(plan.dataset_index.clone()), 1)?;
-        write_array(&mut outputs, &dir.join(store::BLEND_DATASET_SAMPLE_INDEX), &IndexArray::I64(plan.dataset_sample_index.clone()), 1)?;
+        write_array(&mut outputs, &dir.join(store::BLEND_DATASET_INDEX), &IndexArray::I16(std::mem::take(&mut plan.dataset_index)), 1)?;
+        write_array(&mut outputs, &dir.join(store::BLEND_DATASET_SAMPLE_INDEX), &IndexArray::I64(std::mem::take(&mut plan.dataset_sample_index)), 1)?;
     }
     // Unblended (one dataset, os-pack): the store is the whole GPT index, as Megatron's
     // GPTDataset exposes every sample of its epochs.
-    let total = if blended { plan.num_samples() } else { built.first().map(|b| b.0).unwrap_or(0) };
+    let total = if blended { blended_samples } else { built.first().map(|b| b.0).unwrap_or(0) };
     let datasets = plan
         .datasets
         .iter()
@@ -312,15 +378,6 @@ pub fn write_manifest(outputs: &mut AtomicOutputs, dir: &Path, manifest: &Manife
     let mut f = outputs.create(&path)?;
     let text = serde_json::to_string_pretty(manifest).unwrap();
     f.write_all(text.as_bytes()).and_then(|()| f.write_all(b"\n")).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))
-}
-
-trait CantCreate {
-    fn with_cant_create(self) -> Self;
-}
-impl CantCreate for Failure {
-    fn with_cant_create(self) -> Self {
-        Failure::new(openseek_common::ExitCode::CantCreat, self.message)
-    }
 }
 
 /// The dry-run plan as JSON: per dataset its weight(s), tokens available and used, epochs, share.

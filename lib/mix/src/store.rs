@@ -54,6 +54,61 @@ pub fn dataset_file(d: usize, what: &str) -> String {
     format!("d{d:03}_{what}.npy")
 }
 
+/// The documents os-pack writes into its store when its input is a token stream.
+pub const STREAM_DOCUMENTS: &str = "documents";
+
+/// Whether `name` is one of the files a store is made of.
+fn is_store_file(name: &str) -> bool {
+    let dataset_file = name.len() > 5
+        && name.starts_with('d')
+        && name.ends_with(".npy")
+        && name.as_bytes()[1..].iter().take_while(|b| b.is_ascii_digit()).count() >= 3
+        && name.contains('_');
+    dataset_file
+        || [MANIFEST, BLEND_DATASET_INDEX, BLEND_DATASET_SAMPLE_INDEX, SAMPLE_OFFSETS, PIECES].contains(&name)
+        || name == format!("{STREAM_DOCUMENTS}.bin")
+        || name == format!("{STREAM_DOCUMENTS}.idx")
+}
+
+/// Refuse a store already in `dir` unless `force` (exit 73, like every tool's existing output);
+/// returns its files (none when `dir` does not exist). Changes nothing.
+pub fn check_output(dir: &Path, force: bool) -> Result<Vec<String>, Failure> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut old: Vec<String> = entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| is_store_file(n)).collect();
+    old.sort();
+    if !old.is_empty() && !force {
+        let more = if old.len() > 4 { format!(" and {} more", old.len() - 4) } else { String::new() };
+        return Err(openseek_common::output::cannot_create(
+            dir,
+            format!("it already holds a sample store ({}{more}); pass --force to replace it", old[..old.len().min(4)].join(", ")),
+        ));
+    }
+    Ok(old)
+}
+
+/// Make `dir` ready for a new store: created when missing; a store already in it is refused
+/// without `force` (`check_output`) and removed with it (the manifest first, so a half-removed
+/// store never looks complete), so no file of the old store (`d001_*.npy` of a blend of more
+/// datasets) is left beside the new one. Temporaries of a killed earlier run are removed too.
+/// Files that are not a store's are left alone.
+pub fn prepare_output(dir: &Path, force: bool) -> Result<(), Failure> {
+    let mut old = check_output(dir, force)?;
+    openseek_common::output::create_dir(dir)?;
+    old.sort_by_key(|n| n != MANIFEST);
+    for name in &old {
+        let path = dir.join(name);
+        std::fs::remove_file(&path).map_err(|e| openseek_common::output::cannot_create(&path, format!("cannot remove the old file: {e}")))?;
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| openseek_common::output::cannot_create(dir, e))?;
+    for name in entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)) {
+        let temporary_of = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).map(|(n, _)| n);
+        if let Some(n) = temporary_of.filter(|n| is_store_file(n)) {
+            openseek_common::AtomicOutputs::remove_stale_temporaries(&dir.join(n));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,

@@ -228,6 +228,54 @@ impl MergePlan {
         for d in [&self.dtype, &self.out_dtype].into_iter().flatten() {
             FloatType::parse(d)?;
         }
+        self.validate_numbers()
+    }
+
+    /// Every parameter a finite number; weights not negative in averages (average, weighted,
+    /// ema: mergekit's linear and the task-arithmetic family allow them); densities in [0, 1];
+    /// a normalised linear merge's weights summing to more than zero. Exit 78 naming the parameter.
+    fn validate_numbers(&self) -> Result<(), Failure> {
+        let owners = std::iter::once(("parameters".to_string(), &self.parameters))
+            .chain(self.models.iter().map(|m| (m.path.display().to_string(), &m.parameters)));
+        let averaging = matches!(self.method_name.as_str(), "average" | "weighted" | "ema");
+        for (owner, params) in owners {
+            for (name, param) in params {
+                let values: Vec<f64> = match param {
+                    Param::Number(v) => vec![*v],
+                    Param::Bool(_) => vec![],
+                    Param::Conditional(entries) => entries.iter().map(|e| e.1).collect(),
+                };
+                for v in values {
+                    let bad = if !v.is_finite() {
+                        Some("parameters must be finite numbers")
+                    } else if v.abs() > f32::MAX as f64 {
+                        Some("beyond float32, in which the merge computes")
+                    } else if name == "weight" && averaging && v < 0.0 {
+                        Some("an average takes no negative weights (mergekit's linear or task_arithmetic take them)")
+                    } else if name == "density" && !(0.0..=1.0).contains(&v) {
+                        Some("a density is a fraction in [0, 1]")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = bad {
+                        return Err(Failure::config(format!("{}: {owner}: {name} = {v}: {why}", self.method_name)));
+                    }
+                }
+            }
+        }
+        if self.method == Method::Linear && self.global_bool("normalize", "", true) {
+            let weights: Option<Vec<f64>> = (0..self.models.len()).map(|m| match self.models[m].parameters.get("weight").or(self.parameters.get("weight")) {
+                None => Some(1.0),
+                Some(Param::Number(v)) => Some(*v),
+                Some(_) => None,
+            }).collect();
+            if let Some(sum) = weights.map(|w| w.iter().sum::<f64>()).filter(|s| *s <= 0.0) {
+                return Err(Failure::config(format!(
+                    "{}: the weights sum to {sum}; normalising divides by the sum, which must be positive (or --normalize false)",
+                    self.method_name
+                )));
+            }
+        }
         Ok(())
     }
 

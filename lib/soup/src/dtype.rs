@@ -59,6 +59,16 @@ impl FloatType {
         }
     }
 
+    /// The smallest f32 magnitude that becomes infinite when stored in this type (round to
+    /// nearest even: halfway between the largest finite value and the next power of two).
+    pub fn overflow_threshold(self) -> f32 {
+        match self {
+            FloatType::F64 | FloatType::F32 => f32::INFINITY,
+            FloatType::F16 => 65520.0,
+            FloatType::BF16 => f32::from_bits(0x7F7F_8000),
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             FloatType::F64 => 8,

@@ -201,8 +201,10 @@ pub fn run_merge(plan: &MergePlan, options: &MergeOptions) -> Result<MergeReport
         let inputs: Vec<Vec<f32>> = models.par_iter().map(decode).collect();
         let input_refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
         let result = merge_one(plan, name, base_values.as_deref(), &input_refs)?;
-        drop(inputs);
         let o = out_type.unwrap_or(in_type);
+        let finite_inputs = || base_values.iter().map(Vec::as_slice).chain(input_refs.iter().copied()).all(|v| v.par_iter().all(|x| x.is_finite()));
+        refuse_non_finite(name, &result, o, finite_inputs)?;
+        drop(inputs);
         writer.write_next(&mut outputs, &dtype::encode(o, &result))?;
         merged.push(name.clone());
     }
@@ -266,21 +268,40 @@ fn safetensors_dtype_name(d: safetensors::Dtype) -> &'static str {
 }
 
 fn prepare_out_dir(out: &Path) -> Result<(), Failure> {
-    std::fs::create_dir_all(out).map_err(|e| Failure::io_at(out, "cannot create output directory", &e).context("os-soup"))?;
+    openseek_common::output::create_dir(out)?;
     let stale: Vec<String> = std::fs::read_dir(out)
-        .map_err(|e| Failure::io_at(out, "cannot list", &e))?
+        .map_err(|e| openseek_common::output::cannot_create(out, e))?
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .filter(|n| n.ends_with(".safetensors") || n == "model.safetensors.index.json")
         .collect();
     if !stale.is_empty() {
-        return Err(Failure::cant_create(format!(
-            "{}: already holds weights ({}); choose an empty output directory or remove them",
-            out.display(),
-            stale.join(", ")
-        )));
+        return Err(openseek_common::output::cannot_create(
+            out,
+            format!("it already holds weights ({}); choose an empty output directory or remove them", stale.join(", ")),
+        ));
     }
     Ok(())
+}
+
+/// A merge that turns finite inputs into infinities or NaN (weights that overflow, a normalising
+/// sum of zero) is an error naming the tensor (exit 65), not a model written with them.
+/// `finite_inputs` is only asked when the result has non-finite values: non-finite inputs pass
+/// through as they are.
+fn refuse_non_finite(name: &str, result: &[f32], out: FloatType, finite_inputs: impl FnOnce() -> bool) -> Result<(), Failure> {
+    let limit = out.overflow_threshold();
+    let bad = |v: &f32| !(v.abs() < limit);
+    let count = result.par_iter().filter(|v| bad(v)).count();
+    if count == 0 || !finite_inputs() {
+        return Ok(());
+    }
+    let first = result.iter().position(bad).unwrap_or(0);
+    Err(Failure::data(format!(
+        "tensor {name}: the merge turns finite inputs into {count} non-finite value(s) in {} (the first at element {first}: {}); \
+         nothing was written: check the weights and normalisation",
+        out.torch_name(),
+        result[first]
+    )))
 }
 
 /// The merged f32 values of one tensor.
@@ -298,7 +319,16 @@ fn merge_one(plan: &MergePlan, name: &str, base: Option<&[f32]>, inputs: &[&[f32
     Ok(match plan.method {
         Method::Linear => {
             let weights: Vec<f32> = (0..n_models).map(|m| param(m, "weight", Some(1.0))).collect::<Result<_, _>>()?;
-            methods::linear(inputs, &weights, plan.global_bool("normalize", name, true))
+            let normalize = plan.global_bool("normalize", name, true);
+            let sum: f32 = weights.iter().sum();
+            if normalize && !(sum > 0.0 && sum.is_finite()) {
+                return Err(Failure::config(format!(
+                    "{}: the weights {weights:?} for tensor {name} sum to {sum}; normalising divides by the sum, which must be positive \
+                     (or set normalize: false / --normalize false)",
+                    plan.method_name
+                )));
+            }
+            methods::linear(inputs, &weights, normalize)
         }
         Method::Ema => {
             let decay = plan.global_param("decay", name).ok_or_else(|| Failure::config("ema needs a decay (--decay or parameters: {decay: 0.9})"))?;
@@ -392,4 +422,23 @@ fn merge_info(
         "skipped_keys": report.skipped,
         "provenance": options.provenance,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_results_from_finite_inputs_are_refused() {
+        let e = refuse_non_finite("w", &[1.0, f32::INFINITY, f32::NAN], FloatType::F32, || true).unwrap_err();
+        assert_eq!(e.code, openseek_common::ExitCode::DataErr);
+        assert!(e.message.contains("tensor w") && e.message.contains("2 non-finite value(s) in float32 (the first at element 1: inf)"), "{}", e.message);
+        refuse_non_finite("w", &[1.0, f32::INFINITY], FloatType::F32, || false).unwrap();
+        // Finite in f32, infinite once stored: f16 past 65519, bf16 past its largest value's half ulp.
+        assert!(refuse_non_finite("w", &[65519.0], FloatType::F16, || true).is_ok());
+        assert!(refuse_non_finite("w", &[-65520.0], FloatType::F16, || true).is_err());
+        assert!(refuse_non_finite("w", &[3.0e38], FloatType::BF16, || true).is_ok());
+        assert!(refuse_non_finite("w", &[f32::MAX], FloatType::BF16, || true).is_err());
+        assert!(refuse_non_finite("w", &[f32::MAX], FloatType::F32, || true).is_ok());
+    }
 }

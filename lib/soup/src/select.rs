@@ -1,6 +1,7 @@
 //! Choosing checkpoints from a run directory: subdirectories named like `checkpoint-1000`,
-//! `iter_0000720`, `global_step500` or `step_20` are ordered by their step number (not by name),
-//! and the latest N are taken.
+//! `iter_0000720`, `global_step500`, `step_20` or `step-0000040` (os-train's) are ordered by
+//! their step number (not by name), and the latest N are taken. An os-train run directory
+//! (`RUN/checkpoints/step-N`) is looked into.
 
 use std::path::{Path, PathBuf};
 
@@ -44,20 +45,28 @@ pub fn checkpoints_by_step(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Failur
     Ok(found)
 }
 
-/// The latest `n` checkpoints of `run_dir`, oldest first.
+/// The latest `n` checkpoints of `run_dir` (or of `run_dir/checkpoints`, an os-train run),
+/// oldest first: all of them when there are fewer than `n` but at least two (a run that keeps
+/// fewer checkpoints than a soup asks for still makes one; the caller says so).
 pub fn latest(run_dir: &Path, n: usize) -> Result<Vec<PathBuf>, Failure> {
     if n == 0 {
         return Err(Failure::usage("--latest must be at least 1"));
     }
-    let all = checkpoints_by_step(run_dir)?;
-    if all.len() < n {
+    let mut all = checkpoints_by_step(run_dir)?;
+    let nested = run_dir.join("checkpoints");
+    if all.is_empty() && nested.is_dir() {
+        all = checkpoints_by_step(&nested)?;
+    }
+    if all.len() < n.min(2) {
         return Err(Failure::no_input(format!(
-            "{}: asked for the latest {n} checkpoints but found {} (directories named like checkpoint-1000 or iter_0000720)",
+            "{}: asked for the latest {n} checkpoints but found {} (directories named like checkpoint-1000, iter_0000720 \
+             or step-0000040, in the directory or its checkpoints/)",
             run_dir.display(),
             all.len()
         )));
     }
-    Ok(all[all.len() - n..].iter().map(|(_, p)| p.clone()).collect())
+    let take = n.min(all.len());
+    Ok(all[all.len() - take..].iter().map(|(_, p)| p.clone()).collect())
 }
 
 #[cfg(test)]
@@ -78,6 +87,20 @@ mod tests {
         let got = latest(dir.path(), 3).unwrap();
         let names: Vec<_> = got.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
         assert_eq!(names, ["checkpoint-100", "checkpoint-900", "checkpoint-1000"]);
-        assert!(latest(dir.path(), 5).is_err());
+        assert_eq!(latest(dir.path(), 5).unwrap().len(), 4, "fewer than asked: all of them");
+        let one = tempfile::tempdir().unwrap();
+        std::fs::create_dir(one.path().join("checkpoint-7")).unwrap();
+        assert_eq!(latest(one.path(), 3).unwrap_err().code, openseek_common::ExitCode::NoInput, "one checkpoint is no soup");
+    }
+
+    #[test]
+    fn an_os_train_run_directory_is_looked_into() {
+        let run = tempfile::tempdir().unwrap();
+        for name in ["checkpoints/step-0000040", "checkpoints/step-0000120", "checkpoints/step-0000080", "tensorboard"] {
+            std::fs::create_dir_all(run.path().join(name)).unwrap();
+        }
+        std::fs::write(run.path().join("log.jsonl"), "").unwrap();
+        let got = latest(run.path(), 2).unwrap();
+        assert_eq!(got, [run.path().join("checkpoints/step-0000080"), run.path().join("checkpoints/step-0000120")]);
     }
 }
