@@ -136,3 +136,74 @@ fn truncate_takes_one_document_per_sample() {
     }
     assert_eq!(manifest["packing"]["truncated_tokens"].as_u64().unwrap(), cut as u64);
 }
+
+#[test]
+fn trl_strategies_equal_trls_pack_dataset() {
+    use openseek_common::AtomicOutputs;
+    use openseek_mix::reader::{self, Boundaries, ReaderOptions};
+    use openseek_shards::indexed::{DType, IndexedDatasetWriter};
+    // 230 documents around the row length of 48: shorter, equal, longer (truncated or split), two
+    // empty, many ties; packed in map batches of 40 over 3 processes (shards of 77, 77 and 76 rows).
+    let mut x = 4242u64;
+    let mut next = |m: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    let docs: Vec<Vec<u32>> = (0..230)
+        .map(|i| {
+            let long = next(4) == 0;
+            let len = if i == 17 || i == 150 { 0 } else if i % 9 == 0 { 48 } else { 1 + next(if long { 150 } else { 30 }) };
+            (0..len).map(|_| 1 + next(50_000) as u32).collect()
+        })
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let prefix = work.path().join("docs");
+    let mut outputs = AtomicOutputs::new();
+    let mut w = IndexedDatasetWriter::create(&prefix, DType::U16, &mut outputs).unwrap();
+    for d in &docs {
+        w.add_document(d).unwrap();
+    }
+    w.finish(&mut outputs).unwrap();
+    outputs.commit().unwrap();
+    let docs_json = work.path().join("docs.json");
+    std::fs::write(&docs_json, serde_json::to_string(&docs).unwrap()).unwrap();
+    let trl: Value = serde_json::from_str(&run_python("trl_pack.py", &[docs_json.to_str().unwrap(), "48", "40", "3", "bfd", "bfd_split"])).unwrap();
+    for (ours, theirs) in [("trl-bfd", "bfd"), ("trl-bfd-split", "bfd_split")] {
+        let dir = work.path().join(ours);
+        let out = run_tool(
+            "os-pack",
+            &["--input", prefix.to_str().unwrap(), "--strategy", ours, "--seq-len", "47", "--trl-batch-size", "40", "--trl-num-proc", "3", "--pad-token", "0", "--json", "-o", dir.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{ours}: {}", String::from_utf8_lossy(&out.stderr));
+        let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = trl[theirs].as_array().unwrap();
+        let store = SampleStore::open(&dir).unwrap();
+        assert_eq!(store.len(), rows.len() as u64, "{ours}: rows");
+        let opts = ReaderOptions { reset_position_ids: true, boundaries: Boundaries::Pieces, pad_token: Some(0), ..Default::default() };
+        let mut kept = 0u64;
+        for (i, row) in rows.iter().enumerate() {
+            let (tokens, src) = store.sample(i as u64);
+            let ids: Vec<u32> = row["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let lengths: Vec<u64> = row["seq_lengths"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(src.pieces.iter().map(|p| p.len).collect::<Vec<_>>(), lengths, "{ours}: row {i} pieces");
+            assert_eq!(&tokens[..ids.len()], &ids[..], "{ours}: row {i} tokens");
+            assert!(tokens[ids.len()..].iter().all(|&t| t == 0), "{ours}: row {i} padding");
+            // The position ids training sees: TRL's, over the row's first seq_len tokens.
+            let positions: Vec<u32> = row["position_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let seen = reader::row(&store, i as u64, &opts).unwrap().position_ids;
+            let n = positions.len().min(47);
+            assert_eq!(&seen[..n], &positions[..n], "{ours}: row {i} position ids");
+            kept += ids.len() as u64;
+        }
+        let total: u64 = docs.iter().map(|d| d.len() as u64).sum();
+        let dropped: u64 = docs.iter().map(|d| (d.len() as u64).saturating_sub(48)).sum();
+        let p = &manifest["packing"];
+        assert_eq!((p["batch_size"].as_u64(), p["num_proc"].as_u64()), (Some(40), Some(3)));
+        if ours == "trl-bfd" {
+            assert!(dropped > 0 && kept == total - dropped, "TRL's bfd drops what does not fit a row");
+            assert_eq!(p["truncated_tokens"].as_u64().unwrap(), dropped);
+        } else {
+            assert_eq!(kept, total, "bfd_split keeps every token");
+        }
+    }
+}

@@ -351,3 +351,98 @@ fn usr1_checkpoints_exits_75_and_the_requeued_job_resumes() {
         assert!(listing.contains(&format!("step-{total:07}")), "{kind} started before training ended (checkpoints: {listing}):\n{report}");
     }
 }
+
+/// Stand-ins for `srun` and `scontrol` in `dir/fake-slurm`, so that the sbatch templates run as a
+/// batch step would run them, without a cluster: srun logs its arguments to `$FAKE_SLURM_LOG` and
+/// runs the command after its options; scontrol answers `show hostnames` with one node.
+fn fake_slurm(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("fake-slurm");
+    std::fs::create_dir_all(&bin).unwrap();
+    let scripts = [
+        ("srun", "#!/usr/bin/env bash\necho \"srun $*\" >> \"$FAKE_SLURM_LOG\"\nwhile [ $# -gt 0 ] && [ \"${1#-}\" != \"$1\" ]; do shift; done\nexec \"$@\"\n"),
+        ("scontrol", "#!/usr/bin/env bash\nif [ \"$1 $2\" = 'show hostnames' ]; then echo node1; else echo \"scontrol $*\" >> \"$FAKE_SLURM_LOG\"; fi\n"),
+        ("os-train", "#!/usr/bin/env bash\nexit 0\n"),
+    ];
+    for (name, text) in scripts {
+        std::fs::write(bin.join(name), text).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+/// A template run with bash under the fake Slurm: (exit code, stdout + stderr, srun's log).
+fn run_template(dir: &Path, script: &str, args: &[&str], env: &[(&str, &str)], with_tools: bool) -> (i32, String, String) {
+    let bin = fake_slurm(dir);
+    let log = dir.join("srun.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join("slurm").join(script)).args(args).current_dir(dir);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLURM_") || k == "CUDA_VISIBLE_DEVICES") {
+        cmd.env_remove(k);
+    }
+    let tools = if with_tools { format!("{}:", tool("os-tokenize").parent().unwrap().display()) } else { String::new() };
+    cmd.env_remove("OPENSEEK_BIN_DIR").env("PATH", format!("{}:{tools}{}", bin.display(), std::env::var("PATH").unwrap())).env("FAKE_SLURM_LOG", &log);
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn train_sbatch_takes_the_gpu_count_from_the_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "node[1-2]"), ("SLURM_NNODES", "2"), ("SLURM_NTASKS", "16"), ("SLURM_NTASKS_PER_NODE", "8(x2)")];
+    let with = |extra: &[(&'static str, &'static str)]| job.iter().chain(extra).copied().collect::<Vec<_>>();
+    // 4 GPUs per node allocated (sbatch --gpus-per-node=4): 4 tasks per node, 8 in all.
+    let (rc, text, srun) = run_template(d, "train.sbatch", &["cfg.toml", "run"], &with(&[("SLURM_GPUS_ON_NODE", "4")]), false);
+    assert_eq!(rc, 0, "{text}");
+    assert!(srun.contains("srun --kill-on-bad-exit=1 --ntasks-per-node=4 --ntasks=8 os-train --config cfg.toml --run-dir run"), "{srun}\n{text}");
+    assert!(text.contains("8 tasks (4 GPUs per node)"), "{text}");
+    // The GPUs of CUDA_VISIBLE_DEVICES when Slurm does not say.
+    let (_, _, srun) = run_template(d, "train.sbatch", &["cfg.toml", "run"], &with(&[("CUDA_VISIBLE_DEVICES", "0,1")]), false);
+    assert!(srun.contains("--ntasks-per-node=2 --ntasks=4 "), "{srun}");
+    // More GPUs than tasks per node: say how to submit.
+    let (rc, text, _) = run_template(d, "train.sbatch", &["cfg.toml", "run"], &with(&[("SLURM_GPUS_ON_NODE", "16")]), false);
+    assert_eq!(rc, 64, "{text}");
+    assert!(text.contains("--ntasks-per-node=16"), "{text}");
+    // No GPUs (CPU training): the allocation's tasks as they are.
+    let (rc, text, srun) = run_template(d, "train.sbatch", &["cfg.toml", "run"], &job, false);
+    assert_eq!(rc, 0, "{text}");
+    assert!(srun.contains("srun --kill-on-bad-exit=1 os-train"), "{srun}");
+}
+
+#[test]
+fn tokenize_array_handles_any_range_step_and_more_tasks_than_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for i in 0..3 {
+        let lines: String = (0..20).map(|k| format!("{{\"text\": \"document {k} of file {i}: some words to tokenize\"}}\n")).collect();
+        std::fs::write(d.join(format!("raw-{i}.jsonl")), lines).unwrap();
+    }
+    let tok = openseek_tests::shared("tokenizers/openseek");
+    let (raw, out) = (d.join("raw-*.jsonl"), d.join("tok"));
+    let args = [raw.to_str().unwrap(), out.to_str().unwrap(), tok.to_str().unwrap()];
+    // --array=1-7:2: four tasks (ids 1, 3, 5, 7) over three files; the fourth has none.
+    let array = [("SLURM_ARRAY_JOB_ID", "9"), ("SLURM_JOB_ID", "9"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_MAX", "7"), ("SLURM_ARRAY_TASK_STEP", "2"), ("SLURM_ARRAY_TASK_COUNT", "4")];
+    for id in ["1", "3", "5", "7"] {
+        let env: Vec<(&str, &str)> = array.iter().copied().chain([("SLURM_ARRAY_TASK_ID", id)]).collect();
+        let (rc, text, _) = run_template(d, "tokenize-array.sbatch", &args, &env, true);
+        assert_eq!(rc, 0, "task {id}: {text}");
+    }
+    assert!(std::fs::read_to_string(out.join("part_00003.done")).unwrap().starts_with("empty "));
+    let merged = d.join("merged");
+    let (rc, text, _) = run_template(d, "tokenize-array.sbatch", &["--merge", out.to_str().unwrap(), "4", merged.to_str().unwrap()], &[], true);
+    assert_eq!(rc, 0, "{text}");
+    // The parts merged equal the files tokenized in one go.
+    let whole = d.join("whole");
+    checked(run_tool("os-tokenize", &["--tokenizer", tok.to_str().unwrap(), "--wrap-docs", "-q", "-o", whole.to_str().unwrap(), raw.to_str().unwrap()]), "os-tokenize");
+    for ext in ["bin", "idx"] {
+        assert!(std::fs::read(merged.with_extension(ext)).unwrap() == std::fs::read(whole.with_extension(ext)).unwrap(), "merged .{ext} differs");
+    }
+    // Submitted again, every task, the empty one too, has nothing to do.
+    let env: Vec<(&str, &str)> = array.iter().copied().chain([("SLURM_ARRAY_TASK_ID", "7")]).collect();
+    let (rc, text, _) = run_template(d, "tokenize-array.sbatch", &args, &env, true);
+    assert!(rc == 0 && text.contains("is complete; nothing to do"), "{text}");
+}

@@ -389,3 +389,25 @@ fn stale_temporaries_empty_inputs_workers_surrogates_and_unwritable_outputs() {
     assert_ok(&out);
     assert!(prefix_files(&d.join("p2")).iter().all(|p| !p.exists()));
 }
+
+#[test]
+fn os_demo_data_refuses_to_overwrite_and_reports_the_vocabulary_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = out.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--output", o, "--documents", "60", "--vocab-size", "6000"];
+        args.extend_from_slice(extra);
+        run_tool("os-demo-data", &args)
+    };
+    let first = run(&[]);
+    assert_ok(&first);
+    let made = Tokenizer::load(&out.join("tokenizer")).unwrap().vocab_size();
+    assert!(made < 6000, "60 documents cannot give 6000 tokens: {made}");
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(said.contains(&format!("tokenizer ({made} tokens; --vocab-size 6000 asked for more")), "{said}");
+    let again = run(&[]);
+    assert_eq!(again.status.code(), Some(73), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_ok(&run(&["--force"]));
+}

@@ -17,6 +17,11 @@ enum Strategy {
     Bfd,
     /// One document per sample, cut or padded.
     Truncate,
+    /// TRL's pack_dataset strategy "bfd" exactly (rows of seq_len + 1 tokens = TRL's seq_length;
+    /// longer documents truncated, the rest dropped; per map batch; no shuffle).
+    TrlBfd,
+    /// TRL's pack_dataset strategy "bfd_split" exactly (longer documents split into row-sized fragments).
+    TrlBfdSplit,
 }
 
 #[derive(Parser)]
@@ -53,6 +58,12 @@ struct Cli {
     /// EOD token id, recorded for readers.
     #[arg(long)]
     eod_token: Option<u32>,
+    /// TRL strategies: the rows of each `datasets.map` batch are packed on their own (map's batch_size).
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    trl_batch_size: usize,
+    /// TRL strategies: map's num_proc (the rows are split into this many contiguous shards first).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    trl_num_proc: usize,
     /// Machine-readable summary.
     #[arg(long)]
     json: bool,
@@ -137,14 +148,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let plan = mix::plan(spec, split_index, 0.0)?;
             mix::build(plan, &cli.output, provenance, false)?
         }
-        Strategy::Bfd | Strategy::Truncate => {
+        Strategy::Bfd | Strategy::Truncate | Strategy::TrlBfd | Strategy::TrlBfdSplit => {
             let shard = IndexedDataset::open(&prefix)?;
             let lengths = shard.sequence_lengths();
             let range = 0..lengths.len() as u32;
-            let packed = if cli.strategy == Strategy::Bfd {
-                pack::best_fit_decreasing(&lengths, range.clone(), cli.seq_len, seed)
-            } else {
-                pack::truncate(&lengths, range.clone(), cli.seq_len)
+            let trl = |overflow| pack::trl_best_fit_decreasing(&lengths, range.clone(), cli.seq_len, overflow, cli.trl_batch_size, cli.trl_num_proc);
+            let packed = match cli.strategy {
+                Strategy::Bfd => pack::best_fit_decreasing(&lengths, range.clone(), cli.seq_len, seed),
+                Strategy::TrlBfd => trl(pack::Overflow::Truncate),
+                Strategy::TrlBfdSplit => trl(pack::Overflow::Split),
+                _ => pack::truncate(&lengths, range.clone(), cli.seq_len),
             };
             pack::write_packed(outputs, &cli.output, &prefix, &shard, range, packed, cli.seq_len, seed, cli.pad_token, cli.eod_token, provenance)?
         }

@@ -5,10 +5,16 @@
 //!   documents longer than a sample cut into full samples plus a remainder that is packed, only
 //!   the rest of each sample padded; every document piece is recorded so training can mask
 //!   attention per document; samples are put in a `RandomState(seed)` shuffled order;
-//! - `truncate`: one document per sample, cut to `seq_len + 1` tokens or padded.
+//! - `truncate`: one document per sample, cut to `seq_len + 1` tokens or padded;
+//! - `trl-bfd` / `trl-bfd-split`: TRL's `pack_dataset` (trl 1.16, strategies `bfd` and
+//!   `bfd_split`) exactly, for rows of `seq_length = seq_len + 1` tokens: each `map` batch of
+//!   documents packed on its own (over `num_proc` contiguous shards, as `datasets` splits them),
+//!   longer documents truncated (the rest dropped) or split into row-sized fragments, the same
+//!   best fit and tie-breaking, bins in creation order (no shuffle). Rows are padded here; the
+//!   pieces are TRL's `seq_lengths`.
 //! Documents from a token stream are first written as `DIR/documents.{bin,idx}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use openseek_common::{AtomicOutputs, Failure};
@@ -27,43 +33,22 @@ pub struct Packed {
     pub record: PackingRecord,
 }
 
-/// Best-fit decreasing over the sequences `range` of `lengths`, capacity `seq_len + 1`.
-pub fn best_fit_decreasing(lengths: &[u32], range: std::ops::Range<u32>, seq_len: u32, seed: u32) -> Packed {
-    let cap = seq_len as u64 + 1;
-    let mut full: Vec<Bin> = Vec::new();
-    let mut items: Vec<(u64, u64, u64)> = Vec::new(); // (sequence, offset, len)
-    let (mut documents, mut tokens, mut split) = (0u64, 0u64, 0u64);
-    for s in range {
-        let len = lengths[s as usize] as u64;
-        documents += 1;
-        tokens += len;
-        if len == 0 {
-            continue;
-        }
-        let whole = len / cap;
-        if whole > 0 && len > cap {
-            split += 1;
-        }
-        for k in 0..whole {
-            full.push(vec![(s as u64, k * cap, cap)]);
-        }
-        let rest = len - whole * cap;
-        if rest > 0 {
-            items.push((s as u64, whole * cap, rest));
-        }
-    }
-    // Longest first; ties by document order, so the result is deterministic.
-    items.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+/// Best fit decreasing of `items` (sequence, offset, length ≤ `cap`): longest first (a stable
+/// sort: ties in the order given), each into the bin with the least room that holds it (the
+/// oldest of those with equal room), else a new bin; bins in creation order. TRL's `_pack_bfd`
+/// with its segment tree and `space_to_bin` queues decides the same.
+fn best_fit(mut items: Vec<(u64, u64, u64)>, cap: u64) -> Vec<Bin> {
+    items.sort_by_key(|it| std::cmp::Reverse(it.2));
     let mut bins: Vec<(Bin, u64)> = Vec::new();
-    // remaining capacity -> bins with exactly that much room (a stack, newest last).
-    let mut by_room: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    // remaining room -> bins with exactly that much room, oldest first.
+    let mut by_room: BTreeMap<u64, VecDeque<usize>> = BTreeMap::new();
     for it in items {
         let found = by_room.range(it.2..).next().map(|(&room, _)| room);
         let b = match found {
             Some(room) => {
-                let list = by_room.get_mut(&room).unwrap();
-                let b = list.remove(0);
-                if list.is_empty() {
+                let queue = by_room.get_mut(&room).unwrap();
+                let b = queue.pop_front().unwrap();
+                if queue.is_empty() {
                     by_room.remove(&room);
                 }
                 b
@@ -76,58 +61,138 @@ pub fn best_fit_decreasing(lengths: &[u32], range: std::ops::Range<u32>, seq_len
         bins[b].0.push(it);
         bins[b].1 -= it.2;
         if bins[b].1 > 0 {
-            by_room.entry(bins[b].1).or_default().push(b);
+            by_room.entry(bins[b].1).or_default().push_back(b);
         }
     }
-    let mut samples: Vec<Bin> = full;
-    samples.extend(bins.into_iter().map(|(b, _)| b));
+    bins.into_iter().map(|(b, _)| b).collect()
+}
+
+/// Documents longer than a row: split into row-sized fragments (the last one shorter), or cut
+/// to one row with the rest dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Split,
+    Truncate,
+}
+
+/// What packing took from the documents: (documents, tokens, documents longer than a row,
+/// tokens dropped).
+#[derive(Default)]
+struct Taken {
+    documents: u64,
+    tokens: u64,
+    long: u64,
+    dropped: u64,
+}
+
+/// The pieces of sequence `s` of `len` tokens for rows of `cap` tokens, in order.
+fn pieces_of(s: u64, len: u64, cap: u64, overflow: Overflow, taken: &mut Taken, out: &mut Vec<(u64, u64, u64)>) {
+    taken.documents += 1;
+    taken.tokens += len;
+    if len > cap {
+        taken.long += 1;
+    }
+    match overflow {
+        Overflow::Split => {
+            let mut at = 0;
+            while at < len {
+                let piece = cap.min(len - at);
+                out.push((s, at, piece));
+                at += piece;
+            }
+        }
+        Overflow::Truncate => {
+            if len > 0 {
+                out.push((s, 0, len.min(cap)));
+            }
+            taken.dropped += len.saturating_sub(cap);
+        }
+    }
+}
+
+fn packed(strategy: &str, samples: Vec<Bin>, taken: Taken, cap: u64) -> Packed {
     let padding: u64 = samples.iter().map(|b| cap - b.iter().map(|p| p.2).sum::<u64>()).sum();
-    RandomState::new(seed).shuffle(&mut samples);
     let n = samples.len() as u64;
     Packed {
         samples,
         record: PackingRecord {
-            strategy: "bfd".into(),
-            documents,
-            document_tokens: tokens,
-            split_documents: split,
-            truncated_tokens: 0,
+            strategy: strategy.into(),
+            documents: taken.documents,
+            document_tokens: taken.tokens,
+            split_documents: if strategy.ends_with("split") || strategy == "bfd" { taken.long } else { 0 },
+            truncated_tokens: taken.dropped,
             padding_tokens: padding,
             padding_fraction: if n == 0 { 0.0 } else { padding as f64 / (n * cap) as f64 },
+            batch_size: None,
+            num_proc: None,
         },
     }
+}
+
+/// Best-fit decreasing over the sequences `range` of `lengths`, capacity `seq_len + 1`: longer
+/// documents split, the samples shuffled with `RandomState(seed)`.
+pub fn best_fit_decreasing(lengths: &[u32], range: std::ops::Range<u32>, seq_len: u32, seed: u32) -> Packed {
+    let cap = seq_len as u64 + 1;
+    let mut taken = Taken::default();
+    let mut items = Vec::new();
+    for s in range {
+        pieces_of(s as u64, lengths[s as usize] as u64, cap, Overflow::Split, &mut taken, &mut items);
+    }
+    let mut samples = best_fit(items, cap);
+    RandomState::new(seed).shuffle(&mut samples);
+    packed("bfd", samples, taken, cap)
+}
+
+/// TRL's `pack_dataset(dataset, seq_length=seq_len + 1, strategy="bfd" | "bfd_split",
+/// map_kwargs={"batch_size": batch_size, "num_proc": num_proc})` over the sequences `range`:
+/// `datasets` splits the rows into `num_proc` contiguous shards (the first `n % num_proc` one row
+/// longer), each shard is mapped in batches of `batch_size` rows, and each batch is packed on
+/// its own (empty documents left out); the bins of all batches in order.
+pub fn trl_best_fit_decreasing(
+    lengths: &[u32],
+    range: std::ops::Range<u32>,
+    seq_len: u32,
+    overflow: Overflow,
+    batch_size: usize,
+    num_proc: usize,
+) -> Packed {
+    let cap = seq_len as u64 + 1;
+    let rows: Vec<u32> = range.collect();
+    let shards = num_proc.clamp(1, rows.len().max(1));
+    let (div, rem) = (rows.len() / shards, rows.len() % shards);
+    let mut taken = Taken::default();
+    let mut samples = Vec::new();
+    for shard in 0..shards {
+        let start = div * shard + shard.min(rem);
+        let end = start + div + usize::from(shard < rem);
+        for batch in rows[start..end].chunks(batch_size.max(1)) {
+            let mut items = Vec::new();
+            for &s in batch {
+                pieces_of(s as u64, lengths[s as usize] as u64, cap, overflow, &mut taken, &mut items);
+            }
+            samples.extend(best_fit(items, cap));
+        }
+    }
+    let strategy = if overflow == Overflow::Split { "trl-bfd-split" } else { "trl-bfd" };
+    let mut p = packed(strategy, samples, taken, cap);
+    p.record.batch_size = Some(batch_size as u64);
+    p.record.num_proc = Some(shards as u64);
+    p
 }
 
 /// One document per sample, cut to `seq_len + 1` tokens or padded; empty documents are skipped.
 pub fn truncate(lengths: &[u32], range: std::ops::Range<u32>, seq_len: u32) -> Packed {
     let cap = seq_len as u64 + 1;
-    let (mut documents, mut tokens, mut cut, mut padding) = (0u64, 0u64, 0u64, 0u64);
+    let mut taken = Taken::default();
     let mut samples = Vec::new();
     for s in range {
-        let len = lengths[s as usize] as u64;
-        documents += 1;
-        tokens += len;
-        if len == 0 {
-            continue;
+        let mut pieces = Vec::new();
+        pieces_of(s as u64, lengths[s as usize] as u64, cap, Overflow::Truncate, &mut taken, &mut pieces);
+        if !pieces.is_empty() {
+            samples.push(pieces);
         }
-        let take = len.min(cap);
-        cut += len - take;
-        padding += cap - take;
-        samples.push(vec![(s as u64, 0, take)]);
     }
-    let n = samples.len() as u64;
-    Packed {
-        samples,
-        record: PackingRecord {
-            strategy: "truncate".into(),
-            documents,
-            document_tokens: tokens,
-            split_documents: 0,
-            truncated_tokens: cut,
-            padding_tokens: padding,
-            padding_fraction: if n == 0 { 0.0 } else { padding as f64 / (n * cap) as f64 },
-        },
-    }
+    packed("truncate", samples, taken, cap)
 }
 
 /// Write a packed store over the dataset at `prefix` (`outputs` may already hold the dataset's

@@ -176,6 +176,11 @@ pub struct PackingRecord {
     pub padding_tokens: u64,
     /// padding tokens / (samples * (seq_len + 1)).
     pub padding_fraction: f64,
+    /// TRL strategies: the `map` batch size and number of processes the packing reproduces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_proc: Option<u64>,
 }
 
 /// One run of a document's tokens inside a sample.
