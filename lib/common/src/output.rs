@@ -56,7 +56,7 @@ mod tests {
         let e = refuse_existing(&[dir.path().join("absent"), file.clone()], false).unwrap_err();
         assert_eq!(e.code, ExitCode::CantCreat);
         assert!(e.message.starts_with(&file.display().to_string()) && e.message.contains("--force"), "{}", e.message);
-        refuse_existing(&[file.clone()], true).unwrap();
+        refuse_existing(std::slice::from_ref(&file), true).unwrap();
         refuse_existing(&[dir.path().join("absent")], false).unwrap();
         create_dir(&dir.path().join("x/y")).unwrap();
         assert!(dir.path().join("x/y").is_dir());

@@ -35,7 +35,7 @@ fn number_zh(n: usize) -> String {
     match n {
         0..=9 => DIGITS_ZH[n].to_string(),
         10..=19 => format!("十{}", if n == 10 { String::new() } else { DIGITS_ZH[n - 10].to_string() }),
-        _ => format!("{}十{}", DIGITS_ZH[n / 10], if n % 10 == 0 { String::new() } else { DIGITS_ZH[n % 10].to_string() }),
+        _ => format!("{}十{}", DIGITS_ZH[n / 10], if n.is_multiple_of(10) { String::new() } else { DIGITS_ZH[n % 10].to_string() }),
     }
 }
 

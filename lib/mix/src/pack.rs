@@ -12,6 +12,7 @@
 //!   longer documents truncated (the rest dropped) or split into row-sized fragments, the same
 //!   best fit and tie-breaking, bins in creation order (no shuffle). Rows are padded here; the
 //!   pieces are TRL's `seq_lengths`.
+//!
 //! Documents from a token stream are first written as `DIR/documents.{bin,idx}`.
 
 use std::collections::{BTreeMap, VecDeque};

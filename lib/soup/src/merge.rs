@@ -290,7 +290,7 @@ fn prepare_out_dir(out: &Path) -> Result<(), Failure> {
 /// through as they are.
 fn refuse_non_finite(name: &str, result: &[f32], out: FloatType, finite_inputs: impl FnOnce() -> bool) -> Result<(), Failure> {
     let limit = out.overflow_threshold();
-    let bad = |v: &f32| !(v.abs() < limit);
+    let bad = |v: &f32| v.is_nan() || v.abs() >= limit;
     let count = result.par_iter().filter(|v| bad(v)).count();
     if count == 0 || !finite_inputs() {
         return Ok(());
