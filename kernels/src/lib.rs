@@ -2,12 +2,10 @@
 //! through a small C++ shim (`src/shim.cpp`, compiled by `build.rs` against the build venv's torch
 //! headers) that takes tch's tensor handles:
 //!
-//! - [`foreach_norm`] and [`clip_grad_norm`]: per-tensor L2 norms (`at::_foreach_norm`) and the global
-//!   gradient-norm clip of `torch.nn.utils.clip_grad_norm_`;
+//! - [`foreach_norm`]: per-tensor L2 norms (`at::_foreach_norm`);
 //! - [`current_stream`] and [`synchronize`]: the accelerator's current stream and a device sync;
-//! - [`flash_attention_varlen`]: the varlen flash-attention forward (`at::_flash_attention_forward`
-//!   with cumulative sequence lengths), CUDA only, differentiable through autograd.
-//!
+//! - [`varlen_attention`]: causal attention within the segments (documents) of packed sequences,
+//!   an autograd function over flash attention's variable-length kernels, CUDA only;
 //! - [`profiler_start`] and [`profiler_stop`]: the Kineto profiler (CPU ops, CUDA kernels) around a
 //!   region, written as a Chrome trace;
 //! - [`gather_rows`] and [`combine_rows`]: the MoE's row-moving steps as autograd functions with
@@ -55,22 +53,9 @@ extern "C" {
     fn oskern_set_grad(t: Handle, g: Handle) -> *mut c_char;
     fn oskern_backward(tensors: *const Handle, grads: *const Handle, n: usize) -> *mut c_char;
     fn oskern_foreach_norm(tensors: *const Handle, n: usize, out: *mut Handle) -> *mut c_char;
-    fn oskern_foreach_mul_(tensors: *const Handle, n: usize, scale: Handle) -> *mut c_char;
     fn oskern_current_stream(device: i32, id: *mut i64, handle: *mut u64) -> *mut c_char;
     fn oskern_synchronize(device: i32) -> *mut c_char;
-    fn oskern_flash_attention_varlen(
-        q: Handle,
-        k: Handle,
-        v: Handle,
-        cu_q: Handle,
-        cu_k: Handle,
-        max_q: i64,
-        max_k: i64,
-        dropout_p: f64,
-        causal: bool,
-        scale: f64,
-        out: *mut Handle,
-    ) -> *mut c_char;
+    fn oskern_varlen_attention(q: Handle, k: Handle, v: Handle, cu_seqlens: Handle, max_len: i64, scale: f64, out: *mut Handle) -> *mut c_char;
     fn oskern_profiler_start() -> *mut c_char;
     fn oskern_profiler_stop(path: *const c_char) -> *mut c_char;
     fn free(p: *mut c_void);
@@ -103,23 +88,6 @@ pub fn foreach_norm(tensors: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
     Ok(out.into_iter().map(|h| unsafe { Tensor::from_ptr(h) }).collect())
 }
 
-/// `torch.nn.utils.clip_grad_norm_(grads, max_norm)` (L2, foreach): the global norm of all
-/// gradients (fp32, 0-dim, on the first gradient's device; per-tensor norms come out in fp32 where
-/// PyTorch keeps the gradients' dtype), and
-/// every gradient scaled in place by min(1, max_norm / (norm + 1e-6)). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor, TchError> {
-    let Some(first) = grads.first() else {
-        return Ok(Tensor::from(0f32));
-    };
-    let device = first.device();
-    let norms: Vec<Tensor> = foreach_norm(grads)?.iter().map(|n| n.to_device(device)).collect();
-    let total = Tensor::stack(&norms, 0).norm();
-    let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-    let input = handles(grads);
-    check(unsafe { oskern_foreach_mul_(input.as_ptr(), input.len(), coef.as_ptr() as Handle) })?;
-    Ok(total)
-}
-
 /// A stream of the accelerator (CUDA): PyTorch's stream id and the native handle (`cudaStream_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stream {
@@ -139,42 +107,16 @@ pub fn synchronize(device: usize) -> Result<(), TchError> {
     check(unsafe { oskern_synchronize(device as i32) })
 }
 
-/// What the varlen flash-attention forward returns; `logsumexp` and the philox state are what
-/// `internal_flash_attention_backward` needs.
-pub struct FlashOutput {
-    /// [total_q, heads, v_dim]
-    pub out: Tensor,
-    pub logsumexp: Tensor,
-    pub philox_seed: Tensor,
-    pub philox_offset: Tensor,
-}
-
-/// Flash attention over packed variable-length sequences (CUDA, fp16/bf16): `q` [total_q, heads,
-/// dim], `k`/`v` [total_k, heads, dim]; `cu_seqlens_q`/`cu_seqlens_k` int32 [batch + 1] running
-/// sequence starts; `max_q`/`max_k` the longest sequences. Sequence i's queries attend only to its own
-/// keys (causally when `causal`, aligned at the end). Recorded by autograd when inputs require grad.
-/// q, k and v must share the head dim: for MLA (q/k 192, v 128) pad v with zeros and narrow the
-/// output, as transformers does (checked on an H100 in `tests/gpu.rs`).
-#[allow(clippy::too_many_arguments)]
-pub fn flash_attention_varlen(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cu_seqlens_q: &Tensor,
-    cu_seqlens_k: &Tensor,
-    max_q: i64,
-    max_k: i64,
-    dropout_p: f64,
-    causal: bool,
-    scale: f64,
-) -> Result<FlashOutput, TchError> {
-    let h = |t: &Tensor| t.as_ptr() as Handle;
-    let mut out: [Handle; 4] = [std::ptr::null_mut(); 4];
-    check(unsafe {
-        oskern_flash_attention_varlen(h(q), h(k), h(v), h(cu_seqlens_q), h(cu_seqlens_k), max_q, max_k, dropout_p, causal, scale, out.as_mut_ptr())
-    })?;
-    let [o, lse, seed, offset] = out.map(|p| unsafe { Tensor::from_ptr(p) });
-    Ok(FlashOutput { out: o, logsumexp: lse, philox_seed: seed, philox_offset: offset })
+/// Causal attention within segments of packed sequences (CUDA, fp16/bf16), differentiable: `q`,
+/// `k` [total, heads, qk_dim], `v` [total, heads, v_dim] (v_dim <= qk_dim; last dimensions
+/// contiguous); `cu_seqlens` int32 [segments + 1], the segments' running starts (0 first, total
+/// last); `max_len` the longest segment. Token i of a segment attends to tokens 0..=i of the same
+/// segment only, as attention over each segment alone would. Returns [total, heads, v_dim],
+/// contiguous. An autograd function (`VarlenAttention` in `shim.cpp`) over flash attention 2's
+/// varlen kernels, which need v's head dim to equal q/k's: v is padded with zeros and the output
+/// narrowed, as SDPA's flash path pads.
+pub fn varlen_attention(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &Tensor, max_len: i64, scale: f64) -> Result<Tensor, TchError> {
+    one_output(|out| unsafe { oskern_varlen_attention(h(q), h(k), h(v), h(cu_seqlens), max_len, scale, out) })
 }
 
 fn one_output(f: impl FnOnce(*mut Handle) -> *mut c_char) -> Result<Tensor, TchError> {

@@ -366,6 +366,46 @@ struct CombineRows : public torch::autograd::Function<CombineRows> {
   }
 };
 
+// Causal attention within segments of packed sequences (documents): q, k [total, H, Dqk], v
+// [total, H, Dv] (last dimensions contiguous, Dv <= Dqk), cu_seqlens int32 [segments + 1] the
+// segments' running starts (0 first, total last), max_len the longest segment; a token attends to
+// the tokens of its own segment up to itself. Out [total, H, Dv] contiguous. CUDA, fp16/bf16:
+// flash attention 2's varlen kernels (`_flash_attention_forward` / `_backward`), which need Dv ==
+// Dqk, so v is padded with zeros to Dqk and the output narrowed (as SDPA's flash path pads). The
+// backward keeps q, k, the padded v, the padded output, the logsumexp and the RNG state.
+// (cuDNN's ragged kernels, `_cudnn_attention_forward` with cumulative lengths, took any Dv but
+// gave wrong gradients once several layers' calls interleaved, torch 2.11 on an H100: not used.)
+struct VarlenAttention : public torch::autograd::Function<VarlenAttention> {
+  static Tensor forward(AutogradContext *ctx, const Tensor &q, const Tensor &k, const Tensor &v, const Tensor &cu_seqlens,
+                        int64_t max_len, double scale) {
+    TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.dim() == 3 && v.size(0) == q.size(0) && v.size(1) == q.size(1) &&
+                    v.size(2) <= q.size(2),
+                "varlen_attention: q ", q.sizes(), ", k ", k.sizes(), " and v ", v.sizes(), " do not fit");
+    TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.scalar_type() == at::kInt && cu_seqlens.device() == q.device(),
+                "varlen_attention: cu_seqlens must be int32 [segments + 1] on the inputs' device");
+    auto dqk = q.size(2), dv = v.size(2);
+    ctx->saved_data["max_len"] = max_len;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["dv"] = dv;
+    auto vp = dv < dqk ? at::constant_pad_nd(v, {0, dqk - dv}) : v;
+    auto r = at::_flash_attention_forward(q, k, vp, cu_seqlens, cu_seqlens, max_len, max_len, 0.0, true, false, scale);
+    auto out = std::get<0>(r);
+    ctx->save_for_backward({q, k, vp, out, std::get<1>(r), std::get<2>(r), std::get<3>(r), cu_seqlens});
+    return dv < dqk ? out.narrow(-1, 0, dv).contiguous() : out;
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto &q = s[0], &k = s[1], &vp = s[2], &out = s[3], &lse = s[4], &rng = s[5], &unused = s[6], &cu = s[7];
+    auto max_len = ctx->saved_data["max_len"].toInt();
+    auto scale = ctx->saved_data["scale"].toDouble();
+    auto dv = ctx->saved_data["dv"].toInt(), dqk = q.size(2);
+    auto grad = grads[0].to(q.scalar_type()).contiguous();
+    if (dv < dqk) grad = at::constant_pad_nd(grad, {0, dqk - dv});
+    auto [dq, dk, dvp] = at::_flash_attention_backward(grad, q, k, vp, out, lse, cu, cu, max_len, max_len, 0.0, true, rng, unused, scale);
+    return {dq, dk, dv < dqk ? dvp.narrow(-1, 0, dv) : dvp, Tensor(), Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
 
 #define GUARD(...)                          \
@@ -387,15 +427,6 @@ char *oskern_foreach_norm(Tensor *const *tensors, size_t n, Tensor **out) {
   })
 }
 
-// In-place tensors[i] *= scale (a 0-dim tensor), as torch.nn.utils.clip_grad_norm_ scales.
-char *oskern_foreach_mul_(Tensor *const *tensors, size_t n, Tensor *scale) {
-  GUARD({
-    at::NoGradGuard no_grad;
-    auto ts = list_of(tensors, n);
-    at::_foreach_mul_(ts, *scale);
-  })
-}
-
 // The current stream of the accelerator's device `device` (CUDA here): its id and native handle
 // (cudaStream_t as an integer; 0 is the legacy default stream).
 char *oskern_current_stream(int device, int64_t *id, uint64_t *handle) {
@@ -410,18 +441,9 @@ char *oskern_synchronize(int device) {
   GUARD(at::accelerator::synchronizeDevice(static_cast<c10::DeviceIndex>(device)))
 }
 
-// Varlen flash attention forward: q [total_q, H, D], k/v [total_k, H, D], cu_seqlens int32 [B+1].
-// out[0..4] = output [total_q, H, Dv], logsumexp, philox seed, philox offset (what the backward needs).
-// Autograd records it when the inputs require grad.
-char *oskern_flash_attention_varlen(Tensor *q, Tensor *k, Tensor *v, Tensor *cu_q, Tensor *cu_k, int64_t max_q,
-                                    int64_t max_k, double dropout_p, bool causal, double scale, Tensor **out) {
-  GUARD({
-    auto r = at::_flash_attention_forward(*q, *k, *v, *cu_q, *cu_k, max_q, max_k, dropout_p, causal, false, scale);
-    out[0] = new Tensor(std::get<0>(r));
-    out[1] = new Tensor(std::get<1>(r));
-    out[2] = new Tensor(std::get<2>(r));
-    out[3] = new Tensor(std::get<3>(r));
-  })
+// Causal attention within each segment of packed sequences (see VarlenAttention).
+char *oskern_varlen_attention(Tensor *q, Tensor *k, Tensor *v, Tensor *cu_seqlens, int64_t max_len, double scale, Tensor **out) {
+  GUARD(*out = new Tensor(VarlenAttention::apply(*q, *k, *v, *cu_seqlens, max_len, scale)))
 }
 
 char *oskern_swiglu(Tensor *h, SwiGluLauncher launcher, Tensor **out) {

@@ -1,11 +1,13 @@
 //! Multi-head latent attention (MLA) as transformers' DeepSeek-V3 computes it.
 
 use crate::config::Config;
+use crate::documents::DocumentSegments;
 use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, RmsNorm};
 use crate::model::Weights;
 use crate::packed::TokenGroups;
 use crate::rope::Rope;
+use openseek_kernels::varlen_attention;
 use tch::{Device, Kind, Tensor};
 
 /// The query projection: plain, or low-rank with a norm between (q_lora_rank set).
@@ -102,6 +104,24 @@ impl Attention {
         let (q, k, v) = self.qkv(x, rope, cos, sin);
         let y = Tensor::scaled_dot_product_attention(&groups.spread(&q), &groups.spread(&k), &groups.spread(&v), Some(&groups.mask), 0.0, false, self.scale, false);
         self.output(&groups.collect(&y))
+    }
+
+    /// Attention within documents (see [`crate::documents`]): x [B, T, hidden], cos/sin [B, 1, T,
+    /// rope] at each token's position within its document. On CUDA in 16-bit the B * T tokens go
+    /// to openseek-kernels' `varlen_attention` (flash attention's varlen kernels) with the
+    /// documents as segments, queries, keys and values in the projections' [B, T, H, d] layout,
+    /// the output straight into o_proj; elsewhere SDPA with the documents' [B, 1, T, T] mask.
+    pub fn forward_documents(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, documents: &DocumentSegments) -> Tensor {
+        let (q, k, v) = self.qkv(x, rope, cos, sin);
+        if !documents.runs_varlen(x) {
+            let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(documents.mask()), 0.0, false, self.scale, false);
+            return self.output(&y);
+        }
+        let (b, t) = (x.size()[0], x.size()[1]);
+        // [B, H, T, d] (transposed views of [B, T, H, d] on the kernels' path) -> [B * T, H, d].
+        let tokens = |a: &Tensor| a.transpose(1, 2).reshape([b * t, self.heads, -1]);
+        let y = varlen_attention(&tokens(&q), &tokens(&k), &tokens(&v), &documents.cu_seqlens, documents.max_len, self.scale).expect("varlen attention");
+        self.o_proj.forward(&y.view([b, t, self.heads * self.v_dim]))
     }
 
     /// Attention with kv_b_proj absorbed into the queries and the output (one decoding step): the

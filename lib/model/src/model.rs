@@ -9,6 +9,7 @@
 
 use crate::attention::{Attention, QueryProj};
 use crate::config::Config;
+use crate::documents::DocumentSegments;
 use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::moe::{AuxCoefficients, Moe, RoutingStats};
@@ -51,20 +52,20 @@ impl Layer {
     }
 
     /// The forward pass plus, for an MoE layer, what its router did (loads, auxiliary losses).
-    /// Causal attention, or with `mask` ([B, 1, T, T] bool, true where a query may see a key; cos/sin
-    /// then per token, [B, 1, T, rope_dim]) attention as the mask allows, e.g. within documents.
+    /// Causal attention over whole rows, or with `documents` attention within each document
+    /// (cos/sin then per token, [B, 1, T, rope_dim], at the positions `documents` gives).
     pub fn forward_train(
         &self,
         x: &Tensor,
         rope: &Rope,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        documents: Option<&DocumentSegments>,
         aux: &AuxCoefficients,
     ) -> (Tensor, Option<RoutingStats>) {
-        let mut attend = |a: &Attention, h: &Tensor| match mask {
+        let mut attend = |a: &Attention, h: &Tensor| match documents {
             None => a.forward(h, rope, cos, sin),
-            Some(m) => a.forward_masked(h, rope, cos, sin, m, None),
+            Some(d) => a.forward_documents(h, rope, cos, sin, d),
         };
         self.forward_around(x, &mut attend, aux)
     }

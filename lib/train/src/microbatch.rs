@@ -9,7 +9,7 @@ use crate::config::{HeadLoss, TrainFastPaths};
 use crate::loss;
 use openseek_common::Failure;
 use openseek_model::moe::{AuxCoefficients, RoutingStats};
-use openseek_model::DeepseekV3;
+use openseek_model::{DeepseekV3, DocumentSegments};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -52,31 +52,9 @@ pub struct MicroBatch {
     pub labels: Tensor,
     /// [B*T] fp32.
     pub loss_mask: Tensor,
-    /// Attention within documents: positions [B, T] int64 (restarting at each document) and the
-    /// mask [B, 1, T, T] bool; None for plain causal attention over the whole row.
-    pub per_document: Option<(Tensor, Tensor)>,
-}
-
-/// Positions and attention mask for attention within documents, from each row's document starts.
-pub fn document_attention(document_starts: &[Vec<u32>], seq: i64, device: tch::Device) -> (Tensor, Tensor) {
-    let mut doc = Vec::with_capacity(document_starts.len() * seq as usize);
-    let mut pos = Vec::with_capacity(doc.capacity());
-    for starts in document_starts {
-        let mut d = 0usize;
-        for k in 0..seq as u32 {
-            while d + 1 < starts.len() && starts[d + 1] <= k {
-                d += 1;
-            }
-            doc.push(d as i64);
-            pos.push((k - starts[d]) as i64);
-        }
-    }
-    let rows = document_starts.len() as i64;
-    let doc = Tensor::from_slice(&doc).view([rows, seq]).to_device(device);
-    let same = doc.unsqueeze(2).eq_tensor(&doc.unsqueeze(1));
-    let causal = Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0);
-    let mask = same.logical_and(&causal).unsqueeze(1);
-    (Tensor::from_slice(&pos).view([rows, seq]).to_device(device), mask)
+    /// Attention within documents (positions restarting at each); None for plain causal
+    /// attention over the whole row.
+    pub per_document: Option<DocumentSegments>,
 }
 
 /// How a micro-batch runs: the same for every micro-batch of a run but the loss denominator.
@@ -144,12 +122,9 @@ pub fn forward_backward(
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let aux = &plan.aux;
     let aux_scale = 1.0 / plan.micro_batches as f64;
-    let (positions, mask) = match &batch.per_document {
-        Some((p, m)) => (Some(p), Some(m)),
-        None => (None, None),
-    };
+    let documents = batch.per_document.as_ref();
     at(PassPoint::ParamsNeeded(GradReady::Embedding))?;
-    let (x0, cos, sin) = model.embed(&batch.ids, positions);
+    let (x0, cos, sin) = model.embed(&batch.ids, documents.map(|d| &d.positions));
     let mut x = x0.detach().set_requires_grad(true);
     // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
     let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
@@ -159,9 +134,9 @@ pub fn forward_backward(
         at(PassPoint::ParamsNeeded(GradReady::Layer(i)))?;
         let input = x;
         let (y, stats) = if again {
-            tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux))
+            tch::no_grad(|| layer.forward_train(&input, &model.rope, &cos, &sin, documents, aux))
         } else {
-            layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux)
+            layer.forward_train(&input, &model.rope, &cos, &sin, documents, aux)
         };
         let (a, zl) = sum_losses(&stats);
         if let Some(a) = &a {
@@ -191,7 +166,7 @@ pub fn forward_backward(
         let (y, aux_loss) = match graph {
             Some(g) => g,
             None => {
-                let (y, stats) = layer.forward_train(&input, &model.rope, &cos, &sin, mask, aux);
+                let (y, stats) = layer.forward_train(&input, &model.rope, &cos, &sin, documents, aux);
                 let (a, zl) = sum_losses(&stats);
                 (y, aux_total(a, zl, aux_scale))
             }
@@ -349,10 +324,10 @@ mod tests {
         let (a, b) = ([3i64, 7, 9, 11, 2], [5i64, 8, 13, 21, 34, 4, 6]);
         let row: Vec<i64> = a.iter().chain(&b).cloned().collect();
         let ids = Tensor::from_slice(&row).view([1, 12]);
-        let (pos, mask) = document_attention(&[vec![0, 5]], 12, Device::Cpu);
-        let (mut x, cos, sin) = model.embed(&ids, Some(&pos));
+        let documents = openseek_model::document_attention(&[vec![0, 5]], 12, Device::Cpu);
+        let (mut x, cos, sin) = model.embed(&ids, Some(&documents.positions));
         for layer in &model.layers {
-            x = layer.forward_train(&x, &model.rope, &cos, &sin, Some(&mask), &AuxCoefficients::default()).0;
+            x = layer.forward_train(&x, &model.rope, &cos, &sin, Some(&documents), &AuxCoefficients::default()).0;
         }
         let packed = model.head(&model.norm.forward(&x));
         for (doc, start) in [(&a[..], 0i64), (&b[..], 5)] {

@@ -175,7 +175,7 @@ impl Trainer<'_> {
             ids: Tensor::from_slice(&to_i64(&b.tokens)).view([rows, self.seq]).to_device(device),
             labels: Tensor::from_slice(&to_i64(&b.labels)).to_device(device),
             loss_mask: Tensor::from_slice(&b.loss_mask).to_device(device),
-            per_document: self.cfg.attention_per_document.then(|| microbatch::document_attention(&b.document_starts, self.seq, device)),
+            per_document: self.cfg.attention_per_document.then(|| openseek_model::document_attention(&b.document_starts, self.seq, device)),
         };
         let cfg = self.cfg;
         let plan = MicroBatchPlan {
