@@ -99,7 +99,7 @@ pub fn adamw_update(
     let (w, g, m, v) = (weights.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr());
     let c = bf16_copy.map_or(std::ptr::null_mut(), |c| c.data_ptr());
     let grad_align = if grad.kind() == Kind::Float { 16 } else { 8 };
-    let aligned = [w, m, v].iter().all(|p| *p as usize % 16 == 0) && g as usize % grad_align == 0 && c as usize % 8 == 0;
+    let aligned = [w, m, v].iter().all(|p| (*p as usize).is_multiple_of(16)) && (g as usize).is_multiple_of(grad_align) && (c as usize).is_multiple_of(8);
     let kernel = if grad.kind() == Kind::Float { "adamw_f32_grad" } else { "adamw_bf16_grad" };
     let f = nvrtc::function(&PROGRAM, kernel, ordinal)?;
     let per_thread = if aligned { 4 } else { 1 };

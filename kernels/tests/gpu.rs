@@ -156,7 +156,7 @@ fn varlen_attention_equals_attention_per_segment() {
         eprintln!("varlen attention (bf16, MLA dims) {name}: max |diff| / max |per-segment fp32| = {rel:.3e}");
         assert!(rel <= 2e-2, "{name} differs from attention per segment by {rel:.3e} of its largest value");
     }
-    let err = varlen_attention(&q, &k, &v, &cu.to_kind(Kind::Int64), max, scale).err().expect("int64 cu_seqlens are refused");
+    let err = varlen_attention(&q, &k, &v, &cu.to_kind(Kind::Int64), max, scale).expect_err("int64 cu_seqlens are refused");
     assert!(err.to_string().contains("cu_seqlens"), "{err}");
 
     // The benchmark's shape: [B, T, H, d] projections handed over as views, as the model does.

@@ -110,10 +110,12 @@ impl Attention {
     /// rope] at each token's position within its document. On CUDA in 16-bit the B * T tokens go
     /// to openseek-kernels' `varlen_attention` (flash attention's varlen kernels) with the
     /// documents as segments, queries, keys and values in the projections' [B, T, H, d] layout,
-    /// the output straight into o_proj; elsewhere SDPA with the documents' [B, 1, T, T] mask.
+    /// the output straight into o_proj (fast path `varlen_attention`); elsewhere SDPA with the
+    /// documents' [B, 1, T, T] mask.
     pub fn forward_documents(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, documents: &DocumentSegments) -> Tensor {
         let (q, k, v) = self.qkv(x, rope, cos, sin);
-        if !documents.runs_varlen(x) {
+        let varlen = self.fast.varlen_attention && x.device().is_cuda() && matches!(x.kind(), Kind::BFloat16 | Kind::Half);
+        if !varlen {
             let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(documents.mask()), 0.0, false, self.scale, false);
             return self.output(&y);
         }

@@ -2,7 +2,8 @@
 //! packed documents where each token sees only the earlier tokens of its own document and
 //! positions restart at each document. [`DocumentSegments`] is what the attention layers take for
 //! it: on CUDA in 16-bit the documents are the segments of a variable-length attention kernel
-//! (openseek-kernels' `varlen_attention`, flash attention's kernels, no [T, T] mask); elsewhere a [B, 1, T, T] mask for SDPA.
+//! (openseek-kernels' `varlen_attention`, flash attention's kernels, no [T, T] mask; the
+//! `varlen_attention` fast path); elsewhere a [B, 1, T, T] mask for SDPA.
 
 use std::cell::OnceCell;
 use tch::{Device, Kind, Tensor};
@@ -16,9 +17,6 @@ pub struct DocumentSegments {
     pub cu_seqlens: Tensor,
     /// The longest document, in tokens.
     pub max_len: i64,
-    /// Run the variable-length kernels where the activations allow (CUDA, fp16/bf16); false: the
-    /// masked path everywhere (what the GPU tests compare them with).
-    pub varlen: bool,
     /// Each token's document (numbered over the batch), [B, T] int64, for the mask.
     document: Tensor,
     mask: OnceCell<Tensor>,
@@ -33,11 +31,6 @@ impl DocumentSegments {
             let same = self.document.unsqueeze(2).eq_tensor(&self.document.unsqueeze(1));
             same.logical_and(&Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0)).unsqueeze(1)
         })
-    }
-
-    /// Whether attention over activations `x` runs the variable-length kernels.
-    pub fn runs_varlen(&self, x: &Tensor) -> bool {
-        self.varlen && x.device().is_cuda() && matches!(x.kind(), Kind::BFloat16 | Kind::Half)
     }
 }
 
@@ -73,7 +66,6 @@ pub fn document_attention(document_starts: &[Vec<u32>], seq: i64, device: Device
         positions: grid(&positions),
         cu_seqlens: Tensor::from_slice(&cu_seqlens).to_device(device),
         max_len,
-        varlen: true,
         document: grid(&document),
         mask: OnceCell::new(),
     }
@@ -94,6 +86,5 @@ mod tests {
         assert_eq!(mask.size(), [2, 1, 5, 5]);
         let row0: Vec<i64> = Vec::try_from(mask.get(0).view([-1]).to_kind(Kind::Int64)).unwrap();
         assert_eq!(row0, [1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1]);
-        assert!(!d.runs_varlen(&Tensor::zeros([1], (Kind::BFloat16, Device::Cpu))), "CPU takes the mask");
     }
 }

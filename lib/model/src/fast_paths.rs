@@ -21,17 +21,29 @@ pub struct FastPaths {
     pub attn_layout: bool,
     /// MLA's rotary joins as NVRTC kernels (CUDA, with `attn_layout`).
     pub rope_kernel: bool,
+    /// Attention within documents through flash attention's variable-length kernels (CUDA, 16-bit
+    /// activations; else SDPA with the documents' [B, 1, T, T] mask).
+    pub varlen_attention: bool,
 }
 
 impl Default for FastPaths {
     fn default() -> FastPaths {
-        FastPaths { fused_norm: true, moe_fused: true, swiglu_kernel: true, mlp_fused: true, combine_kernel: true, attn_layout: true, rope_kernel: true }
+        FastPaths {
+            fused_norm: true,
+            moe_fused: true,
+            swiglu_kernel: true,
+            mlp_fused: true,
+            combine_kernel: true,
+            attn_layout: true,
+            rope_kernel: true,
+            varlen_attention: true,
+        }
     }
 }
 
 impl FastPaths {
     /// The switches' names, as configs spell them.
-    pub const NAMES: [&'static str; 7] = ["fused_norm", "moe_fused", "swiglu_kernel", "mlp_fused", "combine_kernel", "attn_layout", "rope_kernel"];
+    pub const NAMES: [&'static str; 8] = ["fused_norm", "moe_fused", "swiglu_kernel", "mlp_fused", "combine_kernel", "attn_layout", "rope_kernel", "varlen_attention"];
 
     fn switch(&mut self, name: &str) -> Option<&mut bool> {
         Some(match name {
@@ -42,6 +54,7 @@ impl FastPaths {
             "combine_kernel" => &mut self.combine_kernel,
             "attn_layout" => &mut self.attn_layout,
             "rope_kernel" => &mut self.rope_kernel,
+            "varlen_attention" => &mut self.varlen_attention,
             _ => return None,
         })
     }

@@ -1,12 +1,12 @@
 //! Attention within documents on CUDA (on the GPU machine: `documents -- --ignored`): a small
 //! random model in bf16 whose attention runs the variable-length flash kernels, against the same
-//! model on the masked SDPA path (logits and every parameter's gradient), and against each
-//! document run alone.
+//! model on the masked SDPA path (the `varlen_attention` fast path off; logits and every
+//! parameter's gradient), and against each document run alone.
 //! The CPU path (the mask) is checked exactly by os-train's step tests.
 
 use openseek_model::checkpoint::expected_shapes;
 use openseek_model::tch::{self, Device, Kind, Tensor};
-use openseek_model::{document_attention, Config, DeepseekV3};
+use openseek_model::{document_attention, Config, DeepseekV3, FastPaths};
 use std::collections::BTreeMap;
 
 /// Dense layers only (no routing, whose top-k choices bf16 rounding could flip), MLA with q/k head
@@ -43,9 +43,9 @@ fn model(device: Device) -> DeepseekV3 {
 /// under sum(logits * probe).
 fn run(ids: &Tensor, starts: &[Vec<u32>], varlen: bool, probe: &Tensor) -> (Tensor, Vec<(String, Tensor)>) {
     let dev = ids.device();
-    let model = model(dev);
-    let mut documents = document_attention(starts, ids.size()[1], dev);
-    documents.varlen = varlen;
+    let mut model = model(dev);
+    model.set_fast_paths(FastPaths { varlen_attention: varlen, ..FastPaths::default() });
+    let documents = document_attention(starts, ids.size()[1], dev);
     let (mut x, cos, sin) = model.embed(ids, Some(&documents.positions));
     for layer in &model.layers {
         x = layer.forward_train(&x, &model.rope, &cos, &sin, Some(&documents), &Default::default()).0;
