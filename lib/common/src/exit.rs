@@ -25,16 +25,25 @@ pub enum ExitCode {
     Config = 78,
 }
 
-/// An error meant for the person running the tool: what went wrong, and the exit code.
+/// An error meant for the person running the tool: what went wrong, and the exit code; the error
+/// that caused it, if any, stays attached (`std::error::Error::source`), so wrapping a failure in
+/// context never loses which file or call it came from.
 #[derive(Debug)]
 pub struct Failure {
     pub code: ExitCode,
     pub message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Failure {
     pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure { code, message: message.into(), source: None }
+    }
+
+    /// Attach the error that caused this failure.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(ExitCode::Usage, message)
@@ -64,12 +73,26 @@ impl Failure {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => ExitCode::NoInput,
             _ => ExitCode::IoErr,
         };
-        Self::new(code, format!("{}: {what}: {err}", path.display()))
+        Self::new(code, format!("{}: {what}: {err}", path.display())).with_source(std::io::Error::new(err.kind(), err.to_string()))
     }
 
     /// Prefix the message with context, keeping the code.
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Failure { code: self.code, message: format!("{context}: {}", self.message) }
+        Failure { code: self.code, message: format!("{context}: {}", self.message), source: self.source }
+    }
+
+    /// The messages of the causes not already part of this failure's message, outermost first.
+    pub fn causes(&self) -> Vec<String> {
+        let mut out = vec![];
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !self.message.contains(&text) {
+                out.push(text);
+            }
+            next = e.source();
+        }
+        out
     }
 }
 
@@ -79,11 +102,18 @@ impl fmt::Display for Failure {
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Print `tool: error: message` on stderr and exit with the failure's code.
 pub fn exit_with(tool: &str, failure: &Failure) -> ! {
     eprintln!("{tool}: error: {}", failure.message);
+    for cause in failure.causes() {
+        eprintln!("{tool}:   caused by: {cause}");
+    }
     std::process::exit(failure.code as i32)
 }
 
@@ -105,5 +135,23 @@ pub fn parse_args<T: clap::Parser>() -> T {
             std::process::exit(ExitCode::Usage as i32)
         }
         Err(e) => e.exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_failure_keeps_its_source_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let f = Failure::io_at(std::path::Path::new("/x/y"), "cannot read", &io).context("shard 3");
+        assert_eq!(f.code, ExitCode::NoInput);
+        assert_eq!(f.message, "shard 3: /x/y: cannot read: no such file");
+        assert_eq!(std::error::Error::source(&f).unwrap().to_string(), "no such file");
+        assert!(f.causes().is_empty(), "the cause is already in the message");
+        let parse = "x".parse::<u32>().unwrap_err();
+        let f = Failure::data("config.json: bad size").with_source(parse).context("model");
+        assert_eq!(f.causes(), ["invalid digit found in string"]);
     }
 }

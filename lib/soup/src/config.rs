@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use openseek_common::Failure;
 use serde::Serialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::dtype::FloatType;
 
@@ -147,7 +147,7 @@ impl MergePlan {
     /// Parse a mergekit-style YAML config.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, Failure> {
         let doc: Value =
-            serde_yaml::from_str(text).map_err(|e| Failure::config(format!("{origin}: invalid YAML: {e}")))?;
+            serde_norway::from_str(text).map_err(|e| Failure::config(format!("{origin}: invalid YAML: {e}")))?;
         for key in ["slices", "modules"] {
             if doc.get(key).is_some() {
                 return Err(Failure::config(format!(
