@@ -39,7 +39,7 @@ test: venv
 # The demo: generate a bilingual corpus and its tokenizer; tokenize it (three formats, all
 # cores) into Megatron shards; validate them; pack a piped token stream with best-fit-decreasing;
 # blend two shards Megatron-style (dry run, then the index) and look at a sample; train a tiny
-# OpenSeek-architecture MoE on the blend; average its last two checkpoints; evaluate the soup on
+# OpenSeek-architecture MoE on the blend and chart its loss; average its last two checkpoints; evaluate the soup on
 # benchmark files made from the corpus' facts.
 # The demo tokenizer's special ids: pad <|endoftext|> = 0, bos = 1, eos = 2.
 BIN := target/release
@@ -59,12 +59,13 @@ demo: build
 	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --output $(DEMO)/mix
 	$(BIN)/os-mix inspect $(DEMO)/mix --range 0:1 --decode $(DEMO)/tokenizer
 	$(BIN)/os-train --config recipes/train-demo.toml --run-dir $(DEMO)/train --tokenizer $(DEMO)/tokenizer > /dev/null
-	$(BIN)/os-soup --latest 2 $(DEMO)/train/checkpoints --out $(DEMO)/soup
+	$(BIN)/os-plot $(DEMO)/train/log.jsonl --field loss --output $(DEMO)/train/loss.png
+	$(BIN)/os-soup --latest 2 $(DEMO)/train --output $(DEMO)/soup
 	$(BIN)/os-eval demo-tasks --output $(DEMO)/eval-data
 	$(BIN)/os-eval run --model $(DEMO)/soup --data $(DEMO)/eval-data \
 	  --tasks openbookqa,commonsense_qa,arc:easy,cmmlu:agronomy,triviaqa,gsm8k --output $(DEMO)/eval
 	@echo "demo: outputs in $(DEMO)/ (shards + manifests in $(DEMO)/shards, packed samples in $(DEMO)/packed, the blend in $(DEMO)/mix,"
-	@echo "      the training run in $(DEMO)/train, the soup of its last two checkpoints in $(DEMO)/soup, its evaluation in $(DEMO)/eval)"
+	@echo "      the training run in $(DEMO)/train (its loss curve: $(DEMO)/train/loss.png), the soup of its last two checkpoints in $(DEMO)/soup, its evaluation in $(DEMO)/eval)"
 
 clean:
 	$(CARGO) clean

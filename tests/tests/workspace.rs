@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use openseek_tests::root;
+use openseek_tests::{root, run_tool};
 
 /// Every `.rs` file under `dir` (skipping build outputs).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -124,4 +124,24 @@ fn every_declared_dependency_is_used() {
         }
     }
     assert!(problems.is_empty(), "unused dependencies:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn every_data_tool_names_its_output_output_or_o() {
+    for (tool, args) in [
+        ("os-tokenize", &["--help"][..]),
+        ("os-mix", &["--help"]),
+        ("os-pack", &["--help"]),
+        ("os-soup", &["--help"]),
+        ("os-shards", &["merge", "--help"]),
+        ("os-megatron2hf", &["--help"]),
+        ("os-demo-data", &["--help"]),
+        ("os-fetch", &["--help"]),
+        ("os-plot", &["--help"]),
+    ] {
+        let out = run_tool(tool, args);
+        let help = String::from_utf8_lossy(&out.stdout);
+        let named = help.contains("-o, --output") || (help.contains("-o, --local-dir") && help.contains("--output"));
+        assert!(out.status.success() && named, "{tool} {args:?} does not take -o / --output:\n{help}");
+    }
 }

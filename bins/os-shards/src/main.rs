@@ -47,7 +47,7 @@ enum Command {
     /// Concatenate shards of one dtype into PREFIX.bin/.idx plus a PREFIX.json manifest (atomic).
     Merge {
         /// Output prefix.
-        #[arg(long)]
+        #[arg(long, short = 'o')]
         output: PathBuf,
         /// Replace existing output files.
         #[arg(long)]
