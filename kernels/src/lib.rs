@@ -55,6 +55,8 @@ extern "C" {
     fn oskern_foreach_norm(tensors: *const Handle, n: usize, out: *mut Handle) -> *mut c_char;
     fn oskern_current_stream(device: i32, id: *mut i64, handle: *mut u64) -> *mut c_char;
     fn oskern_synchronize(device: i32) -> *mut c_char;
+    fn oskern_memory_stats(device: i32, out: *mut i64) -> *mut c_char;
+    fn oskern_release_cached_memory(device: i32) -> *mut c_char;
     fn oskern_varlen_attention(q: Handle, k: Handle, v: Handle, cu_seqlens: Handle, max_len: i64, scale: f64, out: *mut Handle) -> *mut c_char;
     fn oskern_profiler_start() -> *mut c_char;
     fn oskern_profiler_stop(path: *const c_char) -> *mut c_char;
@@ -100,6 +102,28 @@ pub fn current_stream(device: usize) -> Result<Stream, TchError> {
     let (mut id, mut handle) = (0i64, 0u64);
     check(unsafe { oskern_current_stream(device as i32, &mut id, &mut handle) })?;
     Ok(Stream { id, handle })
+}
+
+/// The caching allocator's bytes on accelerator device `device`: what tensors hold (now, peak) and
+/// what it reserved from the driver (now, peak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub allocated: u64,
+    pub peak_allocated: u64,
+    pub reserved: u64,
+    pub peak_reserved: u64,
+}
+
+pub fn memory_stats(device: usize) -> Result<MemoryStats, TchError> {
+    let mut out = [0i64; 4];
+    check(unsafe { oskern_memory_stats(device as i32, out.as_mut_ptr()) })?;
+    Ok(MemoryStats { allocated: out[0] as u64, peak_allocated: out[1] as u64, reserved: out[2] as u64, peak_reserved: out[3] as u64 })
+}
+
+/// Give the caching allocator's unused blocks on `device` back to the driver and restart its peaks
+/// (after setting up, so that what was freed there is not counted as held).
+pub fn release_cached_memory(device: usize) -> Result<(), TchError> {
+    check(unsafe { oskern_release_cached_memory(device as i32) })
 }
 
 /// Wait until all work queued on accelerator device `device` has finished.

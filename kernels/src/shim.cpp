@@ -437,6 +437,27 @@ char *oskern_current_stream(int device, int64_t *id, uint64_t *handle) {
   })
 }
 
+// The caching allocator of device `device` (all pools): bytes allocated now and at the peak, bytes
+// reserved from the driver now and at the peak, written to out[0..4].
+char *oskern_memory_stats(int device, int64_t *out) {
+  GUARD({
+    auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[all].current;
+    out[1] = stats.allocated_bytes[all].peak;
+    out[2] = stats.reserved_bytes[all].current;
+    out[3] = stats.reserved_bytes[all].peak;
+  })
+}
+
+// Give the caching allocator's unused blocks back to the driver, and start its peaks afresh.
+char *oskern_release_cached_memory(int device) {
+  GUARD({
+    at::accelerator::emptyCache();
+    at::accelerator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  })
+}
+
 char *oskern_synchronize(int device) {
   GUARD(at::accelerator::synchronizeDevice(static_cast<c10::DeviceIndex>(device)))
 }

@@ -273,6 +273,11 @@ impl<'a> Trainer<'a> {
             );
             eprintln!("os-train: per rank: {}", opt.memory_line());
         }
+        // What setting up freed (the fp32 weights that became bf16 leaves or buckets) goes back to
+        // the driver, so the memory figures count what training holds.
+        if let Device::Cuda(i) = device {
+            openseek_kernels::release_cached_memory(i).map_err(|e| Failure::software(format!("releasing cached CUDA memory: {e}")))?;
+        }
         let flops_per_token = metrics::flops_per_token(&model.config, seq);
         Ok(Some(Trainer {
             cfg,

@@ -60,6 +60,12 @@ impl Trainer<'_> {
             Device::Cpu => metrics::peak_rss_bytes(),
             _ => metrics::cuda_memory_in_use_bytes(),
         };
+        // CUDA: the most the caching allocator handed to tensors since the start (the device
+        // memory in use above also counts its reserve, NCCL's buffers and the context).
+        let peak_allocated = match device {
+            Device::Cuda(i) => openseek_kernels::memory_stats(i).ok().map(|m| m.peak_allocated as f64 / (1u64 << 30) as f64),
+            _ => None,
+        };
         if let Some(gib) = memory.map(|b| b as f64 / (1u64 << 30) as f64) {
             self.peak_memory = Some(self.peak_memory.map_or(gib, |p: f64| p.max(gib)));
         }
@@ -83,6 +89,7 @@ impl Trainer<'_> {
             "fwd_bwd_s": step.fwd_bwd_s,
             "optimizer_s": step.optimizer_s,
             "peak_memory_gib": self.peak_memory,
+            "peak_allocated_gib": peak_allocated,
             "skipped": step.skipped,
             "sample_ids": if step.skipped { json!(step.sample_ids) } else { Value::Null },
             "moe": moe,
