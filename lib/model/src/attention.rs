@@ -111,9 +111,15 @@ impl Attention {
     /// to openseek-kernels' `varlen_attention` (flash attention's varlen kernels) with the
     /// documents as segments, queries, keys and values in the projections' [B, T, H, d] layout,
     /// the output straight into o_proj (fast path `varlen_attention`); elsewhere SDPA with the
-    /// documents' [B, 1, T, T] mask.
+    /// documents' [B, 1, T, T] mask. When every row is one document, plain causal attention.
     pub fn forward_documents(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, documents: &DocumentSegments) -> Tensor {
         let (q, k, v) = self.qkv(x, rope, cos, sin);
+        if documents.cu_seqlens.numel() as i64 - 1 == x.size()[0] {
+            // Each row one document: plain causal attention is the same, and faster (cuDNN's
+            // causal kernels against flash attention's varlen ones with v padded).
+            let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, self.scale, false);
+            return self.output(&y);
+        }
         let varlen = self.fast.varlen_attention && x.device().is_cuda() && matches!(x.kind(), Kind::BFloat16 | Kind::Half);
         if !varlen {
             let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(documents.mask()), 0.0, false, self.scale, false);

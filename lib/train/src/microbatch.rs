@@ -339,5 +339,14 @@ mod tests {
         // Plain causal attention over the row differs for the second document.
         let causal = model.forward(&ids).narrow(1, 5, 7);
         assert!((causal - packed.narrow(1, 5, 7)).abs().max().double_value(&[]) > 1e-3);
+        // Rows of one document each (the causal shortcut) equal plain causal attention.
+        let two = Tensor::cat(&[&ids, &ids.flip([1])], 0);
+        let whole = openseek_model::document_attention(&[vec![0], vec![0]], 12, Device::Cpu);
+        let (mut x, cos, sin) = model.embed(&two, Some(&whole.positions));
+        for layer in &model.layers {
+            x = layer.forward_train(&x, &model.rope, &cos, &sin, Some(&whole), &AuxCoefficients::default()).0;
+        }
+        let diff = (model.head(&model.norm.forward(&x)) - model.forward(&two)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "single-document rows: {diff}");
     }
 }
