@@ -646,3 +646,60 @@ fn sigterm_during_the_rendezvous_exits_75_at_once() {
         assert!(!dir.path().join("checkpoints").join("latest").exists());
     }
 }
+
+/// Without `tokenizer`, checkpoints carry the tokenizer the store's shards were made with (as
+/// os-tokenize recorded it, content hash checked), so os-eval can load them; when those files are
+/// gone or changed the run is refused at the start (exit 78), unless it saves no checkpoints.
+#[test]
+fn checkpoints_carry_the_tokenizer_the_shards_were_made_with_or_the_run_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let w = |p: &str| work.path().join(p);
+    // The demo shards, their record pointing at a copy of the tokenizer this test can change.
+    store();
+    let (tok, original) = (w("tokenizer"), scratch().join("store/demo/tokenizer"));
+    std::fs::create_dir_all(&tok).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(original.join(f), tok.join(f)).unwrap();
+    }
+    let shards = scratch().join("store/shards/part-0");
+    for ext in ["bin", "idx"] {
+        std::fs::copy(shards.with_extension(ext), w("part-0").with_extension(ext)).unwrap();
+    }
+    let record = std::fs::read_to_string(shards.with_extension("json")).unwrap();
+    let record = record.replace(&format!("{}/", original.to_str().unwrap()), &format!("{}/", tok.to_str().unwrap()));
+    assert!(record.contains(tok.to_str().unwrap()));
+    std::fs::write(w("part-0.json"), record).unwrap();
+    let o = run_tool("os-mix", &["--weights", &format!("1.0 {}", w("part-0").display()), "--seq-len", "128", "--samples", "64", "--output", w("mix").to_str().unwrap()]);
+    assert!(o.status.success(), "os-mix: {}", String::from_utf8_lossy(&o.stderr));
+    let run = |name: &str, extra: &[&str]| {
+        let mix = w("mix");
+        let mut a = vec!["--data", mix.to_str().unwrap(), "--train-iters", "4"];
+        a.extend_from_slice(extra);
+        Command::new(tool("os-train")).args(args(&w(name), &a)).output().unwrap()
+    };
+    let o = run("found", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("the store's shards were made with"), "{err}");
+    let ck = w("found/checkpoints/step-0000004");
+    assert_eq!(std::fs::read(ck.join("tokenizer.json")).unwrap(), std::fs::read(tok.join("tokenizer.json")).unwrap());
+    std::fs::write(w("text.jsonl"), "{\"text\": \"the capital\"}\n").unwrap();
+    let (text, scores) = (w("text.jsonl"), w("scores.jsonl"));
+    let o = run_tool("os-eval", &["score", "--model", ck.to_str().unwrap(), "--text", text.to_str().unwrap(), "--output", scores.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "os-eval cannot load the checkpoint: {}", String::from_utf8_lossy(&o.stderr));
+    // Changed files: not the tokenizer that made the shards.
+    std::fs::write(tok.join("tokenizer_config.json"), "{}").unwrap();
+    let o = run("changed", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(err.contains("other tokenizer files") && err.contains("--tokenizer"), "{err}");
+    assert!(!w("changed/checkpoints").exists());
+    // Gone: refused, unless the run saves nothing.
+    std::fs::remove_dir_all(&tok).unwrap();
+    let o = run("gone", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(err.contains("no tokenizer") && err.contains("does not load"), "{err}");
+    let o = run("unsaved", &["--save-at-end", "false", "--save-interval", "null"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

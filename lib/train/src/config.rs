@@ -155,7 +155,8 @@ pub struct TrainConfig {
     /// Init std from scratch (default: the model config's initializer_range).
     pub init_std: Option<f64>,
     /// A tokenizer directory whose files are copied into every checkpoint, so each one is a whole
-    /// Hugging Face model directory (default: `init_from`'s tokenizer files, if any).
+    /// Hugging Face model directory (default: `init_from`'s tokenizer files, else the tokenizer the
+    /// store's shards were made with; none found is an error: crate::tokenizer_source).
     pub tokenizer: Option<PathBuf>,
     /// The sample store (os-mix / os-pack output directory).
     pub data: PathBuf,

@@ -14,6 +14,7 @@ pub mod run_log;
 pub mod schedule;
 pub mod setup;
 pub mod tensorboard;
+pub mod tokenizer_source;
 pub mod train_step;
 pub mod trainer;
 

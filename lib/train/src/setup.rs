@@ -46,6 +46,8 @@ pub struct Trainer<'a> {
     pub(crate) peak_memory: Option<f64>,
     pub(crate) saved_at: u64,
     pub(crate) flops_per_token: f64,
+    /// The tokenizer directory copied into every checkpoint (crate::tokenizer_source).
+    pub(crate) tokenizer: Option<std::path::PathBuf>,
 }
 
 /// The model's weights and compute dtypes for a precision.
@@ -162,11 +164,9 @@ impl<'a> Trainer<'a> {
                 store.len()
             )));
         }
-        if let Some(t) = cfg.tokenizer.as_ref().filter(|t| !t.is_dir()) {
-            return Err(Failure::config(format!(
-                "tokenizer {}: not a directory (give the directory holding tokenizer.json or OpenSeek's tiktoken files)",
-                t.display()
-            )));
+        let tokenizer = crate::tokenizer_source::resolve(cfg, store)?;
+        if let (true, Some(t)) = (lead, &tokenizer) {
+            eprintln!("os-train: checkpoints carry the tokenizer {} ({})", t.dir.display(), t.how);
         }
         let data = DataIdentity::of(store)?;
 
@@ -211,6 +211,7 @@ impl<'a> Trainer<'a> {
                     "resumed_from": resume.as_ref().map(|(_, d)| d.display().to_string()),
                     "changed_since_previous_start": changed,
                     "allow_data_change": allow_data_change,
+                    "tokenizer": tokenizer.as_ref().map(|t| t.dir.display().to_string()),
                     "world_size": world,
                     "collectives": comm.backend_name(),
                     "config": cfg,
@@ -288,6 +289,7 @@ impl<'a> Trainer<'a> {
             loader,
             saved_at: state.step,
             state,
+            tokenizer: tokenizer.map(|t| t.dir),
             accumulation,
             seq,
             recompute,

@@ -100,8 +100,7 @@ impl Trainer<'_> {
 
     fn checkpoint(&mut self) -> Result<(), Failure> {
         self.emit_pending()?;
-        let tokenizer = self.cfg.tokenizer.as_deref().or(self.cfg.init_from.as_deref());
-        let dir = checkpoint::save(self.run_dir, &self.model, tokenizer, &self.opt, &self.state, self.cfg.keep_last, &mut self.comm)?;
+        let dir = checkpoint::save(self.run_dir, &self.model, self.tokenizer.as_deref(), &self.opt, &self.state, self.cfg.keep_last, &mut self.comm)?;
         self.saved_at = self.state.step;
         if self.comm.rank() == 0 {
             eprintln!("os-train: saved {}", dir.display());
