@@ -498,6 +498,7 @@ fn a_closed_stdout_stops_the_echo_not_the_training() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("stdout is closed"), "{err}");
+    assert!(!err.contains("ETA"), "a progress line on a stderr that is not a terminal: {err}");
     assert_eq!(log(dir.path()).len(), 4);
     assert!(dir.path().join("checkpoints/step-0000004/trainer_state.json").is_file());
 }
@@ -702,4 +703,48 @@ fn checkpoints_carry_the_tokenizer_the_shards_were_made_with_or_the_run_is_refus
     assert!(err.contains("no tokenizer") && err.contains("does not load"), "{err}");
     let o = run("unsaved", &["--save-at-end", "false", "--save-interval", "null"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `os-train --help` lists every option of the resolved config with its default and what it does.
+#[test]
+fn help_lists_every_config_option_with_its_default() {
+    let o = run_tool("os-train", &["--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    let o = run_tool("os-train", &["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--print-config"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut keys = vec![];
+    for (key, value) in config.as_object().unwrap() {
+        match value.as_object() {
+            Some(table) => keys.extend(table.keys().map(|k| format!("{key}.{k}"))),
+            None => keys.push(key.clone()),
+        }
+    }
+    assert!(keys.len() > 40);
+    for key in keys {
+        let line = help.lines().find(|l| l.trim_start().starts_with(&format!("{key} "))).unwrap_or_else(|| panic!("--help does not list {key}:\n{help}"));
+        assert!(line.contains('[') && line.split(']').nth(1).is_some_and(|about| about.trim().len() > 5), "{line}");
+    }
+    assert!(help.contains("[cosine]") && help.contains("[required]") && help.contains("[bf16-mixed]"), "{help}");
+}
+
+/// On a terminal (a pseudo-terminal here, through Python's pty) each step prints a progress line
+/// on stderr; elsewhere (every other test) none.
+#[test]
+fn a_terminal_gets_a_progress_line_per_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
+    let o = Command::new(openseek_tests::python())
+        .args(["-c", spawn, tool("os-train").to_str().unwrap()])
+        .args(args(dir.path(), &["--train-iters", "4"]))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    for step in 1..=4 {
+        let line = out.lines().find(|l| l.starts_with(&format!("os-train: step {step}/4  loss "))).unwrap_or_else(|| panic!("no progress line for step {step}:\n{out}"));
+        assert!(line.contains("  lr ") && line.contains("k tokens/s  ETA 0:"), "{line}");
+    }
 }

@@ -3,7 +3,7 @@
 //! variables). Exit 0 when training is done, 75 after a checkpoint on SIGUSR1/SIGTERM/SIGINT to
 //! any rank (rerun to resume).
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use openseek_common::Failure;
 use openseek_train::{config, RunInfo, TrainConfig};
 use std::path::PathBuf;
@@ -12,9 +12,7 @@ use std::path::PathBuf;
 #[command(
     name = "os-train",
     version,
-    about = "Train OpenSeek-Small-v1 (DeepSeek-V3), one process per device; resumes from the newest checkpoint in --run-dir",
-    after_help = "Every config option can also be given as a flag, --name value or --name=value (e.g. --lr 3e-4 \
-                  --train-iters 100); flags override the config file. See the README's os-train section."
+    about = "Train OpenSeek-Small-v1 (DeepSeek-V3), one process per device; resumes from the newest checkpoint in --run-dir"
 )]
 struct Cli {
     /// Training config (TOML, YAML or JSON).
@@ -37,7 +35,8 @@ struct Cli {
 
 fn main() {
     openseek_common::exit::run_main("os-train", || {
-        let mut cli = openseek_common::exit::parse_args::<Cli>();
+        // --help lists every config option with its default (generated from TrainConfig).
+        let mut cli = openseek_common::exit::parse_args_with::<Cli>(Cli::command().after_help(config::options_help()));
         // os-train's own flags may also come after config options (which clap leaves together).
         let options = own_flags(&mut cli)?;
         let mut map = match &cli.config {

@@ -128,7 +128,13 @@ pub fn run_main(tool: &str, main: impl FnOnce() -> Result<(), Failure>) -> ! {
 /// Parse the command line: `--help` and `--version` print and exit 0; a bad command line prints
 /// clap's message and exits 64 (EX_USAGE), not clap's own 2.
 pub fn parse_args<T: clap::Parser>() -> T {
-    match T::try_parse() {
+    parse_args_with(T::command())
+}
+
+/// [`parse_args`] with the tool's command changed at run time first (e.g. help text generated
+/// from a config struct): `parse_args_with(Cli::command().after_help(text))`.
+pub fn parse_args_with<T: clap::FromArgMatches>(command: clap::Command) -> T {
+    match command.try_get_matches().and_then(|m| T::from_arg_matches(&m)) {
         Ok(args) => args,
         Err(e) if e.use_stderr() => {
             let _ = e.print();

@@ -266,7 +266,8 @@ pub fn run(config: &TokenizeConfig, tokenizer: &Tokenizer) -> Result<TokenizeRep
         provenance,
         tokenizer: TokenizerInfo {
             kind: tokenizer.kind().to_string(),
-            files: tokenizer.source_files().iter().map(|p| p.display().to_string()).collect(),
+            // Absolute, so that os-train finds the tokenizer from any directory (crate openseek-train's tokenizer_source).
+            files: tokenizer.source_files().iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect(),
             sha256: tokenizer.content_sha256(),
             vocab_size: tokenizer.vocab_size(),
             bos_id: tokenizer.bos_id(),

@@ -261,6 +261,103 @@ pub struct TrainConfig {
     pub debug: DebugOptions,
 }
 
+/// Every option with a one-line description, in the order of [`TrainConfig`]'s fields (tables'
+/// options as `table.name`): what `os-train --help` lists, with the defaults taken from serde
+/// ([`options_help`]). A unit test checks that it names exactly the keys of TrainConfig.
+pub const OPTIONS: &[(&str, &str)] = &[
+    ("init_from", "start from this Hugging Face checkpoint directory (continued pretraining)"),
+    ("model_config", "or from scratch with this model config: a config.json path or an inline table"),
+    ("init_std", "init std from scratch (unset: the model config's initializer_range)"),
+    ("tokenizer", "tokenizer directory copied into every checkpoint (unset: init_from's, else the one the store's shards were made with)"),
+    ("data", "the sample store (os-mix / os-pack output directory)"),
+    ("attention_per_document", "attention within EOD-delimited documents, positions restart (Megatron --reset-attention-mask --reset-position-ids)"),
+    ("eod_mask_loss", "no loss on EOD input tokens (Megatron --eod-mask-loss)"),
+    ("micro_batch_size", "samples per forward/backward pass per rank"),
+    ("global_batch_size", "samples per optimizer step (gradient accumulation makes up the difference)"),
+    ("train_iters", "optimizer steps to train (or train_samples)"),
+    ("train_samples", "samples to train (or train_iters)"),
+    ("lr", "peak learning rate"),
+    ("min_lr", "learning rate at the end of the decay"),
+    ("lr_schedule", "constant, cosine, linear or wsd"),
+    ("warmup_iters", "linear warm-up from 0, in steps (or warmup_samples)"),
+    ("warmup_samples", "linear warm-up from 0, in samples"),
+    ("decay_iters", "where the decay ends, in steps (unset: the end of training)"),
+    ("decay_samples", "where the decay ends, in samples"),
+    ("wsd_decay_iters", "wsd: the length of the final decay, in steps"),
+    ("wsd_decay_samples", "wsd: the length of the final decay, in samples"),
+    ("wsd_decay_style", "wsd: linear, cosine, exponential or minus_sqrt"),
+    ("weight_decay", "AdamW's decoupled weight decay (none on norms, biases, router biases)"),
+    ("adam_beta1", "AdamW beta1"),
+    ("adam_beta2", "AdamW beta2"),
+    ("adam_eps", "AdamW epsilon"),
+    ("clip_grad", "global gradient-norm clipping (0 = off)"),
+    ("precision", "bf16-mixed, bf16-autocast, bf16 or fp32"),
+    ("loss_averaging", "per_micro_batch (Megatron's default) or per_token (--calculate-per-token-loss)"),
+    ("router_bias_update_rate", "aux-loss-free balancing: bias_e += rate * sign(mean load - load_e) per step (0 = off)"),
+    ("seq_aux_loss_coeff", "sequence-wise balance loss coefficient (0 = off)"),
+    ("z_loss_coeff", "router z-loss coefficient (0 = off)"),
+    ("recompute", "layers recomputed in the backward pass: none, all or a list like 0,2,4"),
+    ("loss_chunk_tokens", "tokens per chunk of the LM head + loss (bounds the logits' memory)"),
+    ("overlap_grad_reduce", "several ranks: reduce gradients during the backward pass (same numbers)"),
+    ("overlap_param_gather", "several ranks: gather updated parameters behind the next forward pass (same numbers)"),
+    ("device", "cpu, cuda, cuda:N or auto"),
+    ("seed", "seed of a from-scratch init"),
+    ("threads", "CPU threads for torch (unset: torch's choice)"),
+    ("save_interval", "checkpoint every N steps"),
+    ("save_at_end", "checkpoint after the last step"),
+    ("keep_last", "keep only the newest K checkpoints (unset: all)"),
+    ("on_nan", "a non-finite loss or gradient: skip (the step's update) or stop (exit 65)"),
+    ("tensorboard", "write TensorBoard event files in the run directory"),
+    ("peak_tflops", "per-device TFLOP/s the MFU is relative to"),
+    ("debug.disable", "fast paths to turn off, comma-separated (measuring and debugging)"),
+    ("debug.loss", "LM head + loss: fused or autograd"),
+    ("debug.profile", "print each phase's wall time per micro-batch on stderr"),
+    ("debug.trace", "write the fifth micro-batch as a Chrome trace to this file"),
+    ("debug.force_nccl", "collectives through NCCL (and ZeRO-1) even on one GPU"),
+];
+
+/// Options without a default: a config must set them.
+const REQUIRED: [&str; 4] = ["data", "micro_batch_size", "global_batch_size", "lr"];
+
+/// Each option's default as serde fills it in, as text ("required", "unset" or the value); keys as
+/// in [`OPTIONS`].
+fn defaults() -> serde_json::Map<String, Value> {
+    let required = serde_json::json!({"data": "", "micro_batch_size": 1, "global_batch_size": 1, "lr": 0.0});
+    let filled: TrainConfig = serde_json::from_value(required).expect("every option but REQUIRED has a default");
+    let mut out = serde_json::Map::new();
+    for (key, value) in serde_json::to_value(filled).unwrap().as_object().unwrap() {
+        match value {
+            Value::Object(table) => out.extend(table.iter().map(|(k, v)| (format!("{key}.{k}"), v.clone()))),
+            _ => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for key in REQUIRED {
+        out.insert(key.into(), Value::String("required".into()));
+    }
+    out
+}
+
+/// The options section of `os-train --help`: every option, its default and what it does.
+pub fn options_help() -> String {
+    let defaults = defaults();
+    let mut text = String::from(
+        "Config options (keys of the --config file; each also a flag, --name value or --name=value, dashes or underscores; flags override the file):\n",
+    );
+    for (key, about) in OPTIONS {
+        let default = match &defaults[*key] {
+            Value::Null => "unset".to_string(),
+            Value::String(s) if s.is_empty() => "\"\"".to_string(),
+            Value::Array(a) if a.is_empty() => "none".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        text.push_str(&format!("  {key:<24} [{default}] {about}\n"));
+    }
+    text
+}
+
 fn cosine() -> Style {
     Style::Cosine
 }
@@ -500,6 +597,32 @@ mod tests {
         let mut m = base();
         m.insert("debug".into(), serde_json::json!({"profil": true}));
         assert!(TrainConfig::from_map(m).unwrap_err().message.contains("profil"));
+    }
+
+    /// `--help`'s table names every option of TrainConfig once, and exactly the REQUIRED ones
+    /// have no default.
+    #[test]
+    fn the_help_table_covers_every_option() {
+        let listed: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), listed.len(), "an option listed twice");
+        let mut keys: Vec<String> = defaults().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(sorted, keys, "OPTIONS must list exactly TrainConfig's options");
+        let all = serde_json::json!({"data": "", "micro_batch_size": 1, "global_batch_size": 1, "lr": 0.0});
+        for key in REQUIRED {
+            let mut m = all.as_object().unwrap().clone();
+            m.remove(key);
+            assert!(serde_json::from_value::<TrainConfig>(Value::Object(m)).is_err(), "{key} has a default");
+        }
+        let help = options_help();
+        assert!(help.contains("  lr_schedule              [cosine] constant, cosine"), "{help}");
+        assert!(help.contains("  lr                       [required] "), "{help}");
+        assert!(help.contains("  keep_last                [unset] "), "{help}");
+        assert!(help.contains("  debug.disable            [none] "), "{help}");
+        assert_eq!(help.lines().count(), OPTIONS.len() + 1);
     }
 
     fn base() -> serde_json::Map<String, Value> {

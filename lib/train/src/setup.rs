@@ -256,7 +256,7 @@ impl<'a> Trainer<'a> {
             ..Default::default()
         };
         let loader = DataLoader::new(store, options, rank, world, cfg.micro_batch_size, Cursor { consumed_samples: state.consumed_samples })?;
-        let log = if lead { Some(RunLog::open(run_dir, state.step, cfg.tensorboard)?) } else { None };
+        let log = if lead { Some(RunLog::open(run_dir, state.step, total_steps, cfg.tensorboard)?) } else { None };
         if lead {
             eprintln!(
                 "os-train: {} parameters, {} steps of {} samples x {} tokens ({world} {} x {} micro-batches of {}), {} on {} ({}); MFU basis {} TFLOP/s per device",
