@@ -36,8 +36,9 @@ test: venv
 	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test --release --workspace --no-fail-fast $(TEST_FEATURES)
 
-# The demo: generate a bilingual corpus and its tokenizer; tokenize it (three formats, all
-# cores) into Megatron shards; validate them; pack a piped token stream with best-fit-decreasing;
+# The demo: generate a bilingual corpus and its tokenizer; remove its near-duplicates (MinHash) and
+# filter it with a recipe (into demo-out/clean, for show: the later steps use the corpus as generated);
+# tokenize it (three formats, all cores) into Megatron shards; validate them; pack a piped token stream with best-fit-decreasing;
 # blend two shards Megatron-style (dry run, then the index) and look at a sample; train a tiny
 # OpenSeek-architecture MoE on the blend and chart its loss; average its last two checkpoints; evaluate the soup on
 # benchmark files made from the corpus' facts.
@@ -48,6 +49,8 @@ DEMO := demo-out
 demo: build
 	rm -rf $(DEMO)
 	$(BIN)/os-demo-data --output $(DEMO)
+	$(BIN)/os-dedup minhash --output $(DEMO)/clean/dedup '$(DEMO)/corpus/*'
+	$(BIN)/os-filter --recipe recipes/filter-demo.toml --output $(DEMO)/clean/filter $(DEMO)/clean/dedup
 	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --output $(DEMO)/shards/all '$(DEMO)/corpus/*'
 	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --quiet --output $(DEMO)/shards/part-0 $(DEMO)/corpus/part-0.jsonl
 	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --quiet --output $(DEMO)/shards/part-1 $(DEMO)/corpus/part-1.jsonl.zst
@@ -64,7 +67,7 @@ demo: build
 	$(BIN)/os-eval demo-tasks --output $(DEMO)/eval-data
 	$(BIN)/os-eval run --model $(DEMO)/soup --data $(DEMO)/eval-data \
 	  --tasks openbookqa,commonsense_qa,arc:easy,cmmlu:agronomy,triviaqa,gsm8k --output $(DEMO)/eval
-	@echo "demo: outputs in $(DEMO)/ (shards + manifests in $(DEMO)/shards, packed samples in $(DEMO)/packed, the blend in $(DEMO)/mix,"
+	@echo "demo: outputs in $(DEMO)/ (deduplicated and filtered text + manifests in $(DEMO)/clean, shards + manifests in $(DEMO)/shards, packed samples in $(DEMO)/packed, the blend in $(DEMO)/mix,"
 	@echo "      the training run in $(DEMO)/train (its loss curve: $(DEMO)/train/loss.png), the soup of its last two checkpoints in $(DEMO)/soup, its evaluation in $(DEMO)/eval)"
 
 clean:

@@ -96,6 +96,17 @@ pub fn output_name(input: &Input) -> String {
     format!("{base}.jsonl{suffix}")
 }
 
+/// Refuse inputs that would be written under the same output name.
+pub fn check_output_names(inputs: &[Input]) -> Result<(), Failure> {
+    let mut names = std::collections::HashMap::new();
+    for input in inputs {
+        if let Some(other) = names.insert(output_name(input), input.display()) {
+            return Err(Failure::usage(format!("{other} and {} would both be written as {}; rename one", input.display(), output_name(input))));
+        }
+    }
+    Ok(())
+}
+
 enum Sink {
     Plain(BufWriter<std::fs::File>),
     Gzip(flate2::write::GzEncoder<BufWriter<std::fs::File>>),

@@ -17,7 +17,7 @@ use openseek_corpus::records::{record_text, Record};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::documents::{bad_record_failure, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
+use crate::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
 use crate::normalize::simplify_text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -171,7 +171,8 @@ fn manifest_path(output: &Path) -> PathBuf {
 }
 
 impl ExactJob {
-    fn for_each_text(&self, input: &Input, handle: &mut dyn FnMut(&Record, Option<&str>) -> Result<(), Failure>) -> Result<openseek_corpus::records::InputStats, Failure> {
+    /// Call `handle` with every record of `input` and its text (None for a bad record being skipped).
+    fn for_each_text(&self, input: &Input, handle: &mut TextHandler) -> Result<openseek_corpus::records::InputStats, Failure> {
         let stop = openseek_common::signals::watch();
         read_batches(input, &self.text_key, 1 << 22, &stop, &mut |batch, _| {
             for record in &batch {
@@ -196,12 +197,7 @@ impl ExactJob {
         if manifest.exists() && !self.force {
             return Err(Failure::cant_create(format!("{} already exists (a finished earlier run); pass --force to redo it", manifest.display())));
         }
-        let mut names = HashSet::new();
-        for input in &self.inputs {
-            if !names.insert(output_name(input)) {
-                return Err(Failure::usage(format!("two inputs would both be written as {}; rename one", output_name(input))));
-            }
-        }
+        check_output_names(&self.inputs)?;
         std::fs::create_dir_all(&self.output).map_err(|e| Failure::cant_create(format!("{}: cannot create directory: {e}", self.output.display())))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.workers.max(1))
@@ -349,6 +345,8 @@ impl ExactJob {
         Ok(report)
     }
 }
+
+type TextHandler<'h> = dyn FnMut(&Record, Option<&str>) -> Result<(), Failure> + 'h;
 
 enum Decisions {
     Keep(Vec<bool>),

@@ -26,7 +26,7 @@ use openseek_corpus::records::{record_text, Problem, Record};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::documents::{bad_record_failure, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
+use crate::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
 use crate::minhash::{MinhashConfig, Signer};
 
 /// Which stages a run does.
@@ -252,6 +252,7 @@ impl MinhashJob {
         if let Some(stdin) = self.inputs.iter().find(|i| i.is_stdin()) {
             return Err(Failure::usage(format!("minhash reads its inputs twice, so {} cannot be one; name files", stdin.display())));
         }
+        check_output_names(&self.inputs)?;
         let manifest = manifest_path(&self.output);
         if matches!(stage, Stage::All) && manifest.exists() && !self.force {
             return Err(Failure::cant_create(format!("{} already exists (a finished earlier run); pass --force to redo it", manifest.display())));

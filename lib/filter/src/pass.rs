@@ -14,7 +14,7 @@ use openseek_common::provenance::Provenance;
 use openseek_common::{AtomicOutputs, Failure};
 use openseek_corpus::inputs::Input;
 use openseek_corpus::records::{record_text, Payload, Problem, Record};
-use openseek_dedup::documents::{bad_record_failure, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
+use openseek_dedup::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -239,6 +239,7 @@ impl FilterJob {
         let start = Instant::now();
         let provenance = Provenance::capture("os-filter", env!("CARGO_PKG_VERSION"));
         let stop = openseek_common::signals::watch();
+        check_output_names(&self.inputs)?;
         let manifest = manifest_path(&self.output);
         if manifest.exists() && !self.force {
             return Err(Failure::cant_create(format!("{} already exists (a finished earlier run); pass --force to redo it", manifest.display())));
