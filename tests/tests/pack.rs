@@ -207,3 +207,42 @@ fn trl_strategies_equal_trls_pack_dataset() {
         }
     }
 }
+
+/// recipes/seed004-trl-pack.sh over a data root holding every prefix of seed 004's ratio mix (tiny
+/// shards here): one TRL-bfd store per dataset, rows of 4096 tokens, batches of 1000 over 4 processes.
+#[test]
+fn the_seed004_recipe_packs_every_dataset_with_trls_bfd() {
+    use openseek_common::AtomicOutputs;
+    use openseek_shards::indexed::{DType, IndexedDatasetWriter};
+    let recipe: Value = serde_json::from_str(&std::fs::read_to_string(openseek_tests::root().join("recipes/seed004-ratio-mix.json")).unwrap()).unwrap();
+    let prefixes: Vec<&str> = recipe["datasets"].as_array().unwrap().iter().map(|d| d["prefix"].as_str().unwrap()).collect();
+    assert_eq!(prefixes.len(), 32);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("data");
+    for (k, prefix) in prefixes.iter().enumerate() {
+        let path = root.join(prefix);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut outputs = AtomicOutputs::new();
+        let mut w = IndexedDatasetWriter::create(&path, DType::I32, &mut outputs).unwrap();
+        for d in 0..6u32 {
+            w.add_document(&(0..(100 + 1000 * d + k as u32)).map(|t| t % 151_000).collect::<Vec<u32>>()).unwrap();
+        }
+        w.finish(&mut outputs).unwrap();
+        outputs.commit().unwrap();
+    }
+    let out = work.path().join("packed");
+    let run = Command::new("bash")
+        .arg(openseek_tests::root().join("recipes/seed004-trl-pack.sh"))
+        .args([root.to_str().unwrap(), out.to_str().unwrap()])
+        .env("OPENSEEK_BIN_DIR", tool("os-pack").parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for prefix in prefixes {
+        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join(prefix).join("manifest.json")).unwrap()).unwrap();
+        let p = &manifest["packing"];
+        assert_eq!((p["strategy"].as_str(), p["batch_size"].as_u64(), p["num_proc"].as_u64()), (Some("trl-bfd"), Some(1000), Some(4)), "{prefix}");
+        assert_eq!(manifest["seq_len"], 4095, "rows of 4096 tokens");
+        assert!(p["truncated_tokens"].as_u64().unwrap() > 0, "{prefix}: the 5,100-token document is cut to one row");
+    }
+}
