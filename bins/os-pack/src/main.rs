@@ -99,11 +99,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
     if cli.strategy != Strategy::Megatron && cli.samples.is_some() {
         return Err(Failure::usage("--samples applies to --strategy megatron; packing takes every document once"));
     }
-    let input_in_output = cli.input != "-"
-        && Path::new(&cli.input).parent().and_then(|p| std::path::absolute(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok())
+    // The documents an earlier os-pack of a stream wrote into this store: replacing the store
+    // would remove its own input.
+    let input = Path::new(&cli.input);
+    let input_is_the_store = cli.input != "-"
+        && input.file_name().is_some_and(|n| n == store::STREAM_DOCUMENTS)
+        && input.parent().and_then(|p| std::path::absolute(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok())
             == std::path::absolute(&cli.output).ok();
-    if input_in_output {
-        return Err(Failure::usage(format!("--input {} is inside the output store {}; write the store elsewhere", cli.input, cli.output.display())));
+    if input_is_the_store {
+        return Err(Failure::usage(format!("--input {} is the documents of the output store {}; write the new store elsewhere", cli.input, cli.output.display())));
     }
     store::prepare_output(&cli.output, cli.force)?;
     let provenance = serde_json::to_value(Provenance::capture("os-pack", env!("CARGO_PKG_VERSION"))).ok();
