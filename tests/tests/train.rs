@@ -461,6 +461,12 @@ fn a_resume_on_a_changed_store_is_refused_unless_allowed() {
     assert_eq!(log(dir.path()).len(), 5);
     let rc: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("train_config.json")).unwrap()).unwrap();
     assert_eq!(rc["allow_data_change"], true);
+    // The same store built again (another time, another process: its provenance differs) is the same store.
+    let o = run_tool("os-mix", &["--weights", &format!("1.0 {}", shards.display()), "--seq-len", "128", "--samples", "900", "--output", other.to_str().unwrap(), "--force"]);
+    assert!(o.status.success(), "os-mix: {}", String::from_utf8_lossy(&o.stderr));
+    let o = train(dir.path(), &["--train-iters", "6", "--data", other.to_str().unwrap(), "--save-interval", "1"]);
+    assert!(o.status.success(), "a rebuilt identical store resumes: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(log(dir.path()).len(), 6);
 }
 
 /// os-train's own flags (--run-dir, --config) may come after config options.

@@ -62,7 +62,7 @@ pub struct TrainerState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DataIdentity {
     pub store: PathBuf,
-    /// sha256 of the store's manifest (its datasets, blend, seed, sizes).
+    /// sha256 of the store's manifest (its datasets, blend, seed, sizes) without its provenance.
     pub manifest_sha256: String,
     pub samples: u64,
     pub seq_len: u32,
@@ -72,7 +72,14 @@ impl DataIdentity {
     pub fn of(store: &SampleStore) -> Result<DataIdentity, Failure> {
         let path = store.dir().join(openseek_mix::store::MANIFEST);
         let bytes = std::fs::read(&path).map_err(|e| Failure::io_at(&path, "cannot read", &e))?;
-        Ok(DataIdentity { store: store.dir().to_path_buf(), manifest_sha256: hex::encode(Sha256::digest(&bytes)), samples: store.len(), seq_len: store.seq_len() })
+        // Not its provenance (when, where and by which process it was built): a store rebuilt
+        // the same way is the same store.
+        let mut manifest: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
+        if let Some(m) = manifest.as_object_mut() {
+            m.remove("provenance");
+        }
+        let canonical = serde_json::to_vec(&manifest).unwrap();
+        Ok(DataIdentity { store: store.dir().to_path_buf(), manifest_sha256: hex::encode(Sha256::digest(&canonical)), samples: store.len(), seq_len: store.seq_len() })
     }
 }
 
