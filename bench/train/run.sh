@@ -42,6 +42,7 @@ f = rows[0]["tflops"] / rows[0]["tokens_per_s"]
 mean = lambda k: sum(r[k] for r in rows) / len(rows)
 print(json.dumps(dict(tool="os-train", flags=sys.argv[2], steps=len(rows), tokens_per_s=round(t), tflops=round(t * f, 1),
       mfu_vs_989=round(t * f / 989, 4), peak_gib=round(max(r["peak_memory_gib"] for r in rows), 1),
+      peak_allocated_gib=round(max(r.get("peak_allocated_gib") or 0 for r in rows), 1),
       step_s=round(mean("step_time_s"), 4), fwd_bwd_s=round(mean("fwd_bwd_s"), 4), optimizer_s=round(mean("optimizer_s"), 4),
       data_wait_s=round(mean("data_wait_s"), 5), loss_first=rows[0]["loss"], loss_last=rows[-1]["loss"])))
 PY
