@@ -7,7 +7,10 @@ token agreement (sequences identical; mean length of the common prefix over max_
 the yardstick: the common prefix of bf16 and fp32 decoding within each implementation.
 
   python generate.py --greedy PATH --out DIR [--device cuda] [--prompts 32] [--batch 32] [--max-new 128]
-                     [--dtypes float32,bfloat16] [--shape full|small]
+                     [--dtypes float32,bfloat16] [--shape full|small] [--ours-batch N]
+
+`--batch` is transformers' static batch; `--ours-batch` (default: the same) the most sequences openseek-model
+decodes together (continuous batching).
 """
 
 import argparse
@@ -57,6 +60,7 @@ def main():
     p.add_argument("--max-new", type=int, default=128)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--shape", default="full", choices=["full", "small"])
+    p.add_argument("--ours-batch", type=int)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     shape = FULL if a.shape == "full" else SMALL
@@ -68,6 +72,7 @@ def main():
     with open(os.path.join(a.out, "prompts.json"), "w") as f:
         json.dump(prompts, f)
     results = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "prompts": a.prompts, "batch": a.batch,
+               "ours_batch": a.ours_batch or a.batch,
                "max_new": a.max_new, "prompt_tokens": sum(lengths), "rows": []}
     outputs = {}
     for dtype in a.dtypes.split(","):
@@ -84,7 +89,7 @@ def main():
         if a.device == "cuda":
             torch.cuda.empty_cache()
         ours_file = os.path.join(a.out, f"ours_{dtype}.json")
-        subprocess.run([a.greedy, ckpt, os.path.join(a.out, "prompts.json"), ours_file, a.device, dtype, str(a.batch), str(a.max_new)], check=True)
+        subprocess.run([a.greedy, ckpt, os.path.join(a.out, "prompts.json"), ours_file, a.device, dtype, str(a.ours_batch or a.batch), str(a.max_new)], check=True)
         ours = json.load(open(ours_file))
         got = ours["generated"]
         outputs[dtype] = (want, got)

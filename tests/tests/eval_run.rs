@@ -334,3 +334,135 @@ fn demo_tasks_run_end_to_end() {
     let r = read_json(&out.join("results.json"));
     assert_eq!(r["tasks"].as_object().unwrap().len(), 5);
 }
+
+/// A copy of the tiny model at `RUN/checkpoints/step-N` whose safetensors is cut short, every
+/// file dated `age` ago.
+fn truncated_checkpoint(run: &Path, model: &Path, step: u64, age: std::time::Duration) -> PathBuf {
+    let dir = run.join("checkpoints").join(format!("step-{step:07}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(model).unwrap() {
+        let p = e.unwrap().path();
+        let dest = dir.join(p.file_name().unwrap());
+        let bytes = std::fs::read(&p).unwrap();
+        let keep = if p.extension().is_some_and(|x| x == "safetensors") { bytes.len() / 2 } else { bytes.len() };
+        std::fs::write(&dest, &bytes[..keep]).unwrap();
+        std::fs::File::options().write(true).open(&dest).unwrap().set_modified(std::time::SystemTime::now() - age).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn sweep_records_a_corrupt_checkpoint_as_failed_and_leaves_one_being_written() {
+    let (_, model, data) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = tmp.path().join("sweep");
+    checkpoint(&run_dir, model, 10);
+    let hour = std::time::Duration::from_secs(3600);
+    truncated_checkpoint(&run_dir, model, 20, hour);
+    let sweep = || run_tool("os-eval", &["sweep", "--checkpoints", run_dir.to_str().unwrap(), "--output", out.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", "piqa", "--limit", "2", "--device", "cpu", "--quiet"]);
+    let rows = || -> Vec<Value> { std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    // The corrupt one: recorded as failed with the reason, exit 65 (not 75: no requeue).
+    let o = sweep();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(!err.contains("signal"), "{err}");
+    let r = rows();
+    assert_eq!(r.len(), 2);
+    let failed = r.iter().find(|r| r["checkpoint"] == "step-0000020").unwrap();
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["reason"].as_str().unwrap().contains("model.safetensors"), "{failed}");
+    assert!(r.iter().any(|r| r["checkpoint"] == "step-0000010" && r["table"]["PIQA"].is_number()));
+    assert!(!std::fs::read_to_string(out.join("results.md")).unwrap().contains("step-0000020"));
+    // Not tried again.
+    let o = sweep();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows().len(), 2);
+    // One still being written (files younger than the settle time; or `latest` naming an earlier
+    // step): left for the next sweep, nothing recorded, exit 0.
+    truncated_checkpoint(&run_dir, model, 30, std::time::Duration::ZERO);
+    let o = sweep();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("still being written") && err.contains("1 still being written"), "{err}");
+    assert_eq!(rows().len(), 2);
+    let old = truncated_checkpoint(&run_dir, model, 40, hour);
+    std::fs::write(run_dir.join("checkpoints/latest"), "step-0000030\n").unwrap();
+    let o = sweep();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows().len(), 2);
+    // os-train's temporary folder is no checkpoint at all.
+    std::fs::rename(&old, run_dir.join("checkpoints/.tmp-step-0000040")).unwrap();
+    let o = sweep();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("3 checkpoints found"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn sigterm_during_the_last_task_stops_between_batches_with_75() {
+    let (_, model, data) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // One generative task decoding one prompt at a time: many decoding steps to stop between.
+    let args = ["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", "gsm8k", "--limit", "6", "--generate-batch", "1", "--output", out.to_str().unwrap(), "--device", "cpu"];
+    let mut child = Command::new(tool("os-eval")).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let t0 = std::time::Instant::now();
+    while !seen.contains("gsm8k: 6 items") {
+        assert!(t0.elapsed().as_secs() < 120, "the task did not start: {seen}");
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
+            panic!("os-eval ended before the task started: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    let sent = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let stopped_in = sent.elapsed();
+    assert_eq!(status.code(), Some(75), "{seen}{rest}");
+    assert!(rest.contains("SIGTERM") && rest.contains("run again to resume"), "{rest}");
+    assert!(stopped_in.as_secs() < 10, "took {stopped_in:?} to stop");
+    assert!(!out.join("results.json").exists() && !out.join("tasks/gsm8k.json").exists());
+    // The rerun evaluates the task again, whole.
+    os_eval(&args);
+    assert_eq!(record(&out, "gsm8k")["n"], 6);
+}
+
+#[test]
+fn splits_per_task_limit_zero_and_lighteval_results() {
+    let (_, model, _) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // ARC only under its validation split's name; PIQA at its default.
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("arc")).unwrap();
+    std::os::unix::fs::symlink(shared("eval-dev/arc/ARC-Easy_validation.jsonl"), data.join("arc/ARC-Easy_validation.jsonl")).unwrap();
+    std::os::unix::fs::symlink(shared("eval-dev/piqa"), data.join("piqa")).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output", out.to_str().unwrap(), "--device", "cpu", "--quiet"];
+        args.extend_from_slice(extra);
+        run_tool("os-eval", &args)
+    };
+    let o = run(&["--tasks", "piqa", "--limit", "0"]);
+    assert_eq!(o.status.code(), Some(64), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--limit 0"));
+    assert!(!out.exists());
+    let o = run(&["--tasks", "piqa", "--split", "nope=test"]);
+    assert_eq!(o.status.code(), Some(64), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--tasks", "arc:easy,piqa", "--limit", "2"]);
+    assert_eq!(o.status.code(), Some(66), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--tasks", "arc:easy,piqa", "--limit", "2", "--split", "arc=validation"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = read_json(&out.join("results.json"));
+    assert_eq!(r["options"]["split"], "arc=validation");
+    // lighteval's schema beside ours, and user-facing names.
+    let hs = &r["results"]["custom|arc:easy|0"];
+    assert_eq!(hs["acc_norm"], r["tasks"]["arc:easy"]["metrics"]["acc_norm"]["value"]);
+    assert_eq!(hs["acc_stderr"], r["tasks"]["arc:easy"]["metrics"]["acc"]["stderr"]);
+    assert!(r["results"]["all"]["acc"].is_number());
+    assert_eq!(r["backend"]["device"], "cpu");
+    assert_eq!(r["backend"]["dtype"], "float32");
+}

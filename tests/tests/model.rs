@@ -1,7 +1,9 @@
 //! os-eval score end to end against transformers: small random DeepSeek-V3 checkpoints written by
 //! `tests/python/hf_deepseek.py`, scored by os-eval (tokens and text input), log-probs compared
-//! with transformers' per sequence and per token.
+//! with transformers' per sequence and per token; Megatron shards scored per document equal the
+//! JSONL path, resume after a kill without duplicates or gaps, and bad shards fail cleanly.
 
+use openseek_shards::indexed::{DType, IndexedDatasetWriter};
 use openseek_tests::{run_python, run_tool};
 use serde_json::Value;
 use std::path::Path;
@@ -87,4 +89,131 @@ fn score_refuses_bad_input_and_leaves_no_output() {
     let o = run_tool("os-eval", &["score", "--model", d.to_str().unwrap(), "--output", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(64), "usage exit");
     assert_eq!(run_tool("os-eval", &["run", "--tasks", "x"]).status.code(), Some(64));
+}
+
+/// Write `seqs` as one Megatron shard (one document each) at `prefix`.
+fn write_shard(prefix: &Path, seqs: &[Vec<u32>]) {
+    let mut out = openseek_common::AtomicOutputs::new();
+    let mut w = IndexedDatasetWriter::create(prefix, DType::U16, &mut out).unwrap();
+    for s in seqs {
+        w.add_document(s).unwrap();
+    }
+    w.finish(&mut out).unwrap();
+    out.commit().unwrap();
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn shard_scoring_equals_jsonl_scoring_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make(d, "plain", &[]);
+    let jsonl = score(d, "--tokens", "tokens.jsonl", &["--device", "cpu"]);
+    let seqs: Vec<Vec<u32>> = std::fs::read_to_string(d.join("tokens.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+        .collect();
+    // Two shards: the sequences split between them.
+    write_shard(&d.join("a"), &seqs[..4]);
+    write_shard(&d.join("b"), &seqs[4..]);
+    let shard_args = |out: &Path, extra: &[&str]| -> std::process::Output {
+        let mut args = vec!["score", "--model", d.to_str().unwrap(), "--shards", "a", "b.bin", "--output", out.to_str().unwrap(), "--device", "cpu", "--per-token"];
+        args.extend_from_slice(extra);
+        let mut cmd = std::process::Command::new(openseek_tests::tool("os-eval"));
+        cmd.current_dir(d).args(&args).output().unwrap()
+    };
+    let full = d.join("shards.jsonl");
+    let o = shard_args(&full, &["--batch-tokens", "40", "--chunk-tokens", "20"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = lines(&full);
+    assert_eq!(got.len(), seqs.len());
+    let mut worst = 0f64;
+    for (k, (g, w)) in got.iter().zip(&jsonl).enumerate() {
+        assert!(g["shard"].as_str().unwrap().ends_with(if k < 4 { "a" } else { "b" }), "{g}");
+        assert_eq!(g["sequence"], if k < 4 { k } else { k - 4 });
+        assert_eq!(g["tokens"], seqs[k].len());
+        assert_eq!(g["scored"], seqs[k].len().saturating_sub(1));
+        let (gl, wl) = (g["token_logprobs"].as_array().unwrap(), w["token_logprobs"].as_array().unwrap());
+        assert_eq!(gl.len(), wl.len());
+        for (a, b) in gl.iter().zip(wl) {
+            worst = worst.max((a.as_f64().unwrap() - b.as_f64().unwrap()).abs());
+        }
+        worst = worst.max((g["sum_logprob"].as_f64().unwrap() - w["sum_logprob"].as_f64().unwrap()).abs());
+    }
+    assert!(worst <= 1e-5, "shard scores differ from JSONL scoring by {worst}");
+    assert!(got[0]["mean_logprob"].is_null() && got[3]["mean_logprob"].is_number());
+    assert!(!d.join("shards.jsonl.partial").exists());
+    // An existing output is refused without --force.
+    assert_eq!(shard_args(&full, &[]).status.code(), Some(73));
+    // Killed after three records and half of the fourth: the rerun continues there.
+    let resumed = d.join("resumed.jsonl");
+    let text = std::fs::read_to_string(&full).unwrap();
+    let cut: usize = text.lines().take(3).map(|l| l.len() + 1).sum::<usize>() + 10;
+    std::fs::write(d.join("resumed.jsonl.partial"), &text[..cut]).unwrap();
+    let o = shard_args(&resumed, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("after 3 of 6 documents"));
+    let again = lines(&resumed);
+    assert_eq!(again.len(), got.len());
+    for (a, b) in again.iter().zip(&got) {
+        assert_eq!((&a["shard"], &a["sequence"]), (&b["shard"], &b["sequence"]));
+        assert!((a["sum_logprob"].as_f64().unwrap() - b["sum_logprob"].as_f64().unwrap()).abs() < 1e-5);
+    }
+    // Two workers: contiguous halves, together every document once.
+    let (w0, w1) = (d.join("w0.jsonl"), d.join("w1.jsonl"));
+    assert!(shard_args(&w0, &["--shard-index", "0", "--num-shards", "2"]).status.success());
+    assert!(shard_args(&w1, &["--shard-index", "1", "--num-shards", "2"]).status.success());
+    let both: Vec<(Value, Value)> = lines(&w0).into_iter().chain(lines(&w1)).map(|r| (r["shard"].clone(), r["sequence"].clone())).collect();
+    assert_eq!(both, got.iter().map(|r| (r["shard"].clone(), r["sequence"].clone())).collect::<Vec<_>>());
+    // Windows: a 40-token document in windows of 16 every 8 tokens still scores each token once.
+    let win = d.join("win.jsonl");
+    assert!(shard_args(&win, &["--window", "16", "--stride", "8"]).status.success());
+    let w = lines(&win);
+    assert_eq!(w[4]["scored"], 39);
+    // The first window's tokens see what they see in the whole document.
+    for (a, b) in w[4]["token_logprobs"].as_array().unwrap()[..15].iter().zip(got[4]["token_logprobs"].as_array().unwrap()) {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn shard_scoring_refuses_bad_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make(d, "plain", &[]);
+    let out = d.join("out.jsonl");
+    let run = |shard: &str, extra: &[&str]| {
+        let shard = d.join(shard);
+        let mut args = vec!["score", "--model", d.to_str().unwrap(), "--shards", shard.to_str().unwrap(), "--output", out.to_str().unwrap(), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        run_tool("os-eval", &args)
+    };
+    // Token ids past the model's vocabulary (256).
+    write_shard(&d.join("big"), &[vec![5, 6, 7], vec![8, 300, 9]]);
+    let o = run("big", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(err.contains("big.bin") && err.contains("300") && err.contains("vocabulary"), "{err}");
+    // A truncated .bin.
+    write_shard(&d.join("cut"), &[vec![5, 6, 7, 8], vec![9, 10]]);
+    let bin = d.join("cut.bin");
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &bytes[..bytes.len() - 2]).unwrap();
+    let o = run("cut", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(err.contains("cut."), "{err}");
+    // A window past the model's context (128).
+    write_shard(&d.join("ok"), &[vec![5, 6, 7]]);
+    let o = run("ok", &["--window", "4096"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(err.contains("4096") && err.contains("config.json"), "{err}");
+    for p in ["out.jsonl", "out.jsonl.partial"] {
+        assert!(!d.join(p).exists(), "{p} was written");
+    }
 }

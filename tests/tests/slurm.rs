@@ -446,3 +446,49 @@ fn tokenize_array_handles_any_range_step_and_more_tasks_than_files() {
     let (rc, text, _) = run_template(d, "tokenize-array.sbatch", &args, &env, true);
     assert!(rc == 0 && text.contains("is complete; nothing to do"), "{text}");
 }
+
+/// `slurm/eval-sweep.sbatch`'s exit handling, run by bash with `srun` and `scontrol` stood in by
+/// scripts on PATH (no cluster): exit 75 is requeued until SLURM_RESTART_COUNT reaches
+/// MAX_REQUEUES, then the job ends; any other exit (65: a corrupt checkpoint) is never requeued;
+/// the log never claims a signal it cannot know of.
+#[test]
+fn eval_sweep_template_caps_requeues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = tmp.path().join("calls");
+    for (name, body) in [("srun", "exit \"$SWEEP_EXIT\""), ("scontrol", "echo \"scontrol $*\" >> \"$CALLS\"")] {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+        Command::new("chmod").args(["+x", p.to_str().unwrap()]).status().unwrap();
+    }
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    let job = |exit: &str, restarts: &str| -> (Option<i32>, String, String) {
+        let _ = std::fs::remove_file(&calls);
+        let out = Command::new("bash")
+            .arg(root().join("slurm/eval-sweep.sbatch"))
+            .arg(&run)
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+            .env_remove("OPENSEEK_BIN_DIR")
+            .env("SWEEP_EXIT", exit)
+            .env("CALLS", &calls)
+            .env("SLURM_JOB_ID", "42")
+            .env("SLURM_RESTART_COUNT", restarts)
+            .env("MAX_REQUEUES", "2")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), std::fs::read_to_string(&calls).unwrap_or_default())
+    };
+    let (code, log, calls_made) = job("75", "1");
+    assert_eq!(code, Some(75));
+    assert_eq!(calls_made, "scontrol requeue 42\n", "{log}");
+    assert!(!log.contains("stopped by a signal"), "{log}");
+    let (code, log, calls_made) = job("75", "2");
+    assert_eq!(code, Some(75));
+    assert_eq!(calls_made, "", "requeued past the cap: {log}");
+    assert!(log.contains("not requeueing"), "{log}");
+    let (code, _, calls_made) = job("65", "0");
+    assert_eq!(code, Some(65));
+    assert_eq!(calls_made, "");
+}

@@ -2,7 +2,7 @@
 //! openseek-model (shared-context log-likelihoods, greedy generation with stop strings).
 
 use openseek_common::Failure;
-use openseek_eval::{Backend, ChoiceItem, GenerateItem};
+use openseek_eval::{Backend, ChoiceItem, GenerateItem, StopCheck};
 use openseek_model::generate::{greedy, GenerateOptions};
 use openseek_model::score::{choice_loglikelihoods, ChoiceGroup};
 use openseek_model::DeepseekV3;
@@ -15,8 +15,14 @@ pub struct ModelBackend<'a> {
     pub max_length: usize,
     /// Tokens per forward pass (log-likelihood).
     pub batch_tokens: usize,
-    /// Prompts decoded together.
+    /// Most sequences decoded together (continuous batching).
     pub generate_batch: usize,
+    /// Bound on the generation KV cache (bytes).
+    pub cache_bytes: usize,
+}
+
+fn go_on() -> Result<(), Failure> {
+    Ok(())
 }
 
 /// One small question and one short generation, so that CUDA's lazy initialisation (kernel
@@ -24,7 +30,7 @@ pub struct ModelBackend<'a> {
 /// 256 questions (about 25,000 tokens), whose matrix products take the kernels large batches use.
 pub fn warm_up(model: &DeepseekV3) {
     let g = ChoiceGroup { context: vec![1, 2, 3, 4], continuations: vec![vec![5, 6], vec![7]] };
-    choice_loglikelihoods(model, &[g], 64, 4096);
+    let _ = choice_loglikelihoods(model, &[g], 64, 4096, &go_on);
     if model.device().is_cuda() {
         let vocab = model.config.vocab_size.min(50_000);
         let question = |q: i64| ChoiceGroup {
@@ -32,10 +38,10 @@ pub fn warm_up(model: &DeepseekV3) {
             continuations: (0..4).map(|c| (0..2 + (q + c) % 12).map(|i| (q * 17 + c * 5 + i) % vocab).collect()).collect(),
         };
         let batch: Vec<ChoiceGroup> = (0..256).map(question).collect();
-        choice_loglikelihoods(model, &batch, 4096, 1 << 17);
+        let _ = choice_loglikelihoods(model, &batch, 4096, 1 << 17, &go_on);
     }
-    let opts = GenerateOptions { max_new_tokens: 2, eos: vec![], batch_size: 2 };
-    greedy(model, &[vec![1, 2, 3], vec![4]], &opts, &mut |_, _| false);
+    let opts = GenerateOptions::new(2, vec![], 2);
+    let _ = greedy(model, &[vec![1, 2, 3], vec![4]], &opts, &mut |_, _| false, &go_on);
 }
 
 fn ids(v: &[u32]) -> Vec<i64> {
@@ -43,7 +49,7 @@ fn ids(v: &[u32]) -> Vec<i64> {
 }
 
 impl Backend for ModelBackend<'_> {
-    fn loglikelihoods(&mut self, items: &[&ChoiceItem]) -> Result<Vec<Vec<f64>>, Failure> {
+    fn loglikelihoods(&mut self, items: &[&ChoiceItem], check: StopCheck) -> Result<Vec<Vec<f64>>, Failure> {
         // One group per question when its choices share the context ids (always, for lighteval's
         // requests); otherwise one group per choice.
         let mut groups = Vec::new();
@@ -63,7 +69,7 @@ impl Backend for ModelBackend<'_> {
                 }
             }
         }
-        let scores = choice_loglikelihoods(self.model, &groups, self.max_length, self.batch_tokens);
+        let scores = choice_loglikelihoods(self.model, &groups, self.max_length, self.batch_tokens, check)?;
         let mut out: Vec<Vec<f64>> = items.iter().map(|it| vec![0.0; it.requests.len()]).collect();
         for ((i, c), s) in owner.into_iter().zip(scores) {
             match c {
@@ -74,7 +80,7 @@ impl Backend for ModelBackend<'_> {
         Ok(out)
     }
 
-    fn generate(&mut self, items: &[&GenerateItem]) -> Result<Vec<String>, Failure> {
+    fn generate(&mut self, items: &[&GenerateItem], check: StopCheck) -> Result<Vec<String>, Failure> {
         let eos: Vec<i64> = self.tokenizer.eos_id().map(|e| e as i64).into_iter().collect();
         // lighteval keeps the last (max_length - budget) prompt tokens.
         let prompts: Vec<Vec<i64>> = items
@@ -100,8 +106,8 @@ impl Backend for ModelBackend<'_> {
             items[k].stop.iter().any(|s| text.contains(s.as_str()))
         };
         let budget = items.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
-        let opts = GenerateOptions { max_new_tokens: budget, eos, batch_size: self.generate_batch };
-        greedy(self.model, &prompts, &opts, &mut stop)
+        let opts = GenerateOptions { max_new_tokens: budget, eos, batch_size: self.generate_batch, cache_bytes: self.cache_bytes, prefill_tokens: self.batch_tokens };
+        greedy(self.model, &prompts, &opts, &mut stop, check)?
             .iter()
             .map(|g| self.tokenizer.decode(&g.iter().map(|&t| t as u32).collect::<Vec<_>>()))
             .collect()

@@ -1,16 +1,17 @@
 //! os-eval: evaluate an OpenSeek-Small-v1 (DeepSeek-V3) checkpoint. `run` scores the OpenSeek
 //! benchmark suite (lighteval v0.3.0 exact), `sweep` evaluates every new checkpoint of a training
 //! run, `demo-tasks` writes small benchmark files from the demo corpus, `requests` writes the
-//! requests as token ids, `score` writes per-token log-probs of given sequences.
+//! requests as token ids, `score` writes per-token log-probs of given sequences or of every
+//! document of Megatron shards.
 
 mod backend;
+mod score;
 
 use clap::{Args, Parser, Subcommand};
 use openseek_common::provenance::Provenance;
 use openseek_common::{AtomicOutputs, ExitCode, Failure};
 use openseek_eval::run::{self, RunConfig, RunSummary};
 use openseek_eval::{sweep, Harness, Options, Task};
-use openseek_model::score;
 use openseek_model::tch::{Device, Kind};
 use serde_json::json;
 use std::io::Write;
@@ -26,7 +27,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Log-probabilities of sequences: one output line {"sum_logprob", "token_logprobs"} per input line,
-    /// token_logprobs[i] = log p(t_{i+1} | t_0..t_i).
+    /// token_logprobs[i] = log p(t_{i+1} | t_0..t_i); or with --shards one record per document of
+    /// Megatron shards (perplexity for data selection), resumable.
     Score(ScoreArgs),
     /// Evaluate a model on benchmark tasks: results.json, details.h5 and the table printed.
     Run(RunArgs),
@@ -65,7 +67,8 @@ struct TaskArgs {
     /// Only the first N documents of each task.
     #[arg(long)]
     limit: Option<usize>,
-    /// Evaluate this split instead of each task's default.
+    /// Splits instead of the tasks' defaults: one for all tasks (`validation`) or per task
+    /// (`arc=validation,gsm8k=test`; a benchmark's name covers its subtasks: arc, mmlu, ...).
     #[arg(long)]
     split: Option<String>,
     /// Request conventions: lighteval (v0.3.0 + OpenSeek's task file, the seeds' numbers) or lm-eval.
@@ -86,14 +89,16 @@ struct TaskArgs {
 impl TaskArgs {
     /// The request options, `max_length` defaulting to `model_max_length`.
     fn options(&self, model_max_length: usize) -> Result<Options, Failure> {
-        Ok(Options {
+        let options = Options {
             max_length: self.max_length.unwrap_or(model_max_length),
             split: self.split.clone(),
             limit: self.limit,
             lighteval_budget_quirk: self.lighteval_budget_quirk,
             fewshot_seed: self.fewshot_seed,
             harness: Harness::parse(&self.harness)?,
-        })
+        };
+        options.check()?;
+        Ok(options)
     }
 }
 
@@ -112,9 +117,14 @@ struct EvalArgs {
     /// continuations); default 131072 on CUDA, 16384 on CPU.
     #[arg(long)]
     batch_tokens: Option<usize>,
-    /// Prompts generated together (TriviaQA, GSM8K).
-    #[arg(long, default_value_t = 64)]
-    generate_batch: usize,
+    /// Most prompts decoded together (TriviaQA, GSM8K; continuous batching: a finished
+    /// sequence's row takes the next prompt); default 512 on CUDA, 64 on CPU.
+    #[arg(long)]
+    generate_batch: Option<usize>,
+    /// Bound on the generation KV cache in GiB (fewer rows than --generate-batch when the
+    /// longest prompt plus the budget would not fit); default 16 on CUDA, 2 on CPU.
+    #[arg(long)]
+    generate_cache_gib: Option<f64>,
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
@@ -148,6 +158,11 @@ struct SweepArgs {
     /// Tokenizer directory for checkpoints that hold none (default: each checkpoint's own).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// A checkpoint that fails to load counts as still being written (left for the next sweep)
+    /// while a file in it is younger than this, it holds a temporary file, or `latest` beside it
+    /// names an earlier step; otherwise it is corrupt (recorded as failed, exit 65).
+    #[arg(long, default_value_t = 10.0)]
+    settle_minutes: f64,
     #[command(flatten)]
     eval: EvalArgs,
 }
@@ -162,7 +177,7 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text", "shards"])))]
 struct ScoreArgs {
     /// Model directory: config.json + model.safetensors (or shards with model.safetensors.index.json).
     #[arg(long)]
@@ -176,6 +191,34 @@ struct ScoreArgs {
     /// With --text: put the tokenizer's BOS token first, so the first real token is scored too.
     #[arg(long, requires = "text")]
     bos: bool,
+    /// Megatron shards (PREFIX, PREFIX.bin or PREFIX.idx): every sequence is a document; one
+    /// record per document {shard, sequence, document, tokens, scored, sum_logprob, mean_logprob}.
+    /// Appended to OUTPUT.partial after each chunk (a killed run resumes there), OUTPUT when done.
+    #[arg(long, num_args = 1..)]
+    shards: Vec<PathBuf>,
+    /// With --shards: tokens per window (default: the model's max_position_embeddings); longer
+    /// documents are scored in windows.
+    #[arg(long, requires = "shards")]
+    window: Option<usize>,
+    /// With --shards: tokens between window starts (default: --window); a later window scores only
+    /// the tokens earlier ones did not, seeing up to window − stride tokens before them.
+    #[arg(long, requires = "shards")]
+    stride: Option<usize>,
+    /// With --shards: also write each document's token_logprobs.
+    #[arg(long, requires = "shards")]
+    per_token: bool,
+    /// With --shards: tokens scored between two appends to OUTPUT.partial.
+    #[arg(long, default_value_t = 1 << 20, requires = "shards")]
+    chunk_tokens: usize,
+    /// With --shards: this worker's part (contiguous document ranges), e.g. $SLURM_ARRAY_TASK_ID.
+    #[arg(long, default_value_t = 0, requires = "shards")]
+    shard_index: usize,
+    /// With --shards: the number of workers.
+    #[arg(long, default_value_t = 1, requires = "shards")]
+    num_shards: usize,
+    /// Replace an existing OUTPUT (--shards).
+    #[arg(long)]
+    force: bool,
     /// Output JSONL, written atomically.
     #[arg(long)]
     output: PathBuf,
@@ -185,11 +228,29 @@ struct ScoreArgs {
     /// Weight and activation dtype: float32 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA).
     #[arg(long)]
     dtype: Option<String>,
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Tokens per forward pass (sequences packed without padding); default 131072 on CUDA, 16384 on CPU.
+    #[arg(long)]
+    batch_tokens: Option<usize>,
 }
 
+
+/// A device as users write it: `cpu`, `cuda:N`.
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// A dtype as users write it.
+fn kind_name(kind: Kind) -> &'static str {
+    if kind == Kind::BFloat16 {
+        "bfloat16"
+    } else {
+        "float32"
+    }
+}
 
 fn kind_of(dtype: Option<&str>, device: Device) -> Result<Kind, Failure> {
     match dtype {
@@ -205,7 +266,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     let device = openseek_model::parse_device(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
     let t0 = std::time::Instant::now();
-    let model_hash = run::model_hash(model_dir)?;
+    let model_hash = openseek_eval::record::model_hash(model_dir)?;
     let tokenizer = openseek_tokenizer::Tokenizer::load(tokenizer_dir)?;
     let model = openseek_model::load(model_dir, kind, device)?;
     if tokenizer.vocab_size() as i64 > model.config.vocab_size {
@@ -228,17 +289,21 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
         output_dir: output.to_path_buf(),
         tasks: tasks.to_vec(),
         options,
-        backend: json!({"device": format!("{device:?}"), "dtype": format!("{kind:?}"), "tokenizer_sha256": tokenizer.content_sha256()}),
+        backend: json!({"device": device_name(device), "dtype": kind_name(kind), "tokenizer_sha256": tokenizer.content_sha256()}),
         provenance: Provenance::capture("os-eval", env!("CARGO_PKG_VERSION")),
         verbose: !a.quiet,
     };
-    let batch_tokens = a.batch_tokens.unwrap_or(if device == Device::Cpu { 16384 } else { 131072 });
+    let cpu = device == Device::Cpu;
+    let batch_tokens = a.batch_tokens.unwrap_or(if cpu { 16384 } else { 131072 });
+    let generate_batch = a.generate_batch.unwrap_or(if cpu { 64 } else { 512 });
+    let cache_gib = a.generate_cache_gib.unwrap_or(if cpu { 2.0 } else { 16.0 });
     let mut backend = backend::ModelBackend {
         model: &model,
         tokenizer: &tokenizer,
         max_length,
         batch_tokens,
-        generate_batch: a.generate_batch,
+        generate_batch,
+        cache_bytes: (cache_gib * (1u64 << 30) as f64) as usize,
     };
     let signals = openseek_common::signals::watch();
     let stop = || signals.check("stored the finished tasks; run again to resume");
@@ -246,13 +311,16 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     summary.results["timings"]["load_seconds"] = json!(load_seconds);
     // Record the batch settings too (they change speed, not results).
     summary.results["backend"]["batch_tokens"] = json!(batch_tokens);
-    summary.results["backend"]["generate_batch"] = json!(a.generate_batch);
-    run::write_json(&output.join("results.json"), &summary.results)?;
+    summary.results["backend"]["generate_batch"] = json!(generate_batch);
+    summary.results["backend"]["generate_cache_gib"] = json!(cache_gib);
+    openseek_eval::record::write_json(&output.join("results.json"), &summary.results)?;
     Ok(summary)
 }
 
 fn run_run(a: RunArgs) -> Result<(), Failure> {
     let tasks = Task::parse_list(&a.eval.task.tasks)?;
+    // Bad options fail before the model is loaded (each checkpoint's own length applies later).
+    a.eval.task.options(0)?;
     let output = a.output.clone().unwrap_or_else(|| {
         let name = a.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).unwrap_or_else(|| "model".into());
         PathBuf::from("eval-out").join(name)
@@ -286,19 +354,25 @@ fn run_sweep(a: SweepArgs) -> Result<(), Failure> {
         let tok = a.tokenizer.clone().unwrap_or_else(|| ck.path.clone());
         evaluate(&ck.path, &tok, run_dir, &a.eval, &tasks)
     };
-    let report = sweep::sweep(&checkpoints, &a.output, &key, &mut eval, !a.eval.quiet)?;
+    if !(a.settle_minutes >= 0.0 && a.settle_minutes.is_finite()) {
+        return Err(Failure::usage(format!("--settle-minutes {}: expected a number of minutes >= 0", a.settle_minutes)));
+    }
+    let settle = std::time::Duration::from_secs_f64(a.settle_minutes * 60.0);
+    let report = sweep::sweep(&checkpoints, &a.output, &key, settle, &mut eval, !a.eval.quiet)?;
     eprintln!(
-        "os-eval sweep: {} checkpoints found, {} evaluated, {} already done, {} failed (left for the next sweep); table in {}",
+        "os-eval sweep: {} checkpoints found, {} evaluated, {} already done, {} still being written (left for the next sweep), {} corrupt (recorded as failed); table in {}",
         checkpoints.len(),
         report.evaluated.len(),
         report.skipped_done.len(),
+        report.pending.len(),
         report.failed.len(),
         a.output.join("results.md").display()
     );
     if report.failed.is_empty() {
         Ok(())
     } else {
-        Err(Failure::new(ExitCode::TempFail, format!("{} checkpoints could not be evaluated: {}", report.failed.len(), report.failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "))))
+        let names: Vec<&str> = report.failed.iter().map(|f| f.0.as_str()).collect();
+        Err(Failure::new(ExitCode::DataErr, format!("{} corrupt checkpoints recorded as failed in {}: {}", names.len(), a.output.join("results.jsonl").display(), names.join(", "))))
     }
 }
 
@@ -346,6 +420,24 @@ fn run_score(a: ScoreArgs) -> Result<(), Failure> {
     let kind = kind_of(a.dtype.as_deref(), device)?;
     let model = openseek_model::load(&a.model, kind, device)?;
     let vocab = model.config.vocab_size;
+    let batch_tokens = a.batch_tokens.unwrap_or(if device == Device::Cpu { 16384 } else { 131072 });
+    let signals = openseek_common::signals::watch();
+    let check = || signals.check("the scored documents are kept; run again to resume");
+    if !a.shards.is_empty() {
+        let window = a.window.unwrap_or(model.config.max_position_embeddings as usize);
+        let opts = score::ShardScoring {
+            window,
+            stride: a.stride.unwrap_or(window),
+            batch_tokens,
+            chunk_tokens: a.chunk_tokens,
+            per_token: a.per_token,
+            shard_index: a.shard_index,
+            num_shards: a.num_shards,
+        };
+        let n = score::score_shards(&model, &a.model, &a.shards, &a.output, a.force, &opts, &check)?;
+        eprintln!("os-eval score: {n} documents scored into {}", a.output.display());
+        return Ok(());
+    }
     let seqs = match (&a.tokens, &a.text) {
         (Some(path), _) => score::read_sequences(path, None, vocab)?,
         (None, Some(path)) => {
@@ -360,9 +452,9 @@ fn run_score(a: ScoreArgs) -> Result<(), Failure> {
             let encode = |s: &str| bos.into_iter().chain(tok.encode(s).into_iter().map(i64::from)).collect();
             score::read_sequences(path, Some(&encode), vocab)?
         }
-        (None, None) => unreachable!("clap requires --tokens or --text"),
+        (None, None) => unreachable!("clap requires --tokens, --text or --shards"),
     };
-    let logprobs = score::token_logprobs(&model, &seqs, a.batch_tokens);
+    let logprobs = openseek_model::score::token_logprobs(&model, &seqs, batch_tokens, &check)?;
     let mut out = AtomicOutputs::new();
     let mut w = std::io::BufWriter::new(out.create(&a.output)?);
     for lp in &logprobs {

@@ -22,7 +22,7 @@ use hdf5_metno as hdf5;
 use hdf5::types::VarLenUnicode;
 use openseek_common::{AtomicOutputs, Failure};
 
-use crate::run::{RunConfig, TaskRecord};
+use crate::record::{ItemRecord, TaskRecord};
 
 fn h5err(path: &Path, e: hdf5::Error) -> Failure {
     Failure::io(format!("{}: cannot write HDF5: {e}", path.display()))
@@ -81,7 +81,7 @@ fn write_task(file: &hdf5::File, r: &TaskRecord) -> hdf5::Result<()> {
         dataset(&g, "gold_offsets", &offsets(items.iter().map(|i| i.golds.len())))?;
         strings(&g, "golds", items.iter().flat_map(|i| i.golds.iter().map(String::as_str)))?;
     } else {
-        let idx = |f: &dyn Fn(&crate::run::ItemRecord) -> Option<usize>| -> Vec<i64> { items.iter().map(|i| f(i).map_or(-1, |x| x as i64)).collect() };
+        let idx = |f: &dyn Fn(&ItemRecord) -> Option<usize>| -> Vec<i64> { items.iter().map(|i| f(i).map_or(-1, |x| x as i64)).collect() };
         dataset(&g, "gold", &idx(&|i| i.gold.first().copied()))?;
         dataset(&g, "prediction", &idx(&|i| i.prediction))?;
         dataset(&g, "prediction_norm", &idx(&|i| i.prediction_norm))?;
@@ -95,16 +95,15 @@ fn write_task(file: &hdf5::File, r: &TaskRecord) -> hdf5::Result<()> {
     Ok(())
 }
 
-/// Write `details.h5` for the records of a run.
-pub fn write(path: &Path, cfg: &RunConfig, records: &[TaskRecord]) -> Result<(), Failure> {
+/// Write `details.h5` for the records of a run, with the file attributes `attrs` (model path and
+/// hash, tool, version, harness).
+pub fn write(path: &Path, attrs: &[(&str, String)], records: &[TaskRecord]) -> Result<(), Failure> {
     let temp = AtomicOutputs::temp_path_for(path);
     let result = (|| -> hdf5::Result<()> {
         let file = hdf5::File::create(&temp)?;
-        attr_str(&file, "model_path", &cfg.model_dir.display().to_string())?;
-        attr_str(&file, "model_sha256", &cfg.model_hash)?;
-        attr_str(&file, "tool", &cfg.provenance.tool)?;
-        attr_str(&file, "tool_version", &cfg.provenance.version)?;
-        attr_str(&file, "harness", cfg.options.harness.name())?;
+        for (name, value) in attrs {
+            attr_str(&file, name, value)?;
+        }
         for r in records {
             write_task(&file, r)?;
         }

@@ -59,6 +59,7 @@ pub mod details;
 pub mod metrics;
 pub mod plot;
 pub mod pyrandom;
+pub mod record;
 pub mod requests;
 pub mod run;
 pub mod subjects;
@@ -73,8 +74,10 @@ use openseek_common::Failure;
 use openseek_tokenizer::Tokenizer;
 
 pub use requests::{ChoiceItem, GenerateItem, Harness, Item, LoglikelihoodRequest, Options};
-pub use run::{Backend, RunConfig, RunSummary, TaskRecord};
-pub use table::{Table, TaskResult, ItemScore};
+pub use record::TaskRecord;
+pub use run::{Backend, RunConfig, RunSummary, StopCheck};
+pub use metrics::{score, ItemScore};
+pub use table::{Table, TaskResult};
 pub use tasks::{Doc, Kind, Metric, Task};
 
 /// What the model produced for one item.
@@ -86,10 +89,10 @@ pub enum Output {
     Text(String),
 }
 
-/// Read a task's documents (its default split unless `options.split` is set).
+/// Read a task's documents (its default split unless `options.split` names another).
 pub fn read_docs(task: &Task, data_dir: &Path, options: &Options) -> Result<Vec<Doc>, Failure> {
-    let split = options.split.as_deref().unwrap_or(task.default_split());
-    let rows = task.read_rows(data_dir, split).map_err(|e| e.context(format!("task {}", task.name)))?;
+    let split = options.split_for(task)?;
+    let rows = task.read_rows(data_dir, &split).map_err(|e| e.context(format!("task {}", task.name)))?;
     if rows.is_empty() {
         return Err(Failure::data(format!("task {}: {} holds no rows", task.name, rows.source)));
     }
@@ -125,7 +128,3 @@ pub fn build_requests(task: &Task, data_dir: &Path, tokenizer: &Tokenizer, optio
     requests::items_for(task, &docs, train.as_deref(), tokenizer, options)
 }
 
-/// Score a task's items given the model's outputs (same order). See [`table::score`].
-pub fn score(task: &Task, items: &[Item], outputs: &[Output]) -> Result<TaskResult, Failure> {
-    table::score(task, items, outputs)
-}

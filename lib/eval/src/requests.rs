@@ -43,7 +43,9 @@ impl Harness {
 pub struct Options {
     /// The model's maximum sequence length (inputs are left-truncated to it). Default 4096.
     pub max_length: usize,
-    /// Evaluate this split instead of each task's default (e.g. `validation` for ARC).
+    /// Splits instead of the tasks' defaults: one for every task (`validation`) or per task
+    /// (`arc=validation,gsm8k=test`; a benchmark's name covers its subtasks, e.g. `arc`, `mmlu`);
+    /// see [`Options::split_for`].
     pub split: Option<String>,
     /// Only the first N documents of each task (after reading; GSM8K shots are still drawn as
     /// for the full split, so the first N prompts equal those of a full run).
@@ -60,6 +62,48 @@ impl Default for Options {
     fn default() -> Options {
         Options { max_length: 4096, split: None, limit: None, lighteval_budget_quirk: false, fewshot_seed: 42, harness: Harness::Lighteval }
     }
+}
+
+impl Options {
+    /// The split `task` reads: from [`Options::split`] (an entry for its name, else for its
+    /// benchmark, else a split given for all tasks) or the task's default.
+    pub fn split_for(&self, task: &Task) -> Result<String, Failure> {
+        let Some(spec) = self.split.as_deref() else { return Ok(task.default_split().to_string()) };
+        let entries = parse_splits(spec)?;
+        let family = task.name.split(':').next().unwrap_or(&task.name);
+        let pick = entries.iter().find(|(k, _)| k.as_deref() == Some(task.name.as_str())).or_else(|| entries.iter().find(|(k, _)| k.as_deref() == Some(family)));
+        Ok(pick.map_or(task.default_split(), |(_, v)| v.as_str()).to_string())
+    }
+
+    /// Check the options before any work: `--limit` at least 1, `--split` well formed with
+    /// every task it names known.
+    pub fn check(&self) -> Result<(), Failure> {
+        if self.limit == Some(0) {
+            return Err(Failure::usage("--limit 0: no documents would be evaluated (scores of nothing are NaN); give at least 1"));
+        }
+        if let Some(spec) = &self.split {
+            for (key, _) in parse_splits(spec)? {
+                if let Some(k) = key {
+                    Task::parse_list(&k).map_err(|e| Failure::usage(format!("--split {spec}: {}", e.message)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `validation` → [(None, validation)]; `arc=validation,gsm8k=test` → [(Some(arc), validation), ...].
+fn parse_splits(spec: &str) -> Result<Vec<(Option<String>, String)>, Failure> {
+    let bad = |why: &str| Failure::usage(format!("--split {spec}: {why}; expected a split (validation) or task=split pairs (arc=validation,gsm8k=test)"));
+    if !spec.contains('=') {
+        return if spec.trim().is_empty() || spec.contains(',') { Err(bad("not one split name")) } else { Ok(vec![(None, spec.trim().to_string())]) };
+    }
+    spec.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => Ok((Some(k.trim().to_string()), v.trim().to_string())),
+            _ => Err(bad(&format!("{pair:?} is not task=split"))),
+        })
+        .collect()
 }
 
 /// One log-likelihood request: one choice of one document.
@@ -277,6 +321,25 @@ mod tests {
         assert_eq!(generation_budget(256, 4096, 4000, 4000, false), 96);
         assert_eq!(generation_budget(256, 4096, 5000, 100, false), 1);
         assert_eq!(generation_budget(256, 4096, 4096, 100, false), 1);
+    }
+
+    #[test]
+    fn splits_per_task_and_for_all() {
+        let task = |n: &str| Task::parse_list(n).unwrap().remove(0);
+        let with = |s: &str| Options { split: Some(s.into()), ..Options::default() };
+        let o = with("arc=validation,gsm8k=train,mmlu:anatomy=dev");
+        assert_eq!(o.split_for(&task("arc:easy")).unwrap(), "validation");
+        assert_eq!(o.split_for(&task("gsm8k")).unwrap(), "train");
+        assert_eq!(o.split_for(&task("mmlu:anatomy")).unwrap(), "dev");
+        assert_eq!(o.split_for(&task("mmlu:virology")).unwrap(), "test");
+        assert_eq!(o.split_for(&task("hellaswag")).unwrap(), "validation");
+        assert_eq!(with("train").split_for(&task("ceval:law")).unwrap(), "train");
+        assert_eq!(Options::default().split_for(&task("ceval:law")).unwrap(), "val");
+        assert!(o.check().is_ok());
+        for bad in ["arc=", "nope=test", "a,b", "arc=validation,test"] {
+            assert!(with(bad).check().is_err(), "{bad}");
+        }
+        assert!(Options { limit: Some(0), ..Options::default() }.check().is_err());
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! checkpoint's run keeps per-task records); a finished checkpoint is never evaluated again for
 //! the same tasks and options.
 //!
+//! A checkpoint that fails to load is either still being written — a file in it changed within
+//! the settle time, a temporary file in it, or the run's `checkpoints/latest` not yet naming it or
+//! a later step — and left for the next sweep, or corrupt: recorded in `results.jsonl` as failed
+//! with the reason (`"status": "failed"`) and not tried again (delete that row to retry it).
+//!
 //! Output folder: `results.jsonl` (one row per checkpoint, appended), `results.md` (the same as a
 //! Markdown table, rewritten), `plots/<column>.png` (each table column and the mean against the
 //! training step), `runs/<checkpoint>/` (each checkpoint's `results.json`, `details.h5`, task
@@ -40,6 +45,34 @@ fn is_model_dir(p: &Path) -> bool {
     p.join("config.json").is_file()
 }
 
+/// A temporary name: os-train's `.tmp-step-N`, an AtomicOutputs `x.tmp-PID`, rsync's `.x.AbCdEf`.
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') || name.contains(".tmp")
+}
+
+/// Why a checkpoint folder looks still being written, if it does: a file in it modified less
+/// than `settle` ago, a temporary file in it, or `latest` beside it naming an earlier step.
+pub fn still_being_written(ck: &Checkpoint, settle: std::time::Duration) -> Option<String> {
+    let now = std::time::SystemTime::now();
+    let entries = std::fs::read_dir(&ck.path).ok()?;
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_temp_name(&name) {
+            return Some(format!("{} holds the temporary file {name}", ck.path.display()));
+        }
+        let age = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| now.duration_since(t).ok());
+        if age.is_none_or(|a| a < settle) {
+            return Some(format!("{name} in {} changed less than {} s ago", ck.path.display(), settle.as_secs()));
+        }
+    }
+    let latest = ck.path.parent()?.join("latest");
+    let named = std::fs::read_to_string(&latest).ok()?;
+    match (step_of(named.trim()), ck.step) {
+        (Some(l), Some(s)) if l < s => Some(format!("{} names step {l}, before this checkpoint's", latest.display())),
+        _ => None,
+    }
+}
+
 /// The checkpoints under each of `roots`: a root that is itself a model folder, else its
 /// sub-folders that are (directly, or under `checkpoints/`). Sorted by step, then name.
 pub fn find_checkpoints(roots: &[PathBuf]) -> Result<Vec<Checkpoint>, Failure> {
@@ -59,6 +92,9 @@ pub fn find_checkpoints(roots: &[PathBuf]) -> Result<Vec<Checkpoint>, Failure> {
         }
         for d in dirs {
             let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if d != *root && is_temp_name(&name) {
+                continue;
+            }
             out.push(Checkpoint { step: step_of(&name), name, path: d });
         }
     }
@@ -110,19 +146,24 @@ pub type SweepKey = Value;
 #[derive(Debug, Default)]
 pub struct SweepReport {
     pub evaluated: Vec<String>,
+    /// Already in results.jsonl (evaluated or recorded as failed).
     pub skipped_done: Vec<String>,
+    /// Corrupt checkpoints found by this sweep (recorded as failed), with the reason.
     pub failed: Vec<(String, String)>,
+    /// Checkpoints still being written (left for the next sweep), with the reason.
+    pub pending: Vec<(String, String)>,
 }
 
 /// Evaluate each checkpoint not yet in `output/results.jsonl` for `key`, in step order:
 /// `evaluate(checkpoint, run_dir)` runs one (reusing task records in `run_dir`). After each, its
 /// row is appended and the Markdown table and plots are redrawn. A checkpoint that fails to load
-/// (e.g. still being written) is reported and left for the next sweep; a stop request (exit 75)
-/// ends the sweep at once.
+/// (exit 65, 66 or 78) is left for the next sweep when [`still_being_written`] within `settle`,
+/// else recorded as failed; a stop request (exit 75) or any other error ends the sweep at once.
 pub fn sweep(
     checkpoints: &[Checkpoint],
     output: &Path,
     key: &SweepKey,
+    settle: std::time::Duration,
     evaluate: &mut dyn FnMut(&Checkpoint, &Path) -> Result<RunSummary, Failure>,
     verbose: bool,
 ) -> Result<SweepReport, Failure> {
@@ -149,11 +190,18 @@ pub fn sweep(
                 report.evaluated.push(ck.name.clone());
                 redraw(output, key)?;
             }
-            Err(e) if e.code == ExitCode::TempFail || e.code == ExitCode::Usage => return Err(e),
-            Err(e) => {
-                eprintln!("os-eval sweep: {}: {e}; left for the next sweep", ck.name);
-                report.failed.push((ck.name.clone(), e.to_string()));
-            }
+            Err(e) if !matches!(e.code, ExitCode::DataErr | ExitCode::NoInput | ExitCode::Config) => return Err(e),
+            Err(e) => match still_being_written(ck, settle) {
+                Some(why) => {
+                    eprintln!("os-eval sweep: {}: {e}; still being written ({why}): left for the next sweep", ck.name);
+                    report.pending.push((ck.name.clone(), e.to_string()));
+                }
+                None => {
+                    eprintln!("os-eval sweep: {}: {e}; recorded as failed (delete its row in results.jsonl to retry)", ck.name);
+                    append_row(&jsonl, &failed_row(ck, key, &e))?;
+                    report.failed.push((ck.name.clone(), e.to_string()));
+                }
+            },
         }
     }
     redraw(output, key)?;
@@ -178,6 +226,19 @@ fn row(ck: &Checkpoint, key: &SweepKey, s: &RunSummary) -> Value {
     })
 }
 
+fn failed_row(ck: &Checkpoint, key: &SweepKey, e: &Failure) -> Value {
+    json!({
+        "checkpoint": ck.name,
+        "step": ck.step,
+        "path": ck.path.display().to_string(),
+        "key": key,
+        "status": "failed",
+        "reason": e.to_string(),
+        "exit_code": e.code as i32,
+        "finished_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    })
+}
+
 /// Append one line and sync, so that a row is either whole or (torn by a kill) ignored.
 fn append_row(path: &Path, row: &Value) -> Result<(), Failure> {
     let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))?;
@@ -186,7 +247,7 @@ fn append_row(path: &Path, row: &Value) -> Result<(), Failure> {
 
 /// Rewrite `results.md` and `plots/*.png` from the rows of `results.jsonl` for `key`.
 fn redraw(output: &Path, key: &SweepKey) -> Result<(), Failure> {
-    let mut rows: Vec<Value> = read_rows(&output.join("results.jsonl"))?.into_iter().filter(|r| &r["key"] == key).collect();
+    let mut rows: Vec<Value> = read_rows(&output.join("results.jsonl"))?.into_iter().filter(|r| &r["key"] == key && r["status"] != "failed").collect();
     rows.sort_by_key(|r| r["step"].as_u64().unwrap_or(u64::MAX));
     let cols: Vec<&str> = COLUMNS.iter().copied().filter(|c| rows.iter().any(|r| r["table"][*c].is_number())).collect();
     let cell = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));

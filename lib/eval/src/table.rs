@@ -1,28 +1,9 @@
-//! Scoring a task's outputs into a [`TaskResult`] and aggregating results into the OpenSeek
+//! Aggregating task results ([`TaskResult`], made by [`crate::metrics::score`]) into the OpenSeek
 //! table: HellaSwag, ARC (mean of Challenge and Easy), PIQA, MMLU (mean over its subjects),
 //! CommonsenseQA, TriviaQA, Winogrande, OpenBookQA, GSM8K, SIQA, C-Eval, CMMLU (means over
 //! subjects), ×100, and the plain mean of the 12.
 
-use openseek_common::Failure;
-
-use crate::metrics;
-use crate::requests::Item;
-use crate::tasks::{Kind, Task};
-use crate::Output;
-
-/// One item's outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ItemScore {
-    pub doc_index: usize,
-    /// Multiple choice: argmax of the raw and of the normalised log-probs.
-    pub prediction: Option<usize>,
-    pub prediction_norm: Option<usize>,
-    /// Generative: the text after cutting at the stop strings.
-    pub generated: Option<String>,
-    pub acc: Option<f64>,
-    pub acc_norm: Option<f64>,
-    pub exact_match: Option<f64>,
-}
+use crate::metrics::{self, ItemScore};
 
 /// A task's score.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,72 +17,6 @@ pub struct TaskResult {
     /// Every metric computed: (name, mean, stderr).
     pub metrics: Vec<(&'static str, f64, f64)>,
     pub items: Vec<ItemScore>,
-}
-
-/// Score items against outputs: acc and acc_norm for multiple choice, quasi exact match for
-/// TriviaQA / GSM8K. Errors when an output does not fit its item.
-pub fn score(task: &Task, items: &[Item], outputs: &[Output]) -> Result<TaskResult, Failure> {
-    if items.len() != outputs.len() {
-        return Err(Failure::software(format!("task {}: {} items but {} outputs", task.name, items.len(), outputs.len())));
-    }
-    let mut scores = Vec::with_capacity(items.len());
-    for (item, out) in items.iter().zip(outputs) {
-        scores.push(match (item, out) {
-            (Item::Choice(c), Output::LogLikelihoods(lp)) => {
-                if lp.len() != c.requests.len() {
-                    return Err(Failure::software(format!(
-                        "task {} doc {}: {} log-likelihoods for {} choices",
-                        task.name,
-                        c.doc_index,
-                        lp.len(),
-                        c.requests.len()
-                    )));
-                }
-                let norms: Vec<usize> = c.requests.iter().map(|r| r.norm_chars).collect();
-                let normed: Vec<f64> = lp.iter().zip(&norms).map(|(&l, &n)| l / n as f64).collect();
-                ItemScore {
-                    doc_index: c.doc_index,
-                    prediction: Some(metrics::argmax(lp)),
-                    prediction_norm: Some(metrics::argmax(&normed)),
-                    generated: None,
-                    acc: Some(metrics::acc(lp, &c.gold)),
-                    acc_norm: Some(metrics::acc_norm(lp, &norms, &c.gold)),
-                    exact_match: None,
-                }
-            }
-            (Item::Generate(g), Output::Text(text)) => {
-                let cut = metrics::cut_at_stops(text, &g.stop);
-                let em = match task.kind {
-                    Kind::Gsm8k => metrics::gsm8k_match(cut, &g.golds),
-                    _ => metrics::triviaqa_match(cut, &g.golds),
-                };
-                ItemScore {
-                    doc_index: g.doc_index,
-                    prediction: None,
-                    prediction_norm: None,
-                    generated: Some(cut.to_string()),
-                    acc: None,
-                    acc_norm: None,
-                    exact_match: Some(em),
-                }
-            }
-            _ => return Err(Failure::software(format!("task {}: an output of the wrong kind for its item", task.name))),
-        });
-    }
-    let collect = |f: &dyn Fn(&ItemScore) -> Option<f64>| -> Option<Vec<f64>> { scores.iter().map(f).collect() };
-    let mut all = Vec::new();
-    if let Some(v) = collect(&|s| s.acc) {
-        all.push(("acc", metrics::mean(&v), metrics::mean_stderr(&v)));
-    }
-    if let Some(v) = collect(&|s| s.acc_norm) {
-        all.push(("acc_norm", metrics::mean(&v), metrics::mean_stderr(&v)));
-    }
-    if let Some(v) = collect(&|s| s.exact_match) {
-        all.push(("quasi_exact_match", metrics::mean(&v), metrics::mean_stderr(&v)));
-    }
-    let metric = task.metric().name();
-    let (value, stderr) = all.iter().find(|m| m.0 == metric).map(|m| (m.1, m.2)).unwrap_or((f64::NAN, f64::NAN));
-    Ok(TaskResult { task: task.name.clone(), metric, value, stderr, n: items.len(), metrics: all, items: scores })
 }
 
 /// The table's column names, in the seeds' order.
@@ -170,47 +85,9 @@ pub fn table(results: &[TaskResult]) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::requests::{ChoiceItem, GenerateItem, LoglikelihoodRequest};
-
-    fn req(norm: usize) -> LoglikelihoodRequest {
-        LoglikelihoodRequest { context: String::new(), continuation: String::new(), context_ids: vec![1], continuation_ids: vec![2], norm_chars: norm }
-    }
 
     fn result(task: &str, value: f64) -> TaskResult {
         TaskResult { task: task.into(), metric: "acc_norm", value, stderr: 0.01, n: 10, metrics: vec![], items: vec![] }
-    }
-
-    #[test]
-    fn scores_choice_items() {
-        let task = Task::parse_list("hellaswag").unwrap().remove(0);
-        let items = vec![
-            Item::Choice(ChoiceItem { doc_index: 0, query: String::new(), choices: vec![], gold: vec![0], requests: vec![req(10), req(1)] }),
-            Item::Choice(ChoiceItem { doc_index: 1, query: String::new(), choices: vec![], gold: vec![1], requests: vec![req(10), req(1)] }),
-        ];
-        let outs = vec![Output::LogLikelihoods(vec![-5.0, -1.0]), Output::LogLikelihoods(vec![-5.0, -1.0])];
-        let r = score(&task, &items, &outs).unwrap();
-        // raw: choice 1 both times → acc 0.5; normalised: -0.5 vs -1 → choice 0 → acc_norm 0.5
-        assert_eq!(r.metrics[0], ("acc", 0.5, metrics::mean_stderr(&[0.0, 1.0])));
-        assert_eq!(r.value, 0.5);
-        assert_eq!(r.items[0].prediction_norm, Some(0));
-        assert!(score(&task, &items, &outs[..1]).is_err());
-        assert!(score(&task, &items[..1], &[Output::LogLikelihoods(vec![1.0])]).is_err());
-    }
-
-    #[test]
-    fn scores_generation_items_cutting_stops() {
-        let task = Task::parse_list("triviaqa").unwrap().remove(0);
-        let items = vec![Item::Generate(GenerateItem {
-            doc_index: 0,
-            context: String::new(),
-            context_ids: vec![],
-            stop: vec!["\n".into(), ".".into(), ",".into()],
-            max_new_tokens: 20,
-            golds: vec!["paris".into()],
-        })];
-        let r = score(&task, &items, &[Output::Text(" Paris, France".into())]).unwrap();
-        assert_eq!(r.value, 1.0);
-        assert_eq!(r.items[0].generated.as_deref(), Some(" Paris"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //!   greedy MODEL_DIR PROMPTS_JSON OUT_JSON DEVICE(cpu|cuda) DTYPE(float32|bfloat16) BATCH MAX_NEW
 //!
-//! PROMPTS_JSON is `[[ids]...]`; OUT_JSON gets `{"generated": [[ids]...], "seconds": …}` (generation
+//! BATCH is the most sequences decoded together (continuous batching). PROMPTS_JSON is `[[ids]...]`; OUT_JSON gets `{"generated": [[ids]...], "seconds": …}` (generation
 //! only, after a warm-up call; no EOS, so every continuation runs to MAX_NEW).
 
 use openseek_model::generate::{greedy, GenerateOptions};
@@ -17,11 +17,16 @@ fn main() {
     let kind = if a[4] == "bfloat16" { Kind::BFloat16 } else { Kind::Float };
     let model = openseek_model::load(std::path::Path::new(&a[0]), kind, device).unwrap_or_else(|e| panic!("{}", e.message));
     let prompts: Vec<Vec<i64>> = serde_json::from_str(&std::fs::read_to_string(&a[1]).unwrap()).unwrap();
-    let opts = GenerateOptions { max_new_tokens: a[6].parse().unwrap(), eos: vec![], batch_size: a[5].parse().unwrap() };
-    let warm = GenerateOptions { max_new_tokens: 4, eos: vec![], batch_size: opts.batch_size };
-    greedy(&model, &prompts[..opts.batch_size.min(prompts.len())], &warm, &mut |_, _| false);
+    let mut opts = GenerateOptions::new(a[6].parse().unwrap(), vec![], a[5].parse().unwrap());
+    if device.is_cuda() {
+        opts.cache_bytes = 16 << 30;
+        opts.prefill_tokens = 1 << 17;
+    }
+    let go_on = || -> Result<(), openseek_common::Failure> { Ok(()) };
+    let warm = GenerateOptions::new(4, vec![], opts.batch_size);
+    greedy(&model, &prompts[..opts.batch_size.min(prompts.len())], &warm, &mut |_, _| false, &go_on).unwrap();
     let start = Instant::now();
-    let generated = greedy(&model, &prompts, &opts, &mut |_, _| false);
+    let generated = greedy(&model, &prompts, &opts, &mut |_, _| false, &go_on).unwrap();
     if device.is_cuda() {
         openseek_model::tch::Cuda::synchronize(0);
     }

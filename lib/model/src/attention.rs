@@ -77,23 +77,34 @@ impl Attention {
         self.output(&y)
     }
 
-    /// Attention with an explicit mask, for padded batches and incremental decoding.
-    /// x [B, S, hidden]; cos/sin [B, 1, S, rope_dim] at each token's position; `mask` [B, 1, S, K]
-    /// bool, true where a query may see a key, K counting the cached keys first. With a cache the
-    /// new latents are appended to it and attention runs over all K of them (absorbed, for one new token).
-    pub fn forward_masked(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut MlaCache>) -> Tensor {
+    /// Attention with an explicit mask, for padded batches. x [B, S, hidden]; cos/sin [B, 1, S,
+    /// rope_dim] at each token's position; `mask` [B, 1, S, S] bool, true where a query may see a key.
+    pub fn forward_masked(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Tensor {
         let (q, latent, k_rot) = self.project(x, rope, cos, sin);
-        let decoding = cache.is_some() && x.size()[1] == 1;
-        let (latent, k_rot) = match cache {
-            Some(c) => c.append(&latent, &k_rot),
-            None => (latent, k_rot),
-        };
-        if decoding {
-            return self.output(&self.attend_absorbed(&q, &latent, &k_rot, mask));
-        }
         let (k, v) = self.expand(&latent, &k_rot);
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, self.scale, false);
         self.output(&y)
+    }
+
+    /// Causal attention over prompts x [n, T, hidden] right-padded at positions 0..T (cos/sin [T,
+    /// rope_dim]), storing their latents and rotated keys in the cache rows `rows` [n] (int64) at
+    /// 0..T. Outputs at padding positions are not meaningful; those before it never see it.
+    pub fn forward_prefill(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, cache: &mut MlaCache, rows: &Tensor) -> Tensor {
+        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+        cache.store_prefix(rows, &latent, &k_rot);
+        let (k, v) = self.expand(&latent, &k_rot);
+        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, self.scale, false);
+        self.output(&y)
+    }
+
+    /// One decoding step of every cache row: x [rows, 1, hidden] at cos/sin [rows, 1, 1, rope_dim];
+    /// its latent is stored at the flat cache index `at` [rows] (row * capacity + position) and
+    /// attention runs over the first `keys` cache entries where `mask` [rows, 1, 1, keys] allows,
+    /// absorbed (the per-head keys and values of the cache are never built).
+    pub fn forward_decode(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, cache: &mut MlaCache, at: &Tensor, keys: i64, mask: &Tensor) -> Tensor {
+        let (q, latent, k_rot) = self.project(x, rope, cos, sin);
+        cache.store_at(at, &latent, &k_rot);
+        self.output(&self.attend_absorbed(&q, &cache.latent.narrow(1, 0, keys), &cache.k_rot.narrow(2, 0, keys), mask))
     }
 
     /// Attention within groups of tokens packed into one sequence (see [`crate::packed`]): x [1, N,
@@ -134,7 +145,7 @@ impl Attention {
 
     /// Attention with kv_b_proj absorbed into the queries and the output (one decoding step): the
     /// scores are taken against the cached latents directly, so per-head keys and values of the
-    /// whole cache are never built. Equal to `expand` + attention up to rounding (softmax in fp32).
+    /// whole cache are never built. Equal to `expand` + attention up to rounding (scores and softmax in fp32).
     /// q [B, H, S, nope + rope], latent [B, K, r], k_rot [B, 1, K, rope], mask [B, 1, S, K] -> [B, H, S, v].
     fn attend_absorbed(&self, q: &Tensor, latent: &Tensor, k_rot: &Tensor, mask: &Tensor) -> Tensor {
         let (b, h, s, k) = (q.size()[0], self.heads, q.size()[2], latent.size()[1]);
@@ -144,9 +155,11 @@ impl Attention {
         let q_parts = q.split_with_sizes([self.nope, self.rope_dim], -1);
         // q_nope · (W_k latent) = (q_nope W_k) · latent, per head.
         let q_latent = q_parts[0].matmul(&w_k);
-        let q_all = Tensor::cat(&[&q_latent, &q_parts[1]], -1).reshape([b, h * s, r + self.rope_dim]);
-        let keys = Tensor::cat(&[latent, &k_rot.squeeze_dim(1)], -1);
-        let scores = (q_all.matmul(&keys.transpose(1, 2)).view([b, h, s, k]) * self.scale).to_kind(Kind::Float);
+        // The latent and rotary parts as two products summed in fp32: the cache (strided views of
+        // a preallocated buffer) is read in place, never joined into one key tensor.
+        let latent_part = q_latent.reshape([b, h * s, r]).matmul(&latent.transpose(1, 2));
+        let rope_part = q_parts[1].reshape([b, h * s, self.rope_dim]).matmul(&k_rot.squeeze_dim(1).transpose(1, 2));
+        let scores = ((latent_part.to_kind(Kind::Float) + rope_part.to_kind(Kind::Float)) * self.scale).view([b, h, s, k]);
         let p = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float).to_kind(q.kind());
         let context = p.view([b, h * s, k]).matmul(latent).view([b, h, s, r]);
         context.matmul(&w_v.transpose(1, 2))
@@ -230,39 +243,48 @@ impl Attention {
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, self.heads * self.v_dim]))
     }
 
-    /// An empty cache for `batch` sequences of up to `capacity` tokens.
-    pub fn new_cache(&self, batch: i64, capacity: i64, kind: Kind, device: Device) -> MlaCache {
+    /// An empty cache of `rows` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, rows: i64, capacity: i64, kind: Kind, device: Device) -> MlaCache {
         MlaCache {
-            latent: Tensor::zeros([batch, capacity, self.kv_lora_rank], (kind, device)),
-            k_rot: Tensor::zeros([batch, 1, capacity, self.rope_dim], (kind, device)),
-            len: 0,
+            latent: Tensor::zeros([rows, capacity, self.kv_lora_rank], (kind, device)),
+            k_rot: Tensor::zeros([rows, 1, capacity, self.rope_dim], (kind, device)),
         }
     }
 }
 
-/// One layer's KV cache in MLA form: the normalised latent (before kv_b_proj) and the rotated
-/// shared key, preallocated to a capacity; `len` positions are filled.
+/// One layer's KV cache in MLA form: per row (one sequence each), the normalised latent (before
+/// kv_b_proj) and the rotated shared key of its tokens at their positions, preallocated to a
+/// capacity. Which entries are filled is the caller's business (the attention masks say).
 pub struct MlaCache {
-    /// [B, capacity, kv_lora_rank]
+    /// [rows, capacity, kv_lora_rank]
     pub latent: Tensor,
-    /// [B, 1, capacity, qk_rope_head_dim]
+    /// [rows, 1, capacity, qk_rope_head_dim]
     pub k_rot: Tensor,
-    pub len: i64,
 }
 
 impl MlaCache {
-    /// Store latents [B, S, r] and k_rot [B, 1, S, rope] after the cached ones; return all filled entries.
-    fn append(&mut self, latent: &Tensor, k_rot: &Tensor) -> (Tensor, Tensor) {
-        let s = latent.size()[1];
-        let capacity = self.latent.size()[1];
-        assert!(self.len + s <= capacity, "KV cache full: {} + {s} positions > capacity {capacity}", self.len);
-        self.latent.narrow(1, self.len, s).copy_(latent);
-        self.k_rot.narrow(2, self.len, s).copy_(k_rot);
-        self.len += s;
-        (self.latent.narrow(1, 0, self.len), self.k_rot.narrow(2, 0, self.len))
+    fn capacity(&self) -> i64 {
+        self.latent.size()[1]
     }
 
-    /// Keep only the batch rows `rows` (int64 indices), e.g. when some sequences have finished.
+    /// Store latents [n, T, r] and k_rot [n, 1, T, rope] of rows `rows` [n] at positions 0..T.
+    fn store_prefix(&mut self, rows: &Tensor, latent: &Tensor, k_rot: &Tensor) {
+        let t = latent.size()[1];
+        assert!(t <= self.capacity(), "KV cache: {t} prompt positions > capacity {}", self.capacity());
+        let _ = self.latent.narrow(1, 0, t).index_copy_(0, rows, latent);
+        let _ = self.k_rot.narrow(2, 0, t).index_copy_(0, rows, k_rot);
+    }
+
+    /// Store one token's latent [rows, 1, r] and k_rot [rows, 1, 1, rope] per row at the flat
+    /// indices `at` [rows] (row * capacity + position).
+    fn store_at(&mut self, at: &Tensor, latent: &Tensor, k_rot: &Tensor) {
+        let (rows, cap) = (self.latent.size()[0], self.capacity());
+        let n = latent.size()[0];
+        let _ = self.latent.view([rows * cap, -1]).index_copy_(0, at, &latent.reshape([n, -1]));
+        let _ = self.k_rot.view([rows * cap, -1]).index_copy_(0, at, &k_rot.reshape([n, -1]));
+    }
+
+    /// Keep only the rows `rows` (int64 indices), in that order.
     pub fn keep_rows(&mut self, rows: &Tensor) {
         self.latent = self.latent.index_select(0, rows);
         self.k_rot = self.k_rot.index_select(0, rows);

@@ -1,38 +1,33 @@
 //! Inference for evaluation: the forward pass over left-padded batches with an attention mask
 //! (positions and masking as transformers derives them from `attention_mask`), and greedy
-//! decoding with a KV cache that holds MLA's compressed latent and rotated shared key per layer.
+//! decoding with continuous batching: a KV cache of fixed rows (one sequence each, MLA's
+//! compressed latent and rotated shared key per layer), prompts prefilled into free rows,
+//! every row decoded one token per step, finished sequences leaving their row to the next prompt.
 
-use crate::attention::MlaCache;
+use crate::attention::{Attention, MlaCache};
 use crate::model::DeepseekV3;
 use crate::moe::AuxCoefficients;
-use tch::{Kind, Tensor};
+use openseek_common::Failure;
+use tch::{Device, Kind, Tensor};
 
 pub struct GenerateOptions {
     /// At most this many new tokens per prompt.
     pub max_new_tokens: usize,
     /// Token ids that end a sequence (not included in the output).
     pub eos: Vec<i64>,
-    /// Prompts decoded together (left-padded to the longest of them).
+    /// Most sequences decoded together (rows of the KV cache).
     pub batch_size: usize,
+    /// Bound on the KV cache (bytes): fewer rows than `batch_size` when the longest prompt plus
+    /// the budget would not fit.
+    pub cache_bytes: usize,
+    /// Prompt tokens (right-padded, longest first) per prefill forward.
+    pub prefill_tokens: usize,
 }
 
-/// The KV cache of every layer for one batch of sequences.
-pub struct KvCache {
-    pub layers: Vec<MlaCache>,
-}
-
-impl KvCache {
-    /// An empty cache for `batch` sequences of up to `capacity` tokens (prompt and new tokens).
-    pub fn new(model: &DeepseekV3, batch: i64, capacity: i64) -> KvCache {
-        let layers = model.layers.iter().map(|l| l.self_attn.new_cache(batch, capacity, model.compute_kind, model.device())).collect();
-        KvCache { layers }
-    }
-
-    /// Keep only the batch rows `rows` (int64 indices).
-    pub fn keep_rows(&mut self, rows: &Tensor) {
-        for c in &mut self.layers {
-            c.keep_rows(rows);
-        }
+impl GenerateOptions {
+    /// `batch_size` rows, a 2 GiB cache bound and prefills of up to 16,384 tokens.
+    pub fn new(max_new_tokens: usize, eos: Vec<i64>, batch_size: usize) -> GenerateOptions {
+        GenerateOptions { max_new_tokens, eos, batch_size, cache_bytes: 2 << 30, prefill_tokens: 16384 }
     }
 }
 
@@ -47,111 +42,207 @@ impl DeepseekV3 {
     /// `positions_of`. Rows at padding positions are not meaningful.
     pub fn forward_masked(&self, ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let valid = attention_mask.ne(0);
-        self.head(&self.hidden_masked(ids, &positions_of(&valid), &valid, None))
-    }
-
-    /// Final hidden states [B, S, hidden] for new tokens `ids` [B, S] at `positions` [B, S].
-    /// `valid` [B, K] (bool) marks which of the K keys are tokens: the cached ones first, then these S.
-    /// Each token sees the valid keys at or before it; with a cache, the new keys are appended to it.
-    pub fn hidden_masked(&self, ids: &Tensor, positions: &Tensor, valid: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
         let device = self.device();
-        let (s, k) = (ids.size()[1], valid.size()[1]);
-        let past = k - s;
-        let key = Tensor::arange(k, (Kind::Int64, device));
-        let query = Tensor::arange_start(past, k, (Kind::Int64, device)).unsqueeze(1);
-        let causal = key.unsqueeze(0).le_tensor(&query);
+        let t = ids.size()[1];
+        let idx = Tensor::arange(t, (Kind::Int64, device));
+        let (query, key) = (idx.unsqueeze(1), idx.unsqueeze(0));
         // A token always sees itself, so that padding rows attend to something (no NaN); real
         // tokens never see padding.
-        let mask = causal.logical_and(&valid.unsqueeze(1)).logical_or(&key.unsqueeze(0).eq_tensor(&query)).unsqueeze(1);
-        let (mut x, cos, sin) = self.embed(ids, Some(positions));
-        for (i, layer) in self.layers.iter().enumerate() {
-            let c = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let mut c = c;
-            let mut attend = |a: &crate::attention::Attention, h: &Tensor| a.forward_masked(h, &self.rope, &cos, &sin, &mask, c.take());
+        let mask = key.le_tensor(&query).logical_and(&valid.unsqueeze(1)).logical_or(&key.eq_tensor(&query)).unsqueeze(1);
+        let (mut x, cos, sin) = self.embed(ids, Some(&positions_of(&valid)));
+        for layer in &self.layers {
+            let mut attend = |a: &Attention, h: &Tensor| a.forward_masked(h, &self.rope, &cos, &sin, &mask);
             x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
         }
-        self.norm.forward(&x)
+        self.head(&self.norm.forward(&x))
     }
 }
 
-/// Greedy continuation of each prompt (left-padded batches, KV cache). `stop(i, new_tokens_so_far)`
-/// returns true when sequence i is finished (os-eval decodes and checks stop strings); it is called
-/// after every new token, the last one included. A sequence also ends at an EOS token (left out of the output) or after
-/// `max_new_tokens`. Returns only the new tokens. Prompts must not be empty.
-pub fn greedy(model: &DeepseekV3, prompts: &[Vec<i64>], opts: &GenerateOptions, stop: &mut dyn FnMut(usize, &[i64]) -> bool) -> Vec<Vec<i64>> {
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        panic!("greedy: prompt {i} is empty (a continuation needs at least one token)");
+/// The KV cache of continuous batching: every layer's [`MlaCache`] with the same rows; row r
+/// holds one sequence's tokens at positions 0..len.
+pub struct KvCache {
+    pub layers: Vec<MlaCache>,
+    capacity: i64,
+}
+
+impl KvCache {
+    /// An empty cache of `rows` sequences of up to `capacity` tokens (prompt and new tokens).
+    pub fn new(model: &DeepseekV3, rows: i64, capacity: i64) -> KvCache {
+        let layers = model.layers.iter().map(|l| l.self_attn.new_cache(rows, capacity, model.compute_kind, model.device())).collect();
+        KvCache { layers, capacity }
     }
-    let mut out = vec![Vec::new(); prompts.len()];
-    if opts.max_new_tokens == 0 {
-        return out;
+
+    /// Bytes one row of `capacity` tokens takes.
+    pub fn row_bytes(model: &DeepseekV3, capacity: usize) -> usize {
+        let c = &model.config;
+        let elem = if model.compute_kind == Kind::Float { 4 } else { 2 };
+        capacity * (c.kv_lora_rank + c.qk_rope_head_dim) as usize * elem * model.layers.len()
     }
-    // Longest first so that each batch pads little; results go back in input order.
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
-    tch::no_grad(|| {
-        for batch in order.chunks(opts.batch_size.max(1)) {
-            greedy_batch(model, prompts, batch, opts, stop, &mut out);
+
+    /// Keep only the rows `rows` (int64 indices), in that order.
+    fn keep_rows(&mut self, rows: &[i64], device: Device) {
+        let rows = Tensor::from_slice(rows).to_device(device);
+        for c in &mut self.layers {
+            c.keep_rows(&rows);
         }
-    });
-    out
+    }
+
+    /// Run `prompts` (each at most the capacity) through the model into the cache rows `rows`;
+    /// returns each prompt's last hidden state [n, hidden]. Right-padded causal batch: a token's
+    /// output never sees the padding after it.
+    pub fn prefill(&mut self, model: &DeepseekV3, prompts: &[&[i64]], rows: &[i64]) -> Tensor {
+        let device = model.device();
+        let (n, t) = (prompts.len() as i64, prompts.iter().map(|p| p.len()).max().unwrap_or(1) as i64);
+        let mut ids = vec![0i64; (n * t) as usize];
+        for (r, p) in prompts.iter().enumerate() {
+            ids[r * t as usize..r * t as usize + p.len()].copy_from_slice(p);
+        }
+        let ids = Tensor::from_slice(&ids).view([n, t]).to_device(device);
+        let rows = Tensor::from_slice(rows).to_device(device);
+        let (mut x, cos, sin) = model.embed(&ids, None);
+        for (layer, cache) in model.layers.iter().zip(&mut self.layers) {
+            let mut attend = |a: &Attention, h: &Tensor| a.forward_prefill(h, &model.rope, &cos, &sin, cache, &rows);
+            x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
+        }
+        let last: Vec<i64> = prompts.iter().enumerate().map(|(r, p)| r as i64 * t + p.len() as i64 - 1).collect();
+        let x = x.view([n * t, -1]).index_select(0, &Tensor::from_slice(&last).to_device(device));
+        model.norm.forward(&x)
+    }
+
+    /// One decoding step of every row: `tokens[r]` at position `lens[r]` (stored there); returns
+    /// the last hidden states [rows, hidden]. Each row sees its own positions 0..=lens[r].
+    pub fn decode(&mut self, model: &DeepseekV3, tokens: &[i64], lens: &[i64]) -> Tensor {
+        let device = model.device();
+        let n = tokens.len() as i64;
+        let keys = lens.iter().max().map_or(1, |m| m + 1);
+        assert!(keys <= self.capacity, "KV cache full: position {} >= capacity {}", keys - 1, self.capacity);
+        let ids = Tensor::from_slice(tokens).view([n, 1]).to_device(device);
+        let positions = Tensor::from_slice(lens).view([n, 1]).to_device(device);
+        let at: Vec<i64> = lens.iter().enumerate().map(|(r, &l)| r as i64 * self.capacity + l).collect();
+        let at = Tensor::from_slice(&at).to_device(device);
+        let mask = Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0).le_tensor(&positions).view([n, 1, 1, keys]);
+        let (mut x, cos, sin) = model.embed(&ids, Some(&positions));
+        for (layer, cache) in model.layers.iter().zip(&mut self.layers) {
+            let mut attend = |a: &Attention, h: &Tensor| a.forward_decode(h, &model.rope, &cos, &sin, cache, &at, keys, &mask);
+            x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
+        }
+        model.norm.forward(&x.select(1, 0))
+    }
 }
 
-fn greedy_batch(
+/// A sequence in a cache row.
+struct Slot {
+    prompt: usize,
+    /// Tokens stored in the row (prompt and fed new tokens); the next token goes there.
+    len: i64,
+    /// The last token produced, fed at the next step.
+    next: i64,
+}
+
+/// Greedy continuation of each prompt with continuous batching. `stop(i, new_tokens_so_far)`
+/// returns true when sequence i is finished (os-eval decodes and checks stop strings); it is
+/// called after every new token, the last one included. A sequence also ends at an EOS token
+/// (left out of the output) or after `max_new_tokens`. `check` is called before every forward
+/// pass; its error ends decoding (e.g. a stop signal). Returns only the new tokens, in input
+/// order. Each row's tokens depend on its own prompt only, so the output does not depend on
+/// `batch_size` (up to rounding of the batched kernels). Prompts must not be empty.
+pub fn greedy(
     model: &DeepseekV3,
     prompts: &[Vec<i64>],
-    batch: &[usize],
     opts: &GenerateOptions,
     stop: &mut dyn FnMut(usize, &[i64]) -> bool,
-    out: &mut [Vec<i64>],
-) {
-    let device = model.device();
-    let b = batch.len() as i64;
-    let t = batch.iter().map(|&i| prompts[i].len()).max().unwrap() as i64;
-    let mut ids = vec![0i64; (b * t) as usize];
-    let mut valid = vec![false; (b * t) as usize];
-    for (r, &i) in batch.iter().enumerate() {
-        let row = (r as i64 * t) as usize + (t as usize - prompts[i].len());
-        ids[row..row + prompts[i].len()].copy_from_slice(&prompts[i]);
-        valid[row..row + prompts[i].len()].fill(true);
+    check: &dyn Fn() -> Result<(), Failure>,
+) -> Result<Vec<Vec<i64>>, Failure> {
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Failure::software(format!("greedy: prompt {i} is empty (a continuation needs at least one token)")));
     }
-    let ids = Tensor::from_slice(&ids).view([b, t]).to_device(device);
-    let mut valid = Tensor::from_slice(&valid).view([b, t]).to_device(device);
-    let positions = positions_of(&valid);
-    let mut cache = KvCache::new(model, b, t + opts.max_new_tokens as i64);
-    let hidden = model.hidden_masked(&ids, &positions, &valid, Some(&mut cache));
-    let mut next = model.head(&hidden.select(1, -1)).argmax(-1, false);
-    let mut next_pos = positions.select(1, -1) + 1;
-    // Which prompts (indices into `prompts`) the batch rows still hold.
-    let mut active: Vec<usize> = batch.to_vec();
-    loop {
-        let tokens = Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).unwrap();
-        let mut keep = Vec::with_capacity(active.len());
-        for (r, (&i, &tok)) in active.iter().zip(&tokens).enumerate() {
+    let mut out = vec![Vec::new(); prompts.len()];
+    if opts.max_new_tokens == 0 || prompts.is_empty() {
+        return Ok(out);
+    }
+    let device = model.device();
+    let capacity = prompts.iter().map(Vec::len).max().unwrap() + opts.max_new_tokens;
+    let by_memory = (opts.cache_bytes / KvCache::row_bytes(model, capacity).max(1)).max(1);
+    let rows = opts.batch_size.max(1).min(by_memory).min(prompts.len());
+    // Longest first, so that a prefill pads little; results go back in input order.
+    let mut waiting: Vec<usize> = (0..prompts.len()).collect();
+    waiting.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    let mut waiting = waiting.into_iter().peekable();
+    tch::no_grad(|| {
+        let mut cache = KvCache::new(model, rows as i64, capacity as i64);
+        let mut slots: Vec<Option<Slot>> = (0..rows).map(|_| None).collect();
+        // Whether sequence i may go on after producing `tok`.
+        let mut take = |i: usize, tok: i64, out: &mut [Vec<i64>]| -> bool {
             if opts.eos.contains(&tok) {
-                continue;
+                return false;
             }
             out[i].push(tok);
-            let stopped = stop(i, &out[i]);
-            if !stopped && out[i].len() < opts.max_new_tokens {
-                keep.push(r as i64);
+            !stop(i, &out[i]) && out[i].len() < opts.max_new_tokens
+        };
+        loop {
+            // Refill free rows once a sixteenth of them (or all active ones) are free.
+            let free: Vec<usize> = (0..slots.len()).filter(|&r| slots[r].is_none()).collect();
+            let active = slots.len() - free.len();
+            if waiting.peek().is_some() && !free.is_empty() && (free.len() * 16 >= slots.len() || active == 0) {
+                let mut free = free.into_iter();
+                loop {
+                    // One prefill: waiting prompts for free rows, within the token bound.
+                    let mut batch: Vec<(usize, usize)> = Vec::new();
+                    while let Some(&i) = waiting.peek() {
+                        let longest = batch.first().map_or(prompts[i].len(), |&(j, _)| prompts[j].len());
+                        if free.len() == 0 || (!batch.is_empty() && (batch.len() + 1) * longest > opts.prefill_tokens) {
+                            break;
+                        }
+                        batch.push((i, free.next().expect("a free row")));
+                        waiting.next();
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                    check()?;
+                    let seqs: Vec<&[i64]> = batch.iter().map(|&(i, _)| prompts[i].as_slice()).collect();
+                    let rows: Vec<i64> = batch.iter().map(|&(_, r)| r as i64).collect();
+                    let hidden = cache.prefill(model, &seqs, &rows);
+                    let first_tokens = to_vec(&model.head(&hidden).argmax(-1, false));
+                    for (&(i, r), tok) in batch.iter().zip(first_tokens) {
+                        if take(i, tok, &mut out) {
+                            slots[r] = Some(Slot { prompt: i, len: prompts[i].len() as i64, next: tok });
+                        }
+                    }
+                }
+                continue;
+            }
+            if active == 0 {
+                if waiting.peek().is_none() {
+                    return Ok(out);
+                }
+                continue;
+            }
+            // Nothing left to admit: shrink the cache when at most half its rows are busy.
+            if waiting.peek().is_none() && active * 2 <= slots.len() && slots.len() > 1 {
+                let keep: Vec<i64> = (0..slots.len() as i64).filter(|&r| slots[r as usize].is_some()).collect();
+                cache.keep_rows(&keep, device);
+                slots.retain(Option::is_some);
+            }
+            check()?;
+            // Free rows decode a dummy token at their last position (masked, overwritten later).
+            let tokens: Vec<i64> = slots.iter().map(|s| s.as_ref().map_or(0, |s| s.next)).collect();
+            let lens: Vec<i64> = slots.iter().map(|s| s.as_ref().map_or(0, |s| s.len)).collect();
+            let hidden = cache.decode(model, &tokens, &lens);
+            let next = to_vec(&model.head(&hidden).argmax(-1, false));
+            for (slot, tok) in slots.iter_mut().zip(next) {
+                if let Some(s) = slot {
+                    s.len += 1;
+                    s.next = tok;
+                    if !take(s.prompt, tok, &mut out) {
+                        *slot = None;
+                    }
+                }
             }
         }
-        if keep.is_empty() {
-            return;
-        }
-        if keep.len() < active.len() {
-            let rows = Tensor::from_slice(&keep).to_device(device);
-            cache.keep_rows(&rows);
-            valid = valid.index_select(0, &rows);
-            next = next.index_select(0, &rows);
-            next_pos = next_pos.index_select(0, &rows);
-            active = keep.iter().map(|&r| active[r as usize]).collect();
-        }
-        let n = active.len() as i64;
-        valid = Tensor::cat(&[&valid, &valid.ones_like().narrow(1, 0, 1)], 1);
-        let hidden = model.hidden_masked(&next.view([n, 1]), &next_pos.view([n, 1]), &valid, Some(&mut cache));
-        next = model.head(&hidden.select(1, 0)).argmax(-1, false);
-        next_pos += 1;
-    }
+    })
+}
+
+fn to_vec(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(&t.to_device(Device::Cpu)).expect("int64 tokens")
 }

@@ -1,53 +1,65 @@
 //! Scoring: log p(t_i | t_<i) of every token after the first, for batches of sequences, and the
-//! summed log-likelihoods of continuations that evaluation needs. Sequences are right-padded into
-//! batches (exact for a causal model) and the LM head runs only where a score is read, in chunks
-//! of positions so [tokens, vocab] logits never sit in memory at once. Multiple-choice questions
-//! share their context: it runs once, packed with the choices and no padding (crate::packed).
+//! summed log-likelihoods of continuations that evaluation needs. Sequences run packed, without
+//! padding: a batch is one sequence of documents through the projections, norms and experts,
+//! attention within each document (crate::packed); the LM head runs only where a score is read,
+//! in chunks of positions so [tokens, vocab] logits never sit in memory at once. Multiple-choice
+//! questions share their context: it runs once, packed with the choices.
 
 use crate::model::DeepseekV3;
 use crate::packed::TokenGroups;
+use openseek_common::Failure;
 use tch::{Device, Kind, Tensor};
 
-/// Per-token log-probs of each sequence (length n-1 for n tokens; empty for n < 2).
-/// `batch_tokens` bounds padded tokens per forward pass.
-pub fn token_logprobs(model: &DeepseekV3, seqs: &[Vec<i64>], batch_tokens: usize) -> Vec<Vec<f64>> {
+/// Per-token log-probs of each sequence (length n-1 for n tokens; empty for n < 2): a batch holds
+/// sequences (longest first) while their tokens stay within `batch_tokens` and, padded per
+/// sequence for attention, within twice that; one sequence longer than that runs alone.
+/// `check` is called before every batch; its error ends scoring.
+pub fn token_logprobs(model: &DeepseekV3, seqs: &[Vec<i64>], batch_tokens: usize, check: &dyn Fn() -> Result<(), Failure>) -> Result<Vec<Vec<f64>>, Failure> {
+    let mut out = vec![Vec::new(); seqs.len()];
+    let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len() >= 2).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+    let device = model.device();
     tch::no_grad(|| {
-        let mut out = vec![Vec::new(); seqs.len()];
-        // Longest first so each batch pads little; results go back in input order.
-        let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len() >= 2).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        let mut start = 0;
-        while start < order.len() {
-            let t = seqs[order[start]].len();
-            let rows = (batch_tokens / t).max(1).min(order.len() - start);
-            let batch = &order[start..start + rows];
-            let mut flat = vec![0i64; rows * t];
-            for (r, &i) in batch.iter().enumerate() {
-                flat[r * t..r * t + seqs[i].len()].copy_from_slice(&seqs[i]);
+        for batch in packed_batches(&order, |i| seqs[i].len(), batch_tokens) {
+            check()?;
+            let (mut ids, mut segments, mut at, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for &i in batch {
+                let start = ids.len() as i64;
+                ids.extend_from_slice(&seqs[i]);
+                segments.push(vec![seqs[i].len()]);
+                at.extend(start..start + seqs[i].len() as i64 - 1);
+                targets.extend_from_slice(&seqs[i][1..]);
             }
-            let ids = Tensor::from_slice(&flat).view([rows as i64, t as i64]).to_device(model.device());
-            let hidden = model.hidden(&ids);
-            for (r, &i) in batch.iter().enumerate() {
-                out[i] = sequence_logprobs(model, &hidden.get(r as i64), &ids.get(r as i64), seqs[i].len());
+            let hidden = model.hidden_grouped(&ids, &TokenGroups::new(&segments, device));
+            let h = hidden.index_select(0, &Tensor::from_slice(&at).to_device(device));
+            let mut lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device)).into_iter();
+            for &i in batch {
+                out[i] = lp.by_ref().take(seqs[i].len() - 1).collect();
             }
-            start += rows;
         }
-        out
+        Ok(out)
     })
 }
 
-/// Log-probs of ids[1..n] from hidden states [T, H], the head applied 1024 positions at a time.
-fn sequence_logprobs(model: &DeepseekV3, hidden: &Tensor, ids: &Tensor, n: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(n - 1);
-    let chunk = 1024;
-    let mut p = 0;
-    while p < n - 1 {
-        let len = chunk.min(n - 1 - p) as i64;
-        let logits = model.head(&hidden.narrow(0, p as i64, len)).to_kind(Kind::Float);
-        let targets = ids.narrow(0, p as i64 + 1, len).unsqueeze(1);
-        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &targets, false).squeeze_dim(1).to_kind(Kind::Double);
-        out.extend(Vec::<f64>::try_from(&lp.to_device(tch::Device::Cpu)).unwrap());
-        p += len as usize;
+/// Consecutive runs of `order` (sorted longest first by `len`) whose lengths sum to at most
+/// `batch_tokens` and whose count times the run's longest stays within twice that; a run holds
+/// at least one item.
+fn packed_batches(order: &[usize], len: impl Fn(usize) -> usize, batch_tokens: usize) -> Vec<&[usize]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let longest = len(order[start]);
+        let (mut end, mut tokens) = (start, 0);
+        while end < order.len() {
+            let n = len(order[end]);
+            if end > start && (tokens + n > batch_tokens || (end - start + 1) * longest > 2 * batch_tokens) {
+                break;
+            }
+            tokens += n;
+            end += 1;
+        }
+        out.push(&order[start..end]);
+        start = end;
     }
     out
 }
@@ -152,7 +164,14 @@ impl ChoiceGroup {
 /// choice attending to its question's context and to itself. Equal, up to rounding, to
 /// [`loglikelihoods`] of each (context, continuation). Questions whose context + continuation
 /// exceed `max_length`, or with an empty context or continuation, go through [`loglikelihoods`].
-pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_length: usize, batch_tokens: usize) -> Vec<Vec<f64>> {
+/// `check` is called before every batch; its error ends scoring.
+pub fn choice_loglikelihoods(
+    model: &DeepseekV3,
+    groups: &[ChoiceGroup],
+    max_length: usize,
+    batch_tokens: usize,
+    check: &dyn Fn() -> Result<(), Failure>,
+) -> Result<Vec<Vec<f64>>, Failure> {
     let mut out: Vec<Vec<f64>> = groups.iter().map(|g| vec![0.0; g.continuations.len()]).collect();
     let fits = |g: &ChoiceGroup| {
         !g.context.is_empty()
@@ -175,30 +194,17 @@ pub fn choice_loglikelihoods(model: &DeepseekV3, groups: &[ChoiceGroup], max_len
     for ((i, c, _), v) in requests.iter().zip(loglikelihoods(model, &plain, max_length, batch_tokens)) {
         out[*i][*c] = v;
     }
-    // Longest first; a batch holds questions while their packed tokens stay within batch_tokens
-    // and, padded per question for attention, within twice that.
+    // Longest first, packed batches as token_logprobs makes them.
     shared.sort_by_key(|&i| std::cmp::Reverse(groups[i].packed_len()));
     tch::no_grad(|| {
-        let mut start = 0;
-        while start < shared.len() {
-            let longest = groups[shared[start]].packed_len();
-            let (mut end, mut tokens) = (start, 0);
-            while end < shared.len() {
-                let n = groups[shared[end]].packed_len();
-                if end > start && (tokens + n > batch_tokens || (end - start + 1) * longest > 2 * batch_tokens) {
-                    break;
-                }
-                tokens += n;
-                end += 1;
-            }
-            let batch = &shared[start..end];
+        for batch in packed_batches(&shared, |i| groups[i].packed_len(), batch_tokens) {
+            check()?;
             for (i, v) in batch.iter().zip(packed_batch(model, groups, batch)) {
                 out[*i] = v;
             }
-            start = end;
         }
-    });
-    out
+        Ok(out)
+    })
 }
 
 /// One batch of [`choice_loglikelihoods`]: per question its context, then each continuation but
@@ -237,42 +243,6 @@ fn packed_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> 
         out[r][c] += v;
     }
     out
-}
-
-/// Text to token ids.
-pub type Encoder<'a> = &'a dyn Fn(&str) -> Vec<i64>;
-
-/// Read one sequence per line of a JSONL file: `{"tokens": [ids]}`, or `{"text": "…"}` turned into
-/// ids by `encode` (None: token input expected). Ids must be below `vocab`.
-pub fn read_sequences(
-    path: &std::path::Path,
-    encode: Option<Encoder>,
-    vocab: i64,
-) -> Result<Vec<Vec<i64>>, openseek_common::Failure> {
-    use openseek_common::Failure;
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::io_at(path, "cannot read", &e))?;
-    let mut out = vec![];
-    for (n, line) in text.lines().enumerate() {
-        let at = |what: String| Failure::data(format!("{}:{}: {what}", path.display(), n + 1));
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| at(format!("not a JSON object: {e}")))?;
-        let ids: Vec<i64> = match encode {
-            None => v["tokens"]
-                .as_array()
-                .and_then(|a| a.iter().map(|x| x.as_i64()).collect())
-                .ok_or_else(|| at("expected {\"tokens\": [integer ids]}".into()))?,
-            Some(encode) => encode(v["text"].as_str().ok_or_else(|| at("expected {\"text\": \"...\"}".into()))?),
-        };
-        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(at(format!("token id {bad} is outside the model's vocabulary (0..{vocab})")));
-        }
-        out.push(ids);
-    }
-    Ok(out)
-}
-
-/// One output line: `{"sum_logprob": …, "token_logprobs": [...]}`.
-pub fn score_line(logprobs: &[f64]) -> String {
-    serde_json::json!({"sum_logprob": logprobs.iter().sum::<f64>(), "token_logprobs": logprobs}).to_string()
 }
 
 #[cfg(test)]
@@ -321,7 +291,7 @@ mod tests {
         ];
         // Tiny batches too: several batches of questions, one question per batch.
         for batch_tokens in [4096, 30, 1] {
-            let got = choice_loglikelihoods(&model, &groups, 64, batch_tokens);
+            let got = choice_loglikelihoods(&model, &groups, 64, batch_tokens, &|| Ok(())).unwrap();
             for (g, scores) in groups.iter().zip(&got) {
                 let reqs: Vec<Request> = g.continuations.iter().map(|c| Request { context: g.context.clone(), continuation: c.clone() }).collect();
                 let want = loglikelihoods(&model, &reqs, 64, 1);
@@ -347,7 +317,7 @@ mod tests {
         let reqs: Vec<Request> = many.iter().flat_map(|g| g.continuations.iter().map(|c| Request { context: g.context.clone(), continuation: c.clone() })).collect();
         let want = loglikelihoods(&model, &reqs, 64, 1 << 20);
         for batch_tokens in [1 << 20, 5000] {
-            let got: Vec<f64> = choice_loglikelihoods(&model, &many, 64, batch_tokens).concat();
+            let got: Vec<f64> = choice_loglikelihoods(&model, &many, 64, batch_tokens, &|| Ok(())).unwrap().concat();
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-4, "batch_tokens {batch_tokens}: {a} vs {b}");
             }
@@ -357,8 +327,38 @@ mod tests {
         let (input, _) = r.window(64);
         let mut full = input.clone();
         full.push(*r.continuation.last().unwrap());
-        let all = token_logprobs(&model, &[full], 4096).remove(0);
+        let all = token_logprobs(&model, &[full], 4096, &|| Ok(())).unwrap().remove(0);
         let want: f64 = all[all.len() - 3..].iter().sum();
         assert!((loglikelihoods(&model, &[r], 64, 4096)[0] - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn packed_token_logprobs_equal_one_forward_per_sequence() {
+        let model = tiny_model();
+        let seqs: Vec<Vec<i64>> = [5usize, 1, 17, 2, 9, 30, 0, 12].iter().enumerate().map(|(s, &n)| (0..n as i64).map(|i| (s as i64 * 13 + i * 7) % 97).collect()).collect();
+        let want: Vec<Vec<f64>> = seqs
+            .iter()
+            .map(|s| {
+                if s.len() < 2 {
+                    return vec![];
+                }
+                let ids = Tensor::from_slice(s).unsqueeze(0);
+                let lp = tch::no_grad(|| model.forward(&ids)).squeeze_dim(0).log_softmax(-1, Kind::Float);
+                let targets = Tensor::from_slice(&s[1..]).unsqueeze(1);
+                Vec::<f64>::try_from(&lp.narrow(0, 0, s.len() as i64 - 1).gather(1, &targets, false).squeeze_dim(1).to_kind(Kind::Double)).unwrap()
+            })
+            .collect();
+        for batch_tokens in [4096, 20, 1] {
+            let got = token_logprobs(&model, &seqs, batch_tokens, &|| Ok(())).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.len(), w.len());
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() < 1e-5, "batch_tokens {batch_tokens}: {a} vs {b}");
+                }
+            }
+        }
+        // A stop request before a batch ends scoring with its error.
+        let e = token_logprobs(&model, &seqs, 20, &|| Err(Failure::usage("stop"))).unwrap_err();
+        assert_eq!(e.message, "stop");
     }
 }

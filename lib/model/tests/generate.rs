@@ -3,7 +3,8 @@
 //! batches, KV cache) against `generate(do_sample=False)`, on small random checkpoints written by
 //! `tests/python/hf_deepseek.py`, references from `tests/python/model_generate.py`.
 
-use openseek_model::generate::{greedy, positions_of, GenerateOptions, KvCache};
+use openseek_common::Failure;
+use openseek_model::generate::{greedy, GenerateOptions, KvCache};
 use openseek_model::tch::{no_grad, Device, Kind, Tensor};
 use openseek_model::{checkpoint, DeepseekV3};
 use serde_json::{json, Value};
@@ -51,7 +52,13 @@ fn reference(dir: &Path, variant: &str) -> (DeepseekV3, Vec<Vec<i64>>, Value) {
 }
 
 fn options(batch_size: usize, eos: Vec<i64>) -> GenerateOptions {
-    GenerateOptions { max_new_tokens: MAX_NEW, eos, batch_size }
+    GenerateOptions::new(MAX_NEW, eos, batch_size)
+}
+
+/// Greedy decoding that is never interrupted.
+fn decode(model: &DeepseekV3, prompts: &[Vec<i64>], opts: &GenerateOptions, stop: &mut dyn FnMut(usize, &[i64]) -> bool) -> Vec<Vec<i64>> {
+    let go_on = || -> Result<(), Failure> { Ok(()) };
+    greedy(model, prompts, opts, stop, &go_on).unwrap_or_else(|e| panic!("{}", e.message))
 }
 
 #[test]
@@ -77,7 +84,7 @@ fn masked_forward_and_greedy_match_transformers() {
         let want = lists(&out["generated"]);
         assert_eq!(want, lists(&out["alone"]), "{variant}: transformers' batched and single outputs differ");
         for batch_size in [3, 1, prompts.len()] {
-            let got = greedy(&model, &prompts, &options(batch_size, vec![EOS]), &mut |_, _| false);
+            let got = decode(&model, &prompts, &options(batch_size, vec![EOS]), &mut |_, _| false);
             assert_eq!(got, want, "{variant}: greedy (batch size {batch_size}) differs from transformers");
         }
         eprintln!("{variant}: greedy equals transformers' generate on {} prompts: {want:?}", prompts.len());
@@ -86,7 +93,7 @@ fn masked_forward_and_greedy_match_transformers() {
         // Another EOS: a token the first continuation produces after a few others ends it there.
         let first = &want[0];
         let at = (2..first.len()).find(|&i| !first[..i].contains(&first[i])).expect("a fresh token in the first continuation");
-        let got = greedy(&model, &prompts, &options(3, vec![EOS, first[at]]), &mut |_, _| false);
+        let got = decode(&model, &prompts, &options(3, vec![EOS, first[at]]), &mut |_, _| false);
         for (g, w) in got.iter().zip(&want) {
             let cut = w.iter().position(|t| *t == first[at]).map_or(w.as_slice(), |p| &w[..p]);
             assert_eq!(g, cut, "{variant}: EOS {} did not end the continuation where it first appears", first[at]);
@@ -94,7 +101,7 @@ fn masked_forward_and_greedy_match_transformers() {
 
         // The stop callback ends one sequence; the others continue unchanged.
         let mut calls = 0;
-        let got = greedy(&model, &prompts, &options(3, vec![EOS]), &mut |i, new| {
+        let got = decode(&model, &prompts, &options(3, vec![EOS]), &mut |i, new| {
             calls += 1;
             i == 1 && new.len() == 4
         });
@@ -111,36 +118,57 @@ fn max_masked(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().masked_fill(&mask.eq(0).unsqueeze(-1), 0.0).max().double_value(&[])
 }
 
-/// Decoding one token at a time through the cache (absorbed attention) gives the logits of the
-/// full masked forward over the same left-padded batch; fp32 master weights computing in bf16
-/// (training's setup) run the same paths.
+/// Prefilling rows of the continuous-batching cache and then decoding one token at a time
+/// (absorbed attention, each row at its own position) gives the logits of the full masked forward
+/// over the same left-padded batch; fp32 master weights computing in bf16 (training's setup) run
+/// the same paths.
 #[test]
 fn cached_decoding_equals_the_full_forward() {
     let dir = tempfile::tempdir().unwrap();
     python("hf_deepseek.py", &["make", dir.path().to_str().unwrap(), "--variant", "lora_tied"]);
     let model = checkpoint::load(dir.path(), Kind::Float, Device::Cpu).unwrap();
     openseek_model::tch::manual_seed(0);
-    let (b, t, prefill) = (3i64, 14i64, 5i64);
+    let (b, t, prefill) = (3i64, 14i64, 3usize);
     let ids = Tensor::randint_low(3, 256, [b, t], (Kind::Int64, Device::Cpu));
-    let starts = Tensor::from_slice(&[0i64, 4, 7]).unsqueeze(1);
-    let mask = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).ge_tensor(&starts);
+    let starts = [0i64, 4, 7];
+    let mask = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).ge_tensor(&Tensor::from_slice(&starts).unsqueeze(1));
     let full = no_grad(|| model.forward_masked(&ids, &mask));
-    let positions = positions_of(&mask);
+    // Row r of the cache holds sequence r's tokens (ids[r, starts[r]..]); rows 0 and 2 are
+    // prefilled together (right-padded), row 1 alone; then all rows decode together.
+    let seqs: Vec<Vec<i64>> = (0..b).map(|r| Vec::<i64>::try_from(&ids.get(r).narrow(0, starts[r as usize], t - starts[r as usize])).unwrap()).collect();
     let mut cache = KvCache::new(&model, b, t);
-    let mut steps = vec![];
+    let head = |h: &Tensor| model.head(h);
+    let mut got: Vec<Vec<Tensor>> = (0..b).map(|_| Vec::new()).collect();
     no_grad(|| {
-        let mut at = 0;
-        for len in std::iter::once(prefill).chain(std::iter::repeat_n(1, (t - prefill) as usize)) {
-            let h = model.hidden_masked(&ids.narrow(1, at, len), &positions.narrow(1, at, len), &mask.narrow(1, 0, at + len), Some(&mut cache));
-            steps.push(model.head(&h));
-            at += len;
+        let h = cache.prefill(&model, &[&seqs[0][..prefill + 2], &seqs[2][..prefill]], &[0, 2]);
+        got[0].push(head(&h.get(0)));
+        got[2].push(head(&h.get(1)));
+        let h = cache.prefill(&model, &[&seqs[1][..prefill]], &[1]);
+        got[1].push(head(&h.get(0)));
+        let mut lens = vec![prefill as i64 + 2, prefill as i64, prefill as i64];
+        while lens.iter().zip(&seqs).any(|(&l, s)| (l as usize) < s.len()) {
+            let tokens: Vec<i64> = lens.iter().zip(&seqs).map(|(&l, s)| s.get(l as usize).copied().unwrap_or(0)).collect();
+            let h = cache.decode(&model, &tokens, &lens);
+            for r in 0..b as usize {
+                if (lens[r] as usize) < seqs[r].len() {
+                    got[r].push(head(&h.get(r as i64)));
+                    lens[r] += 1;
+                }
+            }
         }
     });
-    let cached = Tensor::cat(&steps, 1);
-    let diff = max_masked(&cached, &full, &mask);
+    // got[r][k] is the logits at sequence r's token (prefilled − 1 + k), i.e. padded column starts[r] + that.
+    let mut diff = 0f64;
+    for r in 0..b as usize {
+        let first = if r == 0 { prefill + 1 } else { prefill - 1 };
+        assert_eq!(got[r].len(), seqs[r].len() - first);
+        for (k, logits) in got[r].iter().enumerate() {
+            let want = full.get(r as i64).get(starts[r] + (first + k) as i64);
+            diff = diff.max((logits - want).abs().max().double_value(&[]));
+        }
+    }
     eprintln!("cached decoding vs full forward: max |diff| = {diff:.3e}");
     assert!(diff <= 1e-5, "cached decoding differs from the full forward by {diff}");
-    assert_eq!(cache.layers[0].len, t);
 
     let mut master = checkpoint::load(dir.path(), Kind::Float, Device::Cpu).unwrap();
     master.compute_kind = Kind::BFloat16;
@@ -154,8 +182,49 @@ fn cached_decoding_equals_the_full_forward() {
     eprintln!("bf16 compute: master weights vs bf16 checkpoint max |diff| = {diff:.3e} (bf16 vs fp32: {from_fp32:.3e})");
     assert!(diff <= from_fp32, "master weights in bf16 are further from the bf16 checkpoint than bf16 is from fp32");
     let prompts: Vec<Vec<i64>> = vec![vec![5, 6, 7], vec![9], vec![30, 31, 32, 33, 34, 35]];
-    let got = greedy(&master, &prompts, &options(2, vec![]), &mut |_, _| false);
+    let got = decode(&master, &prompts, &options(2, vec![]), &mut |_, _| false);
     assert!(got.iter().all(|g| g.len() == MAX_NEW));
+}
+
+/// Continuous batching (few rows, prompts of mixed lengths taking the rows of finished ones,
+/// sequences ended by the stop callback at different lengths, by EOS or by the budget) gives the
+/// tokens of decoding each prompt alone; an error from `check` ends decoding with it.
+#[test]
+fn continuous_batching_equals_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    python("hf_deepseek.py", &["make", dir.path().to_str().unwrap(), "--variant", "plain"]);
+    let model = checkpoint::load(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    let lengths = [7usize, 1, 20, 3, 3, 11, 2, 16, 5, 9, 1, 4];
+    let prompts: Vec<Vec<i64>> = lengths.iter().enumerate().map(|(i, &n)| (0..n).map(|j| 3 + ((i * 41 + j * 13) % 250) as i64).collect()).collect();
+    // "Stop strings": sequence i stops once it has produced i % 5 + 2 tokens or a token ≡ 0 mod 7.
+    let stop_rule = |i: usize, new: &[i64]| new.len() >= i % 5 + 2 || new.last().is_some_and(|t| t % 7 == 0);
+    let opts = |b: usize| GenerateOptions::new(12, vec![EOS, 17], b);
+    let alone: Vec<Vec<i64>> = prompts.iter().enumerate().map(|(i, p)| decode(&model, std::slice::from_ref(p), &opts(1), &mut |_, new| stop_rule(i, new)).remove(0)).collect();
+    assert!(alone.iter().map(Vec::len).collect::<std::collections::BTreeSet<_>>().len() >= 3, "mixed lengths: {alone:?}");
+    let plain_alone: Vec<Vec<i64>> = prompts.iter().map(|p| decode(&model, std::slice::from_ref(p), &opts(1), &mut |_, _| false).remove(0)).collect();
+    for rows in [2, 5, prompts.len()] {
+        let mut calls = 0;
+        let got = decode(&model, &prompts, &opts(rows), &mut |i, new| {
+            calls += 1;
+            stop_rule(i, new)
+        });
+        assert_eq!(got, alone, "{rows} rows");
+        assert_eq!(calls, got.iter().map(Vec::len).sum::<usize>(), "stop is called once per new token");
+        // Without stops, each row runs to the budget or EOS.
+        let plain = decode(&model, &prompts, &opts(rows), &mut |_, _| false);
+        assert_eq!(plain, plain_alone, "{rows} rows, no stops");
+    }
+    // A cache bound smaller than one row still decodes (one row at a time).
+    let mut tight = opts(8);
+    tight.cache_bytes = 1;
+    assert_eq!(decode(&model, &prompts, &tight, &mut |i, new| stop_rule(i, new)), alone);
+    let steps = std::cell::Cell::new(0);
+    let check = || -> Result<(), Failure> {
+        steps.set(steps.get() + 1);
+        if steps.get() > 3 { Err(Failure::new(openseek_common::ExitCode::TempFail, "stopped")) } else { Ok(()) }
+    };
+    let e = greedy(&model, &prompts, &opts(3), &mut |_, _| false, &check).unwrap_err();
+    assert_eq!(e.code, openseek_common::ExitCode::TempFail);
 }
 
 /// On the GPU machine (`generate -- --ignored`): the masked forward and greedy decoding on CUDA in
@@ -179,10 +248,10 @@ fn greedy_on_cuda_equals_cpu() {
     let a = no_grad(|| cpu.forward_masked(&ids, &mask));
     let b = no_grad(|| gpu.forward_masked(&ids.to_device(Device::Cuda(0)), &mask.to_device(Device::Cuda(0)))).to_device(Device::Cpu);
     let diff = (&a - &b).abs().masked_fill(&mask.eq(0).unsqueeze(-1), 0.0).max().double_value(&[]);
-    let opts = GenerateOptions { max_new_tokens: 24, eos: vec![EOS], batch_size: 4 };
-    let want = greedy(&cpu, &prompts, &opts, &mut |_, _| false);
-    let got = greedy(&gpu, &prompts, &opts, &mut |_, _| false);
-    let half = greedy(&bf16, &prompts, &opts, &mut |_, _| false);
+    let opts = GenerateOptions::new(24, vec![EOS], 4);
+    let want = decode(&cpu, &prompts, &opts, &mut |_, _| false);
+    let got = decode(&gpu, &prompts, &opts, &mut |_, _| false);
+    let half = decode(&bf16, &prompts, &opts, &mut |_, _| false);
     let same = half.iter().zip(&want).map(|(h, w)| h.iter().zip(w).take_while(|(x, y)| x == y).count()).sum::<usize>();
     let total = want.iter().map(Vec::len).sum::<usize>();
     eprintln!("CUDA fp32 masked logits vs CPU: max |diff| = {diff:.3e}; greedy fp32 CUDA == CPU: {}; bf16 CUDA agrees with fp32 on {same}/{total} tokens before the first difference", got == want);
