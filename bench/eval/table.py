@@ -7,7 +7,8 @@ batches; generation: `generate(do_sample=False)` on left-padded batches sorted b
 budget) on a sample of every task, extrapolated per task to the full counts.
 
   python table.py --os-eval BIN [--base BIN] --data DIR --tokenizer DIR --out DIR
-                  [--hf-mc 20] [--hf-gen 64] [--batch 64] [--shape full|small] [--device cuda]
+                  [--hf-mc 20] [--hf-gen 64] [--batch 64] [--mc-batch 16] [--shape full|small] [--device cuda]
+                  [--tasks LIST --limit N]   (smoke tests)
 
 `--shape small --device cpu` is a smoke test of the script itself (tiny model), not a figure.
 """
@@ -38,8 +39,8 @@ def column(task):
     return COLUMNS[task.split(":")[0]]
 
 
-def run_os_eval(binary, model_dir, data, out, device, extra):
-    cmd = [binary, "run", "--model", model_dir, "--data", data, "--tasks", "openseek", "--output", out, "--device", device,
+def run_os_eval(binary, model_dir, data, out, device, tasks, extra):
+    cmd = [binary, "run", "--model", model_dir, "--data", data, "--tasks", tasks, "--output", out, "--device", device,
            "--quiet"] + extra
     print("+", " ".join(cmd), flush=True)
     t0 = time.time()
@@ -88,9 +89,13 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--hf-mc", type=int, default=20, help="transformers: the first N items of each multiple-choice task")
     p.add_argument("--hf-gen", type=int, default=64, help="transformers: the first N items of each generative task")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="transformers' generation batch")
+    p.add_argument("--mc-batch", type=int, default=16,
+                   help="transformers' multiple-choice batch (64 rows of MMLU's longest requests need 34 GiB of fp32 logits)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--shape", choices=["full", "small"], default="full")
+    p.add_argument("--tasks", default="openseek", help="another task list (smoke tests)")
+    p.add_argument("--limit", type=int, help="the first N documents of each task (smoke tests)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="table-bench-", dir=os.environ.get("TMPDIR"))
@@ -106,11 +111,11 @@ def main():
                 shutil.copy(os.path.join(a.tokenizer, f), model_dir)
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        extra = [] if a.device.startswith("cuda") else ["--dtype", "float32"]
-        res["os_eval"], ours_gen = run_os_eval(a.os_eval, model_dir, a.data, os.path.join(work, "new"), a.device, extra)
+        extra = ([] if a.device.startswith("cuda") else ["--dtype", "float32"]) + (["--limit", str(a.limit)] if a.limit else [])
+        res["os_eval"], ours_gen = run_os_eval(a.os_eval, model_dir, a.data, os.path.join(work, "new"), a.device, a.tasks, extra)
         print(json.dumps(res["os_eval"]), flush=True)
         if a.base:
-            res["base"], base_gen = run_os_eval(a.base, model_dir, a.data, os.path.join(work, "base"), a.device, extra)
+            res["base"], base_gen = run_os_eval(a.base, model_dir, a.data, os.path.join(work, "base"), a.device, a.tasks, extra)
             print(json.dumps(res["base"]), flush=True)
             res["speedup_vs_base"] = round(res["base"]["wall_s"] / res["os_eval"]["wall_s"], 2)
             res["generated_identical_to_base"] = {t: sum(x == y for x, y in zip(ours_gen[t], base_gen[t])) for t in ours_gen}
@@ -118,8 +123,8 @@ def main():
 
         # transformers on a sample of every task, extrapolated per task.
         reqs = os.path.join(work, "requests.jsonl")
-        subprocess.run([a.os_eval, "requests", "--tokenizer", model_dir, "--data", a.data, "--tasks", "openseek", "--output", reqs],
-                       check=True)
+        subprocess.run([a.os_eval, "requests", "--tokenizer", model_dir, "--data", a.data, "--tasks", a.tasks, "--output", reqs]
+                       + (["--limit", str(a.limit)] if a.limit else []), check=True)
         by_task = {}
         for line in open(reqs):
             it = json.loads(line)
@@ -127,10 +132,10 @@ def main():
         model = DeepseekV3ForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if a.device.startswith("cuda") else torch.float32,
                                                       attn_implementation="sdpa").to(a.device).eval()
         mc = [it for t, v in by_task.items() if t not in ("gsm8k", "triviaqa") for it in v[:a.hf_mc]]
-        hf_scores(model, mc[:8], a.batch, a.device)  # warm-up
+        hf_scores(model, mc[:8], a.mc_batch, a.device)  # warm-up
         sync(a.device)
         t0 = time.time()
-        hf_scores(model, mc, a.batch, a.device)
+        hf_scores(model, mc, a.mc_batch, a.device)
         sync(a.device)
         mc_s = time.time() - t0
         mc_total = sum(len(v) for t, v in by_task.items() if t not in ("gsm8k", "triviaqa"))
