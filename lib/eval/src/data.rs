@@ -213,28 +213,12 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>, Failure> {
     Ok(rows)
 }
 
-/// A CSV file (RFC 4180: quoted fields may hold commas, newlines and doubled quotes; a UTF-8
-/// BOM is skipped; CRLF or LF). Returns the header and the records.
+/// A CSV file (RFC 4180, read with the `csv` crate: quoted fields may hold commas, newlines and
+/// doubled quotes; a UTF-8 BOM is skipped; CRLF or LF). Returns the header and the records, each
+/// with as many fields as the header.
 pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::io_at(path, "cannot read", &e))?;
-    let mut records = parse_csv(text.strip_prefix('\u{feff}').unwrap_or(&text))
-        .map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
-    if records.is_empty() {
-        return Err(Failure::data(format!("{}: empty CSV (no header)", path.display())));
-    }
-    let header = records.remove(0);
-    for (i, r) in records.iter().enumerate() {
-        if r.len() != header.len() {
-            return Err(Failure::data(format!(
-                "{}: record {} has {} fields, the header has {}",
-                path.display(),
-                i + 1,
-                r.len(),
-                header.len()
-            )));
-        }
-    }
-    Ok((header, records))
+    let bytes = std::fs::read(path).map_err(|e| Failure::io_at(path, "cannot read", &e))?;
+    parse_csv(&bytes).map_err(|e| Failure::data(format!("{}: {e}", path.display())))
 }
 
 fn csv_rows(header: &[String], records: Vec<Vec<String>>) -> Vec<Row> {
@@ -244,62 +228,16 @@ fn csv_rows(header: &[String], records: Vec<Vec<String>>) -> Vec<Row> {
         .collect()
 }
 
-/// Parse CSV text into records.
-pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
-    let mut records = Vec::new();
-    let mut record: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut chars = text.chars().peekable();
-    let mut in_quotes = false;
-    let mut field_started = false;
-    let mut line = 1usize;
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                _ => {
-                    if c == '\n' {
-                        line += 1;
-                    }
-                    field.push(c)
-                }
-            }
-            continue;
-        }
-        match c {
-            '"' if !field_started => {
-                in_quotes = true;
-                field_started = true;
-            }
-            ',' => {
-                record.push(std::mem::take(&mut field));
-                field_started = false;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                record.push(std::mem::take(&mut field));
-                records.push(std::mem::take(&mut record));
-                field_started = false;
-                line += 1;
-            }
-            _ => {
-                field.push(c);
-                field_started = true;
-            }
-        }
+/// Parse CSV bytes into the header and the records.
+pub fn parse_csv(bytes: &[u8]) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
+    let header: Vec<String> = reader.headers().map_err(|e| e.to_string())?.iter().map(String::from).collect();
+    if header.is_empty() {
+        return Err("empty CSV (no header)".into());
     }
-    if in_quotes {
-        return Err(format!("unterminated quoted field (opened before line {line})"));
-    }
-    if field_started || !record.is_empty() {
-        record.push(field);
-        records.push(record);
-    }
-    Ok(records)
+    let records = reader.records().map(|r| r.map(|r| r.iter().map(String::from).collect()).map_err(|e| e.to_string())).collect::<Result<Vec<Vec<String>>, String>>()?;
+    Ok((header, records))
 }
 
 /// A parquet file's rows as JSON objects (nested structs and lists kept).
@@ -436,13 +374,16 @@ mod tests {
 
     #[test]
     fn csv_quotes_commas_newlines() {
-        let r = parse_csv("a,b,c\r\n1,\"x, y\",\"say \"\"hi\"\"\nnext\"\n2,,\n").unwrap();
-        assert_eq!(r.len(), 3);
-        assert_eq!(r[1], vec!["1", "x, y", "say \"hi\"\nnext"]);
-        assert_eq!(r[2], vec!["2", "", ""]);
-        assert!(parse_csv("a,\"b").is_err());
+        let (header, r) = parse_csv(b"\xef\xbb\xbfa,b,c\r\n1,\"x, y\",\"say \"\"hi\"\"\nnext\"\n2,,\n").unwrap();
+        assert_eq!(header, vec!["a", "b", "c"]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], vec!["1", "x, y", "say \"hi\"\nnext"]);
+        assert_eq!(r[1], vec!["2", "", ""]);
+        // A record with another number of fields than the header, an empty file.
+        assert!(parse_csv(b"a,b,c\n1,2\n").unwrap_err().contains("2 fields"));
+        assert!(parse_csv(b"").is_err());
         // no trailing newline
-        assert_eq!(parse_csv("a,b\n1,2").unwrap()[1], vec!["1", "2"]);
+        assert_eq!(parse_csv(b"a,b\n1,2").unwrap().1[0], vec!["1", "2"]);
     }
 
     #[test]

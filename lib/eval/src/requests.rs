@@ -71,7 +71,7 @@ impl Options {
         let Some(spec) = self.split.as_deref() else { return Ok(task.default_split().to_string()) };
         let entries = parse_splits(spec)?;
         let family = task.name.split(':').next().unwrap_or(&task.name);
-        let pick = entries.iter().find(|(k, _)| k.as_deref() == Some(task.name.as_str())).or_else(|| entries.iter().find(|(k, _)| k.as_deref() == Some(family)));
+        let pick = [Some(task.name.as_str()), Some(family), None].into_iter().find_map(|key| entries.iter().find(|(k, _)| k.as_deref() == key));
         Ok(pick.map_or(task.default_split(), |(_, v)| v.as_str()).to_string())
     }
 

@@ -98,13 +98,12 @@ impl Attention {
     }
 
     /// One decoding step of every cache row: x [rows, 1, hidden] at cos/sin [rows, 1, 1, rope_dim];
-    /// its latent is stored at the flat cache index `at` [rows] (row * capacity + position) and
-    /// attention runs over the first `keys` cache entries where `mask` [rows, 1, 1, keys] allows,
-    /// absorbed (the per-head keys and values of the cache are never built).
-    pub fn forward_decode(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, cache: &mut MlaCache, at: &Tensor, keys: i64, mask: &Tensor) -> Tensor {
+    /// its latent is stored where `step` says and attention runs over the cache entries `step`
+    /// allows, absorbed (the per-head keys and values of the cache are never built).
+    pub fn forward_decode(&self, x: &Tensor, rope: &Rope, cos: &Tensor, sin: &Tensor, cache: &mut MlaCache, step: &DecodeStep) -> Tensor {
         let (q, latent, k_rot) = self.project(x, rope, cos, sin);
-        cache.store_at(at, &latent, &k_rot);
-        self.output(&self.attend_absorbed(&q, &cache.latent.narrow(1, 0, keys), &cache.k_rot.narrow(2, 0, keys), mask))
+        cache.store_at(&step.at, &latent, &k_rot);
+        self.output(&self.attend_absorbed(&q, &cache.latent.narrow(1, 0, step.keys), &cache.k_rot.narrow(2, 0, step.keys), &step.mask))
     }
 
     /// Attention within groups of tokens packed into one sequence (see [`crate::packed`]): x [1, N,
@@ -250,6 +249,16 @@ impl Attention {
             k_rot: Tensor::zeros([rows, 1, capacity, self.rope_dim], (kind, device)),
         }
     }
+}
+
+/// Where one decoding step of every cache row writes and reads.
+pub struct DecodeStep {
+    /// [rows] int64: each row's new entry, as a flat index (row * capacity + position).
+    pub at: Tensor,
+    /// Cache entries attention reads (positions 0..keys).
+    pub keys: i64,
+    /// [rows, 1, 1, keys] bool: which of them each row sees.
+    pub mask: Tensor,
 }
 
 /// One layer's KV cache in MLA form: per row (one sequence each), the normalised latent (before

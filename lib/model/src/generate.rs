@@ -4,7 +4,7 @@
 //! compressed latent and rotated shared key per layer), prompts prefilled into free rows,
 //! every row decoded one token per step, finished sequences leaving their row to the next prompt.
 
-use crate::attention::{Attention, MlaCache};
+use crate::attention::{Attention, DecodeStep, MlaCache};
 use crate::model::DeepseekV3;
 use crate::moe::AuxCoefficients;
 use openseek_common::Failure;
@@ -119,11 +119,14 @@ impl KvCache {
         let ids = Tensor::from_slice(tokens).view([n, 1]).to_device(device);
         let positions = Tensor::from_slice(lens).view([n, 1]).to_device(device);
         let at: Vec<i64> = lens.iter().enumerate().map(|(r, &l)| r as i64 * self.capacity + l).collect();
-        let at = Tensor::from_slice(&at).to_device(device);
-        let mask = Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0).le_tensor(&positions).view([n, 1, 1, keys]);
+        let step = DecodeStep {
+            at: Tensor::from_slice(&at).to_device(device),
+            keys,
+            mask: Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0).le_tensor(&positions).view([n, 1, 1, keys]),
+        };
         let (mut x, cos, sin) = model.embed(&ids, Some(&positions));
         for (layer, cache) in model.layers.iter().zip(&mut self.layers) {
-            let mut attend = |a: &Attention, h: &Tensor| a.forward_decode(h, &model.rope, &cos, &sin, cache, &at, keys, &mask);
+            let mut attend = |a: &Attention, h: &Tensor| a.forward_decode(h, &model.rope, &cos, &sin, cache, &step);
             x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
         }
         model.norm.forward(&x.select(1, 0))
