@@ -3,9 +3,11 @@
 //! (OpenSeek release, older transformers) or fused (transformers 5). Names and shapes are all
 //! checked before any data is read; one error lists every missing, unexpected and mis-shaped tensor.
 //! Saving writes sharded safetensors + index, config.json and generation_config.json, experts per expert.
+//! Multi-token-prediction depths (`crate::mtp`) are read and written in DeepSeek-V3's release layout.
 
 use crate::config::Config;
 use crate::model::{DeepseekV3, Weights};
+use crate::mtp;
 use crate::safetensors::{self, SafetensorsFile};
 use openseek_common::{AtomicOutputs, Failure};
 use serde_json::{json, Value};
@@ -14,59 +16,88 @@ use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Every tensor of the model with its shape, HF names, fused experts (the model's own layout).
+/// Every tensor of the model with its shape, HF names, fused experts (the model's own layout): the
+/// main model, then each multi-token-prediction depth (`crate::mtp`).
 pub fn expected_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
     let h = cfg.hidden_size;
-    let heads = cfg.num_attention_heads;
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
     for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let mut put = |name: &str, shape: Vec<i64>| out.push((format!("{p}.{name}"), shape));
-        put("input_layernorm.weight", vec![h]);
-        put("post_attention_layernorm.weight", vec![h]);
-        let q_out = heads * cfg.qk_head_dim();
-        match cfg.q_lora_rank {
-            None => put("self_attn.q_proj.weight", vec![q_out, h]),
-            Some(r) => {
-                put("self_attn.q_a_proj.weight", vec![r, h]);
-                if cfg.attention_bias {
-                    put("self_attn.q_a_proj.bias", vec![r]);
-                }
-                put("self_attn.q_a_layernorm.weight", vec![r]);
-                put("self_attn.q_b_proj.weight", vec![q_out, r]);
-            }
-        }
-        let kv_a = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
-        put("self_attn.kv_a_proj_with_mqa.weight", vec![kv_a, h]);
-        put("self_attn.kv_a_layernorm.weight", vec![cfg.kv_lora_rank]);
-        put("self_attn.kv_b_proj.weight", vec![heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank]);
-        put("self_attn.o_proj.weight", vec![h, heads * cfg.v_head_dim]);
-        if cfg.attention_bias {
-            put("self_attn.kv_a_proj_with_mqa.bias", vec![kv_a]);
-            put("self_attn.o_proj.bias", vec![h]);
-        }
-        if cfg.is_moe_layer(i) {
-            let (e, inter) = (cfg.n_routed_experts, cfg.moe_intermediate_size);
-            let shared = inter * cfg.n_shared_experts;
-            put("mlp.gate.weight", vec![e, h]);
-            put("mlp.gate.e_score_correction_bias", vec![e]);
-            put("mlp.experts.gate_up_proj", vec![e, 2 * inter, h]);
-            put("mlp.experts.down_proj", vec![e, h, inter]);
-            put("mlp.shared_experts.gate_proj.weight", vec![shared, h]);
-            put("mlp.shared_experts.up_proj.weight", vec![shared, h]);
-            put("mlp.shared_experts.down_proj.weight", vec![h, shared]);
-        } else {
-            let inter = cfg.intermediate_size;
-            put("mlp.gate_proj.weight", vec![inter, h]);
-            put("mlp.up_proj.weight", vec![inter, h]);
-            put("mlp.down_proj.weight", vec![h, inter]);
-        }
+        layer_shapes(cfg, i, &format!("model.layers.{i}"), &mut out);
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
     if !cfg.tie_word_embeddings {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
     }
+    for k in 0..cfg.num_nextn_predict_layers as usize {
+        let p = mtp::prefix(cfg, k);
+        let [enorm, hnorm, eh_proj, head_norm] = mtp::own_shapes(cfg);
+        for (name, shape) in [enorm, hnorm, eh_proj] {
+            out.push((format!("{p}.{name}"), shape));
+        }
+        layer_shapes(cfg, cfg.num_hidden_layers + k as i64, &p, &mut out);
+        out.push((format!("{p}.{}", head_norm.0), head_norm.1));
+    }
     out
+}
+
+/// The tensors of decoder layer `i` under `p`, with their shapes.
+fn layer_shapes(cfg: &Config, i: i64, p: &str, out: &mut Vec<(String, Vec<i64>)>) {
+    let h = cfg.hidden_size;
+    let heads = cfg.num_attention_heads;
+    let mut put = |name: &str, shape: Vec<i64>| out.push((format!("{p}.{name}"), shape));
+    put("input_layernorm.weight", vec![h]);
+    put("post_attention_layernorm.weight", vec![h]);
+    let q_out = heads * cfg.qk_head_dim();
+    match cfg.q_lora_rank {
+        None => put("self_attn.q_proj.weight", vec![q_out, h]),
+        Some(r) => {
+            put("self_attn.q_a_proj.weight", vec![r, h]);
+            if cfg.attention_bias {
+                put("self_attn.q_a_proj.bias", vec![r]);
+            }
+            put("self_attn.q_a_layernorm.weight", vec![r]);
+            put("self_attn.q_b_proj.weight", vec![q_out, r]);
+        }
+    }
+    let kv_a = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+    put("self_attn.kv_a_proj_with_mqa.weight", vec![kv_a, h]);
+    put("self_attn.kv_a_layernorm.weight", vec![cfg.kv_lora_rank]);
+    put("self_attn.kv_b_proj.weight", vec![heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank]);
+    put("self_attn.o_proj.weight", vec![h, heads * cfg.v_head_dim]);
+    if cfg.attention_bias {
+        put("self_attn.kv_a_proj_with_mqa.bias", vec![kv_a]);
+        put("self_attn.o_proj.bias", vec![h]);
+    }
+    if cfg.is_moe_layer(i) {
+        let (e, inter) = (cfg.n_routed_experts, cfg.moe_intermediate_size);
+        let shared = inter * cfg.n_shared_experts;
+        put("mlp.gate.weight", vec![e, h]);
+        put("mlp.gate.e_score_correction_bias", vec![e]);
+        put("mlp.experts.gate_up_proj", vec![e, 2 * inter, h]);
+        put("mlp.experts.down_proj", vec![e, h, inter]);
+        put("mlp.shared_experts.gate_proj.weight", vec![shared, h]);
+        put("mlp.shared_experts.up_proj.weight", vec![shared, h]);
+        put("mlp.shared_experts.down_proj.weight", vec![h, shared]);
+    } else {
+        let inter = cfg.intermediate_size;
+        put("mlp.gate_proj.weight", vec![inter, h]);
+        put("mlp.up_proj.weight", vec![inter, h]);
+        put("mlp.down_proj.weight", vec![h, inter]);
+    }
+}
+
+/// The copies of the shared embedding and head that DeepSeek-V3's release stores with each MTP
+/// depth (`{prefix}.embed_tokens.weight`, `{prefix}.shared_head.head.weight`; vLLM and SGLang load
+/// their MTP draft models from them). The model keeps one embedding and one head; `save` writes
+/// these copies of them, `load` checks them against the main ones.
+pub fn shared_copies(cfg: &Config) -> Vec<(String, &'static str)> {
+    let head = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    (0..cfg.num_nextn_predict_layers as usize)
+        .flat_map(|k| {
+            let p = mtp::prefix(cfg, k);
+            [(format!("{p}.embed_tokens.weight"), "model.embed_tokens.weight"), (format!("{p}.shared_head.head.weight"), head)]
+        })
+        .collect()
 }
 
 /// The stored layout of one fused expert tensor: per expert, `experts.{e}.{proj}.weight` with shape `shape`.
@@ -155,14 +186,26 @@ enum Source {
     PerExpert(Vec<Vec<String>>),
 }
 
+/// What `plan` found: a source for every model tensor to read, and whether the checkpoint lacks
+/// every tensor of the MTP depths its config declares (they are then initialised, see `load`).
+struct Planned {
+    sources: Vec<(String, Source)>,
+    mtp_absent: bool,
+}
+
 /// Match the checkpoint against the config: a source for every model tensor, or one error that
-/// lists every problem.
-fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source)>, Failure> {
+/// lists every problem (names, and shapes where they matter).
+fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Planned, Failure> {
     let mut plan = vec![];
     let mut used: BTreeSet<String> = BTreeSet::new();
     let (mut missing, mut misshaped) = (vec![], vec![]);
+    let copies = shared_copies(cfg);
+    let is_copy = |name: &str| copies.iter().any(|(c, _)| c == name);
+    // A checkpoint without any tensor of the declared MTP depths (a release without them, or a
+    // config that declares them for a run to train): they are initialised rather than missing.
+    let mtp_absent = cfg.num_nextn_predict_layers > 0 && !stored.location.keys().any(|n| mtp::is_mtp_name(cfg, n) && !is_copy(n));
     let mut check = |name: &str, shape: &[i64], used: &mut BTreeSet<String>| match stored.shape(name) {
-        None => missing.push(name.to_string()),
+        None => missing.push(format!("{name} {shape:?}")),
         Some(s) => {
             used.insert(name.to_string());
             if s.as_slice() != shape {
@@ -171,6 +214,9 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source
         }
     };
     for (name, shape) in expected_shapes(cfg) {
+        if mtp_absent && mtp::is_mtp_name(cfg, &name) {
+            continue;
+        }
         match per_expert_names(&name, cfg) {
             // Fused in the checkpoint (transformers 5), or absent in both layouts: check the fused name.
             Some(parts) if stored.shape(&name).is_none() && parts.iter().any(|(n, _)| stored.shape(n).is_some()) => {
@@ -187,21 +233,18 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source
             }
         }
     }
-    // Tolerated extras: multi-token-prediction layers after the main ones, and a stored head of a tied model.
-    let extra_ok = |name: &str| {
-        (cfg.tie_word_embeddings && name == "lm_head.weight")
-            || name
-                .strip_prefix("model.layers.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|i| i.parse::<i64>().ok())
-                .is_some_and(|i| i >= cfg.num_hidden_layers && i < cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
-    };
-    if cfg.tie_word_embeddings {
-        if let Some(s) = stored.shape("lm_head.weight").filter(|s| **s != [cfg.vocab_size, cfg.hidden_size]) {
-            misshaped.push(format!("lm_head.weight is {s:?}, expected {:?}", [cfg.vocab_size, cfg.hidden_size]));
+    // Tolerated extras, shape-checked: a stored head of a tied model, and the MTP depths' copies of
+    // the shared embedding and head.
+    let full = [cfg.vocab_size, cfg.hidden_size];
+    for name in copies.iter().map(|(c, _)| c.as_str()).chain(cfg.tie_word_embeddings.then_some("lm_head.weight")) {
+        if let Some(s) = stored.shape(name) {
+            used.insert(name.to_string());
+            if *s != full {
+                misshaped.push(format!("{name} is {s:?}, expected {full:?}"));
+            }
         }
     }
-    let unexpected: Vec<&String> = stored.location.keys().filter(|n| !used.contains(*n) && !extra_ok(n)).collect();
+    let unexpected: Vec<String> = stored.location.keys().filter(|n| !used.contains(*n)).map(|n| format!("{n} {:?}", stored.shape(n).unwrap())).collect();
     let bad_dtype: Vec<String> = stored
         .location
         .iter()
@@ -212,8 +255,10 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source
         })
         .collect();
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && bad_dtype.is_empty() {
-        return Ok(plan);
+        return Ok(Planned { sources: plan, mtp_absent });
     }
+    let past_main = |item: &String| mtp::layer_index(item).is_some_and(|i| i >= cfg.num_hidden_layers);
+    let mtp_involved = missing.iter().chain(&unexpected).chain(&misshaped).any(past_main);
     let mut msg = format!("{}: the checkpoint does not fit its config.json", dir.display());
     let mut section = |title: &str, items: Vec<String>| {
         if !items.is_empty() {
@@ -224,19 +269,32 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Vec<(String, Source
         }
     };
     section("missing", missing);
-    section("unexpected", unexpected.into_iter().cloned().collect());
+    section("unexpected", unexpected);
     section("mis-shaped", misshaped);
     section("of an unsupported dtype (expected F32, BF16, F16 or F64)", bad_dtype);
     msg.push_str("\n  check that config.json belongs to these weights (layers, experts, q_lora_rank, tie_word_embeddings)");
+    if mtp_involved {
+        msg.push_str(&format!(
+            "; layers from {} on are multi-token-prediction layers only as far as num_nextn_predict_layers ({}) declares them",
+            cfg.num_hidden_layers, cfg.num_nextn_predict_layers
+        ));
+    }
     Err(Failure::data(msg))
 }
 
+/// The seed of MTP weights initialised at load time.
+pub const MTP_INIT_SEED: u64 = 0x6d7470;
+
 /// Load `DIR` (config.json + safetensors) onto `device`, weights in `kind`
-/// (the router's correction bias stays fp32).
+/// (the router's correction bias stays fp32). MTP depths the config declares are loaded with the
+/// rest; where the checkpoint holds none of their tensors they are initialised as megatron-core
+/// does (`mtp::megatron_init`, std `initializer_range`, a fixed seed so every load agrees) and a
+/// warning says so. Stored copies of the shared embedding and head that differ from the main
+/// ones are reported and not used (the MTP depths share the main model's).
 pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<DeepseekV3, Failure> {
     let mut cfg = Config::load(dir)?;
     let stored = Stored::open(dir)?;
-    let mut plan = plan(&cfg, &stored, dir)?;
+    let Planned { sources: mut plan, mtp_absent } = plan(&cfg, &stored, dir)?;
     // A tied config with a stored head that differs from the embeddings: transformers keeps
     // the stored head (and warns), so do the same.
     if cfg.tie_word_embeddings && stored.location.contains_key("lm_head.weight") {
@@ -250,6 +308,14 @@ pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<DeepseekV3, Failur
             cfg.tie_word_embeddings = false;
             cfg.raw["tie_word_embeddings"] = json!(false);
             plan.push(("lm_head.weight".to_string(), Source::Direct("lm_head.weight".to_string())));
+        }
+    }
+    for (copy, main) in shared_copies(&cfg) {
+        if stored.location.contains_key(&copy) && !stored.read(&copy, Kind::Float)?.equal(&stored.read(main, Kind::Float)?) {
+            eprintln!(
+                "warning: {}: {copy} differs from {main}; the MTP layers share the main model's embedding and head, so it is not used (a save writes a copy of {main} in its place)",
+                dir.display()
+            );
         }
     }
     let mut weights = Weights::new();
@@ -266,6 +332,16 @@ pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<DeepseekV3, Failur
             }
         };
         weights.insert(name, t.to_device(device));
+    }
+    if mtp_absent {
+        eprintln!(
+            "warning: {}: config.json declares {} multi-token-prediction layer(s) (num_nextn_predict_layers) but the checkpoint holds none of their weights; initialising them as megatron-core does (normal(0, {}), output projections scaled by 1/sqrt(2 x {} layers), norms one)",
+            dir.display(),
+            cfg.num_nextn_predict_layers,
+            cfg.initializer_range,
+            cfg.num_hidden_layers
+        );
+        weights.extend(mtp::megatron_init(&cfg, cfg.initializer_range, MTP_INIT_SEED, kind, device));
     }
     Ok(DeepseekV3::from_weights(cfg, weights))
 }
@@ -293,10 +369,16 @@ pub fn per_expert_state(model: &DeepseekV3) -> Vec<(String, Tensor)> {
 }
 
 /// Save as a HF model directory: shards of at most `max_shard_bytes`, index, config.json,
-/// generation_config.json. All files appear together (atomic), the index last.
+/// generation_config.json. All files appear together (atomic), the index last. MTP depths are
+/// written with the copies of the shared embedding and head their release layout has (`shared_copies`).
 pub fn save(model: &DeepseekV3, dir: &Path, kind: Kind, max_shard_bytes: usize) -> Result<(), Failure> {
     std::fs::create_dir_all(dir).map_err(|e| Failure::io_at(dir, "cannot create the output directory", &e))?;
-    let tensors: Vec<(String, Tensor)> = per_expert_state(model)
+    let mut state = per_expert_state(model);
+    let named: BTreeMap<String, Tensor> = model.named_tensors().into_iter().collect();
+    for (copy, main) in shared_copies(&model.config) {
+        state.push((copy, named[main].shallow_clone()));
+    }
+    let tensors: Vec<(String, Tensor)> = state
         .into_iter()
         .map(|(n, t)| {
             let k = if n.ends_with("e_score_correction_bias") { Kind::Float } else { kind };

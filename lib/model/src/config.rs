@@ -52,7 +52,9 @@ pub struct Config {
     pub rope_interleave: bool,
     pub max_position_embeddings: i64,
     pub tie_word_embeddings: bool,
-    /// Multi-token-prediction layers stored after the main layers; not used by the forward pass.
+    /// DeepSeek-V3 multi-token-prediction (MTP) depths, stored as layers after the main ones
+    /// (`model.layers.{num_hidden_layers + k - 1}`, k = 1..=this); trained by os-train, never used
+    /// by the forward pass. 0 when the config omits it: only layers a config declares are MTP.
     pub num_nextn_predict_layers: i64,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
@@ -95,6 +97,7 @@ struct Raw {
     rope_interleave: Option<bool>,
     max_position_embeddings: i64,
     tie_word_embeddings: bool,
+    #[serde(alias = "num_mtp_layers")]
     num_nextn_predict_layers: Option<i64>,
     hidden_act: String,
     topk_method: Option<String>,
@@ -138,7 +141,10 @@ impl Default for Raw {
             rope_interleave: Some(true),
             max_position_embeddings: 4096,
             tie_word_embeddings: false,
-            num_nextn_predict_layers: Some(1),
+            // transformers 5 defaults `num_mtp_layers` (its alias) to 1 but never builds MTP layers
+            // into the model it loads; here a config that does not declare MTP layers has none, so
+            // weights past num_hidden_layers are unexpected rather than silently taken for MTP.
+            num_nextn_predict_layers: None,
             hidden_act: "silu".into(),
             topk_method: None,
             scoring_func: None,
@@ -158,7 +164,7 @@ impl Config {
             .map_err(|e| Failure::no_input(format!("cannot read the model config {}: {e}", file.display())))?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| Failure::data(format!("{}: not valid JSON: {e}", file.display())))?;
-        Config::from_json(value).map_err(|e| Failure::data(format!("{}: {e}", file.display())))
+        Config::from_json(value).map_err(|e| Failure::config(format!("{}: {e}", file.display())))
     }
 
     /// Interpret a config.json object; the error says which field is wrong.
@@ -225,6 +231,53 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("kv_lora_rank", self.kv_lora_rank),
+            ("v_head_dim", self.v_head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        let not_negative = [
+            ("qk_nope_head_dim", self.qk_nope_head_dim),
+            ("qk_rope_head_dim", self.qk_rope_head_dim),
+            ("n_routed_experts", self.n_routed_experts),
+            ("n_shared_experts", self.n_shared_experts),
+            ("first_k_dense_replace", self.first_k_dense_replace),
+            ("num_nextn_predict_layers", self.num_nextn_predict_layers),
+        ];
+        for (name, v) in positive {
+            if v < 1 {
+                return Err(format!("{name} is {v}; it must be at least 1"));
+            }
+        }
+        for (name, v) in not_negative {
+            if v < 0 {
+                return Err(format!("{name} is {v}; it must not be negative"));
+            }
+        }
+        if let Some(r) = self.q_lora_rank.filter(|r| *r < 1) {
+            return Err(format!("q_lora_rank is {r}; it must be at least 1 (or null for a plain q_proj)"));
+        }
+        if self.qk_head_dim() < 1 {
+            return Err("qk_nope_head_dim + qk_rope_head_dim is 0; query/key heads need a width".into());
+        }
+        if self.n_routed_experts > 0 && self.moe_intermediate_size < 1 {
+            return Err(format!("moe_intermediate_size is {}; it must be at least 1 with routed experts", self.moe_intermediate_size));
+        }
+        for (name, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} is {v}; it must be a positive number"));
+            }
+        }
+        for (name, v) in [("routed_scaling_factor", self.routed_scaling_factor), ("initializer_range", self.initializer_range)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} is {v}; it must be a finite number, not negative"));
+            }
+        }
         if self.num_key_value_heads != self.num_attention_heads {
             return Err(format!(
                 "num_key_value_heads {} differs from num_attention_heads {}; MLA has one KV head per query head",
@@ -340,6 +393,11 @@ mod tests {
         assert_eq!(c.rope_scaling, RopeScaling::None);
         assert!(c.rope_interleave);
         assert_eq!(c.eos_token_ids, vec![1]);
+        // No MTP layers unless declared (also under transformers' alias `num_mtp_layers`).
+        assert_eq!(c.num_nextn_predict_layers, 0);
+        let mut v = small();
+        v["num_mtp_layers"] = json!(2);
+        assert_eq!(Config::from_json(v).unwrap().num_nextn_predict_layers, 2);
         let mut v = small();
         v.as_object_mut().unwrap().remove("q_lora_rank");
         assert_eq!(Config::from_json(v).unwrap().q_lora_rank, Some(1536));
@@ -374,5 +432,38 @@ mod tests {
         let mut v = small();
         v["rope_scaling"] = json!({"rope_type": "longrope"});
         assert!(Config::from_json(v).unwrap_err().contains("longrope"));
+    }
+
+    #[test]
+    fn degenerate_sizes_are_refused_naming_the_field() {
+        for (field, value, needle) in [
+            ("kv_lora_rank", json!(0), "kv_lora_rank is 0"),
+            ("intermediate_size", json!(0), "intermediate_size is 0"),
+            ("num_hidden_layers", json!(0), "num_hidden_layers is 0"),
+            ("hidden_size", json!(0), "hidden_size is 0"),
+            ("hidden_size", json!(-64), "hidden_size is -64"),
+            ("vocab_size", json!(-1), "vocab_size is -1"),
+            ("num_nextn_predict_layers", json!(-1), "num_nextn_predict_layers is -1"),
+            ("q_lora_rank", json!(0), "q_lora_rank is 0"),
+            ("moe_intermediate_size", json!(0), "moe_intermediate_size is 0"),
+            ("rms_norm_eps", json!(0.0), "rms_norm_eps is 0"),
+            ("first_k_dense_replace", json!(-2), "first_k_dense_replace is -2"),
+        ] {
+            let mut v = small();
+            v[field] = value;
+            let err = Config::from_json(v).expect_err(field);
+            assert!(err.contains(needle), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_config_file_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = small();
+        v["kv_lora_rank"] = json!(0);
+        std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+        let e = Config::load(dir.path()).unwrap_err();
+        assert_eq!(e.code, openseek_common::ExitCode::Config);
+        assert!(e.message.contains("config.json") && e.message.contains("kv_lora_rank is 0"), "{}", e.message);
     }
 }

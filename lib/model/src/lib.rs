@@ -11,6 +11,7 @@ pub mod generate;
 pub mod layers;
 pub mod model;
 pub mod moe;
+pub mod mtp;
 pub mod packed;
 pub mod rope;
 pub mod safetensors;

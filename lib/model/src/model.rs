@@ -13,6 +13,7 @@ use crate::documents::DocumentSegments;
 use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::moe::{AuxCoefficients, Moe, RoutingStats};
+use crate::mtp::MtpLayer;
 use crate::rope::Rope;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
@@ -90,6 +91,64 @@ impl Layer {
         };
         (x + y, stats)
     }
+
+    /// The layer's tensors under `p` (`model.layers.N`), HF names, sharing storage.
+    pub fn named_tensors(&self, p: &str, out: &mut Vec<(String, Tensor)>) {
+        let mut put = |name: String, t: &Tensor| out.push((name, t.shallow_clone()));
+        put(format!("{p}.input_layernorm.weight"), &self.input_layernorm.weight);
+        put(format!("{p}.post_attention_layernorm.weight"), &self.post_attention_layernorm.weight);
+        let a = &self.self_attn;
+        let mut linear = |name: &str, lin: &Linear| {
+            put(format!("{p}.self_attn.{name}.weight"), &lin.weight);
+            if let Some(b) = &lin.bias {
+                put(format!("{p}.self_attn.{name}.bias"), b);
+            }
+        };
+        match &a.q {
+            QueryProj::Plain(q) => linear("q_proj", q),
+            QueryProj::LowRank { a: qa, norm: _, b: qb } => {
+                linear("q_a_proj", qa);
+                linear("q_b_proj", qb);
+            }
+        }
+        linear("kv_a_proj_with_mqa", &a.kv_a_proj_with_mqa);
+        linear("kv_b_proj", &a.kv_b_proj);
+        linear("o_proj", &a.o_proj);
+        if let QueryProj::LowRank { norm, .. } = &a.q {
+            put(format!("{p}.self_attn.q_a_layernorm.weight"), &norm.weight);
+        }
+        put(format!("{p}.self_attn.kv_a_layernorm.weight"), &a.kv_a_layernorm.weight);
+        let mut mlp = |prefix: String, m: &Mlp| {
+            put(format!("{prefix}.gate_proj.weight"), &m.gate_proj);
+            put(format!("{prefix}.up_proj.weight"), &m.up_proj);
+            put(format!("{prefix}.down_proj.weight"), &m.down_proj);
+        };
+        match &self.mlp {
+            FeedForward::Dense(m) => mlp(format!("{p}.mlp"), m),
+            FeedForward::Moe(m) => {
+                mlp(format!("{p}.mlp.shared_experts"), &m.shared_experts);
+                put(format!("{p}.mlp.gate.weight"), &m.gate.weight);
+                put(format!("{p}.mlp.gate.e_score_correction_bias"), &m.gate.bias);
+                put(format!("{p}.mlp.experts.gate_up_proj"), &m.experts.gate_up_proj);
+                put(format!("{p}.mlp.experts.down_proj"), &m.experts.down_proj);
+            }
+        }
+    }
+
+    /// Layer `i` of `config` from the weights under `p`.
+    pub(crate) fn take(w: &mut Weights, p: &str, i: i64, config: &Config) -> Layer {
+        let eps = config.rms_norm_eps;
+        Layer {
+            input_layernorm: RmsNorm::take(w, &format!("{p}.input_layernorm"), eps),
+            self_attn: Attention::take(w, &format!("{p}.self_attn"), config),
+            post_attention_layernorm: RmsNorm::take(w, &format!("{p}.post_attention_layernorm"), eps),
+            mlp: if config.is_moe_layer(i) {
+                FeedForward::Moe(Moe::take(w, &format!("{p}.mlp"), config))
+            } else {
+                FeedForward::Dense(Mlp::take(w, &format!("{p}.mlp")))
+            },
+        }
+    }
 }
 
 pub struct DeepseekV3 {
@@ -100,6 +159,9 @@ pub struct DeepseekV3 {
     /// None when tied to the embeddings.
     pub lm_head: Option<Tensor>,
     pub rope: Rope,
+    /// The multi-token-prediction depths (`num_nextn_predict_layers`), trained by os-train; the
+    /// forward pass never uses them.
+    pub mtp: Vec<MtpLayer>,
     /// The activations' dtype; weights of another dtype (fp32 master weights) are cast where used.
     pub compute_kind: Kind,
 }
@@ -110,26 +172,13 @@ impl DeepseekV3 {
         let eps = config.rms_norm_eps;
         let embed_tokens = take(&mut w, "model.embed_tokens.weight");
         let device = embed_tokens.device();
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                Layer {
-                    input_layernorm: RmsNorm::take(&mut w, &format!("{p}.input_layernorm"), eps),
-                    self_attn: Attention::take(&mut w, &format!("{p}.self_attn"), &config),
-                    post_attention_layernorm: RmsNorm::take(&mut w, &format!("{p}.post_attention_layernorm"), eps),
-                    mlp: if config.is_moe_layer(i) {
-                        FeedForward::Moe(Moe::take(&mut w, &format!("{p}.mlp"), &config))
-                    } else {
-                        FeedForward::Dense(Mlp::take(&mut w, &format!("{p}.mlp")))
-                    },
-                }
-            })
-            .collect();
+        let layers = (0..config.num_hidden_layers).map(|i| Layer::take(&mut w, &format!("model.layers.{i}"), i, &config)).collect();
         let norm = RmsNorm::take(&mut w, "model.norm", eps);
         let lm_head = (!config.tie_word_embeddings).then(|| take(&mut w, "lm_head.weight"));
+        let mtp = (0..config.num_nextn_predict_layers as usize).map(|k| MtpLayer::take(&mut w, k, &config)).collect();
         let rope = Rope::new(&config, device);
         let compute_kind = embed_tokens.kind();
-        DeepseekV3 { config, embed_tokens, layers, norm, lm_head, rope, compute_kind }
+        DeepseekV3 { config, embed_tokens, layers, norm, lm_head, rope, mtp, compute_kind }
     }
 
     pub fn device(&self) -> Device {
@@ -175,7 +224,7 @@ impl DeepseekV3 {
 
     /// Logits from hidden states.
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).to_kind(hidden.kind()), None)
+        hidden.linear::<Tensor>(&self.head_weight().to_kind(hidden.kind()), None)
     }
 
     /// Logits [B, T, vocab] for token ids [B, T].
@@ -183,56 +232,25 @@ impl DeepseekV3 {
         self.head(&self.hidden(ids))
     }
 
-    /// The state dict (HF names, fused experts), sharing storage with the model.
+    /// The state dict (HF names, fused experts), sharing storage with the model: the main model,
+    /// then the multi-token-prediction layers (`model.layers.{num_hidden_layers + k - 1}`).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
-        let mut put = |name: String, t: &Tensor| out.push((name, t.shallow_clone()));
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            put(format!("{p}.input_layernorm.weight"), &l.input_layernorm.weight);
-            put(format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm.weight);
-            let a = &l.self_attn;
-            let mut linear = |name: &str, lin: &Linear| {
-                put(format!("{p}.self_attn.{name}.weight"), &lin.weight);
-                if let Some(b) = &lin.bias {
-                    put(format!("{p}.self_attn.{name}.bias"), b);
-                }
-            };
-            match &a.q {
-                QueryProj::Plain(q) => linear("q_proj", q),
-                QueryProj::LowRank { a: qa, norm: _, b: qb } => {
-                    linear("q_a_proj", qa);
-                    linear("q_b_proj", qb);
-                }
-            }
-            linear("kv_a_proj_with_mqa", &a.kv_a_proj_with_mqa);
-            linear("kv_b_proj", &a.kv_b_proj);
-            linear("o_proj", &a.o_proj);
-            if let QueryProj::LowRank { norm, .. } = &a.q {
-                put(format!("{p}.self_attn.q_a_layernorm.weight"), &norm.weight);
-            }
-            put(format!("{p}.self_attn.kv_a_layernorm.weight"), &a.kv_a_layernorm.weight);
-            let mut mlp = |prefix: String, m: &Mlp| {
-                put(format!("{prefix}.gate_proj.weight"), &m.gate_proj);
-                put(format!("{prefix}.up_proj.weight"), &m.up_proj);
-                put(format!("{prefix}.down_proj.weight"), &m.down_proj);
-            };
-            match &l.mlp {
-                FeedForward::Dense(m) => mlp(format!("{p}.mlp"), m),
-                FeedForward::Moe(m) => {
-                    mlp(format!("{p}.mlp.shared_experts"), &m.shared_experts);
-                    put(format!("{p}.mlp.gate.weight"), &m.gate.weight);
-                    put(format!("{p}.mlp.gate.e_score_correction_bias"), &m.gate.bias);
-                    put(format!("{p}.mlp.experts.gate_up_proj"), &m.experts.gate_up_proj);
-                    put(format!("{p}.mlp.experts.down_proj"), &m.experts.down_proj);
-                }
-            }
+            l.named_tensors(&format!("model.layers.{i}"), &mut out);
         }
-        put("model.norm.weight".to_string(), &self.norm.weight);
+        out.push(("model.norm.weight".to_string(), self.norm.weight.shallow_clone()));
         if let Some(h) = &self.lm_head {
-            put("lm_head.weight".to_string(), h);
+            out.push(("lm_head.weight".to_string(), h.shallow_clone()));
+        }
+        for (k, m) in self.mtp.iter().enumerate() {
+            m.named_tensors(&crate::mtp::prefix(&self.config, k), &mut out);
         }
         out
     }
-}
 
+    /// The LM head's weight: `lm_head`, or the embeddings when tied.
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+}

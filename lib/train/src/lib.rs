@@ -9,6 +9,7 @@ pub mod loss;
 pub mod metrics;
 pub mod microbatch;
 pub mod moe_stats;
+pub mod mtp;
 pub mod optim;
 pub mod run_log;
 pub mod schedule;
