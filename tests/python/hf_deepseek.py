@@ -1,8 +1,9 @@
 """Reference side of the model parity tests: small random DeepseekV3ForCausalLM checkpoints built
 with transformers, and transformers' logits / log-probs on them.
 
-  hf_deepseek.py make OUT --variant NAME [--layout fused|per-expert] [--shards N]
-      writes OUT/{config.json, safetensors...}, OUT/tokens.jsonl (one sequence per line, varied
+  hf_deepseek.py make OUT --variant NAME [--layout fused|per-expert] [--shards N] [--mtp N]
+      writes OUT/{config.json, safetensors...} (with --mtp, N multi-token-prediction layers in
+      DeepSeek-V3's release layout after the main ones, which transformers' model skips), OUT/tokens.jsonl (one sequence per line, varied
       lengths), OUT/texts.jsonl with a word-level tokenizer.json, and OUT/reference.json: {"ids": [[...]] (a fixed batch), "logits": [...] (flat,
       fp32), "shape": [B, T, V], "loss": mean next-token cross-entropy over the batch,
       "scores": [{"sum_logprob", "token_logprobs"}] per tokens.jsonl line}
@@ -84,8 +85,32 @@ def scores_of(model, seq):
     return {"sum_logprob": float(lp.sum()), "token_logprobs": lp.tolist()}
 
 
-def relayout(out, layout, shards):
-    """Rewrite the saved weights as fused or per-expert tensors, in `shards` files."""
+def mtp_tensors(model, depths):
+    """Random weights of `depths` MTP layers as DeepSeek-V3's release stores them:
+    model.layers.{L + k}.{enorm, hnorm, eh_proj, shared_head.norm}, a decoder layer (built by
+    transformers for that layer index), and the copies of the shared embedding and head."""
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3DecoderLayer, DeepseekV3RMSNorm
+    cfg = model.config
+    h, n = cfg.hidden_size, cfg.num_hidden_layers
+    out = {}
+    for k in range(depths):
+        p = f"model.layers.{n + k}."
+        layer = torch.nn.ModuleDict({
+            "enorm": DeepseekV3RMSNorm(h), "hnorm": DeepseekV3RMSNorm(h),
+            "eh_proj": torch.nn.Linear(2 * h, h, bias=False), "layer": DeepseekV3DecoderLayer(cfg, n + k),
+            "head_norm": DeepseekV3RMSNorm(h)}).float()
+        scaled_init_(layer)
+        with torch.no_grad():
+            for name, t in layer.state_dict().items():
+                key = name.replace("layer.", "", 1).replace("head_norm.", "shared_head.norm.")
+                out[p + key] = t.clone()
+            out[p + "embed_tokens.weight"] = model.model.embed_tokens.weight.detach().clone()
+            out[p + "shared_head.head.weight"] = model.lm_head.weight.detach().clone()
+    return out
+
+
+def relayout(out, layout, shards, extra=None):
+    """Rewrite the saved weights as fused or per-expert tensors, in `shards` files (with `extra` tensors added)."""
     files = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
     state = {}
     for f in files:
@@ -93,6 +118,7 @@ def relayout(out, layout, shards):
         os.remove(os.path.join(out, f))
     if os.path.exists(os.path.join(out, "model.safetensors.index.json")):
         os.remove(os.path.join(out, "model.safetensors.index.json"))
+    state.update(extra or {})
     new = {}
     fused = {}
     for name, t in state.items():
@@ -140,8 +166,14 @@ def make(args):
     model = build(args.variant, args.seed)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
-    if args.layout:
-        relayout(args.out, args.layout, args.shards)
+    if args.mtp:
+        with open(os.path.join(args.out, "config.json")) as f:
+            config = json.load(f)
+        config["num_nextn_predict_layers"] = args.mtp
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    if args.layout or args.mtp:
+        relayout(args.out, args.layout or "per-expert", args.shards, mtp_tensors(model, args.mtp))
     # The saved checkpoint is what both sides use: reload it so the reference is computed from it.
     model = DeepseekV3ForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -219,6 +251,7 @@ def main():
     m.add_argument("--layout", choices=["fused", "per-expert"])
     m.add_argument("--shards", type=int, default=1)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--mtp", type=int, default=0)
     l = sub.add_parser("logits")
     l.add_argument("dir")
     l.add_argument("ids")

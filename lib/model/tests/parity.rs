@@ -153,3 +153,81 @@ fn a_checkpoint_that_does_not_fit_gets_one_error_listing_everything() {
         assert!(err.contains(needle), "error lacks {needle:?}:\n{err}");
     }
 }
+
+/// Checkpoints with multi-token-prediction layers (release layout, per-expert and fused, one and two
+/// depths): the main path still equals transformers (which skips the extra layers), every MTP
+/// tensor survives our save and load bit for bit, the save holds the release's copies of the
+/// shared embedding and head, and transformers reads our save with unchanged logits.
+#[test]
+fn mtp_layers_are_kept_and_transformers_skips_them() {
+    for (variant, depths, layout) in [("plain", 1, "per-expert"), ("lora_tied", 2, "fused")] {
+        let src = tempfile::tempdir().unwrap();
+        let reference = make(src.path(), variant, &["--mtp", &depths.to_string(), "--layout", layout]);
+        let model = check(src.path(), &reference);
+        assert_eq!(model.mtp.len(), depths);
+        let mtp_names: Vec<String> = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| openseek_model::mtp::is_mtp_name(&model.config, n)).collect();
+        assert!(mtp_names.iter().any(|n| n == &format!("model.layers.{}.eh_proj.weight", 1 + depths)), "{mtp_names:?}");
+        let out = tempfile::tempdir().unwrap();
+        checkpoint::save(&model, out.path(), Kind::Float, 64 * 1024).unwrap();
+        let index: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+        for copy in ["embed_tokens.weight", "shared_head.head.weight", "shared_head.norm.weight", "enorm.weight", "mlp.experts.3.up_proj.weight"] {
+            assert!(index["weight_map"][format!("model.layers.2.{copy}")].is_string(), "{copy} not saved");
+        }
+        let back = checkpoint::load(out.path(), Kind::Float, Device::Cpu).unwrap();
+        let (a, b) = (model.named_tensors(), back.named_tensors());
+        assert_eq!(a.len(), b.len());
+        for ((n, x), (m, y)) in a.iter().zip(&b) {
+            assert_eq!(n, m);
+            assert!(x.equal(y), "{n} changed in the round trip");
+        }
+        let got_file = out.path().join("hf_logits.json");
+        python(&["logits", out.path().to_str().unwrap(), src.path().join("reference.json").to_str().unwrap(), got_file.to_str().unwrap()]);
+        let got: Value = serde_json::from_str(&std::fs::read_to_string(&got_file).unwrap()).unwrap();
+        let diff = max_abs(&tensor_of(&got), &tensor_of(&reference));
+        assert!(diff <= 1e-5, "{variant}: transformers' logits on our saved MTP checkpoint differ by {diff}");
+    }
+}
+
+/// An MTP config that does not fit the checkpoint's MTP tensors stops with names and shapes
+/// (exit 65); a config that declares MTP layers a checkpoint lacks entirely gets them initialised.
+#[test]
+fn mtp_configs_that_do_not_fit_are_refused_and_absent_ones_initialised() {
+    let dir = tempfile::tempdir().unwrap();
+    make(dir.path(), "plain", &["--mtp", "1"]);
+    let path = dir.path().join("config.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let with = |depths: Option<i64>| {
+        let mut cfg: Value = serde_json::from_str(&original).unwrap();
+        match depths {
+            Some(d) => cfg["num_nextn_predict_layers"] = d.into(),
+            None => drop(cfg.as_object_mut().unwrap().remove("num_nextn_predict_layers")),
+        }
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        checkpoint::load(dir.path(), Kind::Float, Device::Cpu)
+    };
+    // Undeclared (omitted, as transformers' older configs do, or 0): the extra layer is unexpected.
+    for depths in [None, Some(0)] {
+        let err = with(depths).err().expect("must fail");
+        assert_eq!(err.code, openseek_common::ExitCode::DataErr);
+        for needle in ["unexpected:", "model.layers.2.eh_proj.weight [64, 128]", "model.layers.2.shared_head.head.weight [256, 64]", "num_nextn_predict_layers (0)"] {
+            assert!(err.message.contains(needle), "error lacks {needle:?}:\n{}", err.message);
+        }
+    }
+    // Two declared, one stored: the second depth's tensors are missing, with their shapes.
+    let err = with(Some(2)).err().expect("must fail");
+    for needle in ["missing:", "model.layers.3.enorm.weight [64]", "model.layers.3.mlp.gate.weight [8, 64]", "num_nextn_predict_layers (2)"] {
+        assert!(err.message.contains(needle), "error lacks {needle:?}:\n{}", err.message);
+    }
+    // A checkpoint without any MTP tensor, its config declaring one depth: initialised.
+    let plain = tempfile::tempdir().unwrap();
+    make(plain.path(), "plain", &[]);
+    let path = plain.path().join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["num_nextn_predict_layers"] = 1.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let model = checkpoint::load(plain.path(), Kind::Float, Device::Cpu).unwrap();
+    assert_eq!(model.mtp.len(), 1);
+    let again = checkpoint::load(plain.path(), Kind::Float, Device::Cpu).unwrap();
+    assert!(model.mtp[0].eh_proj.weight.equal(&again.mtp[0].eh_proj.weight), "the initialisation is deterministic");
+    assert!(model.mtp[0].eh_proj.weight.std(true).double_value(&[]) > 0.01);
+}
