@@ -17,7 +17,7 @@ os-megatron2hf's tests, made with megatron-core on CPU (gloo).
                                  these files are the TP1 model's weights renamed and split as TE's spec
                                  names and splits them, written with torch in Megatron's layout
                OUT/torch_gg_tp2ep2  torch_tp2ep2 with the experts in the legacy GroupedMLP layout (weight1/weight2)
-               OUT/bad_unknown   torch_tp2ep2 with a key no converter knows (an MTP norm) in rank 0
+               OUT/bad_unknown   torch_tp2ep2 with a key no converter knows (GQA's fused linear_qkv, which MLA has not) in rank 0
                OUT/bad_shape     torch_tp2ep2 with rank 1's layer-0 q_proj cut to fewer rows
              and OUT/full.pt, OUT/full_allmoe.pt (the TP1 state dicts), OUT/reference.json, OUT/tokens.jsonl.
   check FULL HF[:tied][:bf16][:allmoe]...   every tensor of each converted HF dir equals the TP1 source
@@ -258,7 +258,7 @@ def make(out):
     mp.spawn(reshard, args=(2, out, 1, 2, 1, True, [("torch", "torch_pp2")], free_port()), nprocs=2)
     te_layout(out)
     broken(out, "torch_gg_tp2ep2", None, grouped_gemm)
-    broken(out, "bad_unknown", "mp_rank_00_000", lambda m: m.__setitem__("mtp.layers.0.enorm.weight", torch.ones(64)))
+    broken(out, "bad_unknown", "mp_rank_00_000", lambda m: m.__setitem__("decoder.layers.0.self_attention.linear_qkv.weight", torch.ones(192, 64)))
     key = "decoder.layers.0.self_attention.linear_q_proj.weight"
     broken(out, "bad_shape", "mp_rank_01_001", lambda m: m.__setitem__(key, m[key][:40].clone()))
     with open(os.path.join(out, "reference.json"), "w") as f:

@@ -160,11 +160,11 @@ fn bad_checkpoints_are_refused_naming_the_file() {
     fails(&convert("torch_pp2", &hf, &["--vocab-size", "250", "--iteration", "20"]), 66, &["iter_0000020: iteration directory missing (present: iter_0000010)"]);
     // A key nobody maps: refused by default, converted around with --skip-unknown and listed.
     let o = convert("bad_unknown", &hf, &v);
-    fails(&o, 65, &["mp_rank_00_000/model_optim_rng.pt: mtp.layers.0.enorm.weight"]);
+    fails(&o, 65, &["mp_rank_00_000/model_optim_rng.pt: decoder.layers.0.self_attention.linear_qkv.weight"]);
     assert!(!hf.join("model.safetensors.index.json").exists());
     ok(&convert("bad_unknown", &hf, &["--vocab-size", "250", "--skip-unknown"]));
     let info: Value = serde_json::from_str(&std::fs::read_to_string(hf.join("megatron2hf_info.json")).unwrap()).unwrap();
-    assert!(info["unknown"][0].as_str().unwrap().ends_with("mp_rank_00_000/model_optim_rng.pt: mtp.layers.0.enorm.weight"));
+    assert!(info["unknown"][0].as_str().unwrap().ends_with("mp_rank_00_000/model_optim_rng.pt: decoder.layers.0.self_attention.linear_qkv.weight"));
     // The output directory now holds a checkpoint: not overwritten.
     fails(&convert("torch_tp2ep2", &hf, &v), 73, &["already holds a checkpoint"]);
     // Ranks that disagree on a shape.

@@ -170,7 +170,8 @@ pub fn convert(
     // Plan.
     let mut plan = Vec::new();
     for (i, e) in ck.entries.iter().enumerate() {
-        let mapping::Target::Hf(parts) = mapping::target(&e.key, shape.tied) else { continue };
+        let model = mapping::Model { tied: shape.tied, layers: shape.layers, mtp: shape.mtp };
+        let mapping::Target::Hf(parts) = mapping::target(&e.key, &model) else { continue };
         for (name, part) in parts {
             let s = part_shape(e, part, vocab)?;
             let want = shape.expected(&name).ok_or_else(|| {
@@ -255,13 +256,14 @@ fn files_of(e: &Entry) -> String {
     e.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Every tensor name the HF model has under `s`.
+/// Every tensor name the HF model has under `s`: the main model, then the MTP layers with the
+/// release's copies of the embedding and head.
 fn expected_names(s: &Shape) -> Vec<String> {
     let mut v = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
     if !s.tied {
         v.push("lm_head.weight".into());
     }
-    for l in 0..s.layers {
+    for l in 0..s.layers + s.mtp {
         let p = format!("model.layers.{l}.");
         let mut names = vec!["input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_a_layernorm.weight", "self_attn.kv_b_proj.weight", "self_attn.o_proj.weight"]
             .into_iter()
@@ -272,7 +274,7 @@ fn expected_names(s: &Shape) -> Vec<String> {
         } else {
             names.push("self_attn.q_proj.weight".into());
         }
-        if l < s.first_k_dense {
+        if l < s.first_k_dense || s.first_k_dense >= s.layers {
             names.extend(["mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"].map(String::from));
         } else {
             names.extend(["mlp.gate.weight", "mlp.gate.e_score_correction_bias"].map(String::from));
@@ -282,6 +284,9 @@ fn expected_names(s: &Shape) -> Vec<String> {
             for e in 0..s.experts {
                 names.extend(["gate_proj", "up_proj", "down_proj"].map(|w| format!("mlp.experts.{e}.{w}.weight")));
             }
+        }
+        if l >= s.layers {
+            names.extend(["enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "embed_tokens.weight", "shared_head.head.weight"].map(String::from));
         }
         v.extend(names.into_iter().map(|n| format!("{p}{n}")));
     }

@@ -126,29 +126,33 @@ fn parse_metadata(bytes: &[u8]) -> Result<HashMap<String, TensorMeta>, String> {
 /// Leading-axis expansions of a DCP key: (global key, fixed leading indices).
 fn expand(fqn: &str, size: &[usize]) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
-    // Layers: `decoder.layers.N.rest` or stacked `decoder.layers.rest` [L, ...].
-    let layers: Vec<(String, Vec<usize>, String)> = match fqn.strip_prefix("decoder.layers.") {
-        Some(rest) => match rest.split_once('.') {
-            Some((l, r)) if l.parse::<usize>().is_ok() => vec![(l.to_string(), vec![], r.to_string())],
-            _ => (0..size.first().copied().unwrap_or(0)).map(|l| (l.to_string(), vec![l], rest.to_string())).collect(),
+    // Layers (their key prefix, fixed indices, the rest): `decoder.layers.N.rest`, stacked
+    // `decoder.layers.rest` [L, ...], or an MTP layer's `mtp.layers.K.transformer_layer.rest`.
+    let layers: Vec<(String, Vec<usize>, String)> = match (fqn.strip_prefix("decoder.layers."), crate::mapping::mtp_layer(fqn)) {
+        (Some(rest), _) => match rest.split_once('.') {
+            Some((l, r)) if l.parse::<usize>().is_ok() => vec![(format!("decoder.layers.{l}"), vec![], r.to_string())],
+            _ => (0..size.first().copied().unwrap_or(0)).map(|l| (format!("decoder.layers.{l}"), vec![l], rest.to_string())).collect(),
         },
-        None => return vec![(fqn.to_string(), vec![])],
+        (None, Some((k, rest))) if rest.starts_with("transformer_layer.") => {
+            vec![(format!("mtp.layers.{k}.transformer_layer"), vec![], rest["transformer_layer.".len()..].to_string())]
+        }
+        _ => return vec![(fqn.to_string(), vec![])],
     };
     for (l, fixed, rest) in layers {
         let dims_left = size.len() - fixed.len();
         let expert = rest.strip_prefix("mlp.experts.experts.").or_else(|| rest.strip_prefix("mlp.experts.").filter(|w| w.starts_with("linear_fc") && dims_left == 3));
         match expert {
             Some(w) => match w.split_once('.') {
-                Some((e, w2)) if e.parse::<usize>().is_ok() => out.push((format!("decoder.layers.{l}.mlp.experts.{e}.{w2}"), fixed.clone())),
+                Some((e, w2)) if e.parse::<usize>().is_ok() => out.push((format!("{l}.mlp.experts.{e}.{w2}"), fixed.clone())),
                 _ => {
                     for e in 0..size[fixed.len()] {
                         let mut f = fixed.clone();
                         f.push(e);
-                        out.push((format!("decoder.layers.{l}.mlp.experts.{e}.{w}"), f));
+                        out.push((format!("{l}.mlp.experts.{e}.{w}"), f));
                     }
                 }
             },
-            None => out.push((format!("decoder.layers.{l}.{rest}"), fixed)),
+            None => out.push((format!("{l}.{rest}"), fixed)),
         }
     }
     out
@@ -161,7 +165,12 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     let common_path = dir.join("common.pt");
     let root = OpenFile::archive(&common_path)?.archive.unwrap().root;
     let args = root.get("args").ok_or_else(|| Failure::data(format!("{}: no `args` in the common state", common_path.display())))?;
-    let tied = crate::checkpoint::tied_embeddings(&args);
+    let int_arg = |n: &str| args.get(n).and_then(|v| v.as_int()).filter(|v| *v > 0).map(|v| v as usize);
+    let model = mapping::Model {
+        tied: crate::checkpoint::tied_embeddings(&args),
+        layers: int_arg("num_layers").unwrap_or(0),
+        mtp: tensors.keys().filter_map(|k| mapping::mtp_layer(k)).map(|(k, _)| k + 1).max().unwrap_or(0),
+    };
 
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
     if let Some(top) = root.entries() {
@@ -182,7 +191,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
             continue;
         }
         for (key, fixed) in expand(fqn, &meta.size) {
-            match mapping::target(&key, tied) {
+            match mapping::target(&key, &model) {
                 mapping::Target::Ignored(why) => *ignored.entry(why.to_string()).or_default() += 1,
                 mapping::Target::Unknown => unknown.push((fqn.clone(), dir.join(".metadata"))),
                 mapping::Target::Hf(_) => {
@@ -323,6 +332,9 @@ mod tests {
         assert_eq!(e[2], ("decoder.layers.3.mlp.experts.2.linear_fc2.weight".to_string(), vec![2]));
         assert_eq!(expand("decoder.layers.3.mlp.experts.experts.5.linear_fc2.weight", &[4, 2]), [("decoder.layers.3.mlp.experts.5.linear_fc2.weight".to_string(), vec![])]);
         assert_eq!(expand("decoder.layers.self_attention.linear_proj.weight", &[2, 4, 4])[1], ("decoder.layers.1.self_attention.linear_proj.weight".to_string(), vec![1]));
+        let e = expand("mtp.layers.0.transformer_layer.mlp.experts.experts.linear_fc2.weight", &[4, 4, 2]);
+        assert_eq!(e[3], ("mtp.layers.0.transformer_layer.mlp.experts.3.linear_fc2.weight".to_string(), vec![3]));
+        assert_eq!(expand("mtp.layers.0.eh_proj.weight", &[4, 8]), [("mtp.layers.0.eh_proj.weight".to_string(), vec![])]);
         assert_eq!(expand("embedding.word_embeddings.weight", &[8, 4]), [("embedding.word_embeddings.weight".to_string(), vec![])]);
     }
 

@@ -27,6 +27,8 @@ pub struct Shape {
     pub shared_intermediate: usize,
     pub first_k_dense: usize,
     pub tied: bool,
+    /// Multi-token-prediction layers (HF layers `layers..layers + mtp`).
+    pub mtp: usize,
 }
 
 fn get_int(args: &Value, name: &str) -> Option<usize> {
@@ -58,6 +60,19 @@ impl Shape {
                 "{what}: layer {l} is dense after MoE layers; DeepSeek-V3 configs express only the first k layers dense"
             )));
         }
+        let mtp = ck.entries.iter().filter_map(|e| crate::mapping::mtp_layer(&e.key)).map(|(k, _)| k + 1).max().unwrap_or(0);
+        if let Some(declared) = get_int(a, "mtp_num_layers").filter(|n| *n != mtp) {
+            return Err(Failure::data(format!("{what}: args.mtp_num_layers is {declared}, but the checkpoint holds {mtp} MTP layer(s)")));
+        }
+        // DeepSeek-V3 configs make layer i MoE when i >= first_k_dense_replace, MTP layers included.
+        let has_mtp_router = |k: usize| ck.entries.iter().any(|e| e.key == format!("mtp.layers.{k}.transformer_layer.mlp.router.weight"));
+        if let Some(k) = (0..mtp).find(|k| has_mtp_router(*k) != (layers + k >= first_k_dense && first_k_dense < layers)) {
+            return Err(Failure::data(format!(
+                "{what}: MTP layer {k} is {} while the decoder's last layer is {}; a DeepSeek-V3 config cannot express that",
+                if has_mtp_router(k) { "MoE" } else { "dense" },
+                if first_k_dense < layers { "MoE" } else { "dense" }
+            )));
+        }
         let moe_intermediate = get_int(a, "moe_ffn_hidden_size").unwrap_or(0);
         Ok(Shape {
             vocab,
@@ -75,6 +90,7 @@ impl Shape {
             shared_intermediate: get_int(a, "moe_shared_expert_intermediate_size").unwrap_or(0),
             first_k_dense,
             tied: crate::checkpoint::tied_embeddings(a),
+            mtp,
         })
     }
 
@@ -90,10 +106,18 @@ impl Shape {
         let rest = name.strip_prefix("model.layers.")?;
         let (l, rest) = rest.split_once('.')?;
         let l: usize = l.parse().ok()?;
-        if l >= self.layers {
+        if l >= self.layers + self.mtp {
             return None;
         }
-        let moe = l >= self.first_k_dense;
+        if l >= self.layers {
+            match rest {
+                "enorm.weight" | "hnorm.weight" | "shared_head.norm.weight" => return Some(vec![h]),
+                "eh_proj.weight" => return Some(vec![h, 2 * h]),
+                "embed_tokens.weight" | "shared_head.head.weight" => return Some(vec![self.vocab, h]),
+                _ => {}
+            }
+        }
+        let moe = l >= self.first_k_dense && self.first_k_dense < self.layers;
         let shared = self.shared_intermediate;
         let (mi, ex) = (self.moe_intermediate, self.experts);
         Some(match rest {
@@ -183,7 +207,7 @@ pub fn config_json(ck: &Checkpoint, s: &Shape, torch_dtype: &str, bos: Option<i6
         "rope_interleave": true,
         "max_position_embeddings": get_int(a, "max_position_embeddings").or_else(|| get_int(a, "seq_length")).unwrap_or(4096),
         "tie_word_embeddings": s.tied,
-        "num_nextn_predict_layers": 0,
+        "num_nextn_predict_layers": s.mtp,
         "initializer_range": f("init_method_std", 0.02),
         "bos_token_id": bos,
         "eos_token_id": eos,

@@ -47,11 +47,32 @@ fn int_arg(args: &Value, name: &str) -> Option<usize> {
     args.get(name).and_then(|v| v.as_int()).filter(|v| *v > 0).map(|v| v as usize)
 }
 
-/// Split a model key into (layer, rest) when it is a decoder layer's.
-fn layer_of(key: &str) -> Option<(usize, &str)> {
+/// Which layer a key belongs to: a decoder layer (numbered per pipeline stage in a rank's file)
+/// or the transformer layer of MTP layer k (all on the last stage, numbered from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerOf {
+    Decoder(usize),
+    Mtp(usize),
+}
+
+impl LayerOf {
+    /// The global key prefix of the layer, decoder layers moved by `offset`.
+    fn global(self, offset: usize) -> String {
+        match self {
+            LayerOf::Decoder(l) => format!("decoder.layers.{}", offset + l),
+            LayerOf::Mtp(k) => format!("mtp.layers.{k}.transformer_layer"),
+        }
+    }
+}
+
+/// Split a model key into (layer, rest) when it is a decoder layer's or an MTP transformer layer's.
+fn layer_of(key: &str) -> Option<(LayerOf, &str)> {
+    if let Some((k, rest)) = mapping::mtp_layer(key) {
+        return Some((LayerOf::Mtp(k), rest.strip_prefix("transformer_layer.")?));
+    }
     let rest = key.strip_prefix("decoder.layers.")?;
     let (l, rest) = rest.split_once('.')?;
-    Some((l.parse().ok()?, rest))
+    Some((LayerOf::Decoder(l.parse().ok()?), rest))
 }
 
 /// The local expert of a layer key and the weight name, for the three expert layouts.
@@ -107,6 +128,7 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     let mut models = Vec::with_capacity(files.len());
     let mut stage_layers: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); pp_seen];
     let mut local_experts = BTreeSet::new();
+    let mut mtp_layers = BTreeSet::new();
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
     for (f, r) in files.iter().zip(&ranks) {
         let root = &f.archive.as_ref().unwrap().root;
@@ -116,8 +138,13 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         let model = root.get("model").ok_or_else(|| Failure::data(format!("{}: no `model` state dict", f.path.display())))?;
         let entries = model.entries().ok_or_else(|| Failure::data(format!("{}: `model` is not a dict", f.path.display())))?;
         for (k, _) in &entries {
+            if let Some((k, _)) = k.as_str().and_then(mapping::mtp_layer) {
+                mtp_layers.insert(k);
+            }
             if let Some((l, rest)) = k.as_str().and_then(layer_of) {
-                stage_layers[r.pp].insert(l);
+                if let LayerOf::Decoder(l) = l {
+                    stage_layers[r.pp].insert(l);
+                }
                 if let Some((e, _)) = local_expert(rest) {
                     local_experts.insert(e);
                 }
@@ -137,7 +164,11 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         offsets[p] = offsets[p - 1] + stage_layers[p - 1].len();
     }
     let per_rank = int_arg(&args, "num_experts").map(|n| n / ep_size).unwrap_or(local_experts.len());
-    let tied = crate::checkpoint::tied_embeddings(&args);
+    let model = mapping::Model {
+        tied: crate::checkpoint::tied_embeddings(&args),
+        layers: stage_layers.iter().map(|s| s.len()).sum(),
+        mtp: mtp_layers.last().map_or(0, |k| k + 1),
+    };
 
     // Global key -> pieces by tensor-parallel slot.
     let mut groups: BTreeMap<String, BTreeMap<usize, (usize, TensorRef)>> = BTreeMap::new();
@@ -151,20 +182,20 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
                         Some((e, w)) => format!("mlp.experts.{}.{w}", r.ep * per_rank + e),
                         None => rest.to_string(),
                     };
-                    format!("decoder.layers.{}.{rest}", offsets[r.pp] + l)
+                    format!("{}.{rest}", l.global(offsets[r.pp]))
                 }
                 None => k.to_string(),
             };
             if let (Some((layer, which)), Value::Tensor(t)) = (grouped_gemm(&global), v) {
                 let views = grouped_views(t, which, per_rank).map_err(|m| Failure::data(format!("{}: {k}: {m}", files[fi].path.display())))?;
                 for (e, view) in views.into_iter().enumerate() {
-                    let key = format!("decoder.layers.{layer}.mlp.experts.{}.linear_fc{which}.weight", r.ep * per_rank + e);
+                    let key = format!("{}.mlp.experts.{}.linear_fc{which}.weight", layer.global(0), r.ep * per_rank + e);
                     let slot = if etp == 1 { 0 } else { r.tp };
                     groups.entry(key).or_default().entry(slot).or_insert((fi, view));
                 }
                 continue;
             }
-            match mapping::target(&global, tied) {
+            match mapping::target(&global, &model) {
                 mapping::Target::Ignored(why) => {
                     *ignored.entry(why.to_string()).or_default() += 1;
                     continue;
@@ -238,8 +269,8 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
     })
 }
 
-/// `decoder.layers.{l}.mlp.experts.weight{1,2}`: the layer and which weight.
-fn grouped_gemm(key: &str) -> Option<(usize, u8)> {
+/// `{layer}.mlp.experts.weight{1,2}`: the layer and which weight.
+fn grouped_gemm(key: &str) -> Option<(LayerOf, u8)> {
     let (l, rest) = layer_of(key)?;
     match rest {
         "mlp.experts.weight1" => Some((l, 1)),
@@ -285,7 +316,8 @@ mod tests {
         let v = grouped_views(&w2, 2, 2).unwrap();
         assert_eq!((v[1].offset, v[1].shape.clone(), v[1].stride.clone()), (3 + 12, vec![4, 3], vec![1, 4]));
         assert!(grouped_views(&t, 1, 4).is_err());
-        assert_eq!(grouped_gemm("decoder.layers.3.mlp.experts.weight2"), Some((3, 2)));
+        assert_eq!(grouped_gemm("decoder.layers.3.mlp.experts.weight2"), Some((LayerOf::Decoder(3), 2)));
+        assert_eq!(grouped_gemm("mtp.layers.0.transformer_layer.mlp.experts.weight1"), Some((LayerOf::Mtp(0), 1)));
     }
 
     #[test]
@@ -293,7 +325,11 @@ mod tests {
         assert_eq!(local_expert("mlp.experts.local_experts.3.linear_fc1.weight"), Some((3, "linear_fc1.weight".into())));
         assert_eq!(local_expert("mlp.experts.linear_fc2.weight12"), Some((12, "linear_fc2.weight".into())));
         assert_eq!(local_expert("mlp.shared_experts.linear_fc1.weight"), None);
-        assert_eq!(layer_of("decoder.layers.7.mlp.router.weight"), Some((7, "mlp.router.weight")));
+        assert_eq!(layer_of("decoder.layers.7.mlp.router.weight"), Some((LayerOf::Decoder(7), "mlp.router.weight")));
+        assert_eq!(layer_of("mtp.layers.1.transformer_layer.mlp.router.weight"), Some((LayerOf::Mtp(1), "mlp.router.weight")));
+        assert_eq!(layer_of("mtp.layers.1.enorm.weight"), None);
         assert_eq!(layer_of("decoder.final_layernorm.weight"), None);
+        assert_eq!(LayerOf::Decoder(2).global(3), "decoder.layers.5");
+        assert_eq!(LayerOf::Mtp(0).global(3), "mtp.layers.0.transformer_layer");
     }
 }
