@@ -652,6 +652,95 @@ fn sigterm_during_the_rendezvous_exits_75_at_once() {
         assert!(err.contains("stopped by SIGTERM"), "rank {rank}: {err}");
         assert!(!dir.path().join("checkpoints").join("latest").exists());
     }
+
+/// The demo model with one multi-token-prediction depth (`num_nextn_predict_layers = 1`).
+fn mtp_model_config() -> PathBuf {
+    let path = scratch().join("train-demo-model-mtp.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(root().join("recipes/train-demo-model.json")).unwrap()).unwrap();
+    cfg["num_nextn_predict_layers"] = 1.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+/// The names in a checkpoint's safetensors index.
+fn checkpoint_names(dir: &Path) -> Vec<String> {
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap();
+    index["weight_map"].as_object().unwrap().keys().cloned().collect()
+}
+
+/// Multi-token prediction end to end: the MTP loss is logged (log.jsonl and TensorBoard), the
+/// checkpoints hold the MTP layer in DeepSeek-V3's release layout, a run killed at step 7 resumes
+/// to the uninterrupted run's losses (MTP loss included) and weights bit for bit, os-soup keeps
+/// every MTP tensor and its soup loads in os-eval and transformers with equal scores; with
+/// `mtp_loss_coeff = 0` the main losses are those of the same model without MTP, bit for bit.
+#[test]
+fn mtp_trains_resumes_exactly_and_survives_os_soup() {
+    let model = mtp_model_config();
+    let mtp = ["--model-config", model.to_str().unwrap()];
+    let whole = scratch().join("mtp-whole");
+    let o = train(&whole, &mtp);
+    assert!(o.status.success(), "os-train failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multi-token prediction: 1 depth(s), trained, loss x 0.3"));
+    let l = log(&whole);
+    assert_eq!(l.len() as u64, STEPS);
+    let (first, last) = (l[0]["mtp_loss"].as_f64().unwrap(), l[STEPS as usize - 1]["mtp_loss"].as_f64().unwrap());
+    assert!(first > 5.0 && last < first - 0.5, "the MTP loss is logged and falls: {first} -> {last}");
+    let tb: Value = serde_json::from_str(&run_python("train_tensorboard.py", &[whole.join("tensorboard").to_str().unwrap()])).unwrap();
+    let logged: Vec<f32> = tb["train/mtp_loss"].as_array().unwrap().iter().map(|e| e[1].as_f64().unwrap() as f32).collect();
+    assert_eq!(logged, l.iter().map(|r| r["mtp_loss"].as_f64().unwrap() as f32).collect::<Vec<_>>());
+    assert!(l[0]["moe"]["layer_3"]["tokens_max"].as_u64().unwrap() > 0, "the MTP layer's router statistics are logged");
+    let rc: Value = serde_json::from_str(&std::fs::read_to_string(whole.join("train_config.json")).unwrap()).unwrap();
+    assert_eq!(rc["config"]["mtp_loss_coeff"], 0.3);
+    let last_ck = whole.join(format!("checkpoints/step-{STEPS:07}"));
+    let names = checkpoint_names(&last_ck);
+    for n in ["enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "embed_tokens.weight", "shared_head.head.weight", "mlp.gate.weight", "mlp.experts.7.down_proj.weight"] {
+        assert!(names.contains(&format!("model.layers.3.{n}")), "model.layers.3.{n} not in the checkpoint");
+    }
+
+    // Killed at step 7, resumed: the same losses and the same final weights.
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_and_signal(dir.path(), &mtp, 7, "-KILL", &[]);
+    assert_eq!(o.status.code(), None, "killed by a signal");
+    let o = train(dir.path(), &mtp);
+    assert!(o.status.success(), "resume failed: {}", String::from_utf8_lossy(&o.stderr));
+    let resumed = log(dir.path());
+    assert_eq!(resumed.len(), l.len());
+    for (g, r) in resumed.iter().zip(&l) {
+        for key in ["loss", "mtp_loss", "grad_norm", "param_norm"] {
+            assert_eq!(g[key], r[key], "step {}: {key}", r["step"]);
+        }
+    }
+    assert!(final_weights(dir.path()) == final_weights(&whole), "final weights differ from the uninterrupted run");
+
+    // os-soup of the last two checkpoints keeps every tensor, MTP included; the soup loads in
+    // os-eval and transformers (which skips the MTP layer) with equal scores.
+    let soup_dir = dir.path().join("soup");
+    let o = run_tool("os-soup", &["--latest", "2", whole.join("checkpoints").to_str().unwrap(), "--out", soup_dir.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "os-soup: {}", String::from_utf8_lossy(&o.stderr));
+    let (mut a, mut b) = (names.clone(), checkpoint_names(&soup_dir));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the soup's tensors are the checkpoint's");
+    let s = SampleStore::open(store()).unwrap();
+    let tokens = dir.path().join("tokens.jsonl");
+    std::fs::write(&tokens, serde_json::json!({"tokens": s.sample(0).0[..65].to_vec()}).to_string() + "\n").unwrap();
+    let (ours, theirs) = (dir.path().join("os-eval.jsonl"), dir.path().join("hf.jsonl"));
+    let o = run_tool("os-eval", &["score", "--model", soup_dir.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--output", ours.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "os-eval: {}", String::from_utf8_lossy(&o.stderr));
+    run_python("hf_deepseek.py", &["score", soup_dir.to_str().unwrap(), tokens.to_str().unwrap(), theirs.to_str().unwrap()]);
+    let score = |p: &Path| serde_json::from_str::<Value>(std::fs::read_to_string(p).unwrap().trim()).unwrap()["sum_logprob"].as_f64().unwrap();
+    assert!((score(&ours) - score(&theirs)).abs() < 1e-3, "os-eval {} vs transformers {}", score(&ours), score(&theirs));
+
+    // mtp_loss_coeff 0: the MTP layer is kept but not trained, and the main model trains as without it.
+    let off = tempfile::tempdir().unwrap();
+    let o = train(off.path(), &[&mtp[..], &["--mtp-loss-coeff", "0"]].concat());
+    assert!(o.status.success(), "os-train failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (_, reference) = reference();
+    for (g, r) in log(off.path()).iter().zip(reference) {
+        assert_eq!(g["loss"], r["loss"], "step {}: the main loss differs from the model without MTP", r["step"]);
+        assert!(g["mtp_loss"].is_null());
+    }
+    assert!(checkpoint_names(&off.path().join(format!("checkpoints/step-{STEPS:07}"))).contains(&"model.layers.3.eh_proj.weight".to_string()));
 }
 
 /// Without `tokenizer`, checkpoints carry the tokenizer the store's shards were made with (as

@@ -191,6 +191,19 @@ impl DeepseekV3 {
             layer.set_fast_paths(fast);
         }
         self.norm.fast = fast;
+        for m in &mut self.mtp {
+            m.set_fast_paths(fast);
+        }
+    }
+
+    /// Every decoder layer with its HF layer number: the main ones, then the MTP depths' layers.
+    pub fn all_layers(&self) -> impl Iterator<Item = (usize, &Layer)> {
+        self.layers.iter().chain(self.mtp.iter().map(|m| &m.layer)).enumerate()
+    }
+
+    /// [`DeepseekV3::all_layers`], mutable.
+    pub fn all_layers_mut(&mut self) -> impl Iterator<Item = (usize, &mut Layer)> {
+        self.layers.iter_mut().chain(self.mtp.iter_mut().map(|m| &mut m.layer)).enumerate()
     }
 
     /// The weights' dtype.

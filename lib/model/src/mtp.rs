@@ -16,6 +16,7 @@
 //! of the shared embedding and head).
 
 use crate::config::Config;
+use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, RmsNorm};
 use crate::model::{take, Layer, Weights};
 use crate::moe::{AuxCoefficients, RoutingStats};
@@ -66,6 +67,13 @@ impl MtpLayer {
             layer: Layer::take(w, &p, cfg.num_hidden_layers + k as i64, cfg),
             norm: RmsNorm::take(w, &format!("{p}.shared_head.norm"), eps),
         }
+    }
+
+    pub fn set_fast_paths(&mut self, fast: FastPaths) {
+        self.enorm.fast = fast;
+        self.hnorm.fast = fast;
+        self.layer.set_fast_paths(fast);
+        self.norm.fast = fast;
     }
 
     /// The depth's tensors under `p`, HF names, sharing storage.

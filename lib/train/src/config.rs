@@ -216,6 +216,12 @@ pub struct TrainConfig {
     /// Router z-loss coefficient (0 = off).
     #[serde(default)]
     pub z_loss_coeff: f64,
+    /// Multi-token prediction (DeepSeek-V3; the model's `num_nextn_predict_layers` depths): the MTP
+    /// loss, averaged over the depths, times this is added to the LM loss (OpenSeek-Small-v1 trained
+    /// with 0.3, `mtp_loss_coeff` in its FlagScale config). 0: not computed, the MTP weights are
+    /// kept unchanged in the checkpoints. No effect on a model without MTP layers.
+    #[serde(default = "mtp_coeff")]
+    pub mtp_loss_coeff: f64,
 
     /// Layers whose activations are recomputed in the backward pass: "none", "all" or "0,2,4".
     #[serde(default = "none")]
@@ -388,6 +394,9 @@ fn bias_rate() -> f64 {
 fn seq_aux() -> f64 {
     1e-4
 }
+fn mtp_coeff() -> f64 {
+    0.3
+}
 fn none() -> String {
     "none".into()
 }
@@ -514,6 +523,9 @@ impl TrainConfig {
         }
         if self.loss_chunk_tokens == 0 {
             return bad("loss_chunk_tokens must be at least 1".into());
+        }
+        if !(self.mtp_loss_coeff.is_finite() && self.mtp_loss_coeff >= 0.0) {
+            return bad(format!("mtp_loss_coeff {} must be finite and not negative (0 turns the MTP loss off)", self.mtp_loss_coeff));
         }
         if !(self.lr.is_finite() && self.lr >= 0.0 && self.min_lr.is_finite() && self.min_lr >= 0.0) {
             return bad(format!("lr {} and min_lr {} must be finite and not negative", self.lr, self.min_lr));
@@ -656,7 +668,17 @@ mod tests {
         let mut m = base();
         m.insert("train_samples".into(), Value::from(7));
         assert!(TrainConfig::from_map(m).unwrap_err().message.contains("exactly one"));
+        // Negative; non-finite as TOML (`inf`, `nan`: null once in JSON) or a flag (a string) spells
+        // it fails as a type error first (serde's message does not name the field).
+        for bad in [Value::from(-0.1), Value::from(f64::INFINITY), Value::from("NaN")] {
+            let mut m = base();
+            m.insert("mtp_loss_coeff".into(), bad.clone());
+            let e = TrainConfig::from_map(m).unwrap_err();
+            assert_eq!(e.code, openseek_common::ExitCode::Config, "{bad}");
+            assert!(bad.is_string() || bad.is_null() || e.message.contains("mtp_loss_coeff"), "{bad}: {}", e.message);
+        }
         let c = TrainConfig::from_map(base()).unwrap();
+        assert_eq!(c.mtp_loss_coeff, 0.3, "OpenSeek-Small-v1's coefficient by default");
         assert_eq!(c.recompute_layers(3).unwrap(), vec![false; 3]);
         let mut m = base();
         m.insert("lr".into(), Value::from(-1.0));

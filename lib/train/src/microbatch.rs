@@ -3,10 +3,13 @@
 //! recompute them in the backward pass; the LM head and the loss run in chunks of tokens
 //! (crate::loss). As the backward pass completes each part's gradients (the head, then each
 //! layer from the last, then the embedding) it tells the caller, which can start reducing them
-//! over ranks while the rest of the backward runs.
+//! over ranks while the rest of the backward runs. With multi-token prediction (crate::mtp) the
+//! final hidden states are a leaf that the main head + loss and the MTP depths both send their
+//! gradients to; the MTP layers count as layers `num_hidden_layers + k` for the caller.
 
 use crate::config::{HeadLoss, TrainFastPaths};
 use crate::loss;
+use crate::mtp;
 use openseek_common::Failure;
 use openseek_model::moe::{AuxCoefficients, RoutingStats};
 use openseek_model::{DeepseekV3, DocumentSegments};
@@ -70,6 +73,9 @@ pub struct MicroBatchPlan<'a> {
     pub loss_denominator: f64,
     /// Micro-batches in the step (the auxiliary losses are means over them).
     pub micro_batches: usize,
+    /// The multi-token-prediction objective, when the model has MTP layers and `mtp_loss_coeff` > 0:
+    /// the coefficient and each depth's loss denominator (`crate::mtp::denominators`).
+    pub mtp: Option<(f64, Vec<f64>)>,
     /// Print each phase's wall time (device synchronised).
     pub profile: bool,
     /// Record this micro-batch under the profiler into this Chrome trace file.
@@ -93,7 +99,10 @@ pub struct MicroOutput {
     pub lm_loss: Tensor,
     pub seq_aux_loss: Tensor,
     pub z_loss: Tensor,
-    /// Tokens per expert for each MoE layer (model layer order), int64.
+    /// The MTP loss before its coefficient (crate::mtp::MtpOutput::loss), when it ran.
+    pub mtp_loss: Option<Tensor>,
+    /// Tokens per expert for each MoE layer (`DeepseekV3::all_layers` order: the MTP layers' last,
+    /// when the MTP loss ran), int64.
     pub loads: Vec<Tensor>,
 }
 
@@ -157,8 +166,43 @@ pub fn forward_backward(
     // Final norm, then head + loss chunk by chunk with their backward (crate::loss).
     at(PassPoint::ParamsNeeded(GradReady::Head))?;
     let h = model.norm.forward(&x);
-    let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, plan.chunk_tokens, plan.loss_denominator, plan.head_loss, plan.fast);
-    profile.mark("head + loss forward/backward");
+    let (lm_loss, mtp_loss) = match &plan.mtp {
+        None => {
+            let lm_loss = loss::head_and_loss(model, &h, &batch.labels, &batch.loss_mask, plan.chunk_tokens, plan.loss_denominator, plan.head_loss, plan.fast);
+            profile.mark("head + loss forward/backward");
+            (lm_loss, None)
+        }
+        Some((coeff, denominators)) => {
+            // The MTP depths read the final hidden states too: both gradients gather on a leaf.
+            let leaf = h.detach().set_requires_grad(true);
+            let lm_loss = loss::head_and_loss(model, &leaf, &batch.labels, &batch.loss_mask, plan.chunk_tokens, plan.loss_denominator, plan.head_loss, plan.fast);
+            profile.mark("head + loss forward/backward");
+            let main_layers = model.layers.len();
+            for k in 0..model.mtp.len() {
+                at(PassPoint::ParamsNeeded(GradReady::Layer(main_layers + k)))?;
+            }
+            let mtp_batch = mtp::MtpBatch { ids: &batch.ids, labels: &batch.labels, loss_mask: &batch.loss_mask, per_document: positions.zip(mask) };
+            let settings = mtp::MtpSettings {
+                coeff: *coeff,
+                denominators: denominators.clone(),
+                micro_batches: plan.micro_batches,
+                chunk_tokens: plan.chunk_tokens,
+                head_loss: plan.head_loss,
+                fast: plan.fast,
+                aux: *aux,
+            };
+            let out = mtp::mtp_forward_backward(model, &leaf, &mtp_batch, &settings)?;
+            seq_aux += out.seq_aux_loss;
+            z += out.z_loss;
+            loads.extend(out.loads);
+            for k in (0..model.mtp.len()).rev() {
+                at(PassPoint::GradsReady(GradReady::Layer(main_layers + k)))?;
+            }
+            openseek_kernels::backward(&[&h], &[&leaf.grad()]).map_err(|e| Failure::software(format!("backward pass of the final norm: {e}")))?;
+            profile.mark("MTP forward/backward");
+            (lm_loss, Some(out.loss))
+        }
+    };
     at(PassPoint::GradsReady(GradReady::Head))?;
 
     let mut grad = x.grad();
@@ -185,7 +229,7 @@ pub fn forward_backward(
     at(PassPoint::GradsReady(GradReady::Embedding))?;
     profile.report();
     trace.stop(device)?;
-    Ok(MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, loads })
+    Ok(MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, mtp_loss, loads })
 }
 
 /// `debug.profile`: wall time of each phase (device synchronised), printed on stderr.
@@ -261,11 +305,14 @@ mod tests {
     use tch::Device;
 
     /// The points come in backward order, and at each the gradients it names are already what
-    /// they are at the end of the pass (tied and untied heads; a recomputed layer).
+    /// they are at the end of the pass (tied and untied heads; a recomputed layer; two MTP depths,
+    /// reported as layers 3 and 4 before the head).
     #[test]
     fn gradients_are_complete_when_reported() {
-        for tied in [false, true] {
-            let cfg = crate::init::tiny_config(50, 3, tied);
+        for (tied, depths) in [(false, 0), (true, 0), (false, 2), (true, 1)] {
+            let mut raw = crate::init::tiny_config(50, 3, tied).raw;
+            raw["num_nextn_predict_layers"] = depths.into();
+            let cfg = openseek_model::Config::from_json(raw).unwrap();
             let w = crate::init::init_weights(&cfg, 0.2, 3, Kind::Float, Device::Cpu);
             let model = DeepseekV3::from_weights(cfg, w);
             let params: Vec<(String, Tensor)> =
@@ -293,23 +340,29 @@ mod tests {
                 fast: TrainFastPaths::default(),
                 loss_denominator: 8.0,
                 micro_batches: 1,
+                mtp: (depths > 0).then(|| (0.3, vec![8.0; depths])),
                 profile: false,
                 trace: None,
             };
-            forward_backward(&model, &batch, &plan, &mut ready).unwrap();
+            let out = forward_backward(&model, &batch, &plan, &mut ready).unwrap();
+            assert_eq!(out.mtp_loss.is_some(), depths > 0);
+            assert_eq!(out.loads.len(), 2 + depths, "the MoE layers' loads, MTP layers' last");
             use GradReady::*;
-            assert_eq!(seen, [Head, Layer(2), Layer(1), Layer(0), Embedding]);
+            let mtp_points: Vec<GradReady> = (0..depths).rev().map(|k| Layer(3 + k)).collect();
+            assert_eq!(seen, [mtp_points, vec![Head, Layer(2), Layer(1), Layer(0), Embedding]].concat());
             assert_eq!(snapshots.len(), params.len(), "every parameter reported once");
-            // ZeRO-1's buckets for these keys: the embedding, each layer, the final norm with the head.
+            // ZeRO-1's buckets for these keys: the embedding, each layer, the final norm with the
+            // head, then the MTP layers.
             let described = params.iter().map(|(n, t)| openseek_dist::Param { name: n.clone(), numel: t.numel(), decay: true }).collect();
             let keys: Vec<usize> = params.iter().map(|(n, _)| GradReady::of(n).key()).collect();
             let layout = openseek_dist::FlatLayout::with_buckets(described, &keys, 2);
             let order: Vec<usize> = layout.buckets().iter().map(|b| b.key).collect();
-            assert_eq!(order, [Embedding, Layer(0), Layer(1), Layer(2), Head].map(GradReady::key));
+            let want: Vec<GradReady> = [vec![Embedding, Layer(0), Layer(1), Layer(2), Head], (0..depths).map(|k| Layer(3 + k)).collect()].concat();
+            assert_eq!(order, want.into_iter().map(GradReady::key).collect::<Vec<_>>());
             for (n, g) in snapshots {
                 let end = &params.iter().find(|(m, _)| *m == n).unwrap().1.grad();
                 assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{n}: no gradient when reported");
-                assert!(g.equal(end), "{n}: its gradient changed after it was reported (tied {tied})");
+                assert!(g.equal(end), "{n}: its gradient changed after it was reported (tied {tied}, {depths} MTP depths)");
             }
         }
         assert_eq!(GradReady::of("model.layers.12.mlp.experts.down_proj"), GradReady::Layer(12));

@@ -15,11 +15,12 @@ pub fn load_stats(load: &[i64]) -> (i64, i64, f64, usize) {
 }
 
 /// The log's `moe` object (`layer_N` → statistics) and its TensorBoard scalars (`moe/layer_N/…`),
-/// from the step's tokens per expert `loads` (one tensor per MoE layer, in layer order).
+/// from the step's tokens per expert `loads` (one tensor per MoE layer, in layer order, the MTP
+/// layers `num_hidden_layers + k` last when the MTP loss ran).
 pub fn record(model: &DeepseekV3, loads: &[Tensor]) -> (Map<String, Value>, Vec<(String, f32)>) {
     let mut moe = Map::new();
     let mut scalars = vec![];
-    let layers = model.layers.iter().enumerate().filter_map(|(i, l)| match &l.mlp {
+    let layers = model.all_layers().filter_map(|(i, l)| match &l.mlp {
         FeedForward::Moe(m) => Some((i, m)),
         FeedForward::Dense(_) => None,
     });

@@ -4,15 +4,17 @@
 //! labels and the loss mask are shifted left by k with zeros at the end of each row (megatron-core's
 //! `roll_tensor`, no loss there); attention (causal, or within documents) and rotary positions are
 //! the main model's. Each depth's masked cross-entropy sum (`crate::loss`'s chunked head + loss)
-//! is divided by the same denominator as the main loss (the step's loss tokens: Megatron's
-//! `--calculate-per-token-loss`), averaged over the D depths and scaled by `mtp_loss_coeff`.
-//! The routers of MoE MTP layers add their auxiliary losses like any layer's and report their loads.
+//! is divided by its denominator ([`denominators`]: as megatron-core, the main loss's for
+//! `loss_averaging = "per_token"`, else the depth's own shifted loss-token count times the
+//! micro-batches), averaged over the D depths and scaled by `mtp_loss_coeff`. The routers of MoE
+//! MTP layers add their auxiliary losses like any layer's and report their loads.
 //!
 //! Depth by depth the forward keeps one layer's graph, each depth's input a leaf of its own; the
 //! backward runs from the last depth to the first, so a depth's output gradient (its own head and
 //! loss, plus what the next depth sent back) is complete before its layer's backward.
 
-use crate::loss::{self, HeadLoss};
+use crate::config::{HeadLoss, LossAveraging, TrainFastPaths};
+use crate::loss;
 use openseek_common::Failure;
 use openseek_model::moe::AuxCoefficients;
 use openseek_model::DeepseekV3;
@@ -30,17 +32,35 @@ pub struct MtpBatch<'a> {
     pub per_document: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// How the MTP loss is weighted and computed.
+/// How the MTP loss of a micro-batch is weighted and computed.
 pub struct MtpSettings {
     /// `mtp_loss_coeff` (> 0: with 0 the objective is not run).
     pub coeff: f64,
-    /// The main loss's denominator: tokens in the step's loss (per rank).
-    pub denominator: f64,
+    /// Per depth, what its masked loss sum is divided by ([`denominators`]).
+    pub denominators: Vec<f64>,
     /// Micro-batches in the step (the auxiliary losses are means over them).
     pub micro_batches: usize,
     pub chunk_tokens: i64,
     pub head_loss: HeadLoss,
+    pub fast: TrainFastPaths,
     pub aux: AuxCoefficients,
+}
+
+/// Each depth's loss denominator for a micro-batch whose loss mask is `loss_mask` ([rows x seq],
+/// row-major): with `per_token` averaging the main loss's `main_denominator` (megatron-core's MTP
+/// with `--calculate-per-token-loss`: the masked sums, normalised with the main loss), else the
+/// tokens of the mask shifted by the depth (at least one) times the step's `micro_batches`
+/// (megatron-core without it: each depth's mean over its own tokens, averaged over micro-batches).
+pub fn denominators(averaging: LossAveraging, main_denominator: f64, loss_mask: &[f32], seq: usize, depths: usize, micro_batches: usize) -> Vec<f64> {
+    (1..=depths)
+        .map(|k| match averaging {
+            LossAveraging::PerToken => main_denominator,
+            LossAveraging::PerMicroBatch => {
+                let tokens: f64 = loss_mask.chunks(seq).map(|row| row.iter().skip(k).map(|&m| m as f64).sum::<f64>()).sum();
+                tokens.max(1.0) * micro_batches as f64
+            }
+        })
+        .collect()
 }
 
 /// What the MTP depths contributed; detached scalars.
@@ -78,8 +98,7 @@ pub fn mtp_forward_backward(model: &DeepseekV3, hidden: &Tensor, batch: &MtpBatc
     };
     let labels = batch.labels.view([rows, len]);
     let loss_mask = batch.loss_mask.view([rows, len]);
-    // The gradient of coeff / D * sum_k (masked loss sum_k / denominator).
-    let denominator = s.denominator * depths as f64 / s.coeff;
+    assert_eq!(s.denominators.len(), depths, "one loss denominator per MTP depth");
     let (mut seq_aux, mut z) = (zero(), zero());
     let mut loads = vec![];
     // Per depth: its output with graph, its auxiliary loss, and its output as a leaf (the next
@@ -112,7 +131,9 @@ pub fn mtp_forward_backward(model: &DeepseekV3, hidden: &Tensor, batch: &MtpBatc
         let k = d as i64 + 1;
         let labels_k = shift_left(&labels, k, -100.0).view([-1]);
         let mask_k = shift_left(&loss_mask, k, 0.0).view([-1]);
-        loss += loss::head_and_loss(model, &output, &labels_k, &mask_k, s.chunk_tokens, denominator, s.head_loss);
+        // The gradient of coeff / D * (masked loss sum_k / denominator_k).
+        let denominator = s.denominators[d] * depths as f64 / s.coeff;
+        loss += loss::head_and_loss(model, &output, &labels_k, &mask_k, s.chunk_tokens, denominator, s.head_loss, s.fast);
         let grad = output.grad();
         match aux_loss {
             Some(a) => openseek_kernels::backward(&[&y, &a], &[&grad, &a.ones_like()]),
@@ -183,7 +204,7 @@ mod tests {
             let ids = Tensor::from_slice(&(0..rows * len).map(|i| (i * 17 + 5) % 60).collect::<Vec<_>>()).view([rows, len]);
             let labels = Tensor::from_slice(&(0..rows * len).map(|i| if i == 4 { -100 } else { (i * 29 + 3) % 60 }).collect::<Vec<_>>());
             let mask = Tensor::from_slice(&(0..rows * len).map(|i| if i % 7 == 3 { 0.0f32 } else { 1.0 }).collect::<Vec<_>>());
-            let doc = per_document.then(|| crate::step::document_attention(&[vec![0, 4], vec![0]], len, Device::Cpu));
+            let doc = per_document.then(|| crate::microbatch::document_attention(&[vec![0, 4], vec![0]], len, Device::Cpu));
             let hidden0 = Tensor::randn([rows, len, 32], (Kind::Float, Device::Cpu));
             let (coeff, denominator) = (0.3, 13.0);
             let run = |reference_path: bool| {
@@ -194,7 +215,7 @@ mod tests {
                     reference(&m, &hidden, &ids, &labels, &mask, coeff, denominator, doc_ref)
                 } else {
                     let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &mask, per_document: doc_ref };
-                    let settings = MtpSettings { coeff, denominator, micro_batches: 1, chunk_tokens: 5, head_loss: path, aux: AuxCoefficients::default() };
+                    let settings = MtpSettings { coeff, denominators: vec![denominator; 2], micro_batches: 1, chunk_tokens: 5, head_loss: path, fast: TrainFastPaths::default(), aux: AuxCoefficients::default() };
                     mtp_forward_backward(&m, &hidden, &batch, &settings).unwrap().loss.double_value(&[])
                 };
                 let mut grads = vec![("hidden".to_string(), hidden.grad())];
@@ -218,6 +239,15 @@ mod tests {
             // Hidden states, embedding, head (untied), and every tensor of both depths.
             assert!(with_grad > 30, "only {with_grad} gradients compared");
         }
+    }
+
+    #[test]
+    fn denominators_follow_the_loss_averaging() {
+        let mask = [1.0, 1.0, 0.0, 1.0, /* row 2 */ 0.0, 1.0, 1.0, 1.0];
+        assert_eq!(denominators(LossAveraging::PerToken, 6.5, &mask, 4, 2, 3), [6.5, 6.5]);
+        // Depth 1 sees positions 1.. of each row (2 + 3 tokens), depth 2 positions 2.. (1 + 2).
+        assert_eq!(denominators(LossAveraging::PerMicroBatch, 6.5, &mask, 4, 2, 3), [15.0, 9.0]);
+        assert_eq!(denominators(LossAveraging::PerMicroBatch, 1.0, &[0.0; 4], 4, 1, 2), [2.0]);
     }
 
     #[test]

@@ -226,11 +226,18 @@ impl<'a> Trainer<'a> {
         let mut model = build_model(cfg, resume.as_ref().map(|(_, d)| d.as_path()), master, device)?;
         model.compute_kind = compute;
         model.set_fast_paths(fast_model);
+        if lead && !model.mtp.is_empty() {
+            let how = if cfg.mtp_loss_coeff > 0.0 { format!("trained, loss x {}", cfg.mtp_loss_coeff) } else { "not trained (mtp_loss_coeff 0), kept as loaded".into() };
+            eprintln!("os-train: multi-token prediction: {} depth(s), {how}", model.mtp.len());
+        }
         let recompute = cfg.recompute_layers(model.layers.len())?;
+        // With mtp_loss_coeff 0 the MTP layers are not trained: not the optimizer's (no weight decay
+        // or sharded update touches them), they stay as loaded and are saved so.
+        let frozen = |n: &str| cfg.mtp_loss_coeff == 0.0 && openseek_model::mtp::is_mtp_name(&model.config, n);
         let params: Vec<(String, Tensor)> = model
             .named_tensors()
             .into_iter()
-            .filter(|(n, _)| !n.ends_with("e_score_correction_bias"))
+            .filter(|(n, _)| !n.ends_with("e_score_correction_bias") && !frozen(n))
             .map(|(n, t)| (n, t.set_requires_grad(true)))
             .collect();
         let optimizer = OptimizerConfig {

@@ -20,6 +20,7 @@ use crate::config::{LossAveraging, OnNan};
 use crate::microbatch::{self, GradReady, MicroBatch, MicroBatchPlan, MicroOutput, PassPoint};
 use crate::metrics::sync;
 use crate::setup::Trainer;
+use crate::mtp;
 use openseek_common::Failure;
 use openseek_dist::ReduceOp;
 use openseek_mix::reader;
@@ -34,6 +35,8 @@ pub struct StepOutcome {
     pub loss: f64,
     pub seq_aux_loss: f64,
     pub z_loss: f64,
+    /// The multi-token-prediction loss (before `mtp_loss_coeff`, averaged like `loss`), when it ran.
+    pub mtp_loss: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
     /// The update was not taken (a non-finite loss or gradient norm).
@@ -62,11 +65,14 @@ impl Trainer<'_> {
         let denominators = self.loss_denominators(&batches)?;
         let data_wait_s = started.elapsed().as_secs_f64();
 
-        let mut losses = [(); 3].map(|_| Tensor::zeros([], (Kind::Float, device)));
+        let mut losses = [(); 4].map(|_| Tensor::zeros([], (Kind::Float, device)));
         let mut loads: Vec<Tensor> = vec![];
+        let mut mtp_ran = false;
         for (k, (b, denominator)) in batches.iter().zip(denominators).enumerate() {
             let out = self.micro_batch(b, denominator, k + 1 == batches.len())?;
-            for (sum, part) in losses.iter_mut().zip([out.lm_loss, out.seq_aux_loss, out.z_loss]) {
+            mtp_ran = out.mtp_loss.is_some();
+            let mtp_loss = out.mtp_loss.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
+            for (sum, part) in losses.iter_mut().zip([out.lm_loss, out.seq_aux_loss, out.z_loss, mtp_loss]) {
                 *sum += part;
             }
             if loads.is_empty() {
@@ -84,7 +90,8 @@ impl Trainer<'_> {
         self.emit_pending()?;
         let mut losses = losses.map(|l| l.double_value(&[]));
         self.comm.all_reduce_f64(&mut losses, ReduceOp::Avg)?;
-        let [loss, seq_aux_loss, z_loss] = losses;
+        let [loss, seq_aux_loss, z_loss, mtp_loss] = losses;
+        let mtp_loss = mtp_ran.then_some(mtp_loss);
 
         let lr = self.cfg.schedule().lr(self.state.schedule_samples());
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
@@ -117,6 +124,7 @@ impl Trainer<'_> {
             loss,
             seq_aux_loss,
             z_loss,
+            mtp_loss,
             lr,
             grad_norm,
             skipped,
@@ -178,6 +186,11 @@ impl Trainer<'_> {
             per_document: self.cfg.attention_per_document.then(|| openseek_model::document_attention(&b.document_starts, self.seq, device)),
         };
         let cfg = self.cfg;
+        let depths = self.model.mtp.len();
+        let mtp = (depths > 0 && cfg.mtp_loss_coeff > 0.0).then(|| {
+            let denominators = mtp::denominators(cfg.loss_averaging, loss_denominator, &b.loss_mask, self.seq as usize, depths, self.accumulation);
+            (cfg.mtp_loss_coeff, denominators)
+        });
         let plan = MicroBatchPlan {
             recompute: &self.recompute,
             aux: AuxCoefficients { seq_aux_loss: cfg.seq_aux_loss_coeff, z_loss: cfg.z_loss_coeff },
@@ -186,6 +199,7 @@ impl Trainer<'_> {
             fast: self.fast,
             loss_denominator,
             micro_batches: self.accumulation,
+            mtp,
             profile: cfg.debug.profile,
             trace: cfg.debug.trace.as_deref().filter(|_| self.micro_batches_run == 4),
         };
@@ -228,7 +242,8 @@ impl Trainer<'_> {
         if rate == 0.0 {
             return;
         }
-        let routers = self.model.layers.iter_mut().filter_map(|l| match &mut l.mlp {
+        // The MTP layers' routers come last, as their loads do (present when the MTP loss ran).
+        let routers = self.model.all_layers_mut().filter_map(|(_, l)| match &mut l.mlp {
             FeedForward::Moe(m) => Some(&mut m.gate),
             FeedForward::Dense(_) => None,
         });

@@ -77,6 +77,7 @@ impl Trainer<'_> {
             "loss": step.loss,
             "seq_aux_loss": step.seq_aux_loss,
             "z_loss": step.z_loss,
+            "mtp_loss": step.mtp_loss,
             "lr": step.lr,
             "grad_norm": step.grad_norm,
             "param_norm": Value::Null,

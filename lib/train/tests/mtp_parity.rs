@@ -10,7 +10,7 @@
 use openseek_model::safetensors::SafetensorsFile;
 use openseek_model::tch::{self, Device, Kind, Tensor};
 use openseek_model::{checkpoint, DeepseekV3};
-use openseek_train::loss::HeadLoss;
+use openseek_train::config::HeadLoss;
 use openseek_train::mtp::{mtp_forward_backward, MtpBatch, MtpSettings};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,15 @@ fn mtp_loss_and_gradients_equal_megatron_core_over_several_steps() {
         let hidden = get("hidden").set_requires_grad(true);
         let tokens = step["loss_tokens"].as_f64().unwrap();
         let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &loss_mask, per_document: None };
-        let settings = MtpSettings { coeff, denominator: tokens, micro_batches: 1, chunk_tokens: 7, head_loss: HeadLoss::Fused, aux: Default::default() };
+        let settings = MtpSettings {
+            coeff,
+            denominators: vec![tokens; model.mtp.len()],
+            micro_batches: 1,
+            chunk_tokens: 7,
+            head_loss: HeadLoss::Fused,
+            fast: Default::default(),
+            aux: Default::default(),
+        };
         let out = mtp_forward_backward(&model, &hidden, &batch, &settings).unwrap();
         let sums: Vec<f64> = step["sums"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let want = sums.iter().sum::<f64>() / sums.len() as f64 / tokens;
