@@ -652,6 +652,7 @@ fn sigterm_during_the_rendezvous_exits_75_at_once() {
         assert!(err.contains("stopped by SIGTERM"), "rank {rank}: {err}");
         assert!(!dir.path().join("checkpoints").join("latest").exists());
     }
+}
 
 /// The demo model with one multi-token-prediction depth (`num_nextn_predict_layers = 1`).
 fn mtp_model_config() -> PathBuf {

@@ -21,6 +21,7 @@ use openseek_model::DeepseekV3;
 use tch::{Kind, Tensor};
 
 /// A micro-batch as the MTP objective reads it.
+#[derive(Clone, Copy)]
 pub struct MtpBatch<'a> {
     /// [B, T] int64: the main model's input tokens.
     pub ids: &'a Tensor,
@@ -168,7 +169,8 @@ mod tests {
 
     /// The same objective in plain autograd over whole tensors: each depth's logits in fp32,
     /// cross-entropy per token, shifted targets and mask built by index arithmetic.
-    fn reference(model: &DeepseekV3, hidden: &Tensor, ids: &Tensor, labels: &Tensor, mask: &Tensor, coeff: f64, denominator: f64, doc: Option<(&Tensor, &Tensor)>) -> f64 {
+    fn reference(model: &DeepseekV3, hidden: &Tensor, batch: &MtpBatch, coeff: f64, denominator: f64) -> f64 {
+        let MtpBatch { ids, labels, loss_mask: mask, per_document: doc } = *batch;
         let (rows, len) = (ids.size()[0], ids.size()[1]);
         let mut h = hidden.shallow_clone();
         let mut total = Tensor::zeros([], (Kind::Float, Device::Cpu));
@@ -211,10 +213,10 @@ mod tests {
                 let m = model(&cfg, &w);
                 let hidden = hidden0.copy().set_requires_grad(true);
                 let doc_ref = doc.as_ref().map(|(p, mk)| (p, mk));
+                let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &mask, per_document: doc_ref };
                 let loss = if reference_path {
-                    reference(&m, &hidden, &ids, &labels, &mask, coeff, denominator, doc_ref)
+                    reference(&m, &hidden, &batch, coeff, denominator)
                 } else {
-                    let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &mask, per_document: doc_ref };
                     let settings = MtpSettings { coeff, denominators: vec![denominator; 2], micro_batches: 1, chunk_tokens: 5, head_loss: path, fast: TrainFastPaths::default(), aux: AuxCoefficients::default() };
                     mtp_forward_backward(&m, &hidden, &batch, &settings).unwrap().loss.double_value(&[])
                 };
