@@ -8,18 +8,20 @@ megatron-core's GPTModel with a MultiTokenPredictionBlock on CPU, fp32.
       megatron-core's loss sees every row), and saves it before training as
         OUT/torch/   the legacy torch layout (one rank, Megatron's file names)
         OUT/dist/    torch_dist (megatron-core's dist_checkpointing)
-      then runs STEPS steps; per step a batch of token ids, labels (the next tokens) and a loss mask
-      with holes; the decoder's output (after its final norm: what megatron-core hands the MTP block)
-      is cut into a leaf, so the backward of the MTP loss alone (the main loss weighted 0) gives
-      exactly the MTP part of every gradient. calculate_per_token_loss is on (the MTP loss is the
-      masked sum per depth times mtp_loss_scaling_factor / depths) and the backward scale is
-      1 / (loss tokens), as os-train normalises. After each step plain SGD (lr LR) on every
-      parameter. Writes OUT/stepN.safetensors: ids, labels (float32), loss_mask [B, T], hidden [B, T, H] (the
+      then, for each loss averaging MODE, from those weights, runs STEPS steps; per step a batch of
+      token ids, labels (the next tokens) and a loss mask with holes; the decoder's output (after its
+      final norm: what megatron-core hands the MTP block) is cut into a leaf, so the backward of the
+      MTP loss alone (the main loss weighted 0) gives exactly the MTP part of every gradient.
+      per_token: calculate_per_token_loss on (the MTP loss is the masked sum per depth times
+      mtp_loss_scaling_factor / depths) and the backward scale 1 / (loss tokens), as os-train
+      normalises; per_micro_batch: calculate_per_token_loss off (each depth's masked sum over its
+      own tokens), one micro-batch. After each step plain SGD (lr LR) on every
+      parameter. Writes OUT/MODE_stepN.safetensors: ids, labels (float32), loss_mask [B, T], hidden [B, T, H] (the
       leaf), grad.hidden, and grad.<name> for every parameter with a gradient, under the HF names
       of transformers' DeepSeek-V3 layout (MTP layer k as model.layers.{4 + k}, experts fused as
       mlp.experts.gate_up_proj [E, 2I, H] / mlp.experts.down_proj [E, H, I]); and OUT/reference.json:
-      per step the MTP depths' masked loss sums and token counts (megatron-core's logging tracker
-      times its counts), the coefficient, the depths, the learning rate.
+      per mode and step the MTP depths' masked loss sums and token counts (megatron-core's logging
+      tracker times its counts), the coefficient, the depths, the learning rate.
 """
 import dataclasses
 import json
@@ -36,13 +38,13 @@ VOCAB = 256
 B, T = 2, 12
 
 
-def build():
+def build(per_token):
     ps = mc.megatron()
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
 
     ps.initialize_model_parallel(1, 1, expert_model_parallel_size=1, expert_tensor_parallel_size=1)
-    cfg = dataclasses.replace(mc.config(1, 1, 1), mtp_num_layers=DEPTHS, mtp_loss_scaling_factor=COEFF, calculate_per_token_loss=True)
+    cfg = dataclasses.replace(mc.config(1, 1, 1), mtp_num_layers=DEPTHS, mtp_loss_scaling_factor=COEFF, calculate_per_token_loss=per_token)
     spec = get_gpt_decoder_block_spec(cfg, use_transformer_engine=False, normalization="RMSNorm", pp_rank=0)
     sdpa = sdpa_mla()
     for ls in spec.layer_specs:
@@ -117,12 +119,21 @@ def hf_grads(model):
 
 
 def make(out):
-    from safetensors.torch import save_file
-    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler, MTPLossLoggingHelper
-
     os.makedirs(out, exist_ok=True)
     mc.init_dist(0, 1, mc.free_port())
-    model = build()
+    modes = {}
+    for mode in ("per_token", "per_micro_batch"):
+        model = build(per_token=mode == "per_token")
+        if mode == "per_token":  # the same initial weights for both modes: saved once
+            save_checkpoints(model, out)
+        modes[mode] = train(model, out, mode)
+        mc.megatron().destroy_model_parallel()
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump({"depths": DEPTHS, "coeff": COEFF, "lr": LR, "modes": modes}, f)
+    print(json.dumps({"steps": STEPS, "files": sorted(os.listdir(out))}))
+
+
+def save_checkpoints(model, out):
     args_fields = dict(padded_vocab_size=VOCAB, mtp_num_layers=DEPTHS, mtp_loss_scaling_factor=COEFF)
     for fmt, save in (("torch", mc.save_legacy), ("dist", mc.save_dist)):
         orig = mc.args_namespace  # the args megatron_ckpt.py writes, with the MTP fields and this vocabulary
@@ -131,6 +142,13 @@ def make(out):
             save(model, os.path.join(out, fmt), 1, 1, 1, False)
         finally:
             mc.args_namespace = orig
+
+
+def train(model, out, mode):
+    """STEPS steps of `model` (see the module comment); returns each step's MTP loss sums and counts."""
+    from safetensors.torch import save_file
+    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler, MTPLossLoggingHelper
+
     model.train()
     captured = {}
 
@@ -147,7 +165,9 @@ def make(out):
         ids, labels = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
         loss_mask = (torch.rand(B, T, generator=g) > 0.2).float()
         tokens = float(loss_mask.sum())
-        MTPLossAutoScaler.set_loss_scale(torch.tensor(1.0 / tokens))
+        # per_token: the masked sums, scaled by 1 / (loss tokens) as os-train normalises; per
+        # micro-batch: megatron-core divides each depth by its own tokens, 1 / (micro-batches) = 1.
+        MTPLossAutoScaler.set_loss_scale(torch.tensor(1.0 / tokens if mode == "per_token" else 1.0))
         model.zero_grad(set_to_none=True)
         pos = torch.arange(T).unsqueeze(0).expand(B, T)
         main = model(ids, pos, attention_mask=None, labels=labels, loss_mask=loss_mask)
@@ -164,15 +184,13 @@ def make(out):
         tensors = {"ids": ids.float(), "labels": labels.float(), "loss_mask": loss_mask, "hidden": hidden.detach().transpose(0, 1).contiguous(),
                    "grad.hidden": hidden.grad.transpose(0, 1).contiguous()}
         tensors.update({f"grad.{k}": v.contiguous() for k, v in hf_grads(model).items()})
-        save_file(tensors, os.path.join(out, f"step{step}.safetensors"))
+        save_file(tensors, os.path.join(out, f"{mode}_step{step}.safetensors"))
         steps.append({"sums": [float(v) * c for v, c in zip(values, counts)], "counts": counts, "loss_tokens": tokens})
         with torch.no_grad():
             for p in model.parameters():
                 if p.grad is not None:
                     p -= LR * p.grad
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump({"depths": DEPTHS, "coeff": COEFF, "lr": LR, "steps": steps}, f)
-    print(json.dumps({"steps": STEPS, "files": sorted(os.listdir(out))}))
+    return steps
 
 
 def _with(ns, fields):

@@ -10,11 +10,15 @@ pub const VOCAB_PAD: i64 = 64;
 /// H100 SXM dense bf16 peak, the MFU basis unless the config names another.
 pub const H100_BF16_PEAK_TFLOPS: f64 = 989.0;
 
-/// Forward + backward FLOPs per token at sequence length `seq` (no recompute), Megatron's formula.
-pub fn flops_per_token(cfg: &Config, seq: i64) -> f64 {
+/// Forward + backward FLOPs per token at sequence length `seq` (no recompute), Megatron's formula,
+/// with `mtp_depths` multi-token-prediction depths computed (0 when the MTP loss is off): as
+/// Megatron counts them, each a decoder layer (MoE or dense as its layer index says), its norms and
+/// `eh_proj` (3h + 2h² per token), and one more pass through the head.
+pub fn flops_per_token(cfg: &Config, seq: i64, mtp_depths: i64) -> f64 {
     let h = cfg.hidden_size as f64;
-    let layers = cfg.num_hidden_layers as f64;
-    let moe_layers = (0..cfg.num_hidden_layers).filter(|&i| cfg.is_moe_layer(i)).count() as f64;
+    let count = cfg.num_hidden_layers + mtp_depths;
+    let layers = count as f64;
+    let moe_layers = (0..count).filter(|&i| cfg.is_moe_layer(i)).count() as f64;
     let dense_layers = layers - moe_layers;
     let swiglu = 1.5;
     let shared = (cfg.moe_intermediate_size * cfg.n_shared_experts) as f64;
@@ -39,9 +43,11 @@ pub fn flops_per_token(cfg: &Config, seq: i64) -> f64 {
             + heads * v * h
             + s * heads * (nope + rope) / 2.0
             + s * heads * v / 2.0);
+    let depths = mtp_depths as f64;
+    let mtp_projections = 6.0 * depths * (3.0 * h + 2.0 * h * h);
     let vocab = ((cfg.vocab_size + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD) as f64;
-    let logits = 6.0 * h * vocab;
-    mlp + attn + logits
+    let logits = 6.0 * h * vocab * (depths + 1.0);
+    mlp + attn + mtp_projections + logits
 }
 
 /// The process' peak resident memory (VmHWM) in bytes, if the kernel reports it.
@@ -96,9 +102,14 @@ mod tests {
         let mlp = 12.0 * 1280.0 * (7168.0 * 1.5 + 5.0 * (896.0 * 6.0 * 1.5 + 1792.0 * 1.5));
         let attn = 36.0 * (1280.0 * 10.0 * 192.0 + 512.0 * 3841.0 + 1280.0 * 64.0 + 1280.0 * 1280.0 + 4096.0 * 960.0 + 4096.0 * 640.0);
         let logits = 6.0 * 1280.0 * 151872.0;
-        let f = flops_per_token(&cfg, 4096);
+        let f = flops_per_token(&cfg, 4096, 0);
         assert!((f - (mlp + attn + logits)).abs() < 1.0, "{f} vs {}", mlp + attn + logits);
         assert!((f / 1e9 - 2.614).abs() < 0.001, "{f}");
+        // With OpenSeek's one MTP depth: one more MoE layer, its norms and eh_proj, one more head.
+        let moe_layer = 12.0 * 1280.0 * (896.0 * 6.0 * 1.5 + 1792.0 * 1.5) + attn / 6.0;
+        let extra = moe_layer + 6.0 * (3.0 * 1280.0 + 2.0 * 1280.0 * 1280.0) + logits;
+        let g = flops_per_token(&cfg, 4096, 1);
+        assert!((g - f - extra).abs() < 1.0, "{g} vs {}", f + extra);
     }
 }
 

@@ -286,7 +286,8 @@ impl<'a> Trainer<'a> {
         if let Device::Cuda(i) = device {
             openseek_kernels::release_cached_memory(i).map_err(|e| Failure::software(format!("releasing cached CUDA memory: {e}")))?;
         }
-        let flops_per_token = metrics::flops_per_token(&model.config, seq);
+        let mtp_depths = if cfg.mtp_loss_coeff > 0.0 { model.mtp.len() as i64 } else { 0 };
+        let flops_per_token = metrics::flops_per_token(&model.config, seq, mtp_depths);
         Ok(Some(Trainer {
             cfg,
             run_dir,

@@ -1,7 +1,8 @@
 //! Multi-token prediction against megatron-core on CPU in fp32: `tests/python/megatron_mtp.py`
 //! trains a small DeepSeek-V3-style GPTModel with a 2-layer `MultiTokenPredictionBlock` for 3 SGD
-//! steps and records each step's batch, the decoder output it handed the MTP block, the MTP loss
-//! and every gradient the MTP loss gives. Its checkpoint (saved before training, in the legacy
+//! steps, with and without `--calculate-per-token-loss` (os-train's `loss_averaging` per_token and
+//! per_micro_batch), and records each step's batch, the decoder output it handed the MTP block,
+//! the MTP loss and every gradient the MTP loss gives. Its checkpoint (saved before training, in the legacy
 //! torch layout and as torch_dist) is converted with os-megatron2hf's library; here the same
 //! steps run through `openseek_train::mtp` from the recorded hidden states, with the same updates:
 //! loss and gradients (hidden states, shared embedding and head, every MTP parameter) must agree
@@ -10,8 +11,8 @@
 use openseek_model::safetensors::SafetensorsFile;
 use openseek_model::tch::{self, Device, Kind, Tensor};
 use openseek_model::{checkpoint, DeepseekV3};
-use openseek_train::config::HeadLoss;
-use openseek_train::mtp::{mtp_forward_backward, MtpBatch, MtpSettings};
+use openseek_train::config::{HeadLoss, LossAveraging};
+use openseek_train::mtp::{denominators, mtp_forward_backward, MtpBatch, MtpSettings};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,37 +65,56 @@ fn mtp_loss_and_gradients_equal_megatron_core_over_several_steps() {
         assert!(n == m && x.equal(y), "{n}: the legacy and torch_dist conversions differ");
     }
     assert_eq!(model.mtp.len(), reference["depths"].as_u64().unwrap() as usize);
+    let (coeff, lr) = (reference["coeff"].as_f64().unwrap(), reference["lr"].as_f64().unwrap());
+    for (mode, averaging) in [("per_token", LossAveraging::PerToken), ("per_micro_batch", LossAveraging::PerMicroBatch)] {
+        // Each mode trains from the converted weights.
+        let model = checkpoint::load(&dir.path().join("hf_torch"), Kind::Float, Device::Cpu).unwrap();
+        let steps = reference["modes"][mode].as_array().unwrap();
+        check_steps(&model, dir.path(), mode, averaging, steps, coeff, lr);
+    }
+}
+
+/// Run the reference's steps of one loss-averaging mode through `openseek_train::mtp` and compare.
+fn check_steps(model: &DeepseekV3, dir: &Path, mode: &str, averaging: LossAveraging, steps: &[Value], coeff: f64, lr: f64) {
     let params: Vec<(String, Tensor)> = model
         .named_tensors()
         .into_iter()
         .filter(|(n, _)| !n.ends_with("e_score_correction_bias"))
         .map(|(n, t)| (n, t.set_requires_grad(true)))
         .collect();
-    let (coeff, lr) = (reference["coeff"].as_f64().unwrap(), reference["lr"].as_f64().unwrap());
-    for (s, step) in reference["steps"].as_array().unwrap().iter().enumerate() {
-        let file = SafetensorsFile::open(&dir.path().join(format!("step{}.safetensors", s + 1))).unwrap();
+    for (s, step) in steps.iter().enumerate() {
+        let file = SafetensorsFile::open(&dir.join(format!("{mode}_step{}.safetensors", s + 1))).unwrap();
         let get = |name: &str| file.tensor(name, Kind::Float).unwrap();
         let ids = get("ids").to_kind(Kind::Int64);
         let labels = get("labels").to_kind(Kind::Int64).view([-1]);
         let loss_mask = get("loss_mask").view([-1]);
         let hidden = get("hidden").set_requires_grad(true);
         let tokens = step["loss_tokens"].as_f64().unwrap();
+        let (rows, seq) = (ids.size()[0] as usize, ids.size()[1] as usize);
+        let mask: Vec<f32> = Vec::try_from(&loss_mask).unwrap();
+        assert_eq!(mask.len(), rows * seq);
         let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &loss_mask, per_document: None };
         let settings = MtpSettings {
             coeff,
-            denominators: vec![tokens; model.mtp.len()],
+            denominators: denominators(averaging, tokens, &mask, seq, model.mtp.len(), 1),
             micro_batches: 1,
             chunk_tokens: 7,
             head_loss: HeadLoss::Fused,
             fast: Default::default(),
             aux: Default::default(),
         };
-        let out = mtp_forward_backward(&model, &hidden, &batch, &settings).unwrap();
-        let sums: Vec<f64> = step["sums"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let want = sums.iter().sum::<f64>() / sums.len() as f64 / tokens;
+        let out = mtp_forward_backward(model, &hidden, &batch, &settings).unwrap();
+        let numbers = |key: &str| -> Vec<f64> { step[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        let (sums, counts) = (numbers("sums"), numbers("counts"));
+        // The mean over depths of each depth's sum over its denominator.
+        let per_depth: Vec<f64> = match averaging {
+            LossAveraging::PerToken => sums.iter().map(|s| s / tokens).collect(),
+            LossAveraging::PerMicroBatch => sums.iter().zip(&counts).map(|(s, c)| s / c.max(1.0)).collect(),
+        };
+        let want = per_depth.iter().sum::<f64>() / per_depth.len() as f64;
         let got = out.loss.double_value(&[]);
-        eprintln!("step {}: MTP loss {got:.7} (megatron-core {want:.7})", s + 1);
-        assert!(((got - want) / want).abs() <= 1e-5, "step {}: MTP loss {got} vs megatron-core's {want}", s + 1);
+        eprintln!("{mode} step {}: MTP loss {got:.7} (megatron-core {want:.7})", s + 1);
+        assert!(((got - want) / want).abs() <= 1e-5, "{mode} step {}: MTP loss {got} vs megatron-core's {want}", s + 1);
         let mut compared = vec![("hidden".to_string(), rel_diff(&hidden.grad(), &get("grad.hidden")))];
         for (name, p) in &params {
             let g = p.grad();
@@ -102,14 +122,14 @@ fn mtp_loss_and_gradients_equal_megatron_core_over_several_steps() {
             match (g.defined(), file.entries.contains_key(&key)) {
                 (true, true) => compared.push((name.clone(), rel_diff(&g, &get(&key)))),
                 (false, false) => {}
-                (ours, theirs) => panic!("step {}: {name}: gradient here {ours}, in megatron-core {theirs}", s + 1),
+                (ours, theirs) => panic!("{mode} step {}: {name}: gradient here {ours}, in megatron-core {theirs}", s + 1),
             }
         }
         let worst = compared.iter().cloned().fold(("".to_string(), 0.0), |w, c| if c.1 > w.1 { c } else { w });
-        eprintln!("step {}: {} gradients, largest relative difference {:.2e} ({})", s + 1, compared.len(), worst.1, worst.0);
+        eprintln!("{mode} step {}: {} gradients, largest relative difference {:.2e} ({})", s + 1, compared.len(), worst.1, worst.0);
         // The hidden states, embedding and head, and per depth its 4 own tensors and its MoE layer's 13.
         assert_eq!(compared.len(), 3 + 17 * model.mtp.len(), "gradients compared");
-        assert!(worst.1 <= 1e-5, "step {}: {} differs from megatron-core by {:e} relative", s + 1, worst.0, worst.1);
+        assert!(worst.1 <= 1e-5, "{mode} step {}: {} differs from megatron-core by {:e} relative", s + 1, worst.0, worst.1);
         // The same SGD step as the reference, then fresh gradients.
         tch::no_grad(|| {
             for (_, p) in &params {
