@@ -16,6 +16,7 @@
 //! of the shared embedding and head).
 
 use crate::config::Config;
+use crate::documents::DocumentSegments;
 use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, RmsNorm};
 use crate::model::{take, Layer, Weights};
@@ -88,7 +89,7 @@ impl MtpLayer {
     /// One depth: `hidden` [B, T, H] (the previous depth's output, or the main model's normed final
     /// hidden states) and `embedded` [B, T, H] (the embeddings of the tokens k ahead) -> this depth's
     /// normed output [B, T, H] (the head's input and the next depth's `hidden`) and what its router
-    /// did. Attention as in [`Layer::forward_train`] (causal, or as `mask` allows with per-token cos/sin).
+    /// did. Attention as in [`Layer::forward_train`] (causal, or within `documents` with per-token cos/sin).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_train(
         &self,
@@ -97,12 +98,12 @@ impl MtpLayer {
         rope: &Rope,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        documents: Option<&DocumentSegments>,
         aux: &AuxCoefficients,
     ) -> (Tensor, Option<RoutingStats>) {
         let joined = Tensor::cat(&[self.enorm.forward(embedded), self.hnorm.forward(hidden)], -1);
         let x = self.eh_proj.forward(&joined);
-        let (y, stats) = self.layer.forward_train(&x, rope, cos, sin, mask, aux);
+        let (y, stats) = self.layer.forward_train(&x, rope, cos, sin, documents, aux);
         (self.norm.forward(&y), stats)
     }
 }

@@ -302,6 +302,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("router_bias_update_rate", "aux-loss-free balancing: bias_e += rate * sign(mean load - load_e) per step (0 = off)"),
     ("seq_aux_loss_coeff", "sequence-wise balance loss coefficient (0 = off)"),
     ("z_loss_coeff", "router z-loss coefficient (0 = off)"),
+    ("mtp_loss_coeff", "multi-token-prediction loss weight, for a model with num_nextn_predict_layers (0 = MTP layers kept, not trained)"),
     ("recompute", "layers recomputed in the backward pass: none, all or a list like 0,2,4"),
     ("loss_chunk_tokens", "tokens per chunk of the LM head + loss (bounds the logits' memory)"),
     ("overlap_grad_reduce", "several ranks: reduce gradients during the backward pass (same numbers)"),

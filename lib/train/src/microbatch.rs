@@ -181,7 +181,7 @@ pub fn forward_backward(
             for k in 0..model.mtp.len() {
                 at(PassPoint::ParamsNeeded(GradReady::Layer(main_layers + k)))?;
             }
-            let mtp_batch = mtp::MtpBatch { ids: &batch.ids, labels: &batch.labels, loss_mask: &batch.loss_mask, per_document: positions.zip(mask) };
+            let mtp_batch = mtp::MtpBatch { ids: &batch.ids, labels: &batch.labels, loss_mask: &batch.loss_mask, per_document: documents };
             let settings = mtp::MtpSettings {
                 coeff: *coeff,
                 denominators: denominators.clone(),

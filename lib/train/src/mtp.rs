@@ -17,7 +17,7 @@ use crate::config::{HeadLoss, LossAveraging, TrainFastPaths};
 use crate::loss;
 use openseek_common::Failure;
 use openseek_model::moe::AuxCoefficients;
-use openseek_model::DeepseekV3;
+use openseek_model::{DeepseekV3, DocumentSegments};
 use tch::{Kind, Tensor};
 
 /// A micro-batch as the MTP objective reads it.
@@ -29,8 +29,9 @@ pub struct MtpBatch<'a> {
     pub labels: &'a Tensor,
     /// [B*T] fp32.
     pub loss_mask: &'a Tensor,
-    /// Per-document positions [B, T] and attention mask [B, 1, T, T], as the main layers used them.
-    pub per_document: Option<(&'a Tensor, &'a Tensor)>,
+    /// The documents (positions restarting at each) when attention is within documents, as the main
+    /// layers used them.
+    pub per_document: Option<&'a DocumentSegments>,
 }
 
 /// How the MTP loss of a micro-batch is weighted and computed.
@@ -93,10 +94,7 @@ pub fn mtp_forward_backward(model: &DeepseekV3, hidden: &Tensor, batch: &MtpBatc
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let aux_scale = 1.0 / s.micro_batches as f64;
     let (rows, len) = (batch.ids.size()[0], batch.ids.size()[1]);
-    let (positions, mask) = match batch.per_document {
-        Some((p, m)) => (Some(p), Some(m)),
-        None => (None, None),
-    };
+    let positions = batch.per_document.map(|d| &d.positions);
     let labels = batch.labels.view([rows, len]);
     let loss_mask = batch.loss_mask.view([rows, len]);
     assert_eq!(s.denominators.len(), depths, "one loss denominator per MTP depth");
@@ -109,7 +107,7 @@ pub fn mtp_forward_backward(model: &DeepseekV3, hidden: &Tensor, batch: &MtpBatc
     for (d, layer) in model.mtp.iter().enumerate() {
         let k = d as i64 + 1;
         let (embedded, cos, sin) = model.embed(&shift_left(batch.ids, k, 0.0), positions);
-        let (y, stats) = layer.forward_train(&input, &embedded, &model.rope, &cos, &sin, mask, &s.aux);
+        let (y, stats) = layer.forward_train(&input, &embedded, &model.rope, &cos, &sin, batch.per_document, &s.aux);
         let mut aux_loss: Option<Tensor> = None;
         if let Some(st) = stats {
             for (part, sum) in [(&st.seq_aux_loss, &mut seq_aux), (&st.z_loss, &mut z)] {
@@ -181,8 +179,8 @@ mod tests {
             let valid = Tensor::from_slice(&ahead.iter().map(|&a| (a >= 0) as i64 as f32).collect::<Vec<_>>());
             let index = Tensor::from_slice(&ahead.iter().map(|&a| a.max(0)).collect::<Vec<_>>());
             let ids_k = ids.view([-1]).index_select(0, &index).view([rows, len]) * valid.to_kind(Kind::Int64).view([rows, len]);
-            let (emb, cos, sin) = model.embed(&ids_k, doc.map(|d| d.0));
-            let (y, _) = layer.forward_train(&h, &emb, &model.rope, &cos, &sin, doc.map(|d| d.1), &AuxCoefficients::default());
+            let (emb, cos, sin) = model.embed(&ids_k, doc.map(|d| &d.positions));
+            let (y, _) = layer.forward_train(&h, &emb, &model.rope, &cos, &sin, doc, &AuxCoefficients::default());
             let logits = model.head(&y).view([rows * len, -1]).to_kind(Kind::Float);
             let targets = labels.index_select(0, &index);
             let ce = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0);
@@ -206,14 +204,13 @@ mod tests {
             let ids = Tensor::from_slice(&(0..rows * len).map(|i| (i * 17 + 5) % 60).collect::<Vec<_>>()).view([rows, len]);
             let labels = Tensor::from_slice(&(0..rows * len).map(|i| if i == 4 { -100 } else { (i * 29 + 3) % 60 }).collect::<Vec<_>>());
             let mask = Tensor::from_slice(&(0..rows * len).map(|i| if i % 7 == 3 { 0.0f32 } else { 1.0 }).collect::<Vec<_>>());
-            let doc = per_document.then(|| crate::microbatch::document_attention(&[vec![0, 4], vec![0]], len, Device::Cpu));
+            let doc = per_document.then(|| openseek_model::document_attention(&[vec![0, 4], vec![0]], len, Device::Cpu));
             let hidden0 = Tensor::randn([rows, len, 32], (Kind::Float, Device::Cpu));
             let (coeff, denominator) = (0.3, 13.0);
             let run = |reference_path: bool| {
                 let m = model(&cfg, &w);
                 let hidden = hidden0.copy().set_requires_grad(true);
-                let doc_ref = doc.as_ref().map(|(p, mk)| (p, mk));
-                let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &mask, per_document: doc_ref };
+                let batch = MtpBatch { ids: &ids, labels: &labels, loss_mask: &mask, per_document: doc.as_ref() };
                 let loss = if reference_path {
                     reference(&m, &hidden, &batch, coeff, denominator)
                 } else {
