@@ -84,6 +84,13 @@ pub fn cuda_memory_in_use_bytes() -> Option<u64> {
     (rc == 0).then_some((total - free) as u64)
 }
 
+/// Wait for the device, so that wall-clock times measure the work (a no-op on the CPU).
+pub fn sync(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,12 +117,5 @@ mod tests {
         let extra = moe_layer + 6.0 * (3.0 * 1280.0 + 2.0 * 1280.0 * 1280.0) + logits;
         let g = flops_per_token(&cfg, 4096, 1);
         assert!((g - f - extra).abs() < 1.0, "{g} vs {}", f + extra);
-    }
-}
-
-/// Wait for the device, so that wall-clock times measure the work (a no-op on the CPU).
-pub fn sync(device: tch::Device) {
-    if let tch::Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
     }
 }
