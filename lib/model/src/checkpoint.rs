@@ -6,7 +6,8 @@
 //! Multi-token-prediction depths (`crate::mtp`) are read and written in DeepSeek-V3's release layout.
 
 use crate::config::Config;
-use crate::model::{DeepseekV3, Weights};
+use crate::model::DeepseekV3;
+use crate::weights::Weights;
 use crate::mtp;
 use crate::safetensors::{self, SafetensorsFile};
 use openseek_common::{AtomicOutputs, Failure};

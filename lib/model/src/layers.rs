@@ -3,7 +3,7 @@
 //! bf16 (as autocast does) and their gradients come back in fp32; equal dtypes cost nothing.
 
 use crate::fast_paths::FastPaths;
-use crate::model::{take, Weights};
+use crate::weights::{take, Weights};
 use tch::{Kind, Tensor};
 
 pub struct Linear {

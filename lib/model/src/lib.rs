@@ -16,6 +16,8 @@ pub mod packed;
 pub mod rope;
 pub mod safetensors;
 pub mod score;
+pub mod token_groups;
+pub mod weights;
 
 pub use checkpoint::{load, save};
 pub use config::Config;

@@ -15,15 +15,8 @@ use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::moe::{AuxCoefficients, Moe, RoutingStats};
 use crate::mtp::MtpLayer;
 use crate::rope::Rope;
-use std::collections::BTreeMap;
+use crate::weights::{take, Weights};
 use tch::{Device, Kind, Tensor};
-
-/// A named set of tensors, the HF state dict (fused experts).
-pub type Weights = BTreeMap<String, Tensor>;
-
-pub(crate) fn take(w: &mut Weights, name: &str) -> Tensor {
-    w.remove(name).unwrap_or_else(|| panic!("weight {name} missing (the checkpoint loader checks names first)"))
-}
 
 pub enum FeedForward {
     Dense(Mlp),

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::fast_paths::FastPaths;
 use crate::layers::Mlp;
-use crate::model::{take, Weights};
+use crate::weights::{take, Weights};
 use tch::{Kind, Tensor};
 
 /// Sigmoid router with group-limited top-k. The correction bias only ranks experts; the

@@ -6,7 +6,7 @@
 //! questions share their context: it runs once, packed with the choices.
 
 use crate::model::DeepseekV3;
-use crate::packed::TokenGroups;
+use crate::token_groups::TokenGroups;
 use openseek_common::Failure;
 use tch::{Device, Kind, Tensor};
 

@@ -253,7 +253,7 @@ pub fn save(
             std::fs::remove_dir_all(&tmp).map_err(|e| Failure::io_at(&tmp, "cannot remove", &e))?;
         }
         let with_masters = (!masters.is_empty()).then(|| {
-            let mut w: openseek_model::model::Weights = model.named_tensors().into_iter().collect();
+            let mut w: openseek_model::weights::Weights = model.named_tensors().into_iter().collect();
             w.extend(masters);
             DeepseekV3::from_weights(model.config.clone(), w)
         });

@@ -3,7 +3,7 @@
 //! the CPU from the seed, so a seed gives the same model on any device.
 
 use openseek_model::checkpoint::expected_shapes;
-use openseek_model::model::Weights;
+use openseek_model::weights::Weights;
 use openseek_model::Config;
 use tch::{Device, Kind, Tensor};
 

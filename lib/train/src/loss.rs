@@ -172,13 +172,13 @@ mod tests {
 
     /// The test model's config and weights; each run builds its model from copies of them (drawn
     /// once: the global generator is shared with tests running in parallel).
-    fn config_and_weights(tied: bool) -> (Config, openseek_model::model::Weights) {
+    fn config_and_weights(tied: bool) -> (Config, openseek_model::weights::Weights) {
         let cfg = crate::init::tiny_config(150, 2, tied);
         let w = crate::init::init_weights(&cfg, 0.2, 5, Kind::Float, Device::Cpu);
         (cfg, w)
     }
 
-    fn model(cfg: &Config, w: &openseek_model::model::Weights) -> DeepseekV3 {
+    fn model(cfg: &Config, w: &openseek_model::weights::Weights) -> DeepseekV3 {
         let model = DeepseekV3::from_weights(cfg.clone(), w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
         for (name, t) in model.named_tensors() {
             if !name.ends_with("e_score_correction_bias") {
@@ -189,7 +189,7 @@ mod tests {
     }
 
     /// Loss and every parameter's gradient through embedding, layers, norm and head + loss.
-    fn run(cfg: &Config, w: &openseek_model::model::Weights, path: HeadLoss) -> (f64, Vec<(String, Tensor)>) {
+    fn run(cfg: &Config, w: &openseek_model::weights::Weights, path: HeadLoss) -> (f64, Vec<(String, Tensor)>) {
         let model = model(cfg, w);
         // Inputs from a fixed pattern, not torch's global generator (other tests draw from it in parallel).
         let (rows, seq) = (3, 10);

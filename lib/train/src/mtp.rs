@@ -155,7 +155,7 @@ mod tests {
         Config::from_json(v).unwrap()
     }
 
-    fn model(cfg: &Config, w: &openseek_model::model::Weights) -> DeepseekV3 {
+    fn model(cfg: &Config, w: &openseek_model::weights::Weights) -> DeepseekV3 {
         let model = DeepseekV3::from_weights(cfg.clone(), w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
         for (name, t) in model.named_tensors() {
             if !name.ends_with("e_score_correction_bias") {
