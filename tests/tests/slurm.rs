@@ -492,3 +492,20 @@ fn eval_sweep_template_caps_requeues() {
     assert_eq!(code, Some(65));
     assert_eq!(calls_made, "");
 }
+
+/// Every template that requeues itself on exit 75 caps its requeues (SLURM_RESTART_COUNT against
+/// MAX_REQUEUES), checked before the requeue, so that a job failing the same way forever stops.
+#[test]
+fn every_requeueing_template_caps_its_requeues() {
+    let mut requeueing = 0;
+    for entry in std::fs::read_dir(root().join("slurm")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let Some(requeue) = text.find("scontrol requeue") else { continue };
+        requeueing += 1;
+        let cap = text.find("-ge \"${MAX_REQUEUES").unwrap_or_else(|| panic!("{}: requeues without a cap", path.display()));
+        assert!(cap < requeue, "{}: the cap is checked after the requeue", path.display());
+        assert!(text[..requeue].contains("SLURM_RESTART_COUNT"), "{}", path.display());
+    }
+    assert!(requeueing >= 5, "templates that requeue: {requeueing}");
+}
