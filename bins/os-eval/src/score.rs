@@ -71,7 +71,8 @@ struct DocRef {
 }
 
 /// The windows of a document of `n` tokens: (start, end, first scored target) with targets
-/// `first..end` (positions within the document), each target scored once.
+/// `first..end` (positions within the document), each target scored once: windows start `stride`
+/// apart, but never past the token before the first target still to score.
 fn windows(n: usize, window: usize, stride: usize) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
     if n < 2 {
@@ -85,7 +86,9 @@ fn windows(n: usize, window: usize, stride: usize) -> Vec<(usize, usize, usize)>
         if end == n {
             return out;
         }
-        start += stride;
+        // The next window starts at most one token before the first target it must score (a
+        // window's first token has no context inside it).
+        start = (start + stride).min(end - 1).max(start + 1);
     }
 }
 
@@ -238,7 +241,8 @@ mod tests {
     fn windows_score_each_target_once() {
         assert_eq!(windows(1, 4, 4), vec![]);
         assert_eq!(windows(3, 4, 4), vec![(0, 3, 1)]);
-        assert_eq!(windows(10, 4, 4), vec![(0, 4, 1), (4, 8, 5), (8, 10, 9)]);
+        // Back to back: each window starts on the last token of the one before (target 4 needs token 3).
+        assert_eq!(windows(10, 4, 4), vec![(0, 4, 1), (3, 7, 4), (6, 10, 7)]);
         // Overlapping: each later window scores only its new tokens.
         assert_eq!(windows(10, 4, 2), vec![(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]);
         for (n, w, s) in [(10, 4, 2), (10, 4, 4), (17, 5, 3), (2, 2, 1)] {
