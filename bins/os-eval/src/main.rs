@@ -234,15 +234,6 @@ struct ScoreArgs {
 }
 
 
-/// A device as users write it: `cpu`, `cuda:N`.
-fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(n) => format!("cuda:{n}"),
-        Device::Cpu => "cpu".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 /// A dtype as users write it.
 fn kind_name(kind: Kind) -> &'static str {
     if kind == Kind::BFloat16 {
@@ -289,7 +280,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
         output_dir: output.to_path_buf(),
         tasks: tasks.to_vec(),
         options,
-        backend: json!({"device": device_name(device), "dtype": kind_name(kind), "tokenizer_sha256": tokenizer.content_sha256()}),
+        backend: json!({"device": openseek_model::device_name(device), "dtype": kind_name(kind), "tokenizer_sha256": tokenizer.content_sha256()}),
         provenance: Provenance::capture("os-eval", env!("CARGO_PKG_VERSION")),
         verbose: !a.quiet,
     };

@@ -3,6 +3,15 @@
 use openseek_common::{ExitCode, Failure};
 use tch::{Cuda, Device};
 
+/// A device as users write it (`cpu`, `cuda:N`): the inverse of [`parse_device`], for messages and records.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// The device `name` stands for. A name that is none of the four is a usage error; a CUDA device
 /// on a machine without CUDA is "unavailable" (69).
 pub fn parse_device(name: &str) -> Result<Device, Failure> {

@@ -21,7 +21,7 @@ pub mod weights;
 
 pub use checkpoint::{load, save};
 pub use config::Config;
-pub use device::parse_device;
+pub use device::{device_name, parse_device};
 pub use documents::{document_attention, DocumentSegments};
 pub use fast_paths::FastPaths;
 pub use model::DeepseekV3;

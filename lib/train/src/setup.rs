@@ -59,21 +59,13 @@ fn kinds(p: Precision) -> (Kind, Kind) {
     }
 }
 
-/// Users' names for dtypes and devices.
+/// The name a config gives a precision (as serde writes it), for messages.
 pub fn precision_name(p: Precision) -> &'static str {
     match p {
         Precision::Bf16Mixed => "bf16-mixed",
         Precision::Bf16Autocast => "bf16-autocast",
         Precision::Bf16 => "bf16",
         Precision::Fp32 => "fp32",
-    }
-}
-
-pub fn device_name(d: Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
     }
 }
 
@@ -275,7 +267,7 @@ impl<'a> Trainer<'a> {
                 accumulation,
                 cfg.micro_batch_size,
                 precision_name(cfg.precision),
-                device_name(device),
+                openseek_model::device_name(device),
                 comm.backend_name(),
                 cfg.peak_tflops
             );
