@@ -4,7 +4,8 @@
 //! saved on 2 ranks resumes on 1 (and 1 on 2) with the losses of an uninterrupted run; gradients
 //! reduced bucket by bucket during the backward pass (`overlap_grad_reduce`, the default) give
 //! bit for bit the steps of gradients reduced after it; a global batch that the ranks cannot
-//! share evenly is refused, and so are ranks that see different run directories.
+//! share evenly is refused, and so are ranks that disagree on the config or see different run
+//! directories.
 //!
 //! Tolerance: the ranks' gradients are averaged in fp32 and ZeRO-1's update orders the fp32
 //! operations slightly differently from the one-rank AdamW, so values agree to rounding, not bit
@@ -236,6 +237,28 @@ fn a_global_batch_the_ranks_cannot_share_evenly_is_refused() {
         assert_eq!(o.status.code(), Some(78), "rank {r}: {}", stderr(o));
         assert!(stderr(o).contains("global_batch_size 8 must be a multiple of micro_batch_size 2 x 3 ranks"), "rank {r}: {}", stderr(o));
     }
+}
+
+#[test]
+fn ranks_that_disagree_on_the_config_stop_together_naming_it() {
+    let dir = scratch().join("disagree");
+    let port = free_port().to_string();
+    let children: Vec<Child> = ["1e-3", "2e-3"]
+        .iter()
+        .enumerate()
+        .map(|(r, lr)| {
+            let mut c = Command::new(tool("os-train"));
+            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
+            c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1", "--lr", lr]);
+            c.env("RANK", r.to_string()).env("WORLD_SIZE", "2").env("LOCAL_RANK", r.to_string()).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
+            c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start os-train")
+        })
+        .collect();
+    for (r, o) in finish(children).iter().enumerate() {
+        assert_eq!(o.status.code(), Some(78), "rank {r}: {}", stderr(o));
+        assert!(stderr(o).contains("the 2 ranks disagree on lr (rank 0: 0.001, rank 1: 0.002)"), "rank {r}: {}", stderr(o));
+    }
+    assert!(!dir.join("train_config.json").exists(), "nothing is written");
 }
 
 #[test]

@@ -112,6 +112,68 @@ fn write_json(path: &Path, value: &Value) -> Result<(), Failure> {
     out.commit()
 }
 
+/// Every rank must run the same os-train with the same options: each rank's version and config
+/// are gathered through the store and compared key by key; a difference stops every rank with
+/// one error naming the keys and each rank's value.
+fn check_ranks_agree(comm: &mut Comm, cfg: &TrainConfig, info: &RunInfo) -> Result<(), Failure> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    let mine = json!({ "version": info.version, "git_commit": info.git_commit, "config": cfg });
+    let seen = comm.store().gather("config", mine.to_string().as_bytes())?;
+    let ranks: Vec<Vec<(String, String)>> = seen
+        .iter()
+        .map(|b| {
+            let v: Value = serde_json::from_slice(b).map_err(|e| Failure::software(format!("a rank's config is not JSON: {e}")))?;
+            let mut flat = vec![];
+            flatten("", &v, &mut flat);
+            Ok(flat)
+        })
+        .collect::<Result<_, Failure>>()?;
+    let differences = config_differences(&ranks);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::config(format!(
+        "the {} ranks disagree on {}; every rank must start the same os-train with the same config and options",
+        ranks.len(),
+        differences.join("; ")
+    )))
+}
+
+/// `value` as (dotted key, JSON text) pairs, tables descended into.
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value.as_object() {
+        Some(map) => {
+            for (k, v) in map {
+                flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+            }
+        }
+        None => out.push((prefix.to_string(), value.to_string())),
+    }
+}
+
+/// "key (rank 0: v, rank 1: w, …)" for every key whose value is not the same on all ranks.
+fn config_differences(ranks: &[Vec<(String, String)>]) -> Vec<String> {
+    let mut keys: Vec<&str> = ranks.iter().flatten().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let value = |r: &[(String, String)], key: &str| r.iter().find(|(k, _)| k == key).map_or("(absent)".to_string(), |(_, v)| v.clone());
+    keys.into_iter()
+        .filter_map(|key| {
+            let values: Vec<String> = ranks.iter().map(|r| value(r, key)).collect();
+            (values.iter().any(|v| *v != values[0])).then(|| {
+                let shown: Vec<String> = values.iter().enumerate().map(|(i, v)| format!("rank {i}: {}", short(v))).collect();
+                format!("{} ({})", key.trim_start_matches("config."), shown.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn short(v: &str) -> String {
+    if v.chars().count() <= 60 { v.to_string() } else { format!("{}…", v.chars().take(60).collect::<String>()) }
+}
+
 /// Options whose value differs from the config recorded by the previous start of the run.
 fn changed_options(path: &Path, cfg: &TrainConfig) -> Vec<String> {
     let Some(old) = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { return vec![] };
@@ -127,13 +189,6 @@ impl<'a> Trainer<'a> {
         let launch = Launch::from_env()?;
         let (rank, world) = (launch.rank, launch.world);
         let lead = rank == 0;
-        if !cfg.global_batch_size.is_multiple_of(cfg.micro_batch_size * world) {
-            return Err(Failure::config(format!(
-                "global_batch_size {} must be a multiple of micro_batch_size {} x {world} ranks",
-                cfg.global_batch_size, cfg.micro_batch_size
-            )));
-        }
-        let accumulation = cfg.global_batch_size / (cfg.micro_batch_size * world);
         let (fast_model, fast) = cfg.debug.fast_paths()?;
         if lead {
             eprintln!("os-train: config\n{}", serde_json::to_string_pretty(cfg).unwrap());
@@ -143,6 +198,15 @@ impl<'a> Trainer<'a> {
         }
         let device = rank_device(&cfg.device, &launch)?;
         let mut comm = Comm::init(launch, device, CommOptions { force_nccl: cfg.debug.force_nccl, ..CommOptions::default() })?;
+        // After the rendezvous, so that a rank whose config differs stops the others too.
+        check_ranks_agree(&mut comm, cfg, info)?;
+        if !cfg.global_batch_size.is_multiple_of(cfg.micro_batch_size * world) {
+            return Err(Failure::config(format!(
+                "global_batch_size {} must be a multiple of micro_batch_size {} x {world} ranks",
+                cfg.global_batch_size, cfg.micro_batch_size
+            )));
+        }
+        let accumulation = cfg.global_batch_size / (cfg.micro_batch_size * world);
         let (master, compute) = kinds(cfg.precision);
         let total_steps = cfg.total_steps();
         let gbs = cfg.global_batch_size as u64;
@@ -312,5 +376,34 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(v: Value) -> Vec<(String, String)> {
+        let mut out = vec![];
+        flatten("", &v, &mut out);
+        out
+    }
+
+    #[test]
+    fn differences_name_each_key_and_every_rank_value() {
+        let a = flat(json!({"version": "0.1.0", "config": {"lr": 1e-4, "debug": {"force_nccl": false}, "seed": 1}}));
+        let b = flat(json!({"version": "0.1.0", "config": {"lr": 2e-4, "debug": {"force_nccl": true}, "seed": 1}}));
+        assert_eq!(
+            config_differences(&[a.clone(), b, a.clone()]),
+            ["debug.force_nccl (rank 0: false, rank 1: true, rank 2: false)", "lr (rank 0: 0.0001, rank 1: 0.0002, rank 2: 0.0001)"]
+        );
+        assert!(config_differences(&[a.clone(), a]).is_empty());
+    }
+
+    #[test]
+    fn a_key_one_rank_lacks_and_another_version_are_differences() {
+        let a = flat(json!({"version": "0.1.0", "config": {"lr": 1e-4, "init_from": "x"}}));
+        let b = flat(json!({"version": "0.2.0", "config": {"lr": 1e-4}}));
+        assert_eq!(config_differences(&[a, b]), ["init_from (rank 0: \"x\", rank 1: (absent))", "version (rank 0: \"0.1.0\", rank 1: \"0.2.0\")"]);
     }
 }
