@@ -1,11 +1,14 @@
 //! os-filter end to end: Gopher's rules decide as datatrove 0.10.1's filters do and t2s converts
 //! as OpenCC's own package does (both run from the venv); decontamination finds benchmark
-//! questions from ../shared/eval-dev planted in a corpus; score thresholds, word lists, worker
-//! counts, array parts, bad input and existing outputs.
+//! questions from ../shared/eval-dev planted in a corpus; fastText language identification gives
+//! fastText's own predictions (tiny models trained by its package in the test) and keeps what
+//! datatrove's LanguageFilter keeps; score thresholds, word lists, worker counts, array parts, bad
+//! input and existing outputs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use openseek_filter::fasttext::{FastTextModel, Prediction};
 use openseek_tests::{run_python, run_tool, shared};
 use serde_json::{json, Value};
 
@@ -171,4 +174,93 @@ fn scores_word_lists_parts_and_errors() {
     std::fs::write(&recipe, "[[filter]]\nkind = \"no_such_rule\"\n").unwrap();
     let wrong = filter(&["--recipe", recipe.to_str().unwrap(), "--output", dir.path().join("w").to_str().unwrap(), a]);
     assert_eq!(wrong.status.code(), Some(78), "{}", String::from_utf8_lossy(&wrong.stderr));
+}
+
+/// Our prediction of one line equals fastText's: the same labels in the same order (up to ties of
+/// equal probability) with probabilities within 1e-5.
+fn assert_same_predictions(ours: &[Prediction], theirs: &Value, all: &Value, what: &str) {
+    let (labels, probs) = (theirs[0].as_array().unwrap(), theirs[1].as_array().unwrap());
+    assert_eq!(ours.len(), labels.len(), "{what}: {ours:?} vs {theirs}");
+    let all_probs: BTreeMap<&str, f64> = all[0].as_array().unwrap().iter().zip(all[1].as_array().unwrap()).map(|(l, p)| (l.as_str().unwrap(), p.as_f64().unwrap())).collect();
+    for (i, ours) in ours.iter().enumerate() {
+        let expected = probs[i].as_f64().unwrap();
+        assert!((ours.probability as f64 - expected).abs() < 1e-5, "{what}: probability {i}: {} vs {expected}", ours.probability);
+        if ours.label != labels[i].as_str().unwrap() {
+            // Only a tie may change the order.
+            assert!((all_probs[ours.label] - expected).abs() < 1e-7, "{what}: label {i} is {} where fastText has {}", ours.label, labels[i]);
+        }
+    }
+}
+
+#[test]
+fn language_identification_agrees_with_fasttext_and_datatrove() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer: Value = serde_json::from_str(&run_python("fasttext_lid.py", &[dir.path().to_str().unwrap()])).unwrap();
+    let lines: Vec<&str> = peer["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    for (name, path) in peer["models"].as_object().unwrap() {
+        let model = FastTextModel::load(Path::new(path.as_str().unwrap())).unwrap();
+        assert_eq!(model.quantized, name == "ftz");
+        for (k, top) in [("-1", None), ("2", Some(2))] {
+            for (i, line) in lines.iter().enumerate() {
+                let all = &peer["predictions"][name]["-1"][i];
+                assert_same_predictions(&model.predict(line, top), &peer["predictions"][name][k][i], all, &format!("{name} k={k} line {i} {line:?}"));
+            }
+        }
+    }
+
+    // os-filter keeps what datatrove's LanguageFilter keeps, with the hierarchical-softmax model.
+    let docs = peer["documents"].as_array().unwrap();
+    let input = dir.path().join("docs.jsonl");
+    write_jsonl(&input, docs);
+    for (keep, verdicts) in [("keep = [\"en\", \"de\"]\n", "en,de"), ("", "none")] {
+        let recipe = dir.path().join("lang.toml");
+        std::fs::write(&recipe, format!("[[filter]]\nkind = \"language\"\nmodel = \"hs.bin\"\n{keep}")).unwrap();
+        let out = dir.path().join(format!("out-{verdicts}"));
+        ok(filter(&["--recipe", recipe.to_str().unwrap(), "--output", out.to_str().unwrap(), input.to_str().unwrap()]));
+        let kept: Vec<Value> = records(&out.join("docs.jsonl")).iter().map(|v| v["id"].clone()).collect();
+        let expected: Vec<Value> = docs.iter().zip(peer["datatrove"][verdicts].as_array().unwrap()).filter(|(_, v)| v.as_bool().unwrap()).map(|(d, _)| d["id"].clone()).collect();
+        assert_eq!(kept, expected, "keep {verdicts}");
+        assert!(expected.len() > 5 && expected.len() < docs.len(), "keep {verdicts}: the documents must exercise the filter");
+        let manifest: Value = serde_json::from_slice(&std::fs::read(dir.path().join(format!("out-{verdicts}.json"))).unwrap()).unwrap();
+        let counts = &manifest["counts"][0];
+        assert_eq!(counts["dropped"].as_u64().unwrap() as usize, docs.len() - expected.len());
+        let reasons = counts["reasons"].as_object().unwrap();
+        assert_eq!(reasons.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), counts["dropped"].as_u64().unwrap());
+        if verdicts == "en,de" {
+            assert!(reasons.contains_key("language_fr") && reasons.contains_key("language_zh"), "{reasons:?}");
+        }
+        assert_eq!(manifest["filters"][0]["parameters"]["loss"], "HierarchicalSoftmax");
+    }
+
+    // Flagging keeps every document and marks the rejected ones with the language found.
+    std::fs::write(dir.path().join("flag.toml"), "[[filter]]\nkind = \"language\"\nmodel = \"softmax.ftz\"\nkeep = [\"zh\"]\nmin_score = 0.9\naction = \"flag\"\n").unwrap();
+    let flagged = dir.path().join("flagged");
+    ok(filter(&["--recipe", dir.path().join("flag.toml").to_str().unwrap(), "--output", flagged.to_str().unwrap(), input.to_str().unwrap()]));
+    let marked = records(&flagged.join("docs.jsonl"));
+    assert_eq!(marked.len(), docs.len());
+    assert!(marked.iter().any(|d| d["language"]["language"] == "en") && marked.iter().any(|d| d.get("language").is_none()));
+
+    // Bad model files: named, exit 65 (not a model) or 66 (missing); an unknown language is a recipe error.
+    let good = std::fs::read(dir.path().join("softmax.bin")).unwrap();
+    let cases: [(&str, Vec<u8>, i32, &str); 3] = [
+        ("truncated.bin", good[..good.len() / 2].to_vec(), 65, "truncated"),
+        ("magic.bin", [&[0u8; 4][..], &good[4..]].concat(), 65, "magic"),
+        ("version.bin", [&good[..4], &99i32.to_le_bytes()[..], &good[8..]].concat(), 65, "version 99"),
+    ];
+    for (name, bytes, code, why) in cases {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), format!("[[filter]]\nkind = \"language\"\nmodel = \"{name}\"\n")).unwrap();
+        let out = filter(&["--recipe", dir.path().join("bad.toml").to_str().unwrap(), "--output", dir.path().join("bad").to_str().unwrap(), input.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {stderr}");
+        assert!(stderr.contains(name) && stderr.contains(why), "{name}: {stderr}");
+    }
+    for (spec, code, why) in [("model = \"missing.bin\"", 66, "missing.bin"), ("model = \"hs.bin\"\nkeep = [\"xx\"]", 78, "\"xx\"")] {
+        std::fs::write(dir.path().join("bad.toml"), format!("[[filter]]\nkind = \"language\"\n{spec}\n")).unwrap();
+        let out = filter(&["--recipe", dir.path().join("bad.toml").to_str().unwrap(), "--output", dir.path().join("bad").to_str().unwrap(), input.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{spec}: {stderr}");
+        assert!(stderr.contains(why), "{spec}: {stderr}");
+    }
+    assert!(!dir.path().join("bad.json").exists());
 }

@@ -3,6 +3,8 @@
 //! per-filter counts and sampled dropped documents in the manifest.
 
 pub mod decontaminate;
+pub mod fasttext;
 pub mod gopher;
+pub mod language;
 pub mod pass;
 pub mod recipe;

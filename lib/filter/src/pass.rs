@@ -164,6 +164,17 @@ fn apply(filters: &[Filter], record: &Record, key: &str) -> Outcome {
             Filter::SymbolRatio { max } => (symbol_ratio(current) > *max).then(|| "above_max".into()),
             Filter::GopherQuality(q) => q.check(current).map(String::from),
             Filter::GopherRepetition(r) => r.check(current),
+            Filter::Language { lid, action } => {
+                let found = lid.identify(current);
+                match (found.accepted, action) {
+                    (true, _) => None,
+                    (false, Action::Drop) => Some(found.reason(lid)),
+                    (false, Action::Flag) => {
+                        flag(serde_json::json!({ "language": found.language, "score": found.score }));
+                        None
+                    }
+                }
+            }
             Filter::TraditionalToSimplified(cc) => {
                 let new_text = cc.convert(current);
                 if new_text != current {

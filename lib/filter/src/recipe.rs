@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::decontaminate::BenchmarkIndex;
 use crate::gopher::{GopherQuality, GopherRepetition};
+use crate::language::LanguageFilter;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +57,17 @@ enum FilterSpec {
     },
     GopherQuality(GopherQuality),
     GopherRepetition(GopherRepetition),
+    /// Language identification with a fastText classifier (`lid.176.bin`/`.ftz`), as datatrove's
+    /// `LanguageFilter`: keep documents scoring above `min_score` for one of `keep` (or, without
+    /// `keep`, for their most probable language).
+    Language {
+        model: PathBuf,
+        keep: Option<Vec<String>>,
+        #[serde(default = "language_threshold")]
+        min_score: f64,
+        #[serde(default)]
+        action: Action,
+    },
     /// Traditional to simplified Chinese with OpenCC's t2s tables (changes the text, drops nothing).
     TraditionalToSimplified {},
     /// Documents with more than `max_hits` occurrences of the listed words (one per line, # comments).
@@ -92,6 +104,9 @@ enum FilterSpec {
 fn thirteen() -> usize {
     13
 }
+fn language_threshold() -> f64 {
+    0.65
+}
 fn id_key() -> String {
     "id".into()
 }
@@ -106,6 +121,7 @@ pub enum Filter {
     SymbolRatio { max: f64 },
     GopherQuality(GopherQuality),
     GopherRepetition(GopherRepetition),
+    Language { lid: Box<LanguageFilter>, action: Action },
     TraditionalToSimplified(Box<ferrous_opencc::OpenCC>),
     WordList { words: AhoCorasick, count: usize, source: String, max_hits: usize, action: Action },
     Decontaminate { index: BenchmarkIndex, action: Action },
@@ -121,6 +137,7 @@ impl Filter {
             Filter::SymbolRatio { .. } => "symbol_ratio",
             Filter::GopherQuality(_) => "gopher_quality",
             Filter::GopherRepetition(_) => "gopher_repetition",
+            Filter::Language { .. } => "language",
             Filter::TraditionalToSimplified(_) => "traditional_to_simplified",
             Filter::WordList { .. } => "word_list",
             Filter::Decontaminate { .. } => "decontaminate",
@@ -137,6 +154,10 @@ impl Filter {
             Filter::SymbolRatio { max } => json!({ "max": max }),
             Filter::GopherQuality(q) => json!(format!("{q:?}")),
             Filter::GopherRepetition(r) => json!(format!("{r:?}")),
+            Filter::Language { lid, action } => json!({
+                "model": lid.source, "labels": lid.model.labels.len(), "dim": lid.model.dim, "loss": format!("{:?}", lid.model.loss),
+                "quantized": lid.model.quantized, "keep": lid.keep, "min_score": lid.min_score, "flag": *action == Action::Flag,
+            }),
             Filter::TraditionalToSimplified(c) => json!({ "opencc": c.name() }),
             Filter::WordList { count, source, max_hits, action, .. } => json!({ "path": source, "words": count, "max_hits": max_hits, "flag": *action == Action::Flag }),
             Filter::Decontaminate { index, action } => json!({
@@ -197,6 +218,9 @@ pub fn load(path: &Path) -> Result<Vec<Filter>, Failure> {
                 FilterSpec::SymbolRatio { max } => Filter::SymbolRatio { max },
                 FilterSpec::GopherQuality(q) => Filter::GopherQuality(q),
                 FilterSpec::GopherRepetition(r) => Filter::GopherRepetition(r),
+                FilterSpec::Language { model, keep, min_score, action } => {
+                    Filter::Language { lid: Box::new(LanguageFilter::load(&resolve(base, &model), keep, min_score)?), action }
+                }
                 FilterSpec::TraditionalToSimplified {} => Filter::TraditionalToSimplified(Box::new(
                     ferrous_opencc::OpenCC::from_config(ferrous_opencc::config::BuiltinConfig::T2s)
                         .map_err(|e| Failure::software(format!("cannot load OpenCC's t2s tables: {e}")))?,
