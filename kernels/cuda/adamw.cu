@@ -11,12 +11,22 @@ __device__ __forceinline__ void update(float& w, float& m, float& v, float g, co
     w -= h.step_size * m / denom;
 }
 
-__device__ __forceinline__ float grad_at(const float* g, long long i) { return g[i]; }
-__device__ __forceinline__ float grad_at(const bf16* g, long long i) { return bf16_to_f32(g[i]); }
-__device__ __forceinline__ float4 grad4(const float* g, long long i) { return reinterpret_cast<const float4*>(g)[i]; }
-__device__ __forceinline__ float4 grad4(const bf16* g, long long i) {
-    const uint2 r = reinterpret_cast<const uint2*>(g)[i];
+// Loads and stores of fp32 or bf16 values (bf16 rounded to nearest even), one or four at a time.
+__device__ __forceinline__ float load1(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float load1(const bf16* p, long long i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ void store1(float* p, long long i, float x) { p[i] = x; }
+__device__ __forceinline__ void store1(bf16* p, long long i, float x) { p[i] = f32_to_bf16(x); }
+__device__ __forceinline__ float4 load4(const float* p, long long i) { return reinterpret_cast<const float4*>(p)[i]; }
+__device__ __forceinline__ float4 load4(const bf16* p, long long i) {
+    const uint2 r = reinterpret_cast<const uint2*>(p)[i];
     return make_float4(bf16_to_f32(r.x & 0xffff), bf16_to_f32(r.x >> 16), bf16_to_f32(r.y & 0xffff), bf16_to_f32(r.y >> 16));
+}
+__device__ __forceinline__ void store4(float* p, long long i, float4 x) { reinterpret_cast<float4*>(p)[i] = x; }
+__device__ __forceinline__ void store4(bf16* p, long long i, float4 x) {
+    uint2 c;
+    c.x = (unsigned int)f32_to_bf16(x.x) | ((unsigned int)f32_to_bf16(x.y) << 16);
+    c.y = (unsigned int)f32_to_bf16(x.z) | ((unsigned int)f32_to_bf16(x.w) << 16);
+    reinterpret_cast<uint2*>(p)[i] = c;
 }
 
 // The sum over a block of each thread's `x`, returned to thread 0 (blocks of 256 threads).
@@ -30,12 +40,13 @@ __device__ float block_sum(float x) {
     return total;
 }
 
-// w, m, v: n fp32 values; g: the gradient; copy: null, or n bf16 values rewritten from w. With
-// vec, every pointer is 16-byte aligned (8 for bf16) and four values move per access. sumsq:
-// null, or one fp32 per block: the block's sum of the updated weights' squares (the parameter
-// norm without another pass over the weights).
-template <typename G>
-__device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long long n, Hyper h, int vec, float* sumsq) {
+// w: n fp32 values; m, v: the moments, n fp32 or bf16 values (the arithmetic is fp32 either way);
+// g: the gradient; copy: null, or n bf16 values rewritten from w. With vec, every pointer is
+// 16-byte aligned (8 for bf16) and four values move per access. sumsq: null, or one fp32 per
+// block: the block's sum of the updated weights' squares (the parameter norm without another pass
+// over the weights).
+template <typename G, typename M>
+__device__ void adamw(float* w, bf16* copy, const G* g, M* m, M* v, long long n, Hyper h, int vec, float* sumsq) {
     float squares = 0.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -43,29 +54,26 @@ __device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long
     if (vec) {
         const long long n4 = n / 4;
         for (long long i = first; i < n4; i += stride) {
-            float4 W = reinterpret_cast<float4*>(w)[i], M = reinterpret_cast<float4*>(m)[i], V = reinterpret_cast<float4*>(v)[i];
-            const float4 G4 = grad4(g, i);
-            update(W.x, M.x, V.x, G4.x, h);
-            update(W.y, M.y, V.y, G4.y, h);
-            update(W.z, M.z, V.z, G4.z, h);
-            update(W.w, M.w, V.w, G4.w, h);
-            reinterpret_cast<float4*>(w)[i] = W;
+            float4 W = load4(w, i), M4 = load4(m, i), V4 = load4(v, i);
+            const float4 G4 = load4(g, i);
+            update(W.x, M4.x, V4.x, G4.x, h);
+            update(W.y, M4.y, V4.y, G4.y, h);
+            update(W.z, M4.z, V4.z, G4.z, h);
+            update(W.w, M4.w, V4.w, G4.w, h);
+            store4(w, i, W);
             squares += W.x * W.x + W.y * W.y + W.z * W.z + W.w * W.w;
-            reinterpret_cast<float4*>(m)[i] = M;
-            reinterpret_cast<float4*>(v)[i] = V;
-            if (copy) {
-                uint2 c;
-                c.x = (unsigned int)f32_to_bf16(W.x) | ((unsigned int)f32_to_bf16(W.y) << 16);
-                c.y = (unsigned int)f32_to_bf16(W.z) | ((unsigned int)f32_to_bf16(W.w) << 16);
-                reinterpret_cast<uint2*>(copy)[i] = c;
-            }
+            store4(m, i, M4);
+            store4(v, i, V4);
+            if (copy) store4(copy, i, W);
         }
         done = n4 * 4;
     }
     for (long long i = done + first; i < n; i += stride) {
-        float W = w[i], M = m[i], V = v[i];
-        update(W, M, V, grad_at(g, i), h);
-        w[i] = W; m[i] = M; v[i] = V;
+        float W = w[i], M1 = load1(m, i), V1 = load1(v, i);
+        update(W, M1, V1, load1(g, i), h);
+        w[i] = W;
+        store1(m, i, M1);
+        store1(v, i, V1);
         squares += W * W;
         if (copy) copy[i] = f32_to_bf16(W);
     }
@@ -75,9 +83,12 @@ __device__ void adamw(float* w, bf16* copy, const G* g, float* m, float* v, long
     }
 }
 
-extern "C" __global__ void adamw_f32_grad(float* w, bf16* copy, const float* g, float* m, float* v, long long n, Hyper h, int vec, float* sumsq) {
-    adamw(w, copy, g, m, v, n, h, vec, sumsq);
-}
-extern "C" __global__ void adamw_bf16_grad(float* w, bf16* copy, const bf16* g, float* m, float* v, long long n, Hyper h, int vec, float* sumsq) {
-    adamw(w, copy, g, m, v, n, h, vec, sumsq);
-}
+// adamw_<gradient dtype>_grad[_bf16_moments]
+#define ADAMW_KERNEL(name, G, M) \
+    extern "C" __global__ void name(float* w, bf16* copy, const G* g, M* m, M* v, long long n, Hyper h, int vec, float* sumsq) { \
+        adamw(w, copy, g, m, v, n, h, vec, sumsq); \
+    }
+ADAMW_KERNEL(adamw_f32_grad, float, float)
+ADAMW_KERNEL(adamw_bf16_grad, bf16, float)
+ADAMW_KERNEL(adamw_f32_grad_bf16_moments, float, bf16)
+ADAMW_KERNEL(adamw_bf16_grad_bf16_moments, bf16, bf16)

@@ -1,5 +1,6 @@
 //! One AdamW update of one parameter on CUDA, in a single pass over memory (an NVRTC kernel): fp32
-//! weights and moments, the gradient in fp32 or bf16, and, for a model that computes in bf16 from
+//! weights, the moments in fp32 or bf16 (computed in fp32, stored rounded to nearest even), the
+//! gradient in fp32 or bf16, and, for a model that computes in bf16 from
 //! fp32 master weights held by the optimizer, the model's bf16 copy rewritten from the updated
 //! master in the same pass. The arithmetic is `torch.optim.AdamW(fused=True)`'s, in its order.
 
@@ -54,7 +55,7 @@ fn check(what: &str, t: &Tensor, kinds: &[Kind], numel: usize, device: Device) -
 }
 
 /// Update `weights` (fp32: the model's own leaf, or the optimizer's master copy), `exp_avg` and
-/// `exp_avg_sq` (fp32) in place from `grad` (fp32 or bf16) and, when given, rewrite `bf16_copy`
+/// `exp_avg_sq` (both fp32 or both bf16) in place from `grad` (fp32 or bf16) and, when given, rewrite `bf16_copy`
 /// (the model's bf16 leaf of a master copy) from the updated weights. CUDA tensors of equal size,
 /// contiguous; runs on the device's current stream. `sum_of_squares`, when given, is an fp32
 /// tensor of [`MAX_BLOCKS`] zeros whose first entries receive partial sums of the updated weights'
@@ -75,8 +76,8 @@ pub fn adamw_update(
     let n = weights.numel();
     check("weights", weights, &[Kind::Float], n, device)?;
     check("grad", grad, &[Kind::Float, Kind::BFloat16], n, device)?;
-    check("exp_avg", exp_avg, &[Kind::Float], n, device)?;
-    check("exp_avg_sq", exp_avg_sq, &[Kind::Float], n, device)?;
+    check("exp_avg", exp_avg, &[Kind::Float, Kind::BFloat16], n, device)?;
+    check("exp_avg_sq", exp_avg_sq, &[exp_avg.kind()], n, device)?;
     if let Some(c) = bf16_copy {
         check("bf16 copy", c, &[Kind::BFloat16], n, device)?;
     }
@@ -98,9 +99,19 @@ pub fn adamw_update(
     };
     let (w, g, m, v) = (weights.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr());
     let c = bf16_copy.map_or(std::ptr::null_mut(), |c| c.data_ptr());
-    let grad_align = if grad.kind() == Kind::Float { 16 } else { 8 };
-    let aligned = [w, m, v].iter().all(|p| (*p as usize).is_multiple_of(16)) && (g as usize).is_multiple_of(grad_align) && (c as usize).is_multiple_of(8);
-    let kernel = if grad.kind() == Kind::Float { "adamw_f32_grad" } else { "adamw_bf16_grad" };
+    // Four values per access: 16 bytes of fp32, 8 of bf16.
+    let align = |t: &Tensor| if t.kind() == Kind::Float { 16 } else { 8 };
+    let aligned = (w as usize).is_multiple_of(16)
+        && (m as usize).is_multiple_of(align(exp_avg))
+        && (v as usize).is_multiple_of(align(exp_avg_sq))
+        && (g as usize).is_multiple_of(align(grad))
+        && (c as usize).is_multiple_of(8);
+    let kernel = match (grad.kind(), exp_avg.kind()) {
+        (Kind::Float, Kind::Float) => "adamw_f32_grad",
+        (_, Kind::Float) => "adamw_bf16_grad",
+        (Kind::Float, _) => "adamw_f32_grad_bf16_moments",
+        _ => "adamw_bf16_grad_bf16_moments",
+    };
     let f = nvrtc::function(&PROGRAM, kernel, ordinal)?;
     let per_thread = if aligned { 4 } else { 1 };
     let blocks = (n as u64).div_ceil(per_thread * THREADS as u64).clamp(1, MAX_BLOCKS as u64) as u32;

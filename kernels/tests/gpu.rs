@@ -42,35 +42,47 @@ fn reference_step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamWStep)
     (p, m, v)
 }
 
-/// The NVRTC AdamW kernel against the formula: fp32 and bf16 gradients, with and without the bf16
-/// copy, on sizes that take the vector path, its scalar tail, and misaligned views (scalar path).
+/// The NVRTC AdamW kernel against the formula: fp32 and bf16 gradients, fp32 and bf16 moments,
+/// with and without the bf16 copy, on sizes that take the vector path, its scalar tail, and
+/// misaligned views (scalar path). With bf16 moments the formula's moments are rounded to bf16
+/// after each step, as the kernel stores them: fp32 arithmetic in a different order can round a
+/// moment to the neighbouring bf16 value, so they agree to one bf16 step, the weights to 1e-4.
 #[test]
 #[ignore]
 fn adamw_kernel_equals_the_formula() {
     let dev = cuda();
     tch::manual_seed(11);
     for (numel, offset) in [(4096i64, 0i64), (1001, 0), (777, 1)] {
-        for grad_kind in [Kind::Float, Kind::BFloat16] {
-            for with_copy in [false, true] {
-                let alloc = |k: Kind| Tensor::randn([numel + offset], (Kind::Float, dev)).to_kind(k).narrow(0, offset, numel);
-                let (w, m, v) = (alloc(Kind::Float), alloc(Kind::Float) * 0.1, alloc(Kind::Float).square() * 0.01);
-                let copy = with_copy.then(|| alloc(Kind::BFloat16));
-                let (mut rw, mut rm, mut rv) = (w.copy(), m.copy(), v.copy());
-                for step in 1..=3u64 {
-                    let h = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.7 };
-                    let g = alloc(grad_kind);
-                    let squares = Tensor::zeros([openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, dev));
-                    adamw_update(&w, copy.as_ref(), &g, &m, &v, &h, Some(&squares)).unwrap();
-                    (rw, rm, rv) = reference_step(&rw, &g, &rm, &rv, &h);
-                    let norm = squares.sum(Kind::Double).sqrt().double_value(&[]);
-                    let want = rw.to_kind(Kind::Double).square().sum(Kind::Double).sqrt().double_value(&[]);
-                    assert!((norm - want).abs() <= 1e-5 * want, "norm of the updated weights {norm} vs {want}");
-                }
-                let worst = [(&w, &rw), (&m, &rm), (&v, &rv)].iter().map(|(a, b)| max_abs(a, b)).fold(0f64, f64::max);
-                eprintln!("AdamW kernel, {numel} values at offset {offset}, {grad_kind:?} grad, copy {with_copy}: max |kernel - formula| {worst:.2e}");
-                assert!(worst < 1e-5, "AdamW kernel differs from the formula by {worst}");
-                if let Some(c) = &copy {
-                    assert_eq!(max_abs(c, &w.to_kind(Kind::BFloat16)), 0.0, "the bf16 copy is the rounded master");
+        for moments in [Kind::Float, Kind::BFloat16] {
+            for grad_kind in [Kind::Float, Kind::BFloat16] {
+                for with_copy in [false, true] {
+                    let alloc = |k: Kind| Tensor::randn([numel + offset], (Kind::Float, dev)).to_kind(k).narrow(0, offset, numel);
+                    let w = alloc(Kind::Float);
+                    let (m, v) = ((alloc(Kind::Float) * 0.1).to_kind(moments), (alloc(Kind::Float).square() * 0.01).to_kind(moments));
+                    let copy = with_copy.then(|| alloc(Kind::BFloat16));
+                    let (mut rw, mut rm, mut rv) = (w.copy(), m.to_kind(Kind::Float), v.to_kind(Kind::Float));
+                    for step in 1..=3u64 {
+                        let h = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.7 };
+                        let g = alloc(grad_kind);
+                        let squares = Tensor::zeros([openseek_kernels::adamw::MAX_BLOCKS], (Kind::Float, dev));
+                        adamw_update(&w, copy.as_ref(), &g, &m, &v, &h, Some(&squares)).unwrap();
+                        (rw, rm, rv) = reference_step(&rw, &g, &rm, &rv, &h);
+                        if moments == Kind::BFloat16 {
+                            (rm, rv) = (rm.to_kind(moments).to_kind(Kind::Float), rv.to_kind(moments).to_kind(Kind::Float));
+                        }
+                        let norm = squares.sum(Kind::Double).sqrt().double_value(&[]);
+                        let want = rw.to_kind(Kind::Double).square().sum(Kind::Double).sqrt().double_value(&[]);
+                        assert!((norm - want).abs() <= 1e-5 * want, "norm of the updated weights {norm} vs {want}");
+                    }
+                    let dw = max_abs(&w, &rw);
+                    let relative = |a: &Tensor, b: &Tensor| max_abs(a, b) / b.abs().max().double_value(&[]);
+                    let (dm, dv) = (relative(&m, &rm), relative(&v, &rv));
+                    eprintln!("AdamW kernel, {numel} values at offset {offset}, {moments:?} moments, {grad_kind:?} grad, copy {with_copy}: max |kernel - formula| weights {dw:.2e}, moments {dm:.2e} / {dv:.2e} of their largest");
+                    let (weights_tol, moments_tol) = if moments == Kind::Float { (1e-5, 1e-5) } else { (1e-4, 1.0 / 128.0) };
+                    assert!(dw < weights_tol && dm <= moments_tol && dv <= moments_tol, "AdamW kernel differs from the formula");
+                    if let Some(c) = &copy {
+                        assert_eq!(max_abs(c, &w.to_kind(Kind::BFloat16)), 0.0, "the bf16 copy is the rounded master");
+                    }
                 }
             }
         }

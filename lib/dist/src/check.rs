@@ -101,7 +101,7 @@ pub fn toy(comm: &mut Comm, steps: u64, save_at: Option<u64>, state: Option<&Pat
         NamedParam { name: "b".into(), tensor: b.shallow_clone(), decay: false, bucket: 1, leaf_kind: Kind::Float },
     ];
     Zero1::broadcast_params(&params, comm)?;
-    let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, moments: Kind::Float };
     let mut opt = Zero1::new(params, comm, adam)?;
     if resume {
         let dir = state.ok_or_else(|| Failure::usage("--resume needs --state DIR"))?;

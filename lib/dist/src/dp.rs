@@ -46,6 +46,8 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// The moments' dtype: fp32, or bf16 (computed in fp32, stored rounded; saved as fp32).
+    pub moments: Kind,
 }
 
 /// A run of this rank's shard inside one bucket with one weight decay (the update's unit).
@@ -144,8 +146,8 @@ impl Zero1 {
         Ok(Zero1 {
             grad_buffer: Tensor::zeros([layout.padded() as i64], f32s),
             accumulating: false,
-            exp_avg: Tensor::zeros([n], f32s),
-            exp_avg_sq: Tensor::zeros([n], f32s),
+            exp_avg: Tensor::zeros([n], (adam.moments, device)),
+            exp_avg_sq: Tensor::zeros([n], (adam.moments, device)),
             started: vec![false; buckets],
             gathers: (0..buckets).map(|_| None).collect(),
             squares: None,
@@ -330,7 +332,7 @@ impl Zero1 {
     /// `grad_scale` (the clipping factor); the updated slices are written into this rank's part of
     /// the parameter buffers ([`Zero1::gather_params`] sends them to the other ranks).
     pub fn step(&mut self, lr: f64, grad_scale: f64) {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.adam;
+        let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.adam;
         self.step += 1;
         self.squares = None;
         let _guard = tch::no_grad_guard();
@@ -370,13 +372,20 @@ impl Zero1 {
                 let _ = self.master.narrow(0, run.shard.start as i64, run.shard.len() as i64).g_mul_scalar_(1.0 - lr * weight_decay);
             }
         }
-        let _ = self.exp_avg.lerp_(&grad, 1.0 - beta1);
-        let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
-        let _ = self.exp_avg_sq.g_add_(&(grad.square() * (1.0 - beta2)));
+        // The moments in fp32 (themselves when they are fp32), stored back when they are bf16.
+        let (mut exp_avg, mut exp_avg_sq) = (self.exp_avg.to_kind(Kind::Float), self.exp_avg_sq.to_kind(Kind::Float));
+        let _ = exp_avg.lerp_(&grad, 1.0 - beta1);
+        let _ = exp_avg_sq.g_mul_scalar_(beta2);
+        let _ = exp_avg_sq.g_add_(&(grad.square() * (1.0 - beta2)));
+        if self.exp_avg.kind() != Kind::Float {
+            self.exp_avg.copy_(&exp_avg);
+            self.exp_avg_sq.copy_(&exp_avg_sq);
+            (exp_avg, exp_avg_sq) = (self.exp_avg.to_kind(Kind::Float), self.exp_avg_sq.to_kind(Kind::Float));
+        }
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-        let denom = self.exp_avg_sq.sqrt() / bc2.sqrt() + eps;
-        let _ = self.master.g_sub_(&(&self.exp_avg / denom * (lr / bc1)));
+        let denom = exp_avg_sq.sqrt() / bc2.sqrt() + eps;
+        let _ = self.master.g_sub_(&(&exp_avg / denom * (lr / bc1)));
         for b in 0..self.buffers.len() {
             let at = self.layout.buckets()[b].in_shard(self.layout.world());
             let mut mine = self.own_slice(b);
@@ -458,7 +467,7 @@ impl Zero1 {
     /// `t`'s parts that hold this rank's flat ranges, end to end, on the host.
     fn owned_values(&self, t: &Tensor) -> Result<Vec<f32>, Failure> {
         let parts: Vec<Tensor> = self.layout.shard_ranges(self.rank).iter().map(|(at, _)| t.narrow(0, at.start as i64, at.len() as i64)).collect();
-        let joined = if parts.is_empty() { Tensor::zeros([0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&parts, 0).to_device(Device::Cpu) };
+        let joined = if parts.is_empty() { Tensor::zeros([0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&parts, 0).to_device(Device::Cpu).to_kind(Kind::Float) };
         Vec::<f32>::try_from(&joined).map_err(|e| Failure::software(e.to_string()))
     }
 
@@ -494,8 +503,8 @@ impl Zero1 {
             local.to_device(device)
         };
         self.master = put("master");
-        self.exp_avg = put("exp_avg");
-        self.exp_avg_sq = put("exp_avg_sq");
+        self.exp_avg = put("exp_avg").to_kind(self.adam.moments);
+        self.exp_avg_sq = put("exp_avg_sq").to_kind(self.adam.moments);
         self.step = step;
         // The parameters from the masters (exact where the model files held rounded values).
         tch::no_grad(|| {
@@ -530,7 +539,7 @@ mod tests {
         let mut comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
         let ps = params(&[&[1.0, -2.0, 3.0], &[0.5, 0.25]], &[true, false]);
         let model: Vec<Tensor> = ps.iter().map(|p| p.tensor.shallow_clone()).collect();
-        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, moments: Kind::Float };
         let mut opt = Zero1::new(ps, &comm, adam).unwrap();
         // Reference state, in f64.
         let mut p: Vec<f64> = vec![1.0, -2.0, 3.0, 0.5, 0.25];
@@ -604,7 +613,7 @@ mod tests {
                             }
                         }
                     };
-                    let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+                    let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, moments: Kind::Float };
                     let (early, late) = (make(), make());
                     let (early_model, late_model): (Vec<Tensor>, Vec<Tensor>) =
                         (early.iter().map(|p| p.tensor.shallow_clone()).collect(), late.iter().map(|p| p.tensor.shallow_clone()).collect());
@@ -644,7 +653,7 @@ mod tests {
         assert_ne!(got[0].0[0], vec![0.0, 0.1, 0.2], "parameters moved");
         // Saved on two ranks (three buckets), loaded on one (one bucket): the same master weights.
         let comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
-        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, moments: Kind::Float };
         let zeros = sizes.iter().enumerate().map(|(i, &n)| NamedParam { name: format!("p{i}"), tensor: Tensor::zeros([n as i64], (Kind::Float, Device::Cpu)), decay: i != 2, bucket: 0, leaf_kind: Kind::Float });
         let mut one = Zero1::new(zeros.collect(), &comm, adam).unwrap();
         one.load(&state).unwrap();
@@ -656,7 +665,7 @@ mod tests {
     #[test]
     fn zero1_state_saves_and_reloads_with_its_step() {
         let comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
-        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, moments: Kind::Float };
         let mut opt = Zero1::new(params(&[&[1.0, 2.0], &[3.0]], &[true, false]), &comm, adam).unwrap();
         let mut g = opt.grad_slice(0).narrow(0, 0, 3);
         g.copy_(&Tensor::from_slice(&[0.5f32, -1.0, 2.0]));

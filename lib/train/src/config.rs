@@ -33,6 +33,17 @@ pub enum OnNan {
     Stop,
 }
 
+/// The dtype the optimizer keeps Adam's two moments in (master weights stay fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MomentsDtype {
+    Fp32,
+    /// bf16 moments, as DeepSeek-V3 trains (Megatron's `--use-precision-aware-optimizer
+    /// --exp-avg-dtype bf16 --exp-avg-sq-dtype bf16`): each update reads and writes half the
+    /// moment bytes; the arithmetic stays fp32, the stored moments are rounded to bf16.
+    Bf16,
+}
+
 /// How a step's loss (and so its gradient) averages over tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -198,6 +209,9 @@ pub struct TrainConfig {
     pub adam_beta2: f64,
     #[serde(default = "eps")]
     pub adam_eps: f64,
+    /// The dtype of Adam's moments in the optimizer state.
+    #[serde(default = "fp32_moments")]
+    pub adam_moments_dtype: MomentsDtype,
     /// Global gradient-norm clipping (0 = off).
     #[serde(default = "one")]
     pub clip_grad: f64,
@@ -296,6 +310,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("adam_beta1", "AdamW beta1"),
     ("adam_beta2", "AdamW beta2"),
     ("adam_eps", "AdamW epsilon"),
+    ("adam_moments_dtype", "fp32, or bf16 (Adam moments stored in bf16, as DeepSeek-V3; checkpoints keep them as fp32)"),
     ("clip_grad", "global gradient-norm clipping (0 = off)"),
     ("precision", "bf16-mixed, bf16-autocast, bf16 or fp32"),
     ("loss_averaging", "per_micro_batch (Megatron's default) or per_token (--calculate-per-token-loss)"),
@@ -379,6 +394,9 @@ fn beta2() -> f64 {
 }
 fn eps() -> f64 {
     1e-8
+}
+fn fp32_moments() -> MomentsDtype {
+    MomentsDtype::Fp32
 }
 fn one() -> f64 {
     1.0

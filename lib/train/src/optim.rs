@@ -1,6 +1,7 @@
 //! AdamW as `torch.optim.AdamW` computes it: decoupled weight decay (none on norms, biases and
 //! the router's correction bias), bias-corrected moments kept in fp32, and global gradient-norm
-//! clipping as `clip_grad_norm_`.
+//! clipping as `clip_grad_norm_`. The moments are fp32, or bf16 with `adam_moments_dtype = "bf16"`
+//! (the arithmetic in fp32, the stored moments rounded; checkpoints hold them as fp32).
 //!
 //! Mixed precision as Megatron keeps it: the model's weights are bf16 leaves (so the forward and
 //! backward passes cast nothing and the gradients come out in bf16) and the optimizer holds their
@@ -96,14 +97,15 @@ fn clear_grad(t: &mut Tensor, to_none: bool) {
 }
 
 impl AdamW {
-    /// Optimise `params` (name, leaf tensor); moments start at zero, fp32, on the params' device.
-    /// With `bf16_leaves`, fp32 leaves (but those that [`stays_fp32`]) become bf16 in place (the
-    /// model sees the change) and their fp32 values the optimizer's masters.
-    pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bf16_leaves: bool) -> AdamW {
+    /// Optimise `params` (name, leaf tensor); moments start at zero, of kind `moments` (fp32 or
+    /// bf16), on the params' device. With `bf16_leaves`, fp32 leaves (but those that
+    /// [`stays_fp32`]) become bf16 in place (the model sees the change) and their fp32 values the
+    /// optimizer's masters.
+    pub fn new(params: Vec<(String, Tensor)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bf16_leaves: bool, moments: Kind) -> AdamW {
         let params: Vec<Param> = params
             .into_iter()
             .map(|(name, mut tensor)| {
-                let zeros = || Tensor::zeros(tensor.size(), (Kind::Float, tensor.device()));
+                let zeros = || Tensor::zeros(tensor.size(), (moments, tensor.device()));
                 let (exp_avg, exp_avg_sq) = (zeros(), zeros());
                 let master = (bf16_leaves && tensor.kind() == Kind::Float && !stays_fp32(&name)).then(|| {
                     let master = tensor.detach().copy();
@@ -200,11 +202,18 @@ impl AdamW {
             if p.decay && self.weight_decay != 0.0 {
                 let _ = w.g_mul_scalar_(1.0 - lr * self.weight_decay);
             }
-            let _ = p.exp_avg.lerp_(&g, 1.0 - b1);
+            // The moments in fp32 (themselves when they are fp32), stored back when they are bf16.
+            let (mut exp_avg, mut exp_avg_sq) = (p.exp_avg.to_kind(Kind::Float), p.exp_avg_sq.to_kind(Kind::Float));
+            let _ = exp_avg.lerp_(&g, 1.0 - b1);
             // addcmul_(g, g, value=1-b2) evaluates (value * g) * g.
-            let _ = p.exp_avg_sq.g_mul_scalar_(b2).g_add_(&((&g * (1.0 - b2)) * &g));
-            let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
-            let _ = w.addcdiv_(&(&p.exp_avg * -step_size), &denom);
+            let _ = exp_avg_sq.g_mul_scalar_(b2).g_add_(&((&g * (1.0 - b2)) * &g));
+            if p.exp_avg.kind() != Kind::Float {
+                p.exp_avg.copy_(&exp_avg);
+                p.exp_avg_sq.copy_(&exp_avg_sq);
+                (exp_avg, exp_avg_sq) = (p.exp_avg.to_kind(Kind::Float), p.exp_avg_sq.to_kind(Kind::Float));
+            }
+            let denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
+            let _ = w.addcdiv_(&(&exp_avg * -step_size), &denom);
             if p.master.is_some() || !fp32 {
                 p.tensor.copy_(&w);
             }
@@ -248,7 +257,7 @@ impl AdamW {
             for (i, p) in self.params.iter_mut().enumerate() {
                 let dst = if what == "exp_avg" { &mut p.exp_avg } else { &mut p.exp_avg_sq };
                 let part = all.narrow(0, layout.offset(i) as i64, p.tensor.numel() as i64).view(dst.size().as_slice());
-                *dst = part.to_device(dst.device());
+                *dst = part.to_device(dst.device()).to_kind(dst.kind());
             }
         }
         self.steps = steps;
@@ -265,6 +274,8 @@ pub struct OptimizerConfig {
     pub weight_decay: f64,
     /// Mixed precision: bf16 leaves with fp32 masters (else the leaves keep their dtype).
     pub bf16_leaves: bool,
+    /// Adam's moments: fp32 or bf16.
+    pub moments: Kind,
     /// Clear gradients to none after an update (else zero them).
     pub grad_none: bool,
     /// ZeRO-1: the parameter all-gathers overlap the next forward pass.
@@ -285,7 +296,7 @@ impl Optimizer {
     /// bf16 leaves with fp32 masters in the optimizer, but those that [`stays_fp32`].
     pub fn new(params: Vec<(String, Tensor)>, comm: &mut Comm, c: OptimizerConfig) -> Result<Optimizer, Failure> {
         if comm.is_local() {
-            let mut adam = AdamW::new(params, c.beta1, c.beta2, c.eps, c.weight_decay, c.bf16_leaves);
+            let mut adam = AdamW::new(params, c.beta1, c.beta2, c.eps, c.weight_decay, c.bf16_leaves, c.moments);
             adam.grad_none = c.grad_none;
             return Ok(Optimizer::Full(adam));
         }
@@ -300,7 +311,7 @@ impl Optimizer {
         // Ranks that built their weights independently start from rank 0's.
         Zero1::broadcast_params(&named, comm)?;
         let leaves = params.into_iter().map(|(_, t)| t).collect();
-        let adam = openseek_dist::AdamWConfig { beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay };
+        let adam = openseek_dist::AdamWConfig { beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, moments: c.moments };
         let zero = Zero1::new(named, comm, adam)?;
         Ok(Optimizer::Sharded { zero: Box::new(zero), leaves, overlap_param_gather: c.overlap_param_gather })
     }
@@ -461,7 +472,7 @@ mod tests {
     }
 
     fn moments(opt: &AdamW) -> Vec<Vec<f32>> {
-        opt.params.iter().flat_map(|p| [&p.exp_avg, &p.exp_avg_sq]).map(|t| Vec::<f32>::try_from(&t.reshape([-1])).unwrap()).collect()
+        opt.params.iter().flat_map(|p| [&p.exp_avg, &p.exp_avg_sq]).map(|t| Vec::<f32>::try_from(&t.reshape([-1]).to_kind(Kind::Float)).unwrap()).collect()
     }
 
     /// Mixed precision: the leaves become bf16 copies of fp32 masters that step exactly as fp32
@@ -471,8 +482,8 @@ mod tests {
         let names = ["model.layers.1.mlp.experts.down_proj", "model.layers.1.mlp.gate.weight"];
         let values: [&[f32]; 2] = [&[1.0, -2.0, 3.0001, 0.1], &[0.5, 0.25]];
         let params = || values.iter().zip(names).map(|(v, n)| (n.to_string(), Tensor::from_slice(v).set_requires_grad(true))).collect::<Vec<_>>();
-        let mut fp32 = AdamW::new(params(), 0.9, 0.95, 1e-8, 0.1, false);
-        let mut mixed = AdamW::new(params(), 0.9, 0.95, 1e-8, 0.1, true);
+        let mut fp32 = AdamW::new(params(), 0.9, 0.95, 1e-8, 0.1, false, Kind::Float);
+        let mut mixed = AdamW::new(params(), 0.9, 0.95, 1e-8, 0.1, true, Kind::Float);
         assert_eq!((mixed.params[0].tensor.kind(), mixed.params[1].tensor.kind()), (Kind::BFloat16, Kind::Float));
         assert!(mixed.params[0].master.as_ref().unwrap().equal(&fp32.params[0].tensor), "the master is the fp32 value");
         for step in 0..3 {
@@ -504,7 +515,7 @@ mod tests {
     #[test]
     fn full_state_round_trips_through_the_sharded_optimizer() {
         let params = model(&[&[1.0, -2.0, 3.0], &[0.5, 0.25]]);
-        let mut opt = AdamW::new(params, 0.9, 0.95, 1e-8, 0.1, false);
+        let mut opt = AdamW::new(params, 0.9, 0.95, 1e-8, 0.1, false, Kind::Float);
         for _ in 0..3 {
             opt.zero_grad();
             let leaves: Vec<Tensor> = opt.params.iter().map(|p| p.tensor.shallow_clone()).collect();
@@ -513,7 +524,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         opt.save(dir.path()).unwrap();
-        let mut again = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false);
+        let mut again = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false, Kind::Float);
         again.load(dir.path()).unwrap();
         assert_eq!((moments(&again), again.steps), (moments(&opt), 3));
 
@@ -521,7 +532,7 @@ mod tests {
         let fresh = model(&[&[0.0; 3], &[0.0; 2]]);
         let leaves: Vec<Tensor> = fresh.iter().map(|(_, t)| t.shallow_clone()).collect();
         let named = fresh.into_iter().map(|(n, t)| NamedParam { decay: decays(&n), name: n, tensor: t, bucket: 0, leaf_kind: Kind::Float }).collect();
-        let mut zero = Zero1::new(named, &comm, openseek_dist::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }).unwrap();
+        let mut zero = Zero1::new(named, &comm, openseek_dist::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, moments: Kind::Float }).unwrap();
         zero.load(dir.path()).unwrap();
         zero.gather_params(&mut comm, false).unwrap();
         for (l, p) in leaves.iter().zip(&opt.params) {
@@ -529,11 +540,64 @@ mod tests {
         }
         let dir2 = tempfile::tempdir().unwrap();
         zero.save(dir2.path()).unwrap();
-        let mut back = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false);
+        let mut back = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false, Kind::Float);
         back.load(dir2.path()).unwrap();
         assert_eq!((moments(&back), back.steps), (moments(&opt), 3));
         // Another model's state is refused.
-        let mut other = AdamW::new(model(&[&[0.0; 4], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false);
+        let mut other = AdamW::new(model(&[&[0.0; 4], &[0.0; 2]]), 0.9, 0.95, 1e-8, 0.1, false, Kind::Float);
         assert!(other.load(dir.path()).unwrap_err().message.contains("another parameter layout"));
+    }
+
+    /// bf16 moments (`adam_moments_dtype = "bf16"`): each stored moment is the fp32 moment rounded
+    /// to bf16 and the weights step from the stored moments; the state saves as fp32 and loads back
+    /// unchanged into bf16 moments, also through ZeRO-1's files.
+    #[test]
+    fn bf16_moments_are_rounded_and_round_trip() {
+        let (lr, b1, b2, eps) = (0.01, 0.9, 0.95, 1e-8);
+        let mut opt = AdamW::new(model(&[&[1.0, -2.0, 3.0], &[0.5, 0.25]]), b1, b2, eps, 0.0, false, Kind::BFloat16);
+        let (mut w, mut m, mut v) = (vec![], vec![], vec![]);
+        for p in &opt.params {
+            w.push(p.tensor.detach().copy());
+            m.push(Tensor::zeros(p.tensor.size(), (Kind::Float, Device::Cpu)));
+            v.push(Tensor::zeros(p.tensor.size(), (Kind::Float, Device::Cpu)));
+        }
+        for step in 1..=3 {
+            opt.zero_grad();
+            let leaves: Vec<Tensor> = opt.params.iter().map(|p| p.tensor.shallow_clone()).collect();
+            ((&leaves[0] * &leaves[0]).sum(Kind::Float) * 1.37 + leaves[1].sum(Kind::Float) * 3.1).backward();
+            for (i, p) in opt.params.iter().enumerate() {
+                let g = p.tensor.grad();
+                let round = |t: Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+                m[i] = round(&m[i] * b1 + &g * (1.0 - b1));
+                v[i] = round(&v[i] * b2 + &g * &g * (1.0 - b2));
+                let denom = v[i].sqrt() / (1.0 - b2.powi(step)).sqrt() + eps;
+                w[i] = &w[i] - &m[i] / denom * (lr / (1.0 - b1.powi(step)));
+            }
+            opt.step(lr, 1.0);
+        }
+        for (i, p) in opt.params.iter().enumerate() {
+            assert_eq!((p.exp_avg.kind(), p.exp_avg_sq.kind()), (Kind::BFloat16, Kind::BFloat16));
+            assert!(p.exp_avg.to_kind(Kind::Float).equal(&m[i]) && p.exp_avg_sq.to_kind(Kind::Float).equal(&v[i]), "moments of {}", p.name);
+            let d = (&p.tensor - &w[i]).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "weights of {} differ by {d}", p.name);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        opt.save(dir.path()).unwrap();
+        let mut again = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), b1, b2, eps, 0.0, false, Kind::BFloat16);
+        again.load(dir.path()).unwrap();
+        assert_eq!(moments(&again), moments(&opt));
+        assert_eq!(again.params[0].exp_avg.kind(), Kind::BFloat16);
+
+        let mut comm = Comm::init(Launch::single(), Device::Cpu, CommOptions::default()).unwrap();
+        let named = model(&[&[0.0; 3], &[0.0; 2]]).into_iter().map(|(n, t)| NamedParam { decay: decays(&n), name: n, tensor: t, bucket: 0, leaf_kind: Kind::Float }).collect();
+        let adam = openseek_dist::AdamWConfig { beta1: b1, beta2: b2, eps, weight_decay: 0.0, moments: Kind::BFloat16 };
+        let mut zero = Zero1::new(named, &comm, adam).unwrap();
+        zero.load(dir.path()).unwrap();
+        zero.gather_params(&mut comm, false).unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        zero.save(dir2.path()).unwrap();
+        let mut back = AdamW::new(model(&[&[0.0; 3], &[0.0; 2]]), b1, b2, eps, 0.0, false, Kind::BFloat16);
+        back.load(dir2.path()).unwrap();
+        assert_eq!(moments(&back), moments(&opt));
     }
 }

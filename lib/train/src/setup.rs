@@ -6,7 +6,7 @@
 //! optimizer shard.
 
 use crate::checkpoint::{self, DataIdentity, RunInfo, TrainerState};
-use crate::config::{ModelConfig, Precision, TrainConfig, TrainFastPaths};
+use crate::config::{ModelConfig, MomentsDtype, Precision, TrainConfig, TrainFastPaths};
 use crate::metrics;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::run_log::{PendingRecord, RunLog};
@@ -302,6 +302,10 @@ impl<'a> Trainer<'a> {
             eps: cfg.adam_eps,
             weight_decay: cfg.weight_decay,
             bf16_leaves: cfg.precision == Precision::Bf16Mixed,
+            moments: match cfg.adam_moments_dtype {
+                MomentsDtype::Fp32 => Kind::Float,
+                MomentsDtype::Bf16 => Kind::BFloat16,
+            },
             grad_none: fast.grad_none,
             overlap_param_gather: cfg.overlap_param_gather,
         };
