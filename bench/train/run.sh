@@ -5,7 +5,7 @@
 #   bench/train/run.sh prepare        here: the 4096-token store and the stripped binary in bench/out/gpu/
 #   bench/train/run.sh [OUT_DIR]      on the GPU machine (OUT_DIR defaults to $OUT, else bench/out/train)
 # Env: OS_VARIANTS (os-train flag sets, ';'-separated), HF_VARIANTS (hf_baseline VARIANTS JSON),
-# HF=0 skips transformers.
+# HF=0 skips transformers; OS_TRAIN_BIN another os-train binary (a baseline in the same call).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "${1:-}" = prepare ]; then
@@ -20,7 +20,7 @@ if [ "${1:-}" = prepare ]; then
   exit 0
 fi
 out="${1:-${OUT:-bench/out/train}}"
-bin=bench/out/gpu/os-train
+bin=${OS_TRAIN_BIN:-bench/out/gpu/os-train}
 [ -x "$bin" ] || bin=target/release/os-train
 py="${PYTHON:-python3}"
 mkdir -p "$out"

@@ -21,6 +21,7 @@
 //!
 //! - [`softmax_cross_entropy`]: the LM head's softmax - one-hot written over bf16 logits in place and
 //!   the labels' fp32 log-probabilities, one pass per row;
+//! - [`accumulate_grad`]: a micro-batch's bf16 gradient added into the step's fp32 sum, one pass;
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
 //!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
 //! - [`swiglu`]: silu(gate) * up over a GEMM's [gate | up] halves, an autograd function whose CUDA
@@ -28,6 +29,7 @@
 //! - [`rope_query`] and [`rope_key`]: MLA's query and key joins with rotary embeddings, autograd
 //!   functions whose CUDA passes are one kernel each (ATen operations elsewhere).
 
+pub mod accumulate;
 pub mod adamw;
 pub mod combine;
 pub mod cross_entropy;
@@ -35,6 +37,7 @@ pub mod nvrtc;
 pub mod rope;
 pub mod swiglu;
 
+pub use accumulate::accumulate_grad;
 pub use adamw::{adamw_update, AdamWStep};
 pub use combine::combine_rows;
 pub use cross_entropy::softmax_cross_entropy;

@@ -1,11 +1,11 @@
 //! The shim and the NVRTC kernels on a CUDA device (run on the GPU machine: `gpu -- --ignored`):
-//! the AdamW kernel against its formula, per-tensor norms, the current stream and a device sync, varlen attention
+//! the AdamW kernel against its formula, the bf16-into-fp32 gradient sum against `add_`, per-tensor norms, the current stream and a device sync, varlen attention
 //! (forward and autograd backward) against attention computed one segment at a time, and the
 //! LM head's bf16 product written or added into an fp32 gradient.
 
 mod common;
 
-use openseek_kernels::{adamw_update, addmm_accumulate, current_stream, foreach_norm, synchronize, AdamWStep};
+use openseek_kernels::{accumulate_grad, adamw_update, addmm_accumulate, current_stream, foreach_norm, synchronize, AdamWStep};
 use tch::{Device, Kind, Tensor};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
@@ -87,6 +87,36 @@ fn adamw_kernel_equals_the_formula() {
             }
         }
     }
+}
+
+/// A bf16 gradient summed into fp32 equals ATen's mixed-dtype `add_` exactly (vector path, its
+/// tail, misaligned views); then timed at the size of one expert weight stack of the benchmark
+/// model against `add_` and the first micro-batch's `to_kind` (printed, not asserted).
+#[test]
+#[ignore]
+fn accumulate_grad_equals_add_and_is_timed() {
+    let dev = cuda();
+    tch::manual_seed(5);
+    for (numel, offset) in [(4096i64, 0i64), (1003, 0), (777, 1)] {
+        let sum = Tensor::randn([numel + offset], (Kind::Float, dev)).narrow(0, offset, numel);
+        let g = Tensor::randn([numel + offset], (Kind::Float, dev)).to_kind(Kind::BFloat16).narrow(0, offset, numel);
+        let want = &sum + g.to_kind(Kind::Float);
+        let mut got = sum.copy();
+        accumulate_grad(&mut got, &g).unwrap();
+        assert_eq!(max_abs(&got, &want), 0.0, "{numel} values at offset {offset}");
+    }
+    let n = 64 * 3 * 1280 * 896;
+    let (mut sum, g) = (Tensor::zeros([n], (Kind::Float, dev)), Tensor::randn([n], (Kind::BFloat16, dev)));
+    let gb = n as f64 * 10.0 / 1e9;
+    let kernel = mean_ms(|| accumulate_grad(&mut sum.shallow_clone(), &g).unwrap());
+    let add = mean_ms(|| {
+        let _ = sum.shallow_clone().g_add_(&g);
+    });
+    let cast = mean_ms(|| {
+        let _ = g.to_kind(Kind::Float);
+    });
+    eprintln!("fp32 += bf16 over {n} values: kernel {kernel:.3} ms ({:.0} GB/s), ATen add_ {add:.3} ms ({:.0} GB/s); to_kind {cast:.3} ms", gb / kernel * 1e3, gb / add * 1e3);
+    let _ = sum.zero_();
 }
 
 #[test]

@@ -210,7 +210,7 @@ impl Zero1 {
                         if first {
                             part.copy_(&g);
                         } else {
-                            let _ = part.g_add_(&g);
+                            openseek_kernels::accumulate_grad(&mut part, &g).expect("summing a gradient into the bucket buffer");
                         }
                     } else if first {
                         let _ = part.zero_();

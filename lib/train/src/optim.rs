@@ -134,9 +134,7 @@ impl AdamW {
                 continue;
             }
             match &mut p.main_grad {
-                Some(sum) => {
-                    let _ = sum.g_add_(&g);
-                }
+                Some(sum) => openseek_kernels::accumulate_grad(sum, &g).unwrap_or_else(|e| panic!("summing the gradient of {}: {e}", p.name)),
                 None => p.main_grad = Some(g.to_kind(Kind::Float)),
             }
             clear_grad(&mut p.tensor, self.grad_none);
