@@ -25,12 +25,84 @@ struct RulesFile {
     matched_specials: HashMap<String, Vec<String>>,
 }
 
+/// One of spaCy's patterns: the pattern itself (backtracking, for its look-arounds) and the same
+/// pattern with every look-around removed, which matches wherever the pattern does (and maybe
+/// more): the automaton answers "no match" for most spans at a fraction of the cost.
+struct Pattern {
+    exact: Regex,
+    relaxed: regex::Regex,
+}
+
+impl Pattern {
+    fn new(python: &str) -> Self {
+        let rust = to_rust_syntax(python.trim_start_matches("(?u)"));
+        Pattern {
+            exact: fancy_regex::RegexBuilder::new(&rust).backtrack_limit(1_000_000).build().expect("spaCy pattern compiles"),
+            relaxed: regex::RegexBuilder::new(&without_lookarounds(&rust)).size_limit(1 << 26).build().expect("spaCy pattern without look-arounds compiles"),
+        }
+    }
+
+    /// The first match at or after byte `from`.
+    fn find_from(&self, s: &str, from: usize) -> Option<(usize, usize)> {
+        if !self.relaxed.is_match_at(s, from) {
+            return None;
+        }
+        self.exact.find_from_pos(s, from).ok().flatten().map(|m| (m.start(), m.end()))
+    }
+}
+
+/// `pattern` with its look-ahead and look-behind groups removed (outside character classes,
+/// escapes respected).
+fn without_lookarounds(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len());
+    // Parenthesis depth, and the depth of the look-around being skipped (0: none).
+    let (mut depth, mut skip_depth, mut in_class) = (0usize, 0usize, false);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let mut len = 1;
+        if c == '\\' {
+            len = 2;
+        } else if in_class {
+            in_class = c != ']';
+        } else if c == '[' {
+            in_class = true;
+            // A `]` first in the class (after an optional `^`) is a literal.
+            if chars.get(i + 1) == Some(&'^') {
+                len += 1;
+            }
+            if chars.get(i + len) == Some(&']') {
+                len += 1;
+            }
+        } else if c == '(' {
+            depth += 1;
+            let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
+            if skip_depth == 0 && ["(?=", "(?!", "(?<=", "(?<!"].iter().any(|p| rest.starts_with(p)) {
+                skip_depth = depth;
+            }
+        } else if c == ')' {
+            depth -= 1;
+            if skip_depth == depth + 1 {
+                skip_depth = 0;
+                i += 1;
+                continue;
+            }
+        }
+        if skip_depth == 0 {
+            out.extend(&chars[i..chars.len().min(i + len)]);
+        }
+        i += len;
+    }
+    out
+}
+
 pub struct EnglishWords {
     pub spacy_version: String,
-    prefix: Regex,
-    suffix: Regex,
-    infix: Regex,
-    url: Regex,
+    prefix: Pattern,
+    suffix: Pattern,
+    infix: Pattern,
+    url: Pattern,
     specials: HashMap<String, Vec<String>>,
     /// Special cases found after affix splitting, by their first affix token: (their affix
     /// tokens, the special case's text).
@@ -41,6 +113,21 @@ pub struct EnglishWords {
 const CACHE_LIMIT: usize = 1 << 17;
 thread_local! {
     static CACHE: RefCell<HashMap<String, Vec<String>>> = RefCell::new(HashMap::new());
+}
+
+/// Characters of a span's start or end that decide spaCy's prefix and suffix patterns (longer
+/// than any of their bounded alternatives and look-arounds; `affix_windows_change_nothing` holds
+/// the rules to it).
+const AFFIX_WINDOW: usize = 8;
+
+/// The byte offset after the first `n` characters of `s` (or its length).
+fn char_boundary_after(s: &str, n: usize) -> usize {
+    s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
+}
+
+/// The byte offset of the `n`-th character from the end of `s` (or 0).
+fn char_boundary_before_end(s: &str, n: usize) -> usize {
+    s.char_indices().rev().nth(n - 1).map_or(0, |(i, _)| i)
 }
 
 /// Python `re` spells code points `\uXXXX` / `\UXXXXXXXX`; the Rust engines want `\x{...}`.
@@ -80,10 +167,6 @@ impl EnglishWords {
         static RULES: OnceLock<EnglishWords> = OnceLock::new();
         RULES.get_or_init(|| {
             let file: RulesFile = serde_json::from_str(include_str!("../data/spacy_en.json")).expect("data/spacy_en.json is valid");
-            let compile = |p: &str| {
-                let p = to_rust_syntax(p.trim_start_matches("(?u)"));
-                fancy_regex::RegexBuilder::new(&p).backtrack_limit(1_000_000).build().expect("spaCy pattern compiles")
-            };
             let mut matched: HashMap<String, Vec<(Vec<String>, String)>> = HashMap::new();
             for (text, tokens) in file.matched_specials {
                 if let Some(first) = tokens.first() {
@@ -92,28 +175,33 @@ impl EnglishWords {
             }
             EnglishWords {
                 spacy_version: file.spacy_version,
-                prefix: compile(&file.prefix),
-                suffix: compile(&file.suffix),
-                infix: compile(&file.infix),
-                url: compile(&file.url),
+                prefix: Pattern::new(&file.prefix),
+                suffix: Pattern::new(&file.suffix),
+                infix: Pattern::new(&file.infix),
+                url: Pattern::new(&file.url),
                 specials: file.specials,
                 matched,
             }
         })
     }
 
+    /// The length of the prefix spaCy's prefix pattern matches at the start of `s`. Every
+    /// alternative of spaCy's English prefix pattern spans at most 3 characters and looks one
+    /// further, except `\.\.+`: so unless `s` starts with two dots, its first
+    /// `AFFIX_WINDOW` characters decide, and the pattern runs on them alone (on a long span
+    /// the backtracking engine would otherwise try every start position).
     fn find_prefix(&self, s: &str) -> usize {
-        match self.prefix.find(s) {
-            Ok(Some(m)) => m.end() - m.start(),
-            _ => 0,
-        }
+        let window = if s.starts_with("..") { s } else { &s[..char_boundary_after(s, AFFIX_WINDOW)] };
+        self.prefix.find_from(window, 0).map_or(0, |(start, end)| end - start)
     }
 
+    /// The length of the suffix spaCy's suffix pattern matches at the end of `s`. Every
+    /// alternative of spaCy's English suffix pattern spans at most 5 characters (its look-behinds
+    /// see the text before), except `\.\.+$`: so unless `s` ends with two dots, the search starts
+    /// `AFFIX_WINDOW` characters from the end.
     fn find_suffix(&self, s: &str) -> usize {
-        match self.suffix.find(s) {
-            Ok(Some(m)) => m.end() - m.start(),
-            _ => 0,
-        }
+        let from = if s.ends_with("..") { 0 } else { char_boundary_before_end(s, AFFIX_WINDOW) };
+        self.suffix.find_from(s, from).map_or(0, |(start, end)| end - start)
     }
 
     /// The words of `text` (already simplified), as datatrove's `word_tokenize` returns them.
@@ -203,11 +291,12 @@ impl EnglishWords {
         if !s.is_empty() {
             if let Some(special) = self.specials.get(s) {
                 out.extend(special.iter().cloned());
-            } else if matches!(self.url.is_match(s), Ok(true)) {
+            } else if self.url.find_from(s, 0).is_some() {
                 out.push(s.to_string());
             } else {
                 let mut start = 0;
-                for m in self.infix.find_iter(s).flatten() {
+                let infixes = self.infix.relaxed.is_match(s).then(|| self.infix.exact.find_iter(s).flatten()).into_iter().flatten();
+                for m in infixes {
                     // spaCy skips an infix at the very start of the span.
                     if m.start() == 0 {
                         continue;
@@ -303,6 +392,34 @@ mod tests {
         assert_eq!(got, ["i", "can", "not", "do", "nt", "0", "km", "gon", "na", "‘", "hi€0", "hello‑world", "☺", "x"]);
         assert_eq!(words.split("  a  b "), ["a", "b"]);
         assert!(words.split("").is_empty());
+    }
+
+    #[test]
+    fn affix_windows_change_nothing() {
+        // Spans built from the characters the affix patterns look at (punctuation, digits,
+        // units, quotes, dots, CJK), at every length around the window: the windowed searches
+        // find what the patterns find on the whole span.
+        let words = EnglishWords::get();
+        let pieces = ["", ".", "..", "...", "+", "5", "km", "m²", "$", "US$", "'s", "’S", "”", "(", ")", "°F", "a", "B", "的", "。", "…", "……", "x", "-", "%", "😀", "--", "—", ",", "?", "!"];
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        for _ in 0..20_000 {
+            let n = 1 + next() % 12;
+            let span: String = (0..n).map(|_| pieces[next() % pieces.len()]).collect();
+            let full_prefix = words.prefix.exact.find(&span).ok().flatten().map_or(0, |m| m.end() - m.start());
+            let full_suffix = words.suffix.exact.find(&span).ok().flatten().map_or(0, |m| m.end() - m.start());
+            assert_eq!(words.find_prefix(&span), full_prefix, "prefix of {span:?}");
+            assert_eq!(words.find_suffix(&span), full_suffix, "suffix of {span:?}");
+        }
+    }
+
+    #[test]
+    fn lookarounds_are_removed_outside_classes() {
+        assert_eq!(without_lookarounds(r"^\+(?![0-9])|(?<=[0-9(])\.$|a(?=(b|c))d|[(?=]x|\(?=y"), r"^\+|\.$|ad|[(?=]x|\(?=y");
+        assert_eq!(without_lookarounds(r"[]()]+(?<!\))z"), r"[]()]+z");
     }
 
     #[test]
