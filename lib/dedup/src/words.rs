@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use fancy_regex::Regex;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use crate::normalize::is_python_space;
@@ -103,16 +104,16 @@ pub struct EnglishWords {
     suffix: Pattern,
     infix: Pattern,
     url: Pattern,
-    specials: HashMap<String, Vec<String>>,
+    specials: FxHashMap<String, Vec<String>>,
     /// Special cases found after affix splitting, by their first affix token: (their affix
     /// tokens, the special case's text).
-    matched: HashMap<String, Vec<(Vec<String>, String)>>,
+    matched: FxHashMap<String, Vec<(Vec<String>, String)>>,
 }
 
 /// Spans already split, per thread (spaCy's cache has the same effect: a span always splits the same way).
 const CACHE_LIMIT: usize = 1 << 17;
 thread_local! {
-    static CACHE: RefCell<HashMap<String, Vec<String>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<FxHashMap<String, Vec<String>>> = RefCell::new(FxHashMap::default());
 }
 
 /// Characters of a span's start or end that decide spaCy's prefix and suffix patterns (longer
@@ -167,7 +168,7 @@ impl EnglishWords {
         static RULES: OnceLock<EnglishWords> = OnceLock::new();
         RULES.get_or_init(|| {
             let file: RulesFile = serde_json::from_str(include_str!("../data/spacy_en.json")).expect("data/spacy_en.json is valid");
-            let mut matched: HashMap<String, Vec<(Vec<String>, String)>> = HashMap::new();
+            let mut matched: FxHashMap<String, Vec<(Vec<String>, String)>> = FxHashMap::default();
             for (text, tokens) in file.matched_specials {
                 if let Some(first) = tokens.first() {
                     matched.entry(first.clone()).or_default().push((tokens, text));
@@ -179,7 +180,7 @@ impl EnglishWords {
                 suffix: Pattern::new(&file.suffix),
                 infix: Pattern::new(&file.infix),
                 url: Pattern::new(&file.url),
-                specials: file.specials,
+                specials: file.specials.into_iter().collect(),
                 matched,
             }
         })

@@ -2,7 +2,7 @@
 //! `GopherQualityFilter` and `GopherRepetitionFilter` compute them (English words from the spaCy
 //! splitter, Python string lengths in code points), so a recipe keeps what datatrove keeps.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use openseek_dedup::normalize::{in_punctuation_set, is_python_space};
 use openseek_dedup::words::EnglishWords;
@@ -141,8 +141,9 @@ impl GopherQuality {
         }
         if let Some(min) = on(self.min_stop_words) {
             // Distinct stop words present, as datatrove's set intersection counts them.
-            let present: HashSet<&str> = words.iter().map(String::as_str).collect();
-            if self.stop_words.iter().map(String::as_str).collect::<HashSet<&str>>().intersection(&present).count() < min {
+            let stop_words: FxHashSet<&str> = self.stop_words.iter().map(String::as_str).collect();
+            let present: FxHashSet<&str> = words.iter().map(String::as_str).filter(|w| stop_words.contains(w)).collect();
+            if present.len() < min {
                 return Some("gopher_enough_stop_words");
             }
         }
@@ -177,7 +178,7 @@ impl Default for GopherRepetition {
 
 /// (duplicate elements, their characters), counting every repeat after the first.
 fn find_duplicates(items: &[&str]) -> (usize, usize) {
-    let mut seen = HashSet::new();
+    let mut seen = FxHashSet::default();
     let (mut elements, mut chars_dup) = (0, 0);
     for item in items {
         if !seen.insert(*item) {
@@ -186,6 +187,59 @@ fn find_duplicates(items: &[&str]) -> (usize, usize) {
         }
     }
     (elements, chars_dup)
+}
+
+/// A document's words laid out twice, joined by spaces and concatenated, with the byte and
+/// character offset of every word: any n-gram as datatrove joins it is then a slice, not a new string.
+struct WordGrams {
+    spaced: String,
+    joined: String,
+    /// (byte, char) offsets of word i in `spaced` and in `joined`; one more entry for the end.
+    spaced_at: Vec<(usize, usize)>,
+    joined_at: Vec<(usize, usize)>,
+}
+
+impl WordGrams {
+    fn new(words: &[String]) -> Self {
+        let mut grams = WordGrams {
+            spaced: String::new(),
+            joined: String::new(),
+            spaced_at: Vec::with_capacity(words.len() + 1),
+            joined_at: Vec::with_capacity(words.len() + 1),
+        };
+        let (mut spaced_chars, mut joined_chars) = (0, 0);
+        for word in words {
+            let n = chars(word);
+            grams.spaced_at.push((grams.spaced.len(), spaced_chars));
+            grams.joined_at.push((grams.joined.len(), joined_chars));
+            grams.spaced.push_str(word);
+            grams.spaced.push(' ');
+            grams.joined.push_str(word);
+            spaced_chars += n + 1;
+            joined_chars += n;
+        }
+        grams.spaced_at.push((grams.spaced.len(), spaced_chars));
+        grams.joined_at.push((grams.joined.len(), joined_chars));
+        grams
+    }
+
+    /// `" ".join(words[i..i + n])`.
+    fn spaced(&self, i: usize, n: usize) -> &str {
+        &self.spaced[self.spaced_at[i].0..self.spaced_at[i + n].0 - 1]
+    }
+
+    fn spaced_chars(&self, i: usize, n: usize) -> usize {
+        self.spaced_at[i + n].1 - 1 - self.spaced_at[i].1
+    }
+
+    /// `"".join(words[i..i + n])`.
+    fn joined(&self, i: usize, n: usize) -> &str {
+        &self.joined[self.joined_at[i].0..self.joined_at[i + n].0]
+    }
+
+    fn joined_chars(&self, i: usize, n: usize) -> usize {
+        self.joined_at[i + n].1 - self.joined_at[i].1
+    }
 }
 
 /// Split on runs of at least `min` newlines (Python `re.split(r"\n{min,}")`).
@@ -234,41 +288,33 @@ impl GopherRepetition {
             return Some("dup_line_char_frac".into());
         }
         let words = EnglishWords::get().split(text);
+        let grams = WordGrams::new(&words);
+        let mut counts: FxHashMap<&str, (usize, usize)> = FxHashMap::with_capacity_and_hasher(words.len(), Default::default());
         for &(n, frac) in &self.top_n_grams {
             if words.len() < n {
                 continue;
             }
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            let mut order: Vec<String> = Vec::new();
-            for gram in words.windows(n) {
-                let joined = gram.join(" ");
-                let count = counts.entry(joined.clone()).or_insert(0);
-                if *count == 0 {
-                    order.push(joined);
-                }
-                *count += 1;
+            // Counter(" ".join(gram)).most_common(1): the highest count, the first seen among equals.
+            counts.clear();
+            for i in 0..=words.len() - n {
+                counts.entry(grams.spaced(i, n)).or_insert((0, i)).0 += 1;
             }
-            // Counter.most_common(1): the highest count, the first seen among equals.
-            let mut best: Option<(&String, usize)> = None;
-            for gram in &order {
-                let c = counts[gram];
-                if best.is_none_or(|(_, b)| c > b) {
-                    best = Some((gram, c));
-                }
-            }
-            if let Some((gram, count)) = best {
-                if (chars(gram) * count) as f64 / text_len > frac {
+            let best = counts.iter().map(|(gram, &value)| (gram, value)).max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1)));
+            if let Some((_, (count, first))) = best {
+                if (grams.spaced_chars(first, n) * count) as f64 / text_len > frac {
                     return Some(format!("top_{n}_gram"));
                 }
             }
         }
+        let mut unique: FxHashSet<&str> = FxHashSet::with_capacity_and_hasher(words.len(), Default::default());
         for &(n, frac) in &self.dup_n_grams {
-            let mut unique = HashSet::new();
+            // "".join(gram): n-grams are equal when their concatenations are.
+            unique.clear();
             let (mut repeated, mut idx) = (0usize, 0usize);
             while n <= words.len() && idx < words.len() - n + 1 {
-                let gram: String = words[idx..idx + n].concat();
-                if unique.contains(&gram) {
-                    repeated += chars(&gram);
+                let gram = grams.joined(idx, n);
+                if unique.contains(gram) {
+                    repeated += grams.joined_chars(idx, n);
                     idx += n;
                 } else {
                     unique.insert(gram);
