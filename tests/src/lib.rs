@@ -73,3 +73,21 @@ pub fn demo_store(dir: &Path, seq_len: usize, samples: usize) -> PathBuf {
     ok(run_tool("os-mix", &["--weights", &format!("1.0 {}", d("shards/part-0")), "--seq-len", &seq_len, "--samples", &samples, "--output", &d("mix")]), "os-mix");
     dir.join("mix")
 }
+
+/// Wait until `child` catches SIGTERM (its stop handlers are installed: the SigCgt mask in
+/// /proc/PID/status), so that a test's signal reaches the handler instead of killing the process
+/// by default, however slowly it starts on a loaded machine. Panics if it ends first or after 120 s.
+pub fn wait_until_it_catches_sigterm(child: &mut std::process::Child) {
+    let pid = child.id();
+    let catches = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+        mask.unwrap_or(0) & (1 << (15 - 1)) != 0
+    };
+    let start = std::time::Instant::now();
+    while !catches() {
+        assert!(child.try_wait().unwrap().is_none(), "the process ended before it caught SIGTERM");
+        assert!(start.elapsed().as_secs() < 120, "the process did not install its signal handlers within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

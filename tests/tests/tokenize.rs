@@ -317,13 +317,21 @@ fn sigterm_stops_with_75_and_leaves_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Some records arrive, then the producer stalls with the pipe open (a slow upstream).
+    // Some records arrive, then the producer stalls with the pipe open (a slow upstream). The
+    // signal goes once the handlers are installed and the output's temporaries exist (however
+    // long that takes on a loaded machine).
     let mut stdin = child.stdin.take().unwrap();
     for t in sample_texts(100) {
         writeln!(stdin, "{}", serde_json::json!({"text": t})).unwrap();
     }
     stdin.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    openseek_tests::wait_until_it_catches_sigterm(&mut child);
+    let temporary = dir.path().join(format!(".interrupted.bin.tmp-{}", child.id()));
+    let start = std::time::Instant::now();
+    while !temporary.exists() {
+        assert!(start.elapsed().as_secs() < 120 && child.try_wait().unwrap().is_none(), "os-tokenize did not start writing");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();

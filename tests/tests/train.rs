@@ -8,7 +8,7 @@
 //! unless allowed; a closed stdout or a SIGTERM during the rendezvous is handled.
 
 use openseek_mix::store::SampleStore;
-use openseek_tests::{demo_store, root, run_python, run_tool, tool};
+use openseek_tests::{demo_store, root, run_python, run_tool, tool, wait_until_it_catches_sigterm};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -608,13 +608,6 @@ fn losses_equal_a_pytorch_reference_loop_for_both_loss_averagings() {
     assert!(apart > 1e-4, "the two averagings gave losses only {apart:e} apart");
 }
 
-/// Whether process `pid` catches SIGTERM yet (its handlers are installed): /proc's SigCgt mask.
-fn catches_sigterm(pid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|m| u64::from_str_radix(m.trim(), 16).unwrap()).unwrap_or(0);
-    mask & (1 << (15 - 1)) != 0
-}
-
 /// SIGTERM while a rank waits for the others at the rendezvous (rank 0 alone, waiting for rank 1
 /// to connect; rank 1 alone, retrying to reach rank 0's store) ends it with exit 75 at once, not
 /// after the store's 600 s timeout.
@@ -630,11 +623,7 @@ fn sigterm_during_the_rendezvous_exits_75_at_once() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let start = Instant::now();
-        while !catches_sigterm(child.id()) {
-            assert!(start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "rank {rank} did not start waiting");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_it_catches_sigterm(&mut child);
         std::thread::sleep(Duration::from_millis(300));
         assert!(child.try_wait().unwrap().is_none(), "rank {rank} ended before the signal");
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());

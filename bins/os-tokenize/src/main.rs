@@ -75,6 +75,9 @@ fn default_workers() -> usize {
 }
 
 fn main() {
+    // The stop handlers first: SIGTERM while the tokenizer loads then ends the run at its first
+    // check with exit 75 (as later), instead of killing it.
+    openseek_common::signals::watch();
     let args = openseek_common::exit::parse_args::<Args>();
     run_main("os-tokenize", || {
         let mut resolved = inputs::resolve(&args.inputs)?;
