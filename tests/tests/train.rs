@@ -321,6 +321,9 @@ fn config_mistakes_exit_78_naming_the_option() {
     let o = train(dir.path(), &["--tokenizer", "/nonexistent/tokenizer"]);
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/tokenizer: not a directory"));
+    let o = train(dir.path(), &["--lr", "inf"]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lr = inf: options must be finite numbers"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = train(dir.path(), &["--train-iters", "1000"]);
     assert_eq!(o.status.code(), Some(78), "more samples than the store holds");
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds 800"));

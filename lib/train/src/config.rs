@@ -344,8 +344,7 @@ const REQUIRED: [&str; 4] = ["data", "micro_batch_size", "global_batch_size", "l
 /// Each option's default as serde fills it in, as text ("required", "unset" or the value); keys as
 /// in [`OPTIONS`].
 fn defaults() -> serde_json::Map<String, Value> {
-    let required = serde_json::json!({"data": "", "micro_batch_size": 1, "global_batch_size": 1, "lr": 0.0});
-    let filled: TrainConfig = serde_json::from_value(required).expect("every option but REQUIRED has a default");
+    let filled: TrainConfig = serde_json::from_value(Value::Object(required_placeholders())).expect("every option but REQUIRED has a default");
     let mut out = serde_json::Map::new();
     for (key, value) in serde_json::to_value(filled).unwrap().as_object().unwrap() {
         match value {
@@ -359,6 +358,61 @@ fn defaults() -> serde_json::Map<String, Value> {
         out.insert(key.into(), Value::String("required".into()));
     }
     out
+}
+
+/// A value of the right type for each of [`REQUIRED`]: with them, any one option deserializes alone.
+fn required_placeholders() -> serde_json::Map<String, Value> {
+    let values = serde_json::json!({"data": "", "micro_batch_size": 1, "global_batch_size": 1, "lr": 0.0});
+    let Value::Object(map) = values else { unreachable!("an object literal") };
+    map
+}
+
+/// serde's message for `map`, which did not deserialize, with the option it is about: serde_json
+/// names unknown and missing options but not an option whose value has the wrong type
+/// (`invalid type: string "x", expected f64`). Each option is tried alone to find it.
+fn name_the_option(map: &serde_json::Map<String, Value>, whole: serde_json::Error) -> String {
+    for (key, value) in map {
+        let mut alone = required_placeholders();
+        alone.insert(key.clone(), value.clone());
+        if let Err(e) = serde_json::from_value::<TrainConfig>(Value::Object(alone)) {
+            return format!("{key} = {value}: {e}");
+        }
+    }
+    whole.to_string()
+}
+
+/// Options are finite numbers. TOML and YAML can write NaN and infinities (`nan`, `inf`, `.nan`),
+/// which JSON cannot hold (they would become null: an error without the option's name, or an
+/// optional option silently unset), so they are refused here by name.
+fn finite(key: &str, x: f64) -> Result<(), Failure> {
+    match x.is_finite() {
+        true => Ok(()),
+        false => Err(Failure::config(format!("{key} = {x}: options must be finite numbers"))),
+    }
+}
+
+fn dotted(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+}
+
+fn finite_toml(key: &str, value: &toml::Value) -> Result<(), Failure> {
+    match value {
+        toml::Value::Float(x) => finite(key, *x),
+        toml::Value::Table(t) => t.iter().try_for_each(|(k, v)| finite_toml(&dotted(key, k), v)),
+        toml::Value::Array(a) => a.iter().try_for_each(|v| finite_toml(key, v)),
+        _ => Ok(()),
+    }
+}
+
+fn finite_yaml(key: &str, value: &serde_norway::Value) -> Result<(), Failure> {
+    use serde_norway::Value as Y;
+    match value {
+        Y::Number(n) => n.as_f64().map_or(Ok(()), |x| finite(key, x)),
+        Y::Mapping(m) => m.iter().try_for_each(|(k, v)| finite_yaml(&dotted(key, k.as_str().unwrap_or("?")), v)),
+        Y::Sequence(a) => a.iter().try_for_each(|v| finite_yaml(key, v)),
+        Y::Tagged(t) => finite_yaml(key, &t.value),
+        _ => Ok(()),
+    }
 }
 
 /// The options section of `os-train --help`: every option, its default and what it does.
@@ -445,9 +499,14 @@ pub fn read_file(path: &Path) -> Result<serde_json::Map<String, Value>, Failure>
     let value: Value = match ext {
         "toml" => {
             let t: toml::Value = toml::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+            finite_toml("", &t).map_err(|e| Failure::config(format!("{}: {}", path.display(), e.message)))?;
             serde_json::to_value(t).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?
         }
-        "yaml" | "yml" => serde_norway::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?,
+        "yaml" | "yml" => {
+            let y: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+            finite_yaml("", &y).map_err(|e| Failure::config(format!("{}: {}", path.display(), e.message)))?;
+            serde_norway::from_value(y).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?
+        }
         "json" => serde_json::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?,
         _ => return Err(Failure::config(format!("{}: expected a .toml, .yaml, .yml or .json config", path.display()))),
     };
@@ -485,6 +544,9 @@ pub fn apply_flags(map: &mut serde_json::Map<String, Value>, flags: &[String]) -
             }
         };
         let key = name.replace('-', "_");
+        if let Ok(x) = value.parse::<f64>() {
+            finite(&format!("--{name}"), x)?;
+        }
         let v = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
         match key.split_once('.') {
             Some((table, inner)) => match map.entry(table.to_string()).or_insert_with(|| Value::Object(Default::default())) {
@@ -504,7 +566,10 @@ pub fn apply_flags(map: &mut serde_json::Map<String, Value>, flags: &[String]) -
 
 impl TrainConfig {
     pub fn from_map(map: serde_json::Map<String, Value>) -> Result<TrainConfig, Failure> {
-        let cfg: TrainConfig = serde_json::from_value(Value::Object(map)).map_err(|e| Failure::config(format!("training config: {e}")))?;
+        let cfg: TrainConfig = match serde_json::from_value(Value::Object(map.clone())) {
+            Ok(cfg) => cfg,
+            Err(e) => return Err(Failure::config(format!("training config: {}", name_the_option(&map, e)))),
+        };
         cfg.check()?;
         Ok(cfg)
     }
@@ -642,9 +707,8 @@ mod tests {
         let mut keys: Vec<String> = defaults().keys().cloned().collect();
         keys.sort();
         assert_eq!(sorted, keys, "OPTIONS must list exactly TrainConfig's options");
-        let all = serde_json::json!({"data": "", "micro_batch_size": 1, "global_batch_size": 1, "lr": 0.0});
         for key in REQUIRED {
-            let mut m = all.as_object().unwrap().clone();
+            let mut m = required_placeholders();
             m.remove(key);
             assert!(serde_json::from_value::<TrainConfig>(Value::Object(m)).is_err(), "{key} has a default");
         }
@@ -676,6 +740,34 @@ mod tests {
         assert_eq!(s.style, Style::Wsd);
     }
 
+    /// NaN and infinities, as TOML, YAML or a flag writes them, are refused naming the option
+    /// (exit 78), also for an optional option they would otherwise leave unset.
+    #[test]
+    fn non_finite_numbers_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text, named) in [
+            ("c.toml", "lr = nan\n", "lr = NaN"),
+            ("d.toml", "lr = 1e-3\ninit_std = -inf\n", "init_std = -inf"),
+            ("e.toml", "[debug]\nx = inf\n", "debug.x = inf"),
+            ("c.yaml", "lr: 1e-3\nmin_lr: .nan\n", "min_lr = NaN"),
+            ("d.yaml", "init_std: .inf\n", "init_std = inf"),
+        ] {
+            let path = dir.path().join(file);
+            std::fs::write(&path, text).unwrap();
+            let e = read_file(&path).unwrap_err();
+            assert_eq!(e.code, openseek_common::ExitCode::Config, "{file}");
+            assert!(e.message.contains(&format!("{file}: {named}: options must be finite numbers")), "{file}: {}", e.message);
+        }
+        for flag in [["--lr", "inf"], ["--min-lr", "NaN"], ["--clip-grad", "-infinity"]] {
+            let e = apply_flags(&mut base(), &flag.map(String::from)).unwrap_err();
+            assert_eq!(e.code, openseek_common::ExitCode::Config, "{flag:?}");
+            assert!(e.message.starts_with(&format!("{} = ", flag[0])) && e.message.contains("finite"), "{flag:?}: {}", e.message);
+        }
+        let mut m = base();
+        apply_flags(&mut m, &["--lr".into(), "2e-4".into()]).unwrap();
+        assert_eq!(TrainConfig::from_map(m).unwrap().lr, 2e-4, "finite numbers pass");
+    }
+
     #[test]
     fn mistakes_are_named() {
         let mut m = base();
@@ -687,15 +779,18 @@ mod tests {
         let mut m = base();
         m.insert("train_samples".into(), Value::from(7));
         assert!(TrainConfig::from_map(m).unwrap_err().message.contains("exactly one"));
-        // Negative; non-finite as TOML (`inf`, `nan`: null once in JSON) or a flag (a string) spells
-        // it fails as a type error first (serde's message does not name the field).
+        // Negative, null (what JSON makes of NaN) or a string: each message names the option.
         for bad in [Value::from(-0.1), Value::from(f64::INFINITY), Value::from("NaN")] {
             let mut m = base();
             m.insert("mtp_loss_coeff".into(), bad.clone());
             let e = TrainConfig::from_map(m).unwrap_err();
             assert_eq!(e.code, openseek_common::ExitCode::Config, "{bad}");
-            assert!(bad.is_string() || bad.is_null() || e.message.contains("mtp_loss_coeff"), "{bad}: {}", e.message);
+            assert!(e.message.contains("mtp_loss_coeff"), "{bad}: {}", e.message);
         }
+        let mut m = base();
+        m.insert("micro_batch_size".into(), Value::from("two"));
+        let e = TrainConfig::from_map(m).unwrap_err();
+        assert!(e.message.contains("micro_batch_size = \"two\": invalid type"), "{}", e.message);
         let c = TrainConfig::from_map(base()).unwrap();
         assert_eq!(c.mtp_loss_coeff, 0.3, "OpenSeek-Small-v1's coefficient by default");
         assert_eq!(c.recompute_layers(3).unwrap(), vec![false; 3]);
