@@ -728,12 +728,31 @@ fn mtp_trains_resumes_exactly_and_survives_os_soup() {
     let off = tempfile::tempdir().unwrap();
     let o = train(off.path(), &[&mtp[..], &["--mtp-loss-coeff", "0"]].concat());
     assert!(o.status.success(), "os-train failed: {}", String::from_utf8_lossy(&o.stderr));
-    let (_, reference) = reference();
-    for (g, r) in log(off.path()).iter().zip(reference) {
+    let (reference_dir, reference_log) = reference();
+    for (g, r) in log(off.path()).iter().zip(reference_log) {
         assert_eq!(g["loss"], r["loss"], "step {}: the main loss differs from the model without MTP", r["step"]);
         assert!(g["mtp_loss"].is_null());
     }
-    assert!(checkpoint_names(&off.path().join(format!("checkpoints/step-{STEPS:07}"))).contains(&"model.layers.3.eh_proj.weight".to_string()));
+    let off_last = off.path().join(format!("checkpoints/step-{STEPS:07}"));
+    assert!(checkpoint_names(&off_last).contains(&"model.layers.3.eh_proj.weight".to_string()));
+
+    // The optimizer state holds exactly the trained parameters: resuming with the MTP layers
+    // trained when they were not (or the other way round) is refused naming the option (exit 78),
+    // and the way out it names, a new run from the checkpoint's weights, trains them.
+    let state = |dir: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap()).unwrap() };
+    assert_eq!((state(&off_last)["mtp_trained"].clone(), state(&last_ck)["mtp_trained"].clone()), (false.into(), true.into()));
+    assert!(state(&reference_dir.join(format!("checkpoints/step-{STEPS:07}"))).get("mtp_trained").is_none(), "a model without MTP layers");
+    let more = (STEPS + 3).to_string();
+    for (run, coeff) in [(off.path(), "0.3"), (whole.as_path(), "0")] {
+        let o = train(run, &[&mtp[..], &["--train-iters", &more, "--mtp-loss-coeff", coeff]].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(78), "{err}");
+        assert!(err.contains(&format!("cannot resume with mtp_loss_coeff = {coeff}")) && err.contains("init_from"), "{err}");
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    let o = train(fresh.path(), &["--model-config", "null", "--init-from", off_last.to_str().unwrap(), "--train-iters", "1", "--warmup-iters", "0", "--save-interval", "1"]);
+    assert!(o.status.success(), "a new run from the weights: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(log(fresh.path())[0]["mtp_loss"].as_f64().is_some(), "the MTP layers train in the new run");
 }
 
 /// Without `tokenizer`, checkpoints carry the tokenizer the store's shards were made with (as

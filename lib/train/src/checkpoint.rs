@@ -49,6 +49,11 @@ pub struct TrainerState {
     /// The sample store the run trains on (absent in older states).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataIdentity>,
+    /// Whether the model's multi-token-prediction layers were trained (`mtp_loss_coeff` > 0: in
+    /// the optimizer, whose saved state then holds theirs). Absent for a model without MTP layers
+    /// and in states written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtp_trained: Option<bool>,
     /// The seed of the initial weights. Training itself draws no random numbers (no dropout,
     /// deterministic routing), so the seed and the cursor are the whole random state.
     pub seed: u64,
@@ -94,6 +99,7 @@ impl TrainerState {
             skipped_steps: 0,
             schedule_samples: Some(0),
             data: Some(data),
+            mtp_trained: None,
             seed,
             tool: info.tool.clone(),
             version: info.version.clone(),
@@ -132,6 +138,29 @@ impl TrainerState {
         Err(Failure::data(format!(
             "{what}: resuming would read other samples than the run's order; rebuild the original store, or pass --allow-data-change to continue on this one"
         )))
+    }
+}
+
+impl TrainerState {
+    /// Refuse to resume the checkpoint `dir` with its MTP layers trained when they were not (or
+    /// the other way round): its optimizer state holds exactly the parameters that were trained.
+    pub fn check_mtp(&self, mtp_loss_coeff: f64, dir: &Path) -> Result<(), Failure> {
+        let now = mtp_loss_coeff > 0.0;
+        match self.mtp_trained {
+            Some(was) if was != now => {
+                let (was, had) = match was {
+                    true => ("trained (mtp_loss_coeff > 0)", "holds theirs"),
+                    false => ("not trained (mtp_loss_coeff = 0)", "has none for them"),
+                };
+                Err(Failure::config(format!(
+                    "{}: its multi-token-prediction layers were {was}, so its optimizer state {had}; it cannot resume with mtp_loss_coeff = {mtp_loss_coeff}. \
+                     Resume with the run's mtp_loss_coeff, or start a new run from these weights (init_from = \"{}\")",
+                    dir.display(),
+                    dir.display()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

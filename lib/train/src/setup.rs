@@ -241,13 +241,14 @@ impl<'a> Trainer<'a> {
                 run_dir.display()
             )));
         }
-        let state = match &resume {
+        let mut state = match &resume {
             Some((_, dir)) => {
                 let mut s = checkpoint::read_state(dir)?;
                 if lead {
                     eprintln!("os-train: resuming from {} (step {}, {} samples consumed)", dir.display(), s.step, s.consumed_samples);
                 }
                 s.check_data(&data, dir, allow_data_change)?;
+                s.check_mtp(cfg.mtp_loss_coeff, dir)?;
                 s.data = Some(data);
                 s
             }
@@ -286,6 +287,7 @@ impl<'a> Trainer<'a> {
             let how = if cfg.mtp_loss_coeff > 0.0 { format!("trained, loss x {}", cfg.mtp_loss_coeff) } else { "not trained (mtp_loss_coeff 0), kept as loaded".into() };
             eprintln!("os-train: multi-token prediction: {} depth(s), {how}", model.mtp.len());
         }
+        state.mtp_trained = (!model.mtp.is_empty()).then_some(cfg.mtp_loss_coeff > 0.0);
         let recompute = cfg.recompute_layers(model.layers.len())?;
         // With mtp_loss_coeff 0 the MTP layers are not trained: not the optimizer's (no weight decay
         // or sharded update touches them), they stay as loaded and are saved so.
