@@ -17,7 +17,7 @@ use openseek_filter::pass::FilterJob;
     about = "Filter raw text corpora with a recipe of rules, in one streaming pass",
     after_help = "Example:\n  os-filter --recipe recipes/filter-openseek.toml --output clean/web 'dedup/web/*.jsonl.zst'\n\n\
       Recipe: [[filter]] tables with kind = char_length | mean_sentence_length | symbol_ratio | gopher_quality |\n\
-      gopher_repetition | language | traditional_to_simplified | word_list | decontaminate | score (see the README).\n\
+      gopher_repetition | average_line_length | special_characters | word_repetition | language | traditional_to_simplified | word_list | decontaminate | score (see the README).\n\
       Outputs: OUTPUT/<input name> (JSON lines) and the manifest OUTPUT.json."
 )]
 struct Args {

@@ -19,7 +19,7 @@ fn is_python_alpha(c: char) -> bool {
 }
 
 /// Python's `str.splitlines()` (without the line ends).
-fn python_lines(text: &str) -> Vec<&str> {
+pub(crate) fn python_lines(text: &str) -> Vec<&str> {
     let mut lines = Vec::new();
     let mut start = 0;
     let mut iter = text.char_indices().peekable();

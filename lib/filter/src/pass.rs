@@ -164,6 +164,9 @@ fn apply(filters: &[Filter], record: &Record, key: &str) -> Outcome {
             Filter::SymbolRatio { max } => (symbol_ratio(current) > *max).then(|| "above_max".into()),
             Filter::GopherQuality(q) => q.check(current).map(String::from),
             Filter::GopherRepetition(r) => r.check(current),
+            Filter::AverageLineLength(r) => r.check(current),
+            Filter::SpecialCharacters(r) => r.check(current),
+            Filter::WordRepetition(r) => r.check(current),
             Filter::Language { lid, action } => {
                 let found = lid.identify(current);
                 match (found.accepted, action) {

@@ -9,6 +9,7 @@ use aho_corasick::AhoCorasick;
 use openseek_common::Failure;
 use serde::Deserialize;
 
+use crate::data_juicer::{AverageLineLength, SpecialCharacters, WordRepetition};
 use crate::decontaminate::BenchmarkIndex;
 use crate::gopher::{GopherQuality, GopherRepetition};
 use crate::language::LanguageFilter;
@@ -57,6 +58,12 @@ enum FilterSpec {
     },
     GopherQuality(GopherQuality),
     GopherRepetition(GopherRepetition),
+    /// data-juicer's `average_line_length_filter` (`min_len` 10, `max_len` unbounded).
+    AverageLineLength(AverageLineLength),
+    /// data-juicer's `special_characters_filter` (`min_ratio` 0, `max_ratio` 0.25).
+    SpecialCharacters(SpecialCharacters),
+    /// data-juicer's `word_repetition_filter` (`rep_len` 10, `min_ratio` 0, `max_ratio` 0.5).
+    WordRepetition(WordRepetition),
     /// Language identification with a fastText classifier (`lid.176.bin`/`.ftz`), as datatrove's
     /// `LanguageFilter`: keep documents scoring above `min_score` for one of `keep` (or, without
     /// `keep`, for their most probable language).
@@ -121,6 +128,9 @@ pub enum Filter {
     SymbolRatio { max: f64 },
     GopherQuality(GopherQuality),
     GopherRepetition(GopherRepetition),
+    AverageLineLength(AverageLineLength),
+    SpecialCharacters(SpecialCharacters),
+    WordRepetition(WordRepetition),
     Language { lid: Box<LanguageFilter>, action: Action },
     TraditionalToSimplified(Box<ferrous_opencc::OpenCC>),
     WordList { words: AhoCorasick, count: usize, source: String, max_hits: usize, action: Action },
@@ -137,6 +147,9 @@ impl Filter {
             Filter::SymbolRatio { .. } => "symbol_ratio",
             Filter::GopherQuality(_) => "gopher_quality",
             Filter::GopherRepetition(_) => "gopher_repetition",
+            Filter::AverageLineLength(_) => "average_line_length",
+            Filter::SpecialCharacters(_) => "special_characters",
+            Filter::WordRepetition(_) => "word_repetition",
             Filter::Language { .. } => "language",
             Filter::TraditionalToSimplified(_) => "traditional_to_simplified",
             Filter::WordList { .. } => "word_list",
@@ -154,6 +167,9 @@ impl Filter {
             Filter::SymbolRatio { max } => json!({ "max": max }),
             Filter::GopherQuality(q) => json!(format!("{q:?}")),
             Filter::GopherRepetition(r) => json!(format!("{r:?}")),
+            Filter::AverageLineLength(r) => json!({ "min_len": r.min_len, "max_len": r.max_len.is_finite().then_some(r.max_len) }),
+            Filter::SpecialCharacters(r) => json!({ "min_ratio": r.min_ratio, "max_ratio": r.max_ratio }),
+            Filter::WordRepetition(r) => json!({ "rep_len": r.rep_len, "min_ratio": r.min_ratio, "max_ratio": r.max_ratio }),
             Filter::Language { lid, action } => json!({
                 "model": lid.source, "labels": lid.model.labels.len(), "dim": lid.model.dim, "loss": format!("{:?}", lid.model.loss),
                 "quantized": lid.model.quantized, "keep": lid.keep, "min_score": lid.min_score, "flag": *action == Action::Flag,
@@ -218,6 +234,10 @@ pub fn load(path: &Path) -> Result<Vec<Filter>, Failure> {
                 FilterSpec::SymbolRatio { max } => Filter::SymbolRatio { max },
                 FilterSpec::GopherQuality(q) => Filter::GopherQuality(q),
                 FilterSpec::GopherRepetition(r) => Filter::GopherRepetition(r),
+                FilterSpec::AverageLineLength(r) => Filter::AverageLineLength(r),
+                FilterSpec::SpecialCharacters(r) => Filter::SpecialCharacters(r),
+                FilterSpec::WordRepetition(r) if r.rep_len == 0 => return Err(Failure::config(format!("{}: word_repetition: rep_len must be at least 1", path.display()))),
+                FilterSpec::WordRepetition(r) => Filter::WordRepetition(r),
                 FilterSpec::Language { model, keep, min_score, action } => {
                     Filter::Language { lid: Box::new(LanguageFilter::load(&resolve(base, &model), keep, min_score)?), action }
                 }
