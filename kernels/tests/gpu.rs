@@ -60,7 +60,7 @@ fn adamw_kernel_equals_the_formula() {
                     let w = alloc(Kind::Float);
                     let (m, v) = ((alloc(Kind::Float) * 0.1).to_kind(moments), (alloc(Kind::Float).square() * 0.01).to_kind(moments));
                     let copy = with_copy.then(|| alloc(Kind::BFloat16));
-                    let (mut rw, mut rm, mut rv) = (w.copy(), m.to_kind(Kind::Float), v.to_kind(Kind::Float));
+                    let (mut rw, mut rm, mut rv) = (w.copy(), m.to_kind(Kind::Float).copy(), v.to_kind(Kind::Float).copy());
                     for step in 1..=3u64 {
                         let h = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.7 };
                         let g = alloc(grad_kind);
