@@ -67,6 +67,8 @@ pub struct Zero1 {
     rank: usize,
     adam: AdamWConfig,
     step: u64,
+    /// Micro-batch gradients summed into the buffer by openseek-kernels' `accumulate_grad` (else `add_`).
+    pub accumulate_kernel: bool,
     /// Per bucket: the parameters' values end to end (padded), in the bucket's leaf dtype.
     buffers: Vec<Tensor>,
     /// Reduce-scatter input: the step's gradients summed in fp32, each bucket padded.
@@ -159,6 +161,7 @@ impl Zero1 {
             layout,
             adam,
             step: 0,
+            accumulate_kernel: true,
         })
     }
 
@@ -210,7 +213,11 @@ impl Zero1 {
                         if first {
                             part.copy_(&g);
                         } else {
-                            openseek_kernels::accumulate_grad(&mut part, &g).expect("summing a gradient into the bucket buffer");
+                            if self.accumulate_kernel {
+                                openseek_kernels::accumulate_grad(&mut part, &g).expect("summing a gradient into the bucket buffer");
+                            } else {
+                                let _ = part.g_add_(&g);
+                            }
                         }
                     } else if first {
                         let _ = part.zero_();

@@ -101,16 +101,18 @@ pub struct TrainFastPaths {
     pub xent_kernel: bool,
     /// Gradients set to none after an update (else zeroed in place).
     pub grad_none: bool,
+    /// Micro-batch gradients summed into fp32 by one CUDA kernel (else ATen's mixed-dtype `add_`).
+    pub accumulate_kernel: bool,
 }
 
 impl Default for TrainFastPaths {
     fn default() -> TrainFastPaths {
-        TrainFastPaths { head_grad: true, head_assign: true, xent_kernel: true, grad_none: true }
+        TrainFastPaths { head_grad: true, head_assign: true, xent_kernel: true, grad_none: true, accumulate_kernel: true }
     }
 }
 
 impl TrainFastPaths {
-    pub const NAMES: [&'static str; 4] = ["head_grad", "head_assign", "xent_kernel", "grad_none"];
+    pub const NAMES: [&'static str; 5] = ["head_grad", "head_assign", "xent_kernel", "grad_none", "accumulate_kernel"];
 }
 
 impl DebugOptions {
@@ -124,6 +126,7 @@ impl DebugOptions {
                 "head_assign" => train.head_assign = false,
                 "xent_kernel" => train.xent_kernel = false,
                 "grad_none" => train.grad_none = false,
+                "accumulate_kernel" => train.accumulate_kernel = false,
                 other => {
                     let known: Vec<&str> = FastPaths::NAMES.iter().chain(&TrainFastPaths::NAMES).copied().collect();
                     return Err(Failure::config(format!("debug.disable: unknown fast path {other:?}; known: {}", known.join(", "))));

@@ -72,6 +72,8 @@ pub struct AdamW {
     squares: Option<Tensor>,
     /// Clear gradients to none after an update (else zero them; see `clear_grad`).
     pub grad_none: bool,
+    /// Sum micro-batch gradients with openseek-kernels' `accumulate_grad` (else `add_`).
+    pub accumulate_kernel: bool,
 }
 
 /// Norms, biases and the router's correction bias get no weight decay.
@@ -115,7 +117,7 @@ impl AdamW {
                 Param { decay: decays(&name), exp_avg, exp_avg_sq, master, main_grad: None, name, tensor }
             })
             .collect();
-        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None, grad_none: true };
+        let mut opt = AdamW { params, beta1, beta2, eps, weight_decay, steps: 0, fused: false, squares: None, grad_none: true, accumulate_kernel: true };
         opt.fused = opt.params.first().is_some_and(|p| p.tensor.device().is_cuda()) && opt.params.iter().all(|p| p.weights().kind() == Kind::Float);
         opt
     }
@@ -134,7 +136,10 @@ impl AdamW {
                 continue;
             }
             match &mut p.main_grad {
-                Some(sum) => openseek_kernels::accumulate_grad(sum, &g).unwrap_or_else(|e| panic!("summing the gradient of {}: {e}", p.name)),
+                Some(sum) if self.accumulate_kernel => openseek_kernels::accumulate_grad(sum, &g).unwrap_or_else(|e| panic!("summing the gradient of {}: {e}", p.name)),
+                Some(sum) => {
+                    let _ = sum.g_add_(&g);
+                }
                 None => p.main_grad = Some(g.to_kind(Kind::Float)),
             }
             clear_grad(&mut p.tensor, self.grad_none);
@@ -276,6 +281,8 @@ pub struct OptimizerConfig {
     pub moments: Kind,
     /// Clear gradients to none after an update (else zero them).
     pub grad_none: bool,
+    /// Sum micro-batch gradients with one CUDA kernel (else `add_`).
+    pub accumulate_kernel: bool,
     /// ZeRO-1: the parameter all-gathers overlap the next forward pass.
     pub overlap_param_gather: bool,
 }
@@ -296,6 +303,7 @@ impl Optimizer {
         if comm.is_local() {
             let mut adam = AdamW::new(params, c.beta1, c.beta2, c.eps, c.weight_decay, c.bf16_leaves, c.moments);
             adam.grad_none = c.grad_none;
+            adam.accumulate_kernel = c.accumulate_kernel;
             return Ok(Optimizer::Full(adam));
         }
         let named: Vec<NamedParam> = params
@@ -310,7 +318,8 @@ impl Optimizer {
         Zero1::broadcast_params(&named, comm)?;
         let leaves = params.into_iter().map(|(_, t)| t).collect();
         let adam = openseek_dist::AdamWConfig { beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, moments: c.moments };
-        let zero = Zero1::new(named, comm, adam)?;
+        let mut zero = Zero1::new(named, comm, adam)?;
+        zero.accumulate_kernel = c.accumulate_kernel;
         Ok(Optimizer::Sharded { zero: Box::new(zero), leaves, overlap_param_gather: c.overlap_param_gather })
     }
 

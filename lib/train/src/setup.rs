@@ -309,6 +309,7 @@ impl<'a> Trainer<'a> {
                 MomentsDtype::Bf16 => Kind::BFloat16,
             },
             grad_none: fast.grad_none,
+            accumulate_kernel: fast.accumulate_kernel,
             overlap_param_gather: cfg.overlap_param_gather,
         };
         let mut opt = Optimizer::new(params, &mut comm, optimizer)?;
