@@ -304,7 +304,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     summary.results["backend"]["batch_tokens"] = json!(batch_tokens);
     summary.results["backend"]["generate_batch"] = json!(generate_batch);
     summary.results["backend"]["generate_cache_gib"] = json!(cache_gib);
-    openseek_eval::record::write_json(&output.join("results.json"), &summary.results)?;
+    openseek_common::write_json_file(&output.join("results.json"), &summary.results)?;
     Ok(summary)
 }
 

@@ -163,12 +163,7 @@ fn merge(output: &Path, force: bool, inputs: &[PathBuf]) -> Result<(), Failure> 
     let mut outputs = AtomicOutputs::new();
     let merged = indexed::merge_detailed(&prefixes(inputs), &output, &mut outputs)?;
     let manifest = report::merge_manifest(&output, &merged, &provenance);
-    let mut file = outputs.create(&manifest_path)?;
-    serde_json::to_writer_pretty(&mut file, &manifest)
-        .map_err(|e| e.to_string())
-        .and_then(|()| file.write_all(b"\n").map_err(|e| e.to_string()))
-        .map_err(|e| Failure::io(format!("{}: cannot write: {e}", manifest_path.display())))?;
-    drop(file);
+    outputs.write_json(&manifest_path, &manifest)?;
     outputs.commit()?;
     let s = &merged.output;
     eprintln!(

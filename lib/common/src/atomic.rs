@@ -2,10 +2,14 @@
 //! path and renamed into place only on `commit`. Dropped without commit (an error, a panic),
 //! the temporaries are removed, so a failed run never leaves something that looks complete.
 //! Files are renamed in the order they were added: put the file that marks completion
-//! (a manifest, an index) last.
+//! (a manifest, an index) last. JSON records (manifests, configs, reports) are written pretty
+//! with a final newline through `write_json` (one file of a set) or `write_json_file` (alone).
 
 use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use crate::output::cannot_create;
 use crate::Failure;
@@ -71,6 +75,13 @@ impl AtomicOutputs {
         Ok(file)
     }
 
+    /// Add `path` to the set holding `value` as pretty-printed JSON with a final newline.
+    pub fn write_json(&mut self, path: &Path, value: &impl Serialize) -> Result<(), Failure> {
+        let mut f = BufWriter::new(self.create(path)?);
+        serde_json::to_writer_pretty(&mut f, value).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))?;
+        f.write_all(b"\n").and_then(|()| f.flush()).map_err(|e| Failure::io_at(path, "cannot write", &e))
+    }
+
     /// Flush every temporary to disk and rename each into place, in the order added.
     pub fn commit(mut self) -> Result<(), Failure> {
         for (temp, _) in &self.files {
@@ -88,6 +99,13 @@ impl AtomicOutputs {
         self.committed = true;
         Ok(())
     }
+}
+
+/// Write one JSON file atomically (temp + rename), pretty-printed with a final newline.
+pub fn write_json_file(path: &Path, value: &impl Serialize) -> Result<(), Failure> {
+    let mut out = AtomicOutputs::new();
+    out.write_json(path, value)?;
+    out.commit()
 }
 
 impl Default for AtomicOutputs {
@@ -147,6 +165,17 @@ mod tests {
         let removed = AtomicOutputs::remove_stale_temporaries(&out);
         assert_eq!(removed, vec![(dead.clone(), 5)]);
         assert!(!dead.exists() && mine.exists() && other_output.exists());
+    }
+
+    #[test]
+    fn json_is_pretty_with_a_final_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let value = serde_json::json!({"a": [1, 2], "b": "x"});
+        write_json_file(&path, &value).unwrap();
+        let expected = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
     }
 
     #[test]

@@ -11,5 +11,5 @@ pub mod rng;
 pub mod signals;
 pub mod size;
 
-pub use atomic::AtomicOutputs;
+pub use atomic::{write_json_file, AtomicOutputs};
 pub use exit::{ExitCode, Failure};

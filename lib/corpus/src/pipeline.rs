@@ -3,7 +3,7 @@
 //! same whatever the number of workers. Shards and manifest are committed atomically at the end.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -299,11 +299,7 @@ pub fn run(config: &TokenizeConfig, tokenizer: &Tokenizer) -> Result<TokenizeRep
             let mut report = report;
             report.wall_seconds = start.elapsed().as_secs_f64();
             let manifest = output_paths(prefix)[2].clone();
-            let mut file = outputs.create(&manifest)?;
-            serde_json::to_writer_pretty(&mut file, &report)
-                .map_err(|e| Failure::io(format!("{}: cannot write manifest: {e}", manifest.display())))?;
-            file.write_all(b"\n").map_err(|e| Failure::io_at(&manifest, "cannot write manifest", &e))?;
-            drop(file);
+            outputs.write_json(&manifest, &report)?;
             outputs.commit()?;
             Ok(report)
         }

@@ -337,10 +337,7 @@ impl ExactJob {
             parts,
             wall_seconds: start.elapsed().as_secs_f64(),
         };
-        let mut file = outputs.create(&manifest)?;
-        serde_json::to_writer_pretty(&mut file, &report).map_err(|e| Failure::io(format!("{}: cannot write: {e}", manifest.display())))?;
-        std::io::Write::write_all(&mut file, b"\n").map_err(|e| Failure::io_at(&manifest, "cannot write", &e))?;
-        drop(file);
+        outputs.write_json(&manifest, &report)?;
         outputs.commit()?;
         Ok(report)
     }

@@ -167,12 +167,6 @@ fn create_dir(dir: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(dir).map_err(|e| Failure::cant_create(format!("{}: cannot create directory: {e}", dir.display())))
 }
 
-fn write_json<T: Serialize>(outputs: &mut AtomicOutputs, path: &Path, value: &T) -> Result<(), Failure> {
-    let mut file = outputs.create(path)?;
-    serde_json::to_writer_pretty(&mut file, value).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))?;
-    file.write_all(b"\n").map_err(|e| Failure::io_at(path, "cannot write", &e))
-}
-
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure::io_at(path, "cannot read", &e))?;
     serde_json::from_slice(&bytes)
@@ -240,7 +234,7 @@ impl MinhashJob {
             create_dir(&sig_dir(&self.work, band))?;
         }
         let mut outputs = AtomicOutputs::new();
-        write_json(&mut outputs, &spec_path, &spec)?;
+        outputs.write_json(&spec_path, &spec)?;
         outputs.commit()
     }
 
@@ -370,7 +364,7 @@ impl MinhashJob {
             signed,
             skipped,
         };
-        write_json(&mut outputs, &done, &record)?;
+        outputs.write_json(&done, &record)?;
         outputs.commit()?;
         self.say(|| format!("signatures of part {part} ({}): {} documents, {} signed", input.display(), record.records, signed));
         Ok(())
@@ -433,7 +427,7 @@ impl MinhashJob {
             last = Some((sig, part, doc));
         }
         out.into_inner().map_err(|e| Failure::io(format!("{}: cannot write: {}", path.display(), e.error())))?;
-        write_json(&mut outputs, &done, &serde_json::json!({ "band": band, "pairs": pairs }))?;
+        outputs.write_json(&done, &serde_json::json!({ "band": band, "pairs": pairs }))?;
         outputs.commit()
     }
 
@@ -511,7 +505,7 @@ impl MinhashJob {
                 std::fs::remove_file(&path).map_err(io_err(&path, "cannot remove stale list"))?;
             }
         }
-        write_json(&mut outputs, &done, &stats)?;
+        outputs.write_json(&done, &stats)?;
         outputs.commit()?;
         self.say(|| format!("clusters: {pairs} duplicate pairs, {} clusters, {removed} documents to remove", stats.clusters));
         Ok(())
@@ -592,7 +586,7 @@ impl MinhashJob {
             skipped,
             skipped_examples: examples,
         };
-        write_json(&mut outputs, &done, &record)?;
+        outputs.write_json(&done, &record)?;
         outputs.commit()
     }
 
@@ -621,7 +615,7 @@ impl MinhashJob {
             wall_seconds: start.elapsed().as_secs_f64(),
         };
         let mut outputs = AtomicOutputs::new();
-        write_json(&mut outputs, &manifest_path(&self.output), &report)?;
+        outputs.write_json(&manifest_path(&self.output), &report)?;
         outputs.commit()?;
         Ok(Some(report))
     }

@@ -1,11 +1,10 @@
 //! What a run stores: each finished task's record (`tasks/<task>.json`, every item's details), the
-//! identity of the evaluated weights, and atomic JSON writes.
+//! identity of the evaluated weights.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use openseek_common::{AtomicOutputs, Failure};
+use openseek_common::Failure;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -135,16 +134,6 @@ pub fn record_path(output_dir: &Path, task: &str) -> PathBuf {
 pub fn read_record(path: &Path) -> Option<TaskRecord> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-/// Write a JSON value atomically (temp + rename).
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Failure> {
-    let mut out = AtomicOutputs::new();
-    let mut f = std::io::BufWriter::new(out.create(path)?);
-    serde_json::to_writer_pretty(&mut f, value).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))?;
-    f.write_all(b"\n").and_then(|_| f.flush()).map_err(|e| Failure::io_at(path, "cannot write", &e))?;
-    drop(f);
-    out.commit()
 }
 
 /// The identity of a model directory: SHA-256 over `config.json` and every `*.safetensors` file

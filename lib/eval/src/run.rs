@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use openseek_common::provenance::Provenance;
-use openseek_common::{ExitCode, Failure};
+use openseek_common::{write_json_file, ExitCode, Failure};
 use openseek_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
-use crate::record::{read_record, record_path, write_json, TaskRecord};
+use crate::record::{read_record, record_path, TaskRecord};
 use crate::requests::{ChoiceItem, GenerateItem, Item, Options};
 use crate::table::{self, TaskResult};
 use crate::tasks::Task;
@@ -131,7 +131,7 @@ pub fn run(cfg: &RunConfig, tokenizer: &Tokenizer, backend: &mut dyn Backend, st
             // Subjects evaluated together share the unit's time by their number of items.
             let share = items.len() as f64 / total_items;
             let record = TaskRecord::new(task, items, &outputs, &result, fingerprint.clone(), seconds * share, model_seconds * share);
-            write_json(&record_path(&cfg.output_dir, &task.name), &record)?;
+            write_json_file(&record_path(&cfg.output_dir, &task.name), &record)?;
             if cfg.verbose {
                 eprintln!(
                     "os-eval: [{}/{}] {} {} = {:.4} ± {:.4} (n={}, {:.1}s)",
@@ -160,7 +160,7 @@ pub fn run(cfg: &RunConfig, tokenizer: &Tokenizer, backend: &mut dyn Backend, st
         ("harness", cfg.options.harness.name().to_string()),
     ];
     crate::details::write(&cfg.output_dir.join("details.h5"), &attrs, &records)?;
-    write_json(&cfg.output_dir.join("results.json"), &results)?;
+    write_json_file(&cfg.output_dir.join("results.json"), &results)?;
     Ok(RunSummary { records, table: tbl, reused, results })
 }
 

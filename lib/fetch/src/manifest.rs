@@ -1,11 +1,10 @@
 //! The JSON manifest of a fetch: repo, revision, commit, endpoint, where the files are, and per
 //! file its size, hashes, etag, local path and whether it was downloaded, resumed or present.
 
-use std::io::Write;
 use std::path::Path;
 
 use openseek_common::provenance::Provenance;
-use openseek_common::{AtomicOutputs, Failure};
+use openseek_common::Failure;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,11 +47,6 @@ impl Manifest {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             openseek_common::output::create_dir(dir)?;
         }
-        let mut out = AtomicOutputs::new();
-        let mut f = out.create(path)?;
-        let text = serde_json::to_string_pretty(self).map_err(|e| Failure::software(format!("manifest: {e}")))?;
-        f.write_all(text.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| Failure::io_at(path, "cannot write", &e))?;
-        drop(f);
-        out.commit()
+        openseek_common::write_json_file(path, self)
     }
 }

@@ -6,7 +6,6 @@
 //! part is done, so parts can run as Slurm array tasks and a killed one re-runs alone.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -242,12 +241,6 @@ fn part_path(output: &Path, part: usize) -> PathBuf {
     parts_dir(output).join(format!("{part:05}.json"))
 }
 
-fn write_json<T: Serialize>(outputs: &mut AtomicOutputs, path: &Path, value: &T) -> Result<(), Failure> {
-    let mut file = outputs.create(path)?;
-    serde_json::to_writer_pretty(&mut file, value).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))?;
-    file.write_all(b"\n").map_err(|e| Failure::io_at(path, "cannot write", &e))
-}
-
 impl FilterJob {
     pub fn run(&self) -> Result<Option<FilterReport>, Failure> {
         let start = Instant::now();
@@ -317,7 +310,7 @@ impl FilterJob {
             wall_seconds: start.elapsed().as_secs_f64(),
         };
         let mut outputs = AtomicOutputs::new();
-        write_json(&mut outputs, &manifest, &report)?;
+        outputs.write_json(&manifest, &report)?;
         outputs.commit()?;
         Ok(Some(report))
     }
@@ -392,7 +385,7 @@ impl FilterJob {
             skipped_examples,
             filters: counts,
         };
-        write_json(&mut outputs, &part_path(&self.output, part), &report)?;
+        outputs.write_json(&part_path(&self.output, part), &report)?;
         outputs.commit()?;
         if !self.quiet {
             eprintln!("os-filter: {}: {} of {} documents kept", input.display(), kept, report.records);

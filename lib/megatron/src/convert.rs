@@ -124,13 +124,6 @@ fn copy_tokenizer(from: &Path, out: &Path, outputs: &mut AtomicOutputs) -> Resul
     Ok(copied)
 }
 
-fn write_json(outputs: &mut AtomicOutputs, path: &Path, v: &impl Serialize) -> Result<(), Failure> {
-    let mut f = outputs.create(path)?;
-    f.write_all(serde_json::to_string_pretty(v).expect("JSON of plain values").as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .map_err(|e| Failure::io_at(path, "cannot write", &e))
-}
-
 /// Convert. `progress` is told each HF tensor written (name, bytes so far, total bytes); an error
 /// it returns (a stop signal) ends the conversion with nothing written.
 pub fn convert(
@@ -224,8 +217,8 @@ pub fn convert(
         progress(&p.out.name, done, total)?;
     }
     drop(cache);
-    write_json(&mut outputs, &opts.out.join("config.json"), &hf::config_json(&ck, &shape, torch_dtype, opts.bos_token_id, opts.eos_token_id))?;
-    write_json(&mut outputs, &opts.out.join("generation_config.json"), &hf::generation_config_json(opts.bos_token_id, opts.eos_token_id))?;
+    outputs.write_json(&opts.out.join("config.json"), &hf::config_json(&ck, &shape, torch_dtype, opts.bos_token_id, opts.eos_token_id))?;
+    outputs.write_json(&opts.out.join("generation_config.json"), &hf::generation_config_json(opts.bos_token_id, opts.eos_token_id))?;
     if let Some(t) = &opts.tokenizer {
         copy_tokenizer(t, &opts.out, &mut outputs)?;
     }
@@ -247,7 +240,7 @@ pub fn convert(
         unknown: ck.unknown.iter().map(|(k, f)| format!("{}: {k}", f.display())).collect(),
         provenance,
     };
-    write_json(&mut outputs, &opts.out.join("megatron2hf_info.json"), &report)?;
+    outputs.write_json(&opts.out.join("megatron2hf_info.json"), &report)?;
     outputs.commit()?;
     Ok(report)
 }

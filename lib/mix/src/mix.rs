@@ -374,10 +374,7 @@ pub fn build(mut plan: MixPlan, dir: &Path, provenance: Option<serde_json::Value
 }
 
 pub fn write_manifest(outputs: &mut AtomicOutputs, dir: &Path, manifest: &Manifest) -> Result<(), Failure> {
-    let path = dir.join(store::MANIFEST);
-    let mut f = outputs.create(&path)?;
-    let text = serde_json::to_string_pretty(manifest).unwrap();
-    f.write_all(text.as_bytes()).and_then(|()| f.write_all(b"\n")).map_err(|e| Failure::io(format!("{}: cannot write: {e}", path.display())))
+    outputs.write_json(&dir.join(store::MANIFEST), manifest)
 }
 
 /// The dry-run plan as JSON: per dataset its weight(s), tokens available and used, epochs, share.

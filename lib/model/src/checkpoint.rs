@@ -433,11 +433,7 @@ pub fn save(model: &DeepseekV3, dir: &Path, kind: Kind, max_shard_bytes: usize) 
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     for (name, value) in [("config.json", config), ("generation_config.json", generation), ("model.safetensors.index.json", index)] {
-        let path = dir.join(name);
-        let mut f = out.create(&path)?;
-        f.write_all(serde_json::to_string_pretty(&value).unwrap().as_bytes())
-            .and_then(|_| f.write_all(b"\n"))
-            .map_err(|e| Failure::io_at(&path, "cannot write", &e))?;
+        out.write_json(&dir.join(name), &value)?;
     }
     out.commit()
 }

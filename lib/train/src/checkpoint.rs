@@ -306,14 +306,7 @@ pub fn save(
 fn finish(run_dir: &Path, tmp: &Path, dest: &Path, state: &TrainerState, keep_last: Option<usize>) -> Result<(), Failure> {
     let root = root(run_dir);
     let name = name(state.step);
-    let mut out = AtomicOutputs::new();
-    let state_path = tmp.join(STATE);
-    let mut f = out.create(&state_path)?;
-    f.write_all(serde_json::to_string_pretty(state).unwrap().as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .map_err(|e| Failure::io_at(&state_path, "cannot write", &e))?;
-    drop(f);
-    out.commit()?;
+    openseek_common::write_json_file(&tmp.join(STATE), state)?;
     sync_dir(tmp);
     if dest.exists() {
         std::fs::remove_dir_all(dest).map_err(|e| Failure::io_at(dest, "cannot replace", &e))?;

@@ -10,13 +10,12 @@ use crate::config::{ModelConfig, MomentsDtype, Precision, TrainConfig, TrainFast
 use crate::metrics;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::run_log::{PendingRecord, RunLog};
-use openseek_common::{AtomicOutputs, ExitCode, Failure};
+use openseek_common::{ExitCode, Failure};
 use openseek_dist::{Comm, CommOptions, Launch};
 use openseek_mix::reader::{Cursor, DataLoader, ReaderOptions};
 use openseek_mix::store::SampleStore;
 use openseek_model::{Config, DeepseekV3};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -101,16 +100,6 @@ fn rank_device(name: &str, launch: &Launch) -> Result<Device, Failure> {
     }
 }
 
-
-fn write_json(path: &Path, value: &Value) -> Result<(), Failure> {
-    let mut out = AtomicOutputs::new();
-    let mut f = out.create(path)?;
-    f.write_all(serde_json::to_string_pretty(value).unwrap().as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .map_err(|e| Failure::io_at(path, "cannot write", &e))?;
-    drop(f);
-    out.commit()
-}
 
 /// Every rank must run the same os-train with the same options: each rank's version and config
 /// are gathered through the store and compared key by key; a difference stops every rank with
@@ -260,7 +249,7 @@ impl<'a> Trainer<'a> {
             if resume.is_some() && !changed.is_empty() {
                 eprintln!("os-train: warning: options changed since the previous start of this run: {}", changed.join(", "));
             }
-            write_json(
+            openseek_common::write_json_file(
                 &config_path,
                 &json!({
                     "tool": info.tool, "version": info.version, "git_commit": info.git_commit,
