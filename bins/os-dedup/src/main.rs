@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use openseek_common::exit::run_main;
 use openseek_corpus::inputs;
-use openseek_dedup::documents::OnError;
+use openseek_corpus::options::RecordOptions;
 use openseek_dedup::exact::{ExactJob, ExactMode};
 use openseek_dedup::minhash::MinhashConfig;
 use openseek_dedup::minhash_stages::{manifest_path, MinhashJob, Stage};
@@ -60,15 +60,8 @@ struct Common {
     /// Output directory for the kept documents; the manifest is written beside it as OUTPUT.json.
     #[arg(long)]
     output: PathBuf,
-    /// JSON field or Parquet column holding the text.
-    #[arg(long, default_value = "text")]
-    text_key: String,
-    /// Worker threads [default: $SLURM_CPUS_PER_TASK, else all cores]. The output is the same for any value.
-    #[arg(long)]
-    workers: Option<usize>,
-    /// What to do with a bad record (invalid JSON or UTF-8, missing text): stop, or drop it and count it.
-    #[arg(long, value_enum, default_value_t = ErrorMode::Fail)]
-    on_error: ErrorMode,
+    #[command(flatten)]
+    records: RecordOptions,
     /// Replace existing outputs (and redo finished parts).
     #[arg(long)]
     force: bool,
@@ -111,33 +104,12 @@ struct MinhashArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ErrorMode {
-    Fail,
-    Skip,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum StageArg {
     All,
     Signatures,
     Buckets,
     Clusters,
     Filter,
-}
-
-fn default_workers() -> usize {
-    std::env::var("SLURM_CPUS_PER_TASK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-}
-
-fn on_error(mode: ErrorMode) -> OnError {
-    match mode {
-        ErrorMode::Fail => OnError::Fail,
-        ErrorMode::Skip => OnError::Skip,
-    }
 }
 
 fn main() {
@@ -155,9 +127,9 @@ fn main() {
                     ExactModeArg::Documents => ExactMode::Documents,
                     ExactModeArg::Substrings => ExactMode::Substrings { min_bytes: args.min_bytes },
                 },
-                text_key: common.text_key.clone(),
-                on_error: on_error(common.on_error),
-                workers: common.workers.unwrap_or_else(default_workers),
+                text_key: common.records.text_key.clone(),
+                on_error: common.records.on_error,
+                workers: common.records.workers(),
                 force: common.force,
                 quiet: common.quiet,
             };
@@ -192,9 +164,9 @@ fn main() {
                 }),
                 output: common.output.clone(),
                 config: MinhashConfig { n_grams: args.n_grams, num_buckets: args.bands, hashes_per_bucket: args.hashes_per_band, seed: args.seed },
-                text_key: common.text_key.clone(),
-                on_error: on_error(common.on_error),
-                workers: common.workers.unwrap_or_else(default_workers),
+                text_key: common.records.text_key.clone(),
+                on_error: common.records.on_error,
+                workers: common.records.workers(),
                 force: common.force,
                 quiet: common.quiet,
             };

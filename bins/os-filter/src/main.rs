@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use openseek_common::exit::run_main;
 use openseek_common::Failure;
 use openseek_corpus::inputs;
-use openseek_dedup::documents::OnError;
+use openseek_corpus::options::RecordOptions;
 use openseek_filter::pass::FilterJob;
 
 #[derive(Parser)]
@@ -27,15 +27,8 @@ struct Args {
     /// Output directory for the kept documents; the manifest is written beside it as OUTPUT.json.
     #[arg(long)]
     output: PathBuf,
-    /// JSON field or Parquet column holding the text.
-    #[arg(long, default_value = "text")]
-    text_key: String,
-    /// Worker threads [default: $SLURM_CPUS_PER_TASK, else all cores]. The output is the same for any value.
-    #[arg(long)]
-    workers: Option<usize>,
-    /// What to do with a bad record (invalid JSON or UTF-8, missing text): stop, or drop it and count it.
-    #[arg(long, value_enum, default_value_t = ErrorMode::Fail)]
-    on_error: ErrorMode,
+    #[command(flatten)]
+    records: RecordOptions,
     /// This task's share of the input files when run as a job array (with --num-shards).
     #[arg(long, requires = "num_shards")]
     shard_index: Option<usize>,
@@ -51,12 +44,6 @@ struct Args {
     /// Input files, globs or directories.
     #[arg(required = true)]
     inputs: Vec<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ErrorMode {
-    Fail,
-    Skip,
 }
 
 fn main() {
@@ -77,18 +64,9 @@ fn main() {
             output: args.output.clone(),
             recipe: args.recipe.clone(),
             filters: openseek_filter::recipe::load(&args.recipe)?,
-            text_key: args.text_key.clone(),
-            on_error: match args.on_error {
-                ErrorMode::Fail => OnError::Fail,
-                ErrorMode::Skip => OnError::Skip,
-            },
-            workers: args.workers.unwrap_or_else(|| {
-                std::env::var("SLURM_CPUS_PER_TASK")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n: &usize| n > 0)
-                    .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-            }),
+            text_key: args.records.text_key.clone(),
+            on_error: args.records.on_error,
+            workers: args.records.workers(),
             force: args.force,
             quiet: args.quiet,
         };

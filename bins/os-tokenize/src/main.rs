@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use openseek_common::{exit::run_main, Failure};
 use openseek_corpus::inputs;
-use openseek_corpus::pipeline::{self, OnError, Output, TokenizeConfig};
+use openseek_corpus::options::RecordOptions;
+use openseek_corpus::pipeline::{self, Output, TokenizeConfig};
 use openseek_tokenizer::Tokenizer;
 
 #[derive(Parser)]
@@ -27,18 +28,11 @@ struct Args {
     /// Output prefix (writes PREFIX.bin, PREFIX.idx, PREFIX.json), or - for the token document stream on stdout.
     #[arg(long, short = 'o')]
     output: String,
-    /// JSON field or Parquet column holding the text.
-    #[arg(long, default_value = "text")]
-    text_key: String,
     /// Wrap each document as BOS + text + EOS, as OpenSeek's preprocessing does (ids from the tokenizer config).
     #[arg(long)]
     wrap_docs: bool,
-    /// Worker threads [default: $SLURM_CPUS_PER_TASK, else all cores]. The output is the same for any value.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    workers: Option<usize>,
-    /// What to do with a bad record (invalid JSON or UTF-8, missing text, empty document).
-    #[arg(long, value_enum, default_value_t = ErrorMode::Fail)]
-    on_error: ErrorMode,
+    #[command(flatten)]
+    records: RecordOptions,
     /// This run's part of the inputs when split over a job array (use with --num-shards; e.g. $SLURM_ARRAY_TASK_ID).
     #[arg(long, requires = "num_shards")]
     shard_index: Option<usize>,
@@ -58,20 +52,6 @@ struct Args {
     /// Input files, globs, directories, or - (JSON lines on stdin).
     #[arg(required = true)]
     inputs: Vec<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ErrorMode {
-    Fail,
-    Skip,
-}
-
-fn default_workers() -> usize {
-    std::env::var("SLURM_CPUS_PER_TASK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 fn main() {
@@ -99,13 +79,10 @@ fn main() {
         let tokenizer = Tokenizer::load(&args.tokenizer)?;
         let config = TokenizeConfig {
             inputs: resolved,
-            text_key: args.text_key.clone(),
+            text_key: args.records.text_key.clone(),
             wrap_docs: args.wrap_docs,
-            workers: args.workers.unwrap_or_else(default_workers),
-            on_error: match args.on_error {
-                ErrorMode::Fail => OnError::Fail,
-                ErrorMode::Skip => OnError::Skip,
-            },
+            workers: args.records.workers(),
+            on_error: args.records.on_error,
             output,
             force: args.force,
             quiet: args.quiet,

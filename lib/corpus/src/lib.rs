@@ -4,6 +4,7 @@
 
 pub mod inputs;
 pub mod json_text;
+pub mod options;
 pub mod pipeline;
 pub mod records;
 pub mod synthetic;

@@ -19,16 +19,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::inputs::Input;
+use crate::options::OnError;
 use crate::records::{location_name, record_text, InputStats, Problem, Record, RecordReader};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Stop at the first bad record; nothing is written.
-    Fail,
-    /// Skip bad records, count them in the manifest.
-    Skip,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {

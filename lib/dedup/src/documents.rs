@@ -14,15 +14,6 @@ use openseek_corpus::inputs::{Compression, Input, Layout};
 use openseek_corpus::records::{location_name, InputStats, Payload, Problem, Record, RecordReader};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Stop at the first bad record.
-    Fail,
-    /// Drop bad records (they are not in the output), count them in the manifest.
-    Skip,
-}
-
 /// A bad record, kept as an example in manifests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BadRecord {

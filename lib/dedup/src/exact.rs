@@ -17,7 +17,8 @@ use openseek_corpus::records::{record_text, Record};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
+use crate::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter};
+use openseek_corpus::options::OnError;
 use crate::normalize::simplify_text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

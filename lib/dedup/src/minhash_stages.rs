@@ -26,7 +26,8 @@ use openseek_corpus::records::{record_text, Problem, Record};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter, OnError};
+use crate::documents::{bad_record_failure, check_output_names, describe, output_name, read_batches, BadRecord, DocWriter};
+use openseek_corpus::options::OnError;
 use crate::minhash::{MinhashConfig, Signer};
 
 /// Which stages a run does.
