@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use openseek_common::{provenance::Provenance, AtomicOutputs, Failure};
-use openseek_soup::writer::{OutTensor, ShardWriter};
+use openseek_safetensors::{OutTensor, ShardWriter};
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, Entry};

@@ -9,11 +9,11 @@ use crate::config::Config;
 use crate::model::DeepseekV3;
 use crate::weights::Weights;
 use crate::mtp;
-use crate::safetensors::{self, SafetensorsFile};
+use crate::safetensors::{self, read_tensor, SafetensorsFile};
+use openseek_safetensors::ShardWriter;
 use openseek_common::{AtomicOutputs, Failure};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -151,14 +151,14 @@ impl Stored {
                     files.push(SafetensorsFile::open(&dir.join(shard))?);
                 }
                 let n = shard_no[shard];
-                if !files[n].entries.contains_key(name) {
+                if !files[n].tensors.contains_key(name) {
                     return Err(Failure::data(format!("{}: lists {name} in {shard}, which does not hold it", index.display())));
                 }
                 location.insert(name.clone(), n);
             }
         } else if single.is_file() {
             let f = SafetensorsFile::open(&single)?;
-            for name in f.entries.keys() {
+            for name in f.tensors.keys() {
                 location.insert(name.clone(), 0);
             }
             files.push(f);
@@ -171,12 +171,12 @@ impl Stored {
         Ok(Stored { files, location })
     }
 
-    fn shape(&self, name: &str) -> Option<&Vec<i64>> {
-        self.location.get(name).map(|&n| &self.files[n].entries[name].shape)
+    fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.location.get(name).map(|&n| self.files[n].tensors[name].shape.iter().map(|&d| d as i64).collect())
     }
 
     fn read(&self, name: &str, kind: Kind) -> Result<Tensor, Failure> {
-        self.files[self.location[name]].tensor(name, kind)
+        read_tensor(&self.files[self.location[name]], name, kind)
     }
 }
 
@@ -251,7 +251,7 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Planned, Failure> {
         .iter()
         .filter(|(n, _)| used.contains(*n))
         .filter_map(|(n, &f)| {
-            let d = &stored.files[f].entries[n].dtype;
+            let d = stored.files[f].tensors[n].dtype;
             safetensors::kind_of(d).is_none().then(|| format!("{n} is {d}"))
         })
         .collect();
@@ -386,30 +386,11 @@ pub fn save(model: &DeepseekV3, dir: &Path, kind: Kind, max_shard_bytes: usize) 
             (n, t.to_kind(k))
         })
         .collect();
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
-    let mut size = 0usize;
-    let mut total = 0usize;
-    for (n, t) in tensors {
-        let bytes = t.numel() * t.kind().elt_size_in_bytes();
-        if size > 0 && size + bytes > max_shard_bytes {
-            shards.push(vec![]);
-            size = 0;
-        }
-        size += bytes;
-        total += bytes;
-        shards.last_mut().unwrap().push((n, t));
-    }
-    let count = shards.len();
+    let plan = tensors.iter().map(|(n, t)| safetensors::out_tensor(n, t)).collect::<Result<Vec<_>, _>>()?;
     let mut out = AtomicOutputs::new();
-    let mut weight_map = serde_json::Map::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        let mut w = std::io::BufWriter::new(out.create(&dir.join(&file))?);
-        safetensors::write(&mut w, shard)?;
-        w.flush().map_err(|e| Failure::io(format!("{}: {e}", dir.join(&file).display())))?;
-        for (n, _) in shard {
-            weight_map.insert(n.clone(), json!(file));
-        }
+    let mut writer = ShardWriter::new(dir, plan, max_shard_bytes as u64);
+    for (_, t) in &tensors {
+        writer.write_next(&mut out, &safetensors::tensor_bytes(t)?)?;
     }
     let cfg = &model.config;
     let mut config = cfg.raw.clone();
@@ -431,9 +412,8 @@ pub fn save(model: &DeepseekV3, dir: &Path, kind: Kind, max_shard_bytes: usize) 
     if let Some(p) = cfg.pad_token_id {
         generation["pad_token_id"] = json!(p);
     }
-    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    for (name, value) in [("config.json", config), ("generation_config.json", generation), ("model.safetensors.index.json", index)] {
-        out.write_json(&dir.join(name), &value)?;
-    }
+    out.write_json(&dir.join("config.json"), &config)?;
+    out.write_json(&dir.join("generation_config.json"), &generation)?;
+    writer.finish(&mut out)?;
     out.commit()
 }

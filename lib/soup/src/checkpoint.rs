@@ -3,12 +3,10 @@
 //! memory-mapped; their headers are parsed once and tensors are read as byte slices on demand.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use openseek_common::Failure;
-use safetensors::{Dtype, SafeTensors};
+use openseek_safetensors::{Dtype, SafetensorsFile};
 
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
@@ -16,7 +14,7 @@ pub struct TensorEntry {
     pub file: usize,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    /// Byte range within the file's memory map.
+    /// Byte range within the file.
     pub start: usize,
     pub end: usize,
 }
@@ -25,7 +23,7 @@ pub struct TensorEntry {
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
-    maps: Vec<Mmap>,
+    opened: Vec<SafetensorsFile>,
     pub tensors: BTreeMap<String, TensorEntry>,
 }
 
@@ -36,24 +34,12 @@ impl Checkpoint {
             return Err(Failure::no_input(format!("{}: checkpoint directory does not exist", dir.display())));
         }
         let files = safetensors_files(dir)?;
-        let mut maps = Vec::new();
+        let mut opened = Vec::new();
         let mut tensors = BTreeMap::new();
         for (index, path) in files.iter().enumerate() {
-            let file = File::open(path).map_err(|e| Failure::io_at(path, "cannot open", &e))?;
-            // SAFETY: the map is read-only; a checkpoint rewritten under us is the caller's race.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Failure::io_at(path, "cannot memory-map", &e))?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
-                Failure::data(format!("{}: not a valid safetensors file: {e}", path.display()))
-            })?;
-            let base = 8 + header_len;
-            for (name, info) in metadata.tensors() {
-                let entry = TensorEntry {
-                    file: index,
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    start: base + info.data_offsets.0,
-                    end: base + info.data_offsets.1,
-                };
+            let file = SafetensorsFile::open(path)?;
+            for (name, info) in &file.tensors {
+                let entry = TensorEntry { file: index, dtype: info.dtype, shape: info.shape.clone(), start: info.start, end: info.end };
                 if let Some(previous) = tensors.insert(name.clone(), entry) {
                     return Err(Failure::data(format!(
                         "{}: tensor {name} appears in both {} and {}",
@@ -63,14 +49,14 @@ impl Checkpoint {
                     )));
                 }
             }
-            maps.push(map);
+            opened.push(file);
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), files, maps, tensors })
+        Ok(Checkpoint { dir: dir.to_path_buf(), files, opened, tensors })
     }
 
     /// The raw bytes of a tensor.
     pub fn bytes(&self, entry: &TensorEntry) -> &[u8] {
-        &self.maps[entry.file][entry.start..entry.end]
+        self.opened[entry.file].bytes(entry.start..entry.end)
     }
 }
 

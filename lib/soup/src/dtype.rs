@@ -3,7 +3,7 @@
 
 use half::{bf16, f16};
 use openseek_common::Failure;
-use safetensors::Dtype;
+use openseek_safetensors::Dtype;
 
 /// A float dtype the merge math understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,6 @@ pub mod dtype;
 pub mod merge;
 pub mod methods;
 pub mod select;
-pub mod writer;
 
 pub use config::{Method, MergePlan};
 pub use merge::{run_merge, MergeOptions, MergeReport};

@@ -16,7 +16,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{MergePlan, Method};
 use crate::dtype::{self, FloatType};
 use crate::methods::{self, Sparsify, TaskArithmetic};
-use crate::writer::{OutTensor, ShardWriter};
+use openseek_safetensors::{OutTensor, ShardWriter};
 
 /// Files copied from the reference checkpoint when present.
 pub const COPIED_FILES: &[&str] = &[
@@ -249,8 +249,8 @@ pub fn run_merge(plan: &MergePlan, options: &MergeOptions) -> Result<MergeReport
     Ok(report)
 }
 
-fn safetensors_dtype_name(d: safetensors::Dtype) -> &'static str {
-    use safetensors::Dtype::*;
+fn safetensors_dtype_name(d: openseek_safetensors::Dtype) -> &'static str {
+    use openseek_safetensors::Dtype::*;
     match d {
         BOOL => "BOOL",
         U8 => "U8",

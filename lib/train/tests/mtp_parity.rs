@@ -8,7 +8,7 @@
 //! loss and gradients (hidden states, shared embedding and head, every MTP parameter) must agree
 //! to 1e-5 relative at every step.
 
-use openseek_model::safetensors::SafetensorsFile;
+use openseek_model::safetensors::{read_tensor, SafetensorsFile};
 use openseek_model::tch::{self, Device, Kind, Tensor};
 use openseek_model::{checkpoint, DeepseekV3};
 use openseek_train::config::{HeadLoss, LossAveraging};
@@ -84,7 +84,7 @@ fn check_steps(model: &DeepseekV3, dir: &Path, mode: &str, averaging: LossAverag
         .collect();
     for (s, step) in steps.iter().enumerate() {
         let file = SafetensorsFile::open(&dir.join(format!("{mode}_step{}.safetensors", s + 1))).unwrap();
-        let get = |name: &str| file.tensor(name, Kind::Float).unwrap();
+        let get = |name: &str| read_tensor(&file, name, Kind::Float).unwrap();
         let ids = get("ids").to_kind(Kind::Int64);
         let labels = get("labels").to_kind(Kind::Int64).view([-1]);
         let loss_mask = get("loss_mask").view([-1]);
@@ -119,7 +119,7 @@ fn check_steps(model: &DeepseekV3, dir: &Path, mode: &str, averaging: LossAverag
         for (name, p) in &params {
             let g = p.grad();
             let key = format!("grad.{name}");
-            match (g.defined(), file.entries.contains_key(&key)) {
+            match (g.defined(), file.tensors.contains_key(&key)) {
                 (true, true) => compared.push((name.clone(), rel_diff(&g, &get(&key)))),
                 (false, false) => {}
                 (ours, theirs) => panic!("{mode} step {}: {name}: gradient here {ours}, in megatron-core {theirs}", s + 1),

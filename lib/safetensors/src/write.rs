@@ -1,7 +1,10 @@
 //! Sharded safetensors output: tensors are assigned to shards of at most `max_shard_bytes`
-//! (HF's `model-00001-of-0000N.safetensors` names) before any math runs, so each shard's header
-//! is written first and its tensors are streamed after it one at a time; every file goes
-//! through `AtomicOutputs`, and `model.safetensors.index.json` maps tensors to shards.
+//! (HF's `model-00001-of-0000N.safetensors` names) before any data is computed, so each shard's
+//! header is written first and its tensors are streamed after it one at a time; every file goes
+//! through `AtomicOutputs`, and `model.safetensors.index.json` (written last) maps tensors to
+//! shards. Headers are written here rather than by the `safetensors` crate, whose writer needs
+//! every tensor in memory at once: `{"__metadata__": {"format": "pt"}, NAME: {dtype, shape,
+//! data_offsets}}` with keys sorted, padded with spaces to 8 bytes, data in the order given.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -125,10 +128,7 @@ impl<'a> ShardWriter<'a> {
             }
         }
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        let path = self.dir.join("model.safetensors.index.json");
-        let mut f = outputs.create(&path)?;
-        f.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
-            .map_err(|e| Failure::io_at(&path, "cannot write", &e))?;
+        outputs.write_json(&self.dir.join("model.safetensors.index.json"), &index)?;
         Ok(names)
     }
 }
