@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 out="${1:-${OUT:-bench/out/dist}}"
 bin=bench/out/gpu/os-dist-check
 [ -x "$bin" ] || bin=target/release/os-dist-check
-[ -x "$bin" ] || { echo "run.sh: no os-dist-check binary (cargo build --release -p openseek-dist)" >&2; exit 66; }
+[ -x "$bin" ] || { echo "run.sh: no os-dist-check binary (cargo build --release -p os-dist-check)" >&2; exit 66; }
 mkdir -p "$out"
 { echo "host: $(hostname)  date: $(date -u +%F' '%T' UTC')"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   nvidia-smi topo -m 2>/dev/null | head -4 || true; } | tee "$out/machine.txt"
