@@ -6,9 +6,11 @@ lighteval v0.3.0's HF backend runs them (multiple choice: one row per request, s
 batches; generation: `generate(do_sample=False)` on left-padded batches sorted by length, to each item's
 budget) on a sample of every task, extrapolated per task to the full counts.
 
-  python table.py --os-eval BIN [--base BIN] --data DIR --tokenizer DIR --out DIR
+  python table.py --os-eval BIN [--base BIN] --data DIR --tokenizer DIR --out DIR [--model DIR]
                   [--hf-mc 20] [--hf-gen 64] [--batch 64] [--mc-batch 16] [--shape full|small] [--device cuda]
                   [--tasks LIST --limit N]   (smoke tests)
+
+--model keeps the random checkpoint in DIR (made there if missing), for other benchmarks of the same call.
 
 `--shape small --device cpu` is a smoke test of the script itself (tiny model), not a figure.
 """
@@ -87,6 +89,7 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--model", help="where the random checkpoint is kept (made if missing; default: a temporary directory)")
     p.add_argument("--hf-mc", type=int, default=20, help="transformers: the first N items of each multiple-choice task")
     p.add_argument("--hf-gen", type=int, default=64, help="transformers: the first N items of each generative task")
     p.add_argument("--batch", type=int, default=64, help="transformers' generation batch")
@@ -104,8 +107,9 @@ def main():
     try:
         small = SMALL | {k: FULL[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings")}
         shape = FULL if a.shape == "full" else small
-        model_dir = os.path.join(work, "model")
-        build(shape, a.device, 0, "scaled").save_pretrained(model_dir, safe_serialization=True)
+        model_dir = a.model or os.path.join(work, "model")
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            build(shape, a.device, 0, "scaled").save_pretrained(model_dir, safe_serialization=True)
         for f in TOKENIZER_FILES:
             if os.path.isfile(os.path.join(a.tokenizer, f)):
                 shutil.copy(os.path.join(a.tokenizer, f), model_dir)

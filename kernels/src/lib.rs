@@ -13,7 +13,8 @@
 //!   NVRTC kernel each);
 //! - [`addmm_accumulate`] and [`set_grad`]: a GEMM's product added (or written) into an fp32 tensor (the LM
 //!   head's weight gradient) and a parameter's `.grad` set or cleared;
-//! - [`backward`]: a backward pass from tensors with given upstream gradients.
+//! - [`backward`]: a backward pass from tensors with given upstream gradients;
+//! - [`CudaGraph`]: CUDA graphs (capture once, replay with one launch; CUDA builds only).
 //!
 //! Errors that ATen raises come back as `TchError::Torch` with its message.
 //!
@@ -33,6 +34,7 @@ pub mod accumulate;
 pub mod adamw;
 pub mod combine;
 pub mod cross_entropy;
+pub mod graph;
 pub mod nvrtc;
 pub mod rope;
 pub mod swiglu;
@@ -41,6 +43,7 @@ pub use accumulate::accumulate_grad;
 pub use adamw::{adamw_update, AdamWStep};
 pub use combine::combine_rows;
 pub use cross_entropy::softmax_cross_entropy;
+pub use graph::CudaGraph;
 pub use rope::{rope_key, rope_query};
 pub use swiglu::swiglu;
 

@@ -1,7 +1,8 @@
 // The ATen operations the model and trainer need that tch 0.24 does not expose. Tensors cross
 // the boundary as tch's handles (at::Tensor*); every function catches C++ exceptions and returns
-// the message (malloc'd, freed by Rust) or null on success. No CUDA headers: streams go through
-// the device-generic accelerator API, so this builds on a machine without CUDA.
+// the message (malloc'd, freed by Rust) or null on success. Streams go through the device-generic
+// accelerator API; only CUDA graphs need CUDA's headers, compiled in where build.rs finds them
+// beside the build's torch (OSKERN_CUDA_GRAPHS), so the rest builds on a machine without CUDA.
 
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
@@ -14,6 +15,10 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#ifdef OSKERN_CUDA_GRAPHS
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 using at::Tensor;
 using torch::autograd::AutogradContext;
@@ -406,6 +411,22 @@ struct VarlenAttention : public torch::autograd::Function<VarlenAttention> {
   }
 };
 
+#ifdef OSKERN_CUDA_GRAPHS
+// A CUDA graph being captured or captured: ATen's CUDAGraph (its own memory pool in the caching
+// allocator, so that the tensors the captured work allocates are kept for its replays), the side
+// stream it is captured on and the stream that was current before, restored when capture ends.
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  c10::cuda::CUDAStream side;
+  c10::cuda::CUDAStream caller;
+  explicit Graph(c10::DeviceIndex device)
+      : side(c10::cuda::getStreamFromPool(false, device)), caller(c10::cuda::getCurrentCUDAStream(device)) {}
+  void restore_caller() {
+    if (c10::cuda::getCurrentCUDAStream(side.device_index()) == side) c10::cuda::setCurrentCUDAStream(caller);
+  }
+};
+#endif
+
 }  // namespace
 
 #define GUARD(...)                          \
@@ -513,6 +534,60 @@ char *oskern_addmm_acc(Tensor *out, Tensor *m1, Tensor *m2, double alpha, bool a
     }
   })
 }
+
+// CUDA graphs (CUDA builds only). oskern_graph_new makes a graph and a side stream of `device` the
+// current stream, after the device's queued work; what runs next goes there (a warm-up, then the
+// work to capture between capture_begin and capture_end, which makes the caller's stream current
+// again). Replays run on the current stream. oskern_graph_free also restores the caller's stream
+// if capture never ended.
+#ifdef OSKERN_CUDA_GRAPHS
+char *oskern_graph_new(int device, void **out) {
+  GUARD({
+    auto d = static_cast<c10::DeviceIndex>(device);
+    at::accelerator::synchronizeDevice(d);
+    auto g = new Graph(d);
+    c10::cuda::setCurrentCUDAStream(g->side);
+    *out = g;
+  })
+}
+
+char *oskern_graph_capture_begin(void *g) {
+  GUARD(static_cast<Graph *>(g)->graph.capture_begin())
+}
+
+char *oskern_graph_capture_end(void *g) {
+  auto graph = static_cast<Graph *>(g);
+  GUARD({
+    try {
+      graph->graph.capture_end();
+    } catch (...) {
+      graph->restore_caller();
+      throw;
+    }
+    graph->restore_caller();
+    at::accelerator::synchronizeDevice(graph->side.device_index());
+  })
+}
+
+char *oskern_graph_replay(void *g) {
+  GUARD(static_cast<Graph *>(g)->graph.replay())
+}
+
+void oskern_graph_free(void *g) {
+  auto graph = static_cast<Graph *>(g);
+  graph->restore_caller();
+  delete graph;
+}
+#else
+static char *no_graphs() {
+  return strdup("CUDA graphs: this build has none (no CUDA headers beside the torch it was built against)");
+}
+char *oskern_graph_new(int, void **) { return no_graphs(); }
+char *oskern_graph_capture_begin(void *) { return no_graphs(); }
+char *oskern_graph_capture_end(void *) { return no_graphs(); }
+char *oskern_graph_replay(void *) { return no_graphs(); }
+void oskern_graph_free(void *) {}
+#endif
 
 // Set t's .grad to g (null: none, as zero_grad(set_to_none=True) leaves it).
 char *oskern_set_grad(Tensor *t, Tensor *g) {

@@ -5,7 +5,7 @@ mod common;
 
 use openseek_kernels::{
     adamw_update, backward, addmm_accumulate, combine_rows, current_stream, foreach_norm, gather_rows, set_grad, swiglu, varlen_attention,
-    AdamWStep,
+    AdamWStep, CudaGraph,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -28,6 +28,8 @@ fn mismatched_inputs_are_errors() {
     eprintln!("varlen attention on CPU: {err}");
     if !tch::Cuda::is_available() {
         assert!(current_stream(0).is_err(), "no accelerator here, so no stream");
+        let err = CudaGraph::capture(0, || 1).err().expect("no CUDA graph without a CUDA device");
+        eprintln!("CUDA graph without a device: {err}");
     }
 }
 

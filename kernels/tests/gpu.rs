@@ -1,11 +1,11 @@
 //! The shim and the NVRTC kernels on a CUDA device (run on the GPU machine: `gpu -- --ignored`):
-//! the AdamW kernel against its formula, the bf16-into-fp32 gradient sum against `add_`, per-tensor norms, the current stream and a device sync, varlen attention
+//! the AdamW kernel against its formula, the bf16-into-fp32 gradient sum against `add_`, per-tensor norms, the current stream and a device sync, CUDA graph replays, varlen attention
 //! (forward and autograd backward) against attention computed one segment at a time, and the
 //! LM head's bf16 product written or added into an fp32 gradient.
 
 mod common;
 
-use openseek_kernels::{accumulate_grad, adamw_update, addmm_accumulate, current_stream, foreach_norm, synchronize, AdamWStep};
+use openseek_kernels::{accumulate_grad, adamw_update, addmm_accumulate, current_stream, foreach_norm, synchronize, AdamWStep, CudaGraph};
 use tch::{Device, Kind, Tensor};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
@@ -133,6 +133,27 @@ fn norms_stream_and_sync_on_cuda() {
     let s = current_stream(0).unwrap();
     eprintln!("current stream: {s:?}");
     synchronize(0).unwrap();
+}
+
+/// A CUDA graph: the warm-up computes, the capture does not, each replay recomputes from what the
+/// input tensor holds then (into the captured output), on the caller's stream, which is current
+/// again after the capture.
+#[test]
+#[ignore]
+fn cuda_graph_replays_on_new_input() {
+    let dev = cuda();
+    let before = current_stream(0).unwrap();
+    let mut x = Tensor::from_slice(&[1f32, 2.0, 3.0]).to_device(dev);
+    let w = Tensor::from_slice(&[10f32, 20.0, 30.0]).to_device(dev);
+    let (graph, warm, out) = CudaGraph::capture(0, || (&x * 2.0 + &w).cumsum(0, Kind::Float)).unwrap();
+    assert_eq!(current_stream(0).unwrap(), before, "the caller's stream is current again");
+    assert_eq!(Vec::<f32>::try_from(&warm).unwrap(), [12.0, 36.0, 72.0]);
+    for step in 0..3 {
+        let _ = x.copy_(&Tensor::from_slice(&[step as f32, -1.0, 0.5]).to_device(dev));
+        graph.replay().unwrap();
+        let want = (&x * 2.0 + &w).cumsum(0, Kind::Float);
+        assert!(out.equal(&want), "replay {step}: {out} vs {want}");
+    }
 }
 
 /// Running starts of segments of the given lengths, int32 on `dev` (0 first, the total last).

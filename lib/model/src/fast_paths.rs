@@ -24,6 +24,9 @@ pub struct FastPaths {
     /// Attention within documents through flash attention's variable-length kernels (CUDA, 16-bit
     /// activations; else SDPA with the documents' [B, 1, T, T] mask).
     pub varlen_attention: bool,
+    /// Greedy decoding's step (all rows, one token each) captured as a CUDA graph per number of
+    /// cache entries read, and replayed (CUDA, bf16 activations); else launched op by op.
+    pub decode_graph: bool,
 }
 
 impl Default for FastPaths {
@@ -37,13 +40,15 @@ impl Default for FastPaths {
             attn_layout: true,
             rope_kernel: true,
             varlen_attention: true,
+            decode_graph: true,
         }
     }
 }
 
 impl FastPaths {
     /// The switches' names, as configs spell them.
-    pub const NAMES: [&'static str; 8] = ["fused_norm", "moe_fused", "swiglu_kernel", "mlp_fused", "combine_kernel", "attn_layout", "rope_kernel", "varlen_attention"];
+    pub const NAMES: [&'static str; 9] =
+        ["fused_norm", "moe_fused", "swiglu_kernel", "mlp_fused", "combine_kernel", "attn_layout", "rope_kernel", "varlen_attention", "decode_graph"];
 
     fn switch(&mut self, name: &str) -> Option<&mut bool> {
         Some(match name {
@@ -55,6 +60,7 @@ impl FastPaths {
             "attn_layout" => &mut self.attn_layout,
             "rope_kernel" => &mut self.rope_kernel,
             "varlen_attention" => &mut self.varlen_attention,
+            "decode_graph" => &mut self.decode_graph,
             _ => return None,
         })
     }

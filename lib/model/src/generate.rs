@@ -8,6 +8,8 @@ use crate::attention::{Attention, DecodeStep, MlaCache};
 use crate::model::DeepseekV3;
 use crate::moe::AuxCoefficients;
 use openseek_common::Failure;
+use openseek_kernels::CudaGraph;
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 pub struct GenerateOptions {
@@ -59,17 +61,32 @@ impl DeepseekV3 {
 }
 
 /// The KV cache of continuous batching: every layer's [`MlaCache`] with the same rows; row r
-/// holds one sequence's tokens at positions 0..len.
+/// holds one sequence's tokens at positions 0..len. On CUDA in bf16 (fast path `decode_graph`) the
+/// decoding step is a CUDA graph per number of cache entries read (`keys`), captured on first use
+/// and replayed: one launch instead of hundreds, the host's work per step reduced to copying the
+/// rows' tokens and lengths in and the next tokens out.
 pub struct KvCache {
     pub layers: Vec<MlaCache>,
     capacity: i64,
+    graphs: Option<DecodeGraphs>,
+}
+
+/// Cache entries a decoding step reads: the longest row's length + 1 rounded up to a multiple of
+/// this (at most the capacity), so that steps share shapes, and CUDA graphs.
+const KEY_BLOCK: i64 = 128;
+
+/// The captured decoding steps of a cache's rows: the input they read ([2, rows] int64: each row's
+/// token and position) and, per number of keys, the graph and the next tokens [rows] it writes.
+struct DecodeGraphs {
+    input: Tensor,
+    by_keys: HashMap<i64, (CudaGraph, Tensor)>,
 }
 
 impl KvCache {
     /// An empty cache of `rows` sequences of up to `capacity` tokens (prompt and new tokens).
     pub fn new(model: &DeepseekV3, rows: i64, capacity: i64) -> KvCache {
         let layers = model.layers.iter().map(|l| l.self_attn.new_cache(rows, capacity, model.compute_kind, model.device())).collect();
-        KvCache { layers, capacity }
+        KvCache { layers, capacity, graphs: None }
     }
 
     /// Bytes one row of `capacity` tokens takes.
@@ -79,12 +96,18 @@ impl KvCache {
         capacity * (c.kv_lora_rank + c.qk_rope_head_dim) as usize * elem * model.layers.len()
     }
 
-    /// Keep only the rows `rows` (int64 indices), in that order.
+    fn rows(&self) -> i64 {
+        self.layers.first().map_or(0, |c| c.latent.size()[0])
+    }
+
+    /// Keep only the rows `rows` (int64 indices), in that order (the graphs, made for the old
+    /// rows, are dropped).
     fn keep_rows(&mut self, rows: &[i64], device: Device) {
         let rows = Tensor::from_slice(rows).to_device(device);
         for c in &mut self.layers {
             c.keep_rows(&rows);
         }
+        self.graphs = None;
     }
 
     /// Run `prompts` (each at most the capacity) through the model into the cache rows `rows`;
@@ -109,28 +132,74 @@ impl KvCache {
         model.norm.forward(&x)
     }
 
+    /// The rows' tokens and lengths as one [2, rows] int64 tensor on the model's device, and the
+    /// cache entries the step reads.
+    fn step_input(&self, model: &DeepseekV3, tokens: &[i64], lens: &[i64]) -> (Tensor, i64) {
+        assert_eq!(tokens.len() as i64, self.rows(), "one token per cache row");
+        let longest = lens.iter().max().map_or(1, |m| m + 1);
+        assert!(longest <= self.capacity, "KV cache full: position {} >= capacity {}", longest - 1, self.capacity);
+        let keys = ((longest + KEY_BLOCK - 1) / KEY_BLOCK * KEY_BLOCK).min(self.capacity);
+        let input = Tensor::from_slice(&[tokens, lens].concat()).view([2, tokens.len() as i64]).to_device(model.device());
+        (input, keys)
+    }
+
     /// One decoding step of every row: `tokens[r]` at position `lens[r]` (stored there); returns
     /// the last hidden states [rows, hidden]. Each row sees its own positions 0..=lens[r].
     pub fn decode(&mut self, model: &DeepseekV3, tokens: &[i64], lens: &[i64]) -> Tensor {
-        let device = model.device();
-        let n = tokens.len() as i64;
-        let keys = lens.iter().max().map_or(1, |m| m + 1);
-        assert!(keys <= self.capacity, "KV cache full: position {} >= capacity {}", keys - 1, self.capacity);
-        let ids = Tensor::from_slice(tokens).view([n, 1]).to_device(device);
-        let positions = Tensor::from_slice(lens).view([n, 1]).to_device(device);
-        let at: Vec<i64> = lens.iter().enumerate().map(|(r, &l)| r as i64 * self.capacity + l).collect();
-        let step = DecodeStep {
-            at: Tensor::from_slice(&at).to_device(device),
-            keys,
-            mask: Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0).le_tensor(&positions).view([n, 1, 1, keys]),
-        };
-        let (mut x, cos, sin) = model.embed(&ids, Some(&positions));
-        for (layer, cache) in model.layers.iter().zip(&mut self.layers) {
-            let mut attend = |a: &Attention, h: &Tensor| a.forward_decode(h, &model.rope, &cos, &sin, cache, &step);
-            x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
-        }
-        model.norm.forward(&x.select(1, 0))
+        let (input, keys) = self.step_input(model, tokens, lens);
+        decode_step(model, &mut self.layers, &input, keys, self.capacity)
     }
+
+    /// One decoding step of every row (as [`KvCache::decode`]) and each row's greedy next token
+    /// (argmax of the logits), through the step's CUDA graph where the model takes that path.
+    pub fn decode_greedy(&mut self, model: &DeepseekV3, tokens: &[i64], lens: &[i64]) -> Result<Vec<i64>, Failure> {
+        let (input, keys) = self.step_input(model, tokens, lens);
+        let graphed = model.device().is_cuda() && model.compute_kind == Kind::BFloat16 && model.norm.fast.decode_graph;
+        if !graphed {
+            return Ok(to_vec(&next_tokens(model, &decode_step(model, &mut self.layers, &input, keys, self.capacity))));
+        }
+        let graphs = self.graphs.get_or_insert_with(|| DecodeGraphs { input: input.zeros_like(), by_keys: HashMap::new() });
+        graphs.input.copy_(&input);
+        if let Some((graph, next)) = graphs.by_keys.get(&keys) {
+            graph.replay().map_err(|e| Failure::software(format!("replaying the decoding step's CUDA graph: {e}")))?;
+            return Ok(to_vec(next));
+        }
+        let (layers, capacity, input) = (&mut self.layers, self.capacity, graphs.input.shallow_clone());
+        let device = match model.device() {
+            Device::Cuda(d) => d,
+            _ => unreachable!("graphs run on CUDA"),
+        };
+        let (graph, now, next) = CudaGraph::capture(device, || next_tokens(model, &decode_step(model, layers.as_mut_slice(), &input, keys, capacity)))
+            .map_err(|e| Failure::software(format!("capturing the decoding step as a CUDA graph ({keys} keys): {e}")))?;
+        graphs.by_keys.insert(keys, (graph, next));
+        Ok(to_vec(&now))
+    }
+}
+
+/// The decoding step of every cache row: `input` [2, rows] holds each row's token and its
+/// position (where its latent is stored); attention reads the first `keys` entries of each row,
+/// masked to the row's own positions. Returns the last hidden states [rows, hidden]. Only device
+/// work: a CUDA graph can capture it.
+fn decode_step(model: &DeepseekV3, layers: &mut [MlaCache], input: &Tensor, keys: i64, capacity: i64) -> Tensor {
+    let device = model.device();
+    let n = input.size()[1];
+    let (ids, positions) = (input.get(0).view([n, 1]), input.get(1).view([n, 1]));
+    let step = DecodeStep {
+        at: Tensor::arange(n, (Kind::Int64, device)) * capacity + input.get(1),
+        keys,
+        mask: Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0).le_tensor(&positions).view([n, 1, 1, keys]),
+    };
+    let (mut x, cos, sin) = model.embed(&ids, Some(&positions));
+    for (layer, cache) in model.layers.iter().zip(layers) {
+        let mut attend = |a: &Attention, h: &Tensor| a.forward_decode(h, &model.rope, &cos, &sin, cache, &step);
+        x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
+    }
+    model.norm.forward(&x.select(1, 0))
+}
+
+/// Greedy next tokens [rows] int64 from last hidden states [rows, hidden].
+fn next_tokens(model: &DeepseekV3, hidden: &Tensor) -> Tensor {
+    model.head(hidden).argmax(-1, false)
 }
 
 /// A sequence in a cache row.
@@ -183,10 +252,11 @@ pub fn greedy(
             !stop(i, &out[i]) && out[i].len() < opts.max_new_tokens
         };
         loop {
-            // Refill free rows once a sixteenth of them (or all active ones) are free.
+            // Refill free rows once half of them (or all active ones) are free: a prefill costs
+            // many decoding steps (launches, not arithmetic), and free rows cost little.
             let free: Vec<usize> = (0..slots.len()).filter(|&r| slots[r].is_none()).collect();
             let active = slots.len() - free.len();
-            if waiting.peek().is_some() && !free.is_empty() && (free.len() * 16 >= slots.len() || active == 0) {
+            if waiting.peek().is_some() && !free.is_empty() && (free.len() * 2 >= slots.len() || active == 0) {
                 let mut free = free.into_iter();
                 loop {
                     // One prefill: waiting prompts for free rows, within the token bound.
@@ -206,7 +276,7 @@ pub fn greedy(
                     let seqs: Vec<&[i64]> = batch.iter().map(|&(i, _)| prompts[i].as_slice()).collect();
                     let rows: Vec<i64> = batch.iter().map(|&(_, r)| r as i64).collect();
                     let hidden = cache.prefill(model, &seqs, &rows);
-                    let first_tokens = to_vec(&model.head(&hidden).argmax(-1, false));
+                    let first_tokens = to_vec(&next_tokens(model, &hidden));
                     for (&(i, r), tok) in batch.iter().zip(first_tokens) {
                         if take(i, tok, &mut out) {
                             slots[r] = Some(Slot { prompt: i, len: prompts[i].len() as i64, next: tok });
@@ -231,8 +301,7 @@ pub fn greedy(
             // Free rows decode a dummy token at their last position (masked, overwritten later).
             let tokens: Vec<i64> = slots.iter().map(|s| s.as_ref().map_or(0, |s| s.next)).collect();
             let lens: Vec<i64> = slots.iter().map(|s| s.as_ref().map_or(0, |s| s.len)).collect();
-            let hidden = cache.decode(model, &tokens, &lens);
-            let next = to_vec(&model.head(&hidden).argmax(-1, false));
+            let next = cache.decode_greedy(model, &tokens, &lens)?;
             for (slot, tok) in slots.iter_mut().zip(next) {
                 if let Some(s) = slot {
                     s.len += 1;

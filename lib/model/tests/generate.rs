@@ -6,7 +6,7 @@
 use openseek_common::Failure;
 use openseek_model::generate::{greedy, GenerateOptions, KvCache};
 use openseek_model::tch::{no_grad, Device, Kind, Tensor};
-use openseek_model::{checkpoint, DeepseekV3};
+use openseek_model::{checkpoint, DeepseekV3, FastPaths};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -254,7 +254,13 @@ fn greedy_on_cuda_equals_cpu() {
     let half = decode(&bf16, &prompts, &opts, &mut |_, _| false);
     let same = half.iter().zip(&want).map(|(h, w)| h.iter().zip(w).take_while(|(x, y)| x == y).count()).sum::<usize>();
     let total = want.iter().map(Vec::len).sum::<usize>();
-    eprintln!("CUDA fp32 masked logits vs CPU: max |diff| = {diff:.3e}; greedy fp32 CUDA == CPU: {}; bf16 CUDA agrees with fp32 on {same}/{total} tokens before the first difference", got == want);
+    // bf16 decodes through CUDA graphs; launched op by op (fast path decode_graph off) the same
+    // kernels on the same shapes give the same tokens.
+    let mut eager = checkpoint::load(dir.path(), Kind::BFloat16, Device::Cuda(0)).unwrap();
+    eager.set_fast_paths(FastPaths::with_disabled(&["decode_graph".to_string()]).0);
+    let half_eager = decode(&eager, &prompts, &opts, &mut |_, _| false);
+    eprintln!("CUDA fp32 masked logits vs CPU: max |diff| = {diff:.3e}; greedy fp32 CUDA == CPU: {}; bf16 CUDA agrees with fp32 on {same}/{total} tokens before the first difference; bf16 CUDA graphs == op by op: {}", got == want, half == half_eager);
     assert!(diff <= 1e-4, "CUDA logits differ from CPU by {diff}");
     assert_eq!(got, want, "greedy on CUDA differs from CPU");
+    assert_eq!(half, half_eager, "greedy through CUDA graphs differs from op-by-op decoding");
 }
