@@ -379,3 +379,43 @@ fn empty_context_scores_the_choice_after_eos() {
     let r = requests::loglikelihood_request(&tok, " ", "x");
     assert_eq!((r.context.as_str(), r.continuation.as_str()), ("", " x"));
 }
+
+/// Stop strings checked token by token from the bytes each token adds agree with decoding the whole
+/// continuation at every step (up to the first stop), for ASCII stop strings over text cut through
+/// multi-byte characters and random ids, and for non-ASCII ones (which decode the whole text).
+#[test]
+fn incremental_stop_strings_equal_decoding_the_whole_continuation() {
+    use openseek_eval::StopStrings;
+    let tok = tokenizer();
+    let mut seqs: Vec<Vec<u32>> = ["The answer is 42, I think.\nQuestion: next", "答案是四十二。问题：下一个，好的", "Question", "no stop here at all"]
+        .iter()
+        .map(|t| tok.encode(t))
+        .collect();
+    let mut state = 12345u64;
+    for _ in 0..40 {
+        seqs.push((0..60).map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % 151_000) as u32
+        }).collect());
+    }
+    let stop_sets: Vec<Vec<String>> = [vec!["\n", ".", ","], vec!["Question:", "Question"], vec!["。", "，"], vec!["er is 4"]]
+        .iter()
+        .map(|s| s.iter().map(|x| x.to_string()).collect())
+        .collect();
+    let (mut stopped, mut checks) = (0, 0);
+    for stops in &stop_sets {
+        let mut state = StopStrings::new(seqs.len());
+        for (k, seq) in seqs.iter().enumerate() {
+            for n in 1..=seq.len() {
+                let want = StopStrings::in_text(&tok, &seq[..n], stops);
+                assert_eq!(state.found(&tok, k, &seq[..n], stops), want, "{stops:?}, sequence {k}, {n} tokens");
+                checks += 1;
+                if want {
+                    stopped += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(stopped >= 20 && checks > 1000, "{stopped} stops in {checks} checks");
+}

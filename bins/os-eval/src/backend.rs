@@ -2,7 +2,7 @@
 //! openseek-model (shared-context log-likelihoods, greedy generation with stop strings).
 
 use openseek_common::Failure;
-use openseek_eval::{Backend, ChoiceItem, GenerateItem, StopCheck};
+use openseek_eval::{Backend, ChoiceItem, GenerateItem, StopCheck, StopStrings};
 use openseek_model::generate::{greedy, GenerateOptions};
 use openseek_model::score::{choice_loglikelihoods, ChoiceGroup};
 use openseek_model::DeepseekV3;
@@ -98,12 +98,12 @@ impl Backend for ModelBackend<'_> {
         // One decoding run with the largest budget; each sequence stops at its own budget or
         // at one of its stop strings.
         let tok = self.tokenizer;
+        let mut stops = StopStrings::new(items.len());
         let mut stop = |k: usize, new: &[i64]| -> bool {
             if new.len() >= items[k].max_new_tokens {
                 return true;
             }
-            let text = tok.decode(&new.iter().map(|&t| t as u32).collect::<Vec<_>>()).unwrap_or_default();
-            items[k].stop.iter().any(|s| text.contains(s.as_str()))
+            stops.found(tok, k, &new.iter().map(|&t| t as u32).collect::<Vec<_>>(), &items[k].stop)
         };
         let budget = items.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
         let opts = GenerateOptions { max_new_tokens: budget, eos, batch_size: self.generate_batch, cache_bytes: self.cache_bytes, prefill_tokens: self.batch_tokens };

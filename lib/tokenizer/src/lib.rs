@@ -211,6 +211,16 @@ impl Tokenizer {
         }
     }
 
+    /// The bytes of `ids` where decoding is their concatenation (tiktoken: [`Tokenizer::decode`] is
+    /// their UTF-8 text, invalid sequences replaced); None where a tokenizer.json's decoders shape
+    /// the text. An id outside the vocabulary is an error (65).
+    pub fn concatenated_bytes(&self, ids: &[u32]) -> Option<Result<Vec<u8>, Failure>> {
+        match &self.backend {
+            Backend::Tiktoken(t) => Some(t.decode_bytes(ids)),
+            Backend::Hf(_) => None,
+        }
+    }
+
     /// Number of ids, special tokens included (151851 for OpenSeek).
     pub fn vocab_size(&self) -> usize {
         match &self.backend {
