@@ -27,6 +27,9 @@ pub struct FastPaths {
     /// Greedy decoding's step (all rows, one token each) captured as a CUDA graph per number of
     /// cache entries read, and replayed (CUDA, bf16 activations); else launched op by op.
     pub decode_graph: bool,
+    /// Scored tokens' log-probs through openseek-kernels' softmax kernel, one pass over each row of
+    /// bf16 logits (CUDA, bf16 activations); else fp32 logits and log_softmax.
+    pub logprob_kernel: bool,
 }
 
 impl Default for FastPaths {
@@ -41,14 +44,25 @@ impl Default for FastPaths {
             rope_kernel: true,
             varlen_attention: true,
             decode_graph: true,
+            logprob_kernel: true,
         }
     }
 }
 
 impl FastPaths {
     /// The switches' names, as configs spell them.
-    pub const NAMES: [&'static str; 9] =
-        ["fused_norm", "moe_fused", "swiglu_kernel", "mlp_fused", "combine_kernel", "attn_layout", "rope_kernel", "varlen_attention", "decode_graph"];
+    pub const NAMES: [&'static str; 10] = [
+        "fused_norm",
+        "moe_fused",
+        "swiglu_kernel",
+        "mlp_fused",
+        "combine_kernel",
+        "attn_layout",
+        "rope_kernel",
+        "varlen_attention",
+        "decode_graph",
+        "logprob_kernel",
+    ];
 
     fn switch(&mut self, name: &str) -> Option<&mut bool> {
         Some(match name {
@@ -61,6 +75,7 @@ impl FastPaths {
             "rope_kernel" => &mut self.rope_kernel,
             "varlen_attention" => &mut self.varlen_attention,
             "decode_graph" => &mut self.decode_graph,
+            "logprob_kernel" => &mut self.logprob_kernel,
             _ => return None,
         })
     }

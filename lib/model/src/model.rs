@@ -228,9 +228,30 @@ impl DeepseekV3 {
         self.norm.forward(&x)
     }
 
-    /// Logits from hidden states.
+    /// Logits [.., vocab] from hidden states (on CUDA outside autograd a view of
+    /// [`DeepseekV3::head_padded`]'s).
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.head_weight().to_kind(hidden.kind()), None)
+        let logits = self.head_padded(hidden);
+        let vocab = self.head_weight().size()[0];
+        if logits.size().last() == Some(&vocab) {
+            return logits;
+        }
+        logits.narrow(-1, 0, vocab)
+    }
+
+    /// The head's product with its rows padded to a multiple of 64 where that pays: on CUDA outside
+    /// autograd (an odd vocabulary, 151,851, misaligns the logits' rows and makes the GEMM several
+    /// times slower; os-train's loss pads its head the same way). Logits [.., padded vocab],
+    /// contiguous; the padding columns are 0 (not logits: [`DeepseekV3::head`] narrows them away).
+    pub fn head_padded(&self, hidden: &Tensor) -> Tensor {
+        let (kind, weight) = (hidden.kind(), self.head_weight());
+        let (vocab, width) = (weight.size()[0], weight.size()[1]);
+        let padded = (vocab + 63) / 64 * 64;
+        if padded == vocab || !hidden.device().is_cuda() || hidden.requires_grad() {
+            return hidden.linear::<Tensor>(&weight.to_kind(kind), None);
+        }
+        let weight = Tensor::cat(&[weight.to_kind(kind), Tensor::zeros([padded - vocab, width], (kind, hidden.device()))], 0);
+        hidden.linear::<Tensor>(&weight, None)
     }
 
     /// Logits [B, T, vocab] for token ids [B, T].

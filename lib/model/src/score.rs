@@ -65,20 +65,32 @@ fn packed_batches(order: &[usize], len: impl Fn(usize) -> usize, batch_tokens: u
 }
 
 /// Log-probs of `targets[i]` given hidden states `hidden[i]` ([M, H] → M values), the head applied
-/// `chunk` rows at a time, returned on the CPU.
+/// to chunks of rows, returned on the CPU (one copy at the end). On CUDA in bf16 (fast path
+/// `logprob_kernel`) each chunk's padded bf16 logits go through openseek-kernels' softmax kernel
+/// (fp32 inside, one pass per row); otherwise fp32 logits and log_softmax.
 fn gather_logprobs(model: &DeepseekV3, hidden: &Tensor, targets: &Tensor) -> Vec<f64> {
     let m = hidden.size()[0];
-    let chunk = 2048;
-    let mut out = Vec::with_capacity(m as usize);
+    let kernel = hidden.device().is_cuda() && hidden.kind() == Kind::BFloat16 && model.norm.fast.logprob_kernel;
+    let chunk = if kernel { 8192 } else { 2048 };
+    let vocab = model.head_weight().size()[0];
+    let mut parts = Vec::new();
     let mut p = 0;
     while p < m {
         let len = chunk.min(m - p);
-        let logits = model.head(&hidden.narrow(0, p, len)).to_kind(Kind::Float);
-        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &targets.narrow(0, p, len).unsqueeze(1), false).squeeze_dim(1);
-        out.extend(Vec::<f64>::try_from(&lp.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap());
+        let (h, t) = (hidden.narrow(0, p, len), targets.narrow(0, p, len));
+        parts.push(if kernel {
+            let logits = model.head_padded(&h);
+            openseek_kernels::softmax_cross_entropy(&logits, &t.contiguous(), vocab).expect("softmax kernel over the head's logits")
+        } else {
+            let logits = model.head(&h).to_kind(Kind::Float);
+            logits.log_softmax(-1, Kind::Float).gather(1, &t.unsqueeze(1), false).squeeze_dim(1)
+        });
         p += len;
     }
-    out
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    Vec::<f64>::try_from(&Tensor::cat(&parts, 0).to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
 }
 
 /// One log-likelihood request as token ids: the score is the sum of log p(continuation[j] |

@@ -264,3 +264,54 @@ fn greedy_on_cuda_equals_cpu() {
     assert_eq!(got, want, "greedy on CUDA differs from CPU");
     assert_eq!(half, half_eager, "greedy through CUDA graphs differs from op-by-op decoding");
 }
+
+/// A random model with an odd vocabulary (97: the head is padded to 128 on CUDA), in `kind` on `device`.
+fn odd_vocab_model(kind: Kind, device: Device) -> DeepseekV3 {
+    let cfg = openseek_model::Config::from_json(json!({
+        "model_type": "deepseek_v3", "vocab_size": 97, "hidden_size": 64, "intermediate_size": 128,
+        "moe_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "n_shared_experts": 1, "n_routed_experts": 4, "num_experts_per_tok": 2, "routed_scaling_factor": 2.5,
+        "kv_lora_rank": 16, "q_lora_rank": null, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16,
+        "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": false, "rope_theta": 10000.0, "hidden_act": "silu"
+    }))
+    .unwrap();
+    openseek_model::tch::manual_seed(3);
+    let w = checkpoint::expected_shapes(&cfg)
+        .into_iter()
+        .map(|(n, s)| {
+            let t = if s.len() == 1 && n.ends_with("norm.weight") {
+                Tensor::ones(s.as_slice(), (Kind::Float, Device::Cpu))
+            } else {
+                Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)) * (3.0 / (*s.last().unwrap() as f64).sqrt())
+            };
+            (n, t.to_kind(kind).to_device(device))
+        })
+        .collect();
+    DeepseekV3::from_weights(cfg, w)
+}
+
+/// On the GPU machine (`generate -- --ignored`): per-token log-probs on CUDA (the head padded
+/// from 97 to 128 rows) equal the CPU's in fp32, and in bf16 the softmax kernel over the padded
+/// logits equals fp32 log_softmax over the same logits (fast path logprob_kernel off).
+#[test]
+#[ignore]
+fn scoring_on_cuda_equals_cpu() {
+    assert!(openseek_model::tch::Cuda::is_available(), "this test needs a CUDA device");
+    let seqs: Vec<Vec<i64>> = [5usize, 40, 2, 17, 64].iter().enumerate().map(|(i, &n)| (0..n).map(|j| ((i * 31 + j * 7) % 97) as i64).collect()).collect();
+    let go_on = || -> Result<(), Failure> { Ok(()) };
+    let score = |model: &DeepseekV3| openseek_model::score::token_logprobs(model, &seqs, 64, &go_on).unwrap();
+    let max_diff = |a: &[Vec<f64>], b: &[Vec<f64>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+    let cpu = score(&odd_vocab_model(Kind::Float, Device::Cpu));
+    let gpu = score(&odd_vocab_model(Kind::Float, Device::Cuda(0)));
+    let half = score(&odd_vocab_model(Kind::BFloat16, Device::Cuda(0)));
+    let mut plain = odd_vocab_model(Kind::BFloat16, Device::Cuda(0));
+    plain.set_fast_paths(FastPaths::with_disabled(&["logprob_kernel".to_string()]).0);
+    let half_plain = score(&plain);
+    let spread = cpu.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
+    let (fp32, kernel, bf16) = (max_diff(&cpu, &gpu), max_diff(&half, &half_plain), max_diff(&half, &cpu));
+    eprintln!("log-probs up to {spread:.2}: CUDA fp32 vs CPU max |diff| {fp32:.2e}; bf16 kernel vs log_softmax {kernel:.2e}; bf16 vs fp32 {bf16:.2e}");
+    assert!(spread > 1.0 && cpu.iter().map(Vec::len).sum::<usize>() == 123);
+    assert!(fp32 <= 1e-4, "CUDA fp32 log-probs differ from CPU by {fp32}");
+    assert!(kernel <= 1e-4, "the softmax kernel differs from log_softmax over the same bf16 logits by {kernel}");
+}
