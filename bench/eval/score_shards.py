@@ -4,7 +4,7 @@ load, reading, writing included) and at the steady rate (the difference to a run
 fiftieth of the documents, which pays the same start and load), for comparison with os-train's
 training tokens/s on the same GPU (bench/train/run.sh).
 
-  python score_shards.py --os-eval BIN --model DIR --shard PREFIX [--copies 10] [--batch-tokens N] --out DIR
+  python score_shards.py --os-eval BIN --model DIR --shard PREFIX [--copies 10] [--batch-tokens N] [--device cuda] --out DIR
 """
 
 import argparse
@@ -15,7 +15,7 @@ import time
 
 
 def score(a, out, extra):
-    cmd = [a.os_eval, "score", "--model", a.model, "--shards"] + [a.shard] * a.copies + ["--output", out, "--device", "cuda", "--force"]
+    cmd = [a.os_eval, "score", "--model", a.model, "--shards"] + [a.shard] * a.copies + ["--output", out, "--device", a.device, "--force"]
     cmd += (["--batch-tokens", str(a.batch_tokens)] if a.batch_tokens else []) + extra
     print("+", " ".join(cmd[:6]), "...", " ".join(cmd[6 + a.copies:]), flush=True)
     t0 = time.time()
@@ -33,6 +33,7 @@ def main():
     p.add_argument("--shard", required=True)
     p.add_argument("--copies", type=int, default=10)
     p.add_argument("--batch-tokens", type=int)
+    p.add_argument("--device", default="cuda")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
