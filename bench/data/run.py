@@ -5,7 +5,7 @@ Chinese, planted near-duplicates: tests/python/dedup_corpus.py), on the same cor
 MB/s per core (wall) and MB per CPU-second, the ratios, peak memory and agreement (F1 of the removed /
 kept sets).
 
-usage: python bench/data/run.py [--mb 1100] [--threads N] [--files 8] [--gopher-peer-files K] [--sections minhash,gopher,data-juicer]
+usage: python bench/data/run.py [--mb 1100 | --corpus DIR] [--threads N] [--files 8] [--gopher-peer-files K] [--sections minhash,gopher,data-juicer]
                                 [--data-juicer-python PY] [--bin DIR] [--out DIR]
 
 datatrove's Gopher pipeline runs at about a third of a MB per CPU-second (an hour per GB on one core, and
@@ -31,6 +31,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--mb", type=float, default=1100)
 parser.add_argument("--threads", type=int, default=os.cpu_count())
 parser.add_argument("--files", type=int, default=8)
+parser.add_argument("--corpus", default=None, help="an existing directory of JSON lines files instead of the generated corpus")
 parser.add_argument("--gopher-peer-files", type=int, default=None)
 parser.add_argument("--sections", default="minhash,gopher,data-juicer", help="which comparisons to run (comma-separated)")
 parser.add_argument("--data-juicer-python", default=os.path.join(ROOT, "bench", "out", "dj-venv", "bin", "python"), help="a python with py-data-juicer 1.6.1 (its own venv: see data_juicer_filters.py)")
@@ -106,7 +107,7 @@ def f1(a, b):
     return 2 * len(a & b) / max(1, len(a) + len(b))
 
 
-corpus = os.path.join(args.out, f"corpus-{args.mb:g}MB")
+corpus = args.corpus or os.path.join(args.out, f"corpus-{args.mb:g}MB")
 if not os.path.isdir(corpus):
     # About 830 bytes per document.
     docs = int(args.mb * 1e6 / 830 / args.files)
