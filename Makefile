@@ -58,8 +58,8 @@ demo: build
 	$(BIN)/os-shards info $(DEMO)/shards/all $(DEMO)/shards/part-0 $(DEMO)/shards/part-1
 	$(BIN)/os-tokenize --tokenizer $(DEMO)/tokenizer --wrap-docs --quiet --output - $(DEMO)/corpus/part-2.json \
 	  | $(BIN)/os-pack --input - --strategy bfd --seq-len 256 --pad-token 0 --eod-token 2 --output $(DEMO)/packed
-	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --dry-run
-	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 2000 --output $(DEMO)/mix
+	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 6000 --dry-run
+	$(BIN)/os-mix --weights "0.7 $(DEMO)/shards/part-0 0.3 $(DEMO)/shards/part-1" --seq-len 256 --samples 6000 --output $(DEMO)/mix
 	$(BIN)/os-mix inspect $(DEMO)/mix --range 0:1 --decode $(DEMO)/tokenizer
 	$(BIN)/os-train --config recipes/train-demo.toml --run-dir $(DEMO)/train --tokenizer $(DEMO)/tokenizer > /dev/null
 	$(BIN)/os-plot $(DEMO)/train/log.jsonl --field loss --output $(DEMO)/train/loss.png
