@@ -9,7 +9,7 @@ use clap::Parser;
 use openseek_common::{exit::run_main, Failure};
 use openseek_fetch::download::EngineOptions;
 use openseek_fetch::http::RetryPolicy;
-use openseek_fetch::progress::Mode;
+use openseek_common::progress::Mode;
 use openseek_fetch::{fetch, recipe, FetchRequest, HubConfig, RepoRef, RepoType, Selection};
 
 /// Fetch a Hub repo, resumable and verified. Without --local-dir the files go to the HF cache

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod exit;
 pub mod hash;
+pub mod lock;
 pub mod output;
 pub mod progress;
 pub mod provenance;

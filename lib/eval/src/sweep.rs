@@ -15,10 +15,11 @@
 //! training step), `runs/<checkpoint>/` (each checkpoint's `results.json`, `details.h5`, task
 //! records) and `.sweep.lock`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use openseek_common::lock::FileLock;
 use openseek_common::{AtomicOutputs, ExitCode, Failure};
 use serde_json::{json, Value};
 
@@ -106,7 +107,7 @@ pub fn find_checkpoints(roots: &[PathBuf]) -> Result<Vec<Checkpoint>, Failure> {
 /// The sweep's lock: an exclusive `flock` on `.sweep.lock`, released when dropped or when the
 /// process dies (so a killed sweep never leaves a stale lock).
 pub struct SweepLock {
-    _file: File,
+    _lock: FileLock,
 }
 
 impl SweepLock {
@@ -114,18 +115,13 @@ impl SweepLock {
     pub fn acquire(output: &Path) -> Result<SweepLock, Failure> {
         std::fs::create_dir_all(output).map_err(|e| Failure::io_at(output, "cannot create", &e))?;
         let path = output.join(".sweep.lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Failure::io_at(&path, "cannot open", &e))?;
-        match file.try_lock() {
-            Ok(()) => {
-                let mut f = &file;
-                let _ = f.write_all(format!("{}\n", std::process::id()).as_bytes());
-                Ok(SweepLock { _file: file })
+        match FileLock::try_acquire(&path)? {
+            Some(lock) => {
+                let mut file = lock.file();
+                let _ = file.write_all(format!("{}\n", std::process::id()).as_bytes());
+                Ok(SweepLock { _lock: lock })
             }
-            Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(
-                ExitCode::TempFail,
-                format!("{}: another sweep is running (lock held); nothing done", path.display()),
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(Failure::io_at(&path, "cannot lock", &e)),
+            None => Err(Failure::new(ExitCode::TempFail, format!("{}: another sweep is running (lock held); nothing done", path.display()))),
         }
     }
 }

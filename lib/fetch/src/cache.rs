@@ -6,9 +6,8 @@
 //! Local dir: `<dir>/<path>` as a real file, `<dir>/.cache/huggingface/download/<path>.metadata`
 //! (`commit\netag\ntimestamp\n`), the `.incomplete` temporary and the `.lock` beside it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use openseek_common::output::create_dir;
@@ -277,43 +276,6 @@ impl Layout {
                 write_atomic(&Self::metadata_path(dir, path), format!("{commit}\n{etag}\n{now:.6}\n").as_bytes())
             }
         }
-    }
-}
-
-/// An exclusive `flock` on a lock file (the same kind of lock Python's `filelock` takes), so two
-/// processes never fill the same blob at once. Released on drop.
-pub struct FileLock {
-    file: File,
-}
-
-impl FileLock {
-    pub fn acquire(path: &Path) -> Result<FileLock, Failure> {
-        if let Some(dir) = path.parent() {
-            create_dir(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Failure::io_at(path, "cannot open lock file", &e))?;
-        let fd = file.as_raw_fd();
-        // SAFETY: flock on a valid descriptor we own.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("os-fetch: waiting for {} (another process is downloading this file)", path.display());
-            // SAFETY: as above; blocks until the other holder releases.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-                return Err(Failure::io_at(path, "cannot lock", &std::io::Error::last_os_error()));
-            }
-        }
-        Ok(FileLock { file })
-    }
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        // SAFETY: unlocking our own descriptor.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

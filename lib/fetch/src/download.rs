@@ -19,9 +19,10 @@ use openseek_common::{ExitCode, Failure};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{append_line, FileLock, Placement};
+use crate::cache::{append_line, Placement};
+use openseek_common::lock::FileLock;
 use crate::http::{response_header, Client, Problem};
-use crate::progress::{FileProgress, Progress};
+use openseek_common::progress::{FileProgress, Transfers};
 use crate::space::human;
 
 /// What the content must hash to.
@@ -148,7 +149,7 @@ struct Engine<'a> {
     client: &'a Client,
     jobs: &'a [FileJob],
     opts: &'a EngineOptions,
-    progress: &'a Progress,
+    progress: &'a Transfers,
     on_done: &'a (dyn Fn(&FileJob) -> Result<(), Failure> + Sync),
     sched: Mutex<Sched>,
     wake: Condvar,
@@ -160,7 +161,7 @@ pub fn run(
     client: &Client,
     jobs: &[FileJob],
     opts: &EngineOptions,
-    progress: &Progress,
+    progress: &Transfers,
     on_done: &(dyn Fn(&FileJob) -> Result<(), Failure> + Sync),
 ) -> Result<Vec<Outcome>, Failure> {
     let engine = Engine {
@@ -269,7 +270,10 @@ impl Engine<'_> {
     /// Lock the file, read what an earlier run left, plan the missing ranges.
     fn activate(&self, job_idx: usize, tries: u32) -> Result<Active, Failure> {
         let job = &self.jobs[job_idx];
-        let lock = FileLock::acquire(&job.placement.lock)?;
+        // One process fills a blob at a time (Python's filelock takes the same lock).
+        let lock = FileLock::acquire(&job.placement.lock, || {
+            eprintln!("os-fetch: waiting for {} (another process is downloading this file)", job.placement.lock.display())
+        })?;
         let inc = &job.placement.incomplete;
         if let Some(dir) = inc.parent() {
             openseek_common::output::create_dir(dir)?;

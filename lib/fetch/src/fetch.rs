@@ -19,7 +19,7 @@ use crate::download::{self, EngineOptions, Expect, FileJob, Outcome};
 use crate::http::{Client, ResolveMeta, RetryPolicy};
 use crate::listing::{self, RemoteFile};
 use crate::manifest::{Manifest, ManifestFile};
-use crate::progress::{Mode, Progress};
+use openseek_common::progress::{Mode, Transfers};
 use crate::repo::RepoRef;
 use crate::space;
 
@@ -244,7 +244,7 @@ pub fn fetch(cfg: &HubConfig, req: &FetchRequest) -> Result<FetchReport, Failure
     space::check(needed, space::available_bytes(&data_dir), &data_dir)?;
 
     let total: u64 = jobs.iter().map(|j| j.size).sum();
-    let progress = Progress::start(total, resumed.iter().sum(), jobs.len(), req.progress);
+    let progress = Transfers::start("os-fetch", total, resumed.iter().sum(), jobs.len(), req.progress);
     let on_done = |job: &FileJob| -> Result<(), Failure> {
         let i = jobs.iter().position(|j| std::ptr::eq(j, job)).unwrap_or(0);
         for (path, etag) in &paths_of_job[i] {

@@ -12,7 +12,6 @@ pub mod http;
 pub mod listing;
 pub mod manifest;
 pub mod mock_hub;
-pub mod progress;
 pub mod recipe;
 pub mod repo;
 pub mod space;
