@@ -64,7 +64,6 @@ demo: build
 	$(BIN)/os-train --config recipes/train-demo.toml --run-dir $(DEMO)/train --tokenizer $(DEMO)/tokenizer > /dev/null
 	$(BIN)/os-plot $(DEMO)/train/log.jsonl --field loss --output $(DEMO)/train/loss.png
 	$(BIN)/os-soup --latest 2 $(DEMO)/train --output $(DEMO)/soup
-	$(BIN)/os-eval demo-tasks --output $(DEMO)/eval-data
 	$(BIN)/os-eval run --model $(DEMO)/soup --data $(DEMO)/eval-data \
 	  --tasks openbookqa,commonsense_qa,arc:easy,cmmlu:agronomy,triviaqa,gsm8k --output $(DEMO)/eval
 	@echo "demo: outputs in $(DEMO)/ (deduplicated and filtered text + manifests in $(DEMO)/clean, shards + manifests in $(DEMO)/shards, packed samples in $(DEMO)/packed, the blend in $(DEMO)/mix,"

@@ -11,7 +11,7 @@ REPEATS=${3:-3}
 PY=${OPENSEEK_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || { echo "the project venv is missing at $PY; run make venv" >&2; exit 66; }
 
-cargo build --release -q -p os-fetch -p openseek-fetch --example mock_hub
+cargo build --release -q -p os-fetch -p openseek-fetch --example mock_hub --features openseek-fetch/mock-hub
 OS_FETCH=target/release/os-fetch
 WORK=$(mktemp -d)
 trap 'exec 3>&-; rm -rf "$WORK"' EXIT

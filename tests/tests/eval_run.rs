@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use openseek_eval::{build_requests, Item, Options, Task};
+use openseek_eval::{build_requests, read_docs, Item, Options, Task};
 use openseek_tests::{run_python, run_tool, shared, tool};
 use openseek_tokenizer::Tokenizer;
 use serde_json::Value;
@@ -321,15 +321,36 @@ fn sweep_is_idempotent_locked_and_draws_the_table() {
     assert_eq!(rows().len(), 4);
 }
 
+/// os-demo-data's benchmark files read back through os-eval's readers, golds on the corpus' facts.
+#[test]
+fn demo_tasks_read_back_with_golds_on_the_facts() {
+    let d = tempfile::tempdir().unwrap();
+    openseek_corpus::demo_tasks::write_demo_tasks(d.path(), 7).unwrap();
+    for task in Task::parse_list(openseek_corpus::demo_tasks::DEMO_TASKS).unwrap() {
+        let docs = read_docs(&task, d.path(), &Options::default()).unwrap_or_else(|e| panic!("{}: {e}", task.name));
+        assert!(!docs.is_empty(), "{}", task.name);
+        if task.name == "openbookqa" {
+            // "The red cat eats" → " fish"
+            assert_eq!(docs[0].query, "The red cat eats");
+            assert_eq!(docs[0].choices[docs[0].gold[0]], " fish");
+        }
+        if task.name == "cmmlu:agronomy" {
+            assert_eq!(docs[0].choices[docs[0].gold[0]], " 鱼");
+        }
+    }
+}
+
 #[test]
 fn demo_tasks_run_end_to_end() {
     let (_, model, _) = fixture();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("demo-data");
-    os_eval(&["demo-tasks", "--output", data.to_str().unwrap()]);
+    let demo = tmp.path().join("demo");
+    let o = run_tool("os-demo-data", &["--output", demo.to_str().unwrap(), "--documents", "200", "--vocab-size", "300"]);
+    assert!(o.status.success(), "os-demo-data: {}", String::from_utf8_lossy(&o.stderr));
+    let data = demo.join("eval-data");
     let out = tmp.path().join("out");
-    // GSM8K's demo rows are read by the unit tests; generation here is TriviaQA's (short).
-    let tasks = openseek_eval::demo::DEMO_TASKS.replace(",gsm8k", "");
+    // GSM8K's demo rows are read by demo_tasks_read_back_with_golds_on_the_facts; generation here is TriviaQA's (short).
+    let tasks = openseek_corpus::demo_tasks::DEMO_TASKS.replace(",gsm8k", "");
     os_eval(&["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", &tasks, "--output", out.to_str().unwrap(), "--device", "cpu", "--limit", "3"]);
     let r = read_json(&out.join("results.json"));
     assert_eq!(r["tasks"].as_object().unwrap().len(), 5);

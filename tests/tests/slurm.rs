@@ -202,7 +202,6 @@ fn the_demo_chain_completes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     demo_data(d, "6000");
-    checked(run_tool("os-eval", &["demo-tasks", "--output", d.join("eval-data").to_str().unwrap()]), "os-eval demo-tasks");
     let args = [
         "--name", "demo", "--run-dir", "run",
         "--raw", "corpus/*", "--tokenizer", "tokenizer", "--array-width", "2",

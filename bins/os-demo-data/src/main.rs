@@ -1,18 +1,19 @@
 //! os-demo-data: the demo's inputs, made locally: a synthetic English + Chinese corpus with
-//! learnable structure (three files in three formats) and a small byte-level BPE tokenizer
-//! trained on it with the `tokenizers` crate.
+//! learnable structure (three files in three formats), a small byte-level BPE tokenizer trained
+//! on it with the `tokenizers` crate, and small benchmark files asking about the corpus' facts.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use openseek_common::exit::run_main;
 use openseek_common::output;
-use openseek_corpus::synthetic;
+use openseek_corpus::{demo_tasks, synthetic};
 
 #[derive(Parser)]
-#[command(name = "os-demo-data", version, about = "Generate the demo corpus and train its tokenizer")]
+#[command(name = "os-demo-data", version, about = "Generate the demo corpus, train its tokenizer, write its benchmark files")]
 struct Args {
-    /// Output directory: writes DIR/corpus/* and DIR/tokenizer/{tokenizer.json,tokenizer_config.json}.
+    /// Output directory: writes DIR/corpus/*, DIR/tokenizer/{tokenizer.json,tokenizer_config.json} and
+    /// DIR/eval-data/ (benchmark files in os-eval's data layout).
     #[arg(long, short = 'o')]
     output: PathBuf,
     /// Replace the files of an earlier run in the output directory.
@@ -34,6 +35,7 @@ fn main() {
         let tokenizer_dir = args.output.join("tokenizer");
         let mut outputs = synthetic::demo_corpus_paths(&args.output.join("corpus")).to_vec();
         outputs.extend(["tokenizer.json", "tokenizer_config.json"].map(|f| tokenizer_dir.join(f)));
+        outputs.push(args.output.join("eval-data"));
         output::refuse_existing(&outputs, args.force)?;
         let files = synthetic::write_demo_corpus(&args.output.join("corpus"), args.documents, args.seed)?;
         output::create_dir(&tokenizer_dir)?;
@@ -48,6 +50,7 @@ fn main() {
         let _ = std::fs::remove_file(&training_text);
         trained?;
         let vocab_size = openseek_tokenizer::Tokenizer::load(&tokenizer_dir)?.vocab_size();
+        let eval_files = demo_tasks::write_demo_tasks(&args.output.join("eval-data"), args.seed)?;
         eprintln!(
             "os-demo-data: {} documents in {} files under {}, tokenizer ({vocab_size} tokens{}) in {}",
             args.documents,
@@ -59,6 +62,12 @@ fn main() {
                 String::new()
             },
             tokenizer_dir.display()
+        );
+        eprintln!(
+            "os-demo-data: {} benchmark files under {}; evaluate with --tasks {}",
+            eval_files.len(),
+            args.output.join("eval-data").display(),
+            demo_tasks::DEMO_TASKS
         );
         Ok(())
     });

@@ -1,8 +1,7 @@
 //! os-eval: evaluate an OpenSeek-Small-v1 (DeepSeek-V3) checkpoint. `run` scores the OpenSeek
 //! benchmark suite (lighteval v0.3.0 exact), `sweep` evaluates every new checkpoint of a training
-//! run, `demo-tasks` writes small benchmark files from the demo corpus, `requests` writes the
-//! requests as token ids, `score` writes per-token log-probs of given sequences or of every
-//! document of Megatron shards.
+//! run, `requests` writes the requests as token ids, `score` writes per-token log-probs of given
+//! sequences or of every document of Megatron shards.
 
 mod backend;
 mod score;
@@ -34,8 +33,6 @@ enum Command {
     Run(RunArgs),
     /// Evaluate every checkpoint of a training run not evaluated yet (safe from cron).
     Sweep(SweepArgs),
-    /// Write small benchmark files made from the demo corpus's facts (for `make demo`).
-    DemoTasks(DemoArgs),
     /// Write the requests of tasks as token ids (JSONL), for inspection or another harness.
     Requests(RequestsArgs),
 }
@@ -165,15 +162,6 @@ struct SweepArgs {
     settle_minutes: f64,
     #[command(flatten)]
     eval: EvalArgs,
-}
-
-#[derive(Args)]
-struct DemoArgs {
-    /// Output data directory (one folder per benchmark).
-    #[arg(long)]
-    output: PathBuf,
-    #[arg(long, default_value_t = 1234)]
-    seed: u64,
 }
 
 #[derive(Args)]
@@ -367,12 +355,6 @@ fn run_sweep(a: SweepArgs) -> Result<(), Failure> {
     }
 }
 
-fn run_demo_tasks(a: DemoArgs) -> Result<(), Failure> {
-    let files = openseek_eval::demo::write_demo_tasks(&a.output, a.seed)?;
-    eprintln!("os-eval demo-tasks: {} files under {}; evaluate with --tasks {}", files.len(), a.output.display(), openseek_eval::demo::DEMO_TASKS);
-    Ok(())
-}
-
 fn run_requests(a: RequestsArgs) -> Result<(), Failure> {
     let tok = openseek_tokenizer::Tokenizer::load(&a.tokenizer)?;
     let opts = a.task.options(4096)?;
@@ -461,7 +443,6 @@ fn main() {
         Command::Score(a) => run_score(a),
         Command::Run(a) => run_run(a),
         Command::Sweep(a) => run_sweep(a),
-        Command::DemoTasks(a) => run_demo_tasks(a),
         Command::Requests(a) => run_requests(a),
     })
 }

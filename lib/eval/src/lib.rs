@@ -54,7 +54,6 @@
 //! [`Options::lighteval_budget_quirk`] reproduces lighteval (see [`requests::generation_budget`]).
 
 pub mod data;
-pub mod demo;
 pub mod details;
 pub mod metrics;
 pub mod plot;

@@ -11,6 +11,7 @@ pub mod glob;
 pub mod http;
 pub mod listing;
 pub mod manifest;
+#[cfg(feature = "mock-hub")]
 pub mod mock_hub;
 pub mod recipe;
 pub mod repo;
