@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::model::DeepseekV3;
 use crate::weights::Weights;
 use crate::mtp;
+use crate::shapes::{self, expected_shapes};
 use crate::safetensors::{self, read_tensor, SafetensorsFile};
 use openseek_safetensors::ShardWriter;
 use openseek_common::{AtomicOutputs, Failure};
@@ -16,76 +17,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-/// Every tensor of the model with its shape, HF names, fused experts (the model's own layout): the
-/// main model, then each multi-token-prediction depth (`crate::mtp`).
-pub fn expected_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
-    let h = cfg.hidden_size;
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
-    for i in 0..cfg.num_hidden_layers {
-        layer_shapes(cfg, i, &format!("model.layers.{i}"), &mut out);
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
-    }
-    for k in 0..cfg.num_nextn_predict_layers as usize {
-        let p = mtp::prefix(cfg, k);
-        let [enorm, hnorm, eh_proj, head_norm] = mtp::own_shapes(cfg);
-        for (name, shape) in [enorm, hnorm, eh_proj] {
-            out.push((format!("{p}.{name}"), shape));
-        }
-        layer_shapes(cfg, cfg.num_hidden_layers + k as i64, &p, &mut out);
-        out.push((format!("{p}.{}", head_norm.0), head_norm.1));
-    }
-    out
-}
-
-/// The tensors of decoder layer `i` under `p`, with their shapes.
-fn layer_shapes(cfg: &Config, i: i64, p: &str, out: &mut Vec<(String, Vec<i64>)>) {
-    let h = cfg.hidden_size;
-    let heads = cfg.num_attention_heads;
-    let mut put = |name: &str, shape: Vec<i64>| out.push((format!("{p}.{name}"), shape));
-    put("input_layernorm.weight", vec![h]);
-    put("post_attention_layernorm.weight", vec![h]);
-    let q_out = heads * cfg.qk_head_dim();
-    match cfg.q_lora_rank {
-        None => put("self_attn.q_proj.weight", vec![q_out, h]),
-        Some(r) => {
-            put("self_attn.q_a_proj.weight", vec![r, h]);
-            if cfg.attention_bias {
-                put("self_attn.q_a_proj.bias", vec![r]);
-            }
-            put("self_attn.q_a_layernorm.weight", vec![r]);
-            put("self_attn.q_b_proj.weight", vec![q_out, r]);
-        }
-    }
-    let kv_a = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
-    put("self_attn.kv_a_proj_with_mqa.weight", vec![kv_a, h]);
-    put("self_attn.kv_a_layernorm.weight", vec![cfg.kv_lora_rank]);
-    put("self_attn.kv_b_proj.weight", vec![heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank]);
-    put("self_attn.o_proj.weight", vec![h, heads * cfg.v_head_dim]);
-    if cfg.attention_bias {
-        put("self_attn.kv_a_proj_with_mqa.bias", vec![kv_a]);
-        put("self_attn.o_proj.bias", vec![h]);
-    }
-    if cfg.is_moe_layer(i) {
-        let (e, inter) = (cfg.n_routed_experts, cfg.moe_intermediate_size);
-        let shared = inter * cfg.n_shared_experts;
-        put("mlp.gate.weight", vec![e, h]);
-        put("mlp.gate.e_score_correction_bias", vec![e]);
-        put("mlp.experts.gate_up_proj", vec![e, 2 * inter, h]);
-        put("mlp.experts.down_proj", vec![e, h, inter]);
-        put("mlp.shared_experts.gate_proj.weight", vec![shared, h]);
-        put("mlp.shared_experts.up_proj.weight", vec![shared, h]);
-        put("mlp.shared_experts.down_proj.weight", vec![h, shared]);
-    } else {
-        let inter = cfg.intermediate_size;
-        put("mlp.gate_proj.weight", vec![inter, h]);
-        put("mlp.up_proj.weight", vec![inter, h]);
-        put("mlp.down_proj.weight", vec![h, inter]);
-    }
-}
 
 /// The copies of the shared embedding and head that DeepSeek-V3's release stores with each MTP
 /// depth (`{prefix}.embed_tokens.weight`, `{prefix}.shared_head.head.weight`; vLLM and SGLang load
@@ -95,7 +26,7 @@ pub fn shared_copies(cfg: &Config) -> Vec<(String, &'static str)> {
     let head = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     (0..cfg.num_nextn_predict_layers as usize)
         .flat_map(|k| {
-            let p = mtp::prefix(cfg, k);
+            let p = shapes::mtp_prefix(cfg, k);
             [(format!("{p}.embed_tokens.weight"), "model.embed_tokens.weight"), (format!("{p}.shared_head.head.weight"), head)]
         })
         .collect()
@@ -204,7 +135,7 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Planned, Failure> {
     let is_copy = |name: &str| copies.iter().any(|(c, _)| c == name);
     // A checkpoint without any tensor of the declared MTP depths (a release without them, or a
     // config that declares them for a run to train): they are initialised rather than missing.
-    let mtp_absent = cfg.num_nextn_predict_layers > 0 && !stored.location.keys().any(|n| mtp::is_mtp_name(cfg, n) && !is_copy(n));
+    let mtp_absent = cfg.num_nextn_predict_layers > 0 && !stored.location.keys().any(|n| shapes::is_mtp_name(cfg, n) && !is_copy(n));
     let mut check = |name: &str, shape: &[i64], used: &mut BTreeSet<String>| match stored.shape(name) {
         None => missing.push(format!("{name} {shape:?}")),
         Some(s) => {
@@ -215,7 +146,7 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Planned, Failure> {
         }
     };
     for (name, shape) in expected_shapes(cfg) {
-        if mtp_absent && mtp::is_mtp_name(cfg, &name) {
+        if mtp_absent && shapes::is_mtp_name(cfg, &name) {
             continue;
         }
         match per_expert_names(&name, cfg) {
@@ -258,7 +189,7 @@ fn plan(cfg: &Config, stored: &Stored, dir: &Path) -> Result<Planned, Failure> {
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && bad_dtype.is_empty() {
         return Ok(Planned { sources: plan, mtp_absent });
     }
-    let past_main = |item: &String| mtp::layer_index(item).is_some_and(|i| i >= cfg.num_hidden_layers);
+    let past_main = |item: &String| shapes::layer_index(item).is_some_and(|i| i >= cfg.num_hidden_layers);
     let mtp_involved = missing.iter().chain(&unexpected).chain(&misshaped).any(past_main);
     let mut msg = format!("{}: the checkpoint does not fit its config.json", dir.display());
     let mut section = |title: &str, items: Vec<String>| {

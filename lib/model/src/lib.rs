@@ -8,6 +8,7 @@ pub mod device;
 pub mod documents;
 pub mod fast_paths;
 pub mod generate;
+pub mod layer;
 pub mod layers;
 pub mod model;
 pub mod moe;
@@ -16,6 +17,7 @@ pub mod packed;
 pub mod rope;
 pub mod safetensors;
 pub mod score;
+pub mod shapes;
 pub mod token_groups;
 pub mod weights;
 

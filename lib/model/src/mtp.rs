@@ -12,14 +12,15 @@
 //! the index `num_hidden_layers + k - 1` (MoE as the config says for that index, as DeepSeek-V3's
 //! own code builds it). Weights use the layout of DeepSeek-V3's release:
 //! `model.layers.{num_hidden_layers + k - 1}.{enorm, hnorm, eh_proj, shared_head.norm}.weight` and
-//! the decoder layer's tensors under the same prefix (see `crate::checkpoint` for the stored copies
+//! the decoder layer's tensors under the same prefix (`crate::shapes`; see `crate::checkpoint` for the stored copies
 //! of the shared embedding and head).
 
 use crate::config::Config;
 use crate::documents::DocumentSegments;
 use crate::fast_paths::FastPaths;
 use crate::layers::{Linear, RmsNorm};
-use crate::model::Layer;
+use crate::layer::Layer;
+use crate::shapes::{expected_shapes, is_mtp_name, mtp_prefix};
 use crate::weights::{take, Weights};
 use crate::moe::{AuxCoefficients, RoutingStats};
 use crate::rope::Rope;
@@ -37,30 +38,9 @@ pub struct MtpLayer {
     pub norm: RmsNorm,
 }
 
-/// The weight prefix of depth `k` (0-based): `model.layers.{num_hidden_layers + k}`.
-pub fn prefix(cfg: &Config, k: usize) -> String {
-    format!("model.layers.{}", cfg.num_hidden_layers + k as i64)
-}
-
-/// Whether `name` is a tensor of an MTP depth the config declares.
-pub fn is_mtp_name(cfg: &Config, name: &str) -> bool {
-    layer_index(name).is_some_and(|i| i >= cfg.num_hidden_layers && i < cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
-}
-
-/// N of a `model.layers.N.…` name.
-pub fn layer_index(name: &str) -> Option<i64> {
-    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
-}
-
-/// The MTP-only tensors of a depth (beside its decoder layer's), with their shapes.
-pub fn own_shapes(cfg: &Config) -> [(&'static str, Vec<i64>); 4] {
-    let h = cfg.hidden_size;
-    [("enorm.weight", vec![h]), ("hnorm.weight", vec![h]), ("eh_proj.weight", vec![h, 2 * h]), ("shared_head.norm.weight", vec![h])]
-}
-
 impl MtpLayer {
     pub(crate) fn take(w: &mut Weights, k: usize, cfg: &Config) -> MtpLayer {
-        let p = prefix(cfg, k);
+        let p = mtp_prefix(cfg, k);
         let eps = cfg.rms_norm_eps;
         MtpLayer {
             enorm: RmsNorm::take(w, &format!("{p}.enorm"), eps),
@@ -133,7 +113,7 @@ pub fn megatron_init(cfg: &Config, std: f64, seed: u64, kind: Kind, device: Devi
     };
     let output_std = std / (2.0 * cfg.num_hidden_layers as f64).sqrt();
     let mut w = Weights::new();
-    for (name, shape) in crate::checkpoint::expected_shapes(cfg).into_iter().filter(|(n, _)| is_mtp_name(cfg, n)) {
+    for (name, shape) in expected_shapes(cfg).into_iter().filter(|(n, _)| is_mtp_name(cfg, n)) {
         let n = shape.iter().product::<i64>() as usize;
         let t = if name.ends_with("norm.weight") {
             Tensor::ones(shape.as_slice(), (Kind::Float, Device::Cpu))
@@ -168,7 +148,7 @@ mod tests {
     #[test]
     fn names_and_moe_follow_the_layer_index() {
         let cfg = config(2, 1);
-        assert_eq!(prefix(&cfg, 1), "model.layers.3");
+        assert_eq!(mtp_prefix(&cfg, 1), "model.layers.3");
         assert!(is_mtp_name(&cfg, "model.layers.2.enorm.weight"));
         assert!(is_mtp_name(&cfg, "model.layers.3.mlp.experts.gate_up_proj"));
         assert!(!is_mtp_name(&cfg, "model.layers.4.enorm.weight"));

@@ -260,7 +260,7 @@ fn packed_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::expected_shapes;
+    use crate::shapes::expected_shapes;
     use crate::config::Config;
 
     fn tiny_model() -> DeepseekV3 {

@@ -4,7 +4,7 @@
 //! parameter's gradient), and against each document run alone.
 //! The CPU path (the mask) is checked exactly by os-train's step tests.
 
-use openseek_model::checkpoint::expected_shapes;
+use openseek_model::shapes::expected_shapes;
 use openseek_model::tch::{self, Device, Kind, Tensor};
 use openseek_model::{document_attention, Config, DeepseekV3, FastPaths};
 use std::collections::BTreeMap;

@@ -165,7 +165,7 @@ fn mtp_layers_are_kept_and_transformers_skips_them() {
         let reference = make(src.path(), variant, &["--mtp", &depths.to_string(), "--layout", layout]);
         let model = check(src.path(), &reference);
         assert_eq!(model.mtp.len(), depths);
-        let mtp_names: Vec<String> = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| openseek_model::mtp::is_mtp_name(&model.config, n)).collect();
+        let mtp_names: Vec<String> = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| openseek_model::shapes::is_mtp_name(&model.config, n)).collect();
         assert!(mtp_names.iter().any(|n| n == &format!("model.layers.{}.eh_proj.weight", 1 + depths)), "{mtp_names:?}");
         let out = tempfile::tempdir().unwrap();
         checkpoint::save(&model, out.path(), Kind::Float, 64 * 1024).unwrap();

@@ -2,7 +2,7 @@
 //! matrices and embeddings normal(0, std), norms one, the router's correction bias zero. Drawn on
 //! the CPU from the seed, so a seed gives the same model on any device.
 
-use openseek_model::checkpoint::expected_shapes;
+use openseek_model::shapes::expected_shapes;
 use openseek_model::weights::Weights;
 use openseek_model::Config;
 use tch::{Device, Kind, Tensor};

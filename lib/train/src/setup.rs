@@ -280,7 +280,7 @@ impl<'a> Trainer<'a> {
         let recompute = cfg.recompute_layers(model.layers.len())?;
         // With mtp_loss_coeff 0 the MTP layers are not trained: not the optimizer's (no weight decay
         // or sharded update touches them), they stay as loaded and are saved so.
-        let frozen = |n: &str| cfg.mtp_loss_coeff == 0.0 && openseek_model::mtp::is_mtp_name(&model.config, n);
+        let frozen = |n: &str| cfg.mtp_loss_coeff == 0.0 && openseek_model::shapes::is_mtp_name(&model.config, n);
         let params: Vec<(String, Tensor)> = model
             .named_tensors()
             .into_iter()
