@@ -351,9 +351,20 @@ fn demo_tasks_run_end_to_end() {
     let out = tmp.path().join("out");
     // GSM8K's demo rows are read by demo_tasks_read_back_with_golds_on_the_facts; generation here is TriviaQA's (short).
     let tasks = openseek_corpus::demo_tasks::DEMO_TASKS.replace(",gsm8k", "");
-    os_eval(&["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", &tasks, "--output", out.to_str().unwrap(), "--device", "cpu", "--limit", "3"]);
+    let run = |disable: &str| {
+        let args = ["run", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--tasks", &tasks, "--output", out.to_str().unwrap()];
+        run_tool("os-eval", &[&args[..], &["--device", "cpu", "--limit", "3", "--disable", disable]].concat())
+    };
+    // An unknown fast path is refused before anything is loaded (exit 64, the known names listed).
+    let o = run("moe_fused,head_grad");
+    assert_eq!(o.status.code(), Some(64), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown fast path \"head_grad\"; known: fused_norm"));
+    assert!(!out.exists());
+    let o = run("moe_fused,rope_kernel");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = read_json(&out.join("results.json"));
     assert_eq!(r["tasks"].as_object().unwrap().len(), 5);
+    assert_eq!(r["backend"]["disable"], serde_json::json!(["moe_fused", "rope_kernel"]));
 }
 
 /// A copy of the tiny model at `RUN/checkpoints/step-N` whose safetensors is cut short, every

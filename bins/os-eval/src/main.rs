@@ -12,6 +12,7 @@ use openseek_common::{AtomicOutputs, ExitCode, Failure};
 use openseek_eval::run::{self, RunConfig, RunSummary};
 use openseek_eval::{sweep, Harness, Options, Task};
 use openseek_model::tch::{Device, Kind};
+use openseek_model::FastPaths;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -122,9 +123,22 @@ struct EvalArgs {
     /// longest prompt plus the budget would not fit); default 16 on CUDA, 2 on CPU.
     #[arg(long)]
     generate_cache_gib: Option<f64>,
+    /// Fast paths to switch off, comma-separated (the model's kernels and layouts, as os-train's
+    /// [debug] disable names them: fused_norm, moe_fused, ..., decode_graph, logprob_kernel), to
+    /// measure one or check a result against the plain path. Recorded in results.json
+    /// (backend.disable).
+    #[arg(long, value_delimiter = ',')]
+    disable: Vec<String>,
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+impl EvalArgs {
+    /// The model's fast paths with --disable applied; an unknown name is exit 64.
+    fn fast_paths(&self) -> Result<FastPaths, Failure> {
+        FastPaths::parse_disabled(&self.disable, "--disable")
+    }
 }
 
 #[derive(Args)]
@@ -219,6 +233,9 @@ struct ScoreArgs {
     /// Tokens per forward pass (sequences packed without padding); default 131072 on CUDA, 16384 on CPU.
     #[arg(long)]
     batch_tokens: Option<usize>,
+    /// Fast paths to switch off, comma-separated (as for `run`).
+    #[arg(long, value_delimiter = ',')]
+    disable: Vec<String>,
 }
 
 
@@ -244,10 +261,12 @@ fn kind_of(dtype: Option<&str>, device: Device) -> Result<Kind, Failure> {
 fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs, tasks: &[Task]) -> Result<RunSummary, Failure> {
     let device = openseek_model::parse_device(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
+    let fast_paths = a.fast_paths()?;
     let t0 = std::time::Instant::now();
     let model_hash = openseek_eval::record::model_hash(model_dir)?;
     let tokenizer = openseek_tokenizer::Tokenizer::load(tokenizer_dir)?;
-    let model = openseek_model::load(model_dir, kind, device)?;
+    let mut model = openseek_model::load(model_dir, kind, device)?;
+    model.set_fast_paths(fast_paths);
     if tokenizer.vocab_size() as i64 > model.config.vocab_size {
         return Err(Failure::data(format!(
             "the tokenizer in {} has {} tokens but the model in {} only {} (vocab_size): they do not belong together",
@@ -292,6 +311,7 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
     summary.results["backend"]["batch_tokens"] = json!(batch_tokens);
     summary.results["backend"]["generate_batch"] = json!(generate_batch);
     summary.results["backend"]["generate_cache_gib"] = json!(cache_gib);
+    summary.results["backend"]["disable"] = json!(a.disable);
     openseek_common::write_json_file(&output.join("results.json"), &summary.results)?;
     Ok(summary)
 }
@@ -300,6 +320,7 @@ fn run_run(a: RunArgs) -> Result<(), Failure> {
     let tasks = Task::parse_list(&a.eval.task.tasks)?;
     // Bad options fail before the model is loaded (each checkpoint's own length applies later).
     a.eval.task.options(0)?;
+    a.eval.fast_paths()?;
     let output = a.output.clone().unwrap_or_else(|| {
         let name = a.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).unwrap_or_else(|| "model".into());
         PathBuf::from("eval-out").join(name)
@@ -320,15 +341,21 @@ fn run_run(a: RunArgs) -> Result<(), Failure> {
 
 fn run_sweep(a: SweepArgs) -> Result<(), Failure> {
     let tasks = Task::parse_list(&a.eval.task.tasks)?;
+    // An unknown fast path fails here, not as a failed evaluation of every checkpoint.
+    a.eval.fast_paths()?;
     let checkpoints = sweep::find_checkpoints(&a.checkpoints)?;
     let t = &a.eval.task;
     // The data check reads no lengths; each checkpoint's own default applies when it is evaluated.
     openseek_eval::check_data(&tasks, &t.data, &t.options(0)?)?;
-    let key = json!({
+    let mut key = json!({
         "tasks": t.tasks, "data": t.data.display().to_string(), "limit": t.limit, "split": t.split,
         "harness": t.harness, "lighteval_budget_quirk": t.lighteval_budget_quirk, "fewshot_seed": t.fewshot_seed,
         "max_length": t.max_length, "dtype": a.eval.dtype,
     });
+    // Only when given, so the rows of sweeps from before --disable existed still match.
+    if !a.eval.disable.is_empty() {
+        key["disable"] = json!(a.eval.disable);
+    }
     let mut eval = |ck: &sweep::Checkpoint, run_dir: &Path| {
         let tok = a.tokenizer.clone().unwrap_or_else(|| ck.path.clone());
         evaluate(&ck.path, &tok, run_dir, &a.eval, &tasks)
@@ -391,7 +418,9 @@ fn run_requests(a: RequestsArgs) -> Result<(), Failure> {
 fn run_score(a: ScoreArgs) -> Result<(), Failure> {
     let device = openseek_model::parse_device(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
-    let model = openseek_model::load(&a.model, kind, device)?;
+    let fast_paths = FastPaths::parse_disabled(&a.disable, "--disable")?;
+    let mut model = openseek_model::load(&a.model, kind, device)?;
+    model.set_fast_paths(fast_paths);
     let vocab = model.config.vocab_size;
     let batch_tokens = a.batch_tokens.unwrap_or(if device == Device::Cpu { 16384 } else { 131072 });
     let signals = openseek_common::signals::watch();

@@ -93,6 +93,19 @@ impl FastPaths {
         }
         (fast, others)
     }
+
+    /// All on but those in `names`, each of which must be one of the model's switches: an unknown
+    /// name is a usage error (exit 64) naming `flag` and the known names.
+    pub fn parse_disabled(names: &[String], flag: &str) -> Result<FastPaths, openseek_common::Failure> {
+        let (fast, others) = FastPaths::with_disabled(names);
+        match others.first() {
+            None => Ok(fast),
+            Some(other) => Err(openseek_common::Failure::usage(format!(
+                "{flag}: unknown fast path {other:?}; known: {}",
+                FastPaths::NAMES.join(", ")
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +123,14 @@ mod tests {
             let (f, rest) = FastPaths::with_disabled(&one);
             assert!(rest.is_empty() && f != FastPaths::default(), "{name}");
         }
+    }
+
+    #[test]
+    fn parse_disabled_refuses_names_that_are_not_the_models() {
+        let names = vec!["moe_fused".to_string()];
+        assert!(!FastPaths::parse_disabled(&names, "--disable").unwrap().moe_fused);
+        let err = FastPaths::parse_disabled(&["xent_kernel".to_string()], "--disable").unwrap_err();
+        assert_eq!(err.code, openseek_common::ExitCode::Usage);
+        assert!(err.message.contains("--disable: unknown fast path \"xent_kernel\"") && err.message.contains("rope_kernel"), "{}", err.message);
     }
 }
