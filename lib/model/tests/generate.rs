@@ -277,7 +277,7 @@ fn odd_vocab_model(kind: Kind, device: Device) -> DeepseekV3 {
     }))
     .unwrap();
     openseek_model::tch::manual_seed(3);
-    let w = checkpoint::expected_shapes(&cfg)
+    let w = openseek_model::shapes::expected_shapes(&cfg)
         .into_iter()
         .map(|(n, s)| {
             let t = if s.len() == 1 && n.ends_with("norm.weight") {

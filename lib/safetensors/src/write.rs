@@ -56,7 +56,7 @@ pub fn header(tensors: &[OutTensor]) -> Vec<u8> {
         offset += t.bytes;
     }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(map)).expect("JSON of plain values");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
