@@ -317,6 +317,9 @@ fn evaluate(model_dir: &Path, tokenizer_dir: &Path, output: &Path, a: &EvalArgs,
 }
 
 fn run_run(a: RunArgs) -> Result<(), Failure> {
+    // The stop handlers before the model loads: a SIGTERM then ends the run at its first check
+    // with exit 75 (Slurm requeues), instead of killing it.
+    openseek_common::signals::watch();
     let tasks = Task::parse_list(&a.eval.task.tasks)?;
     // Bad options fail before the model is loaded (each checkpoint's own length applies later).
     a.eval.task.options(0)?;
@@ -416,6 +419,8 @@ fn run_requests(a: RequestsArgs) -> Result<(), Failure> {
 }
 
 fn run_score(a: ScoreArgs) -> Result<(), Failure> {
+    // The stop handlers before the model loads (as `run`).
+    openseek_common::signals::watch();
     let device = openseek_model::parse_device(&a.device)?;
     let kind = kind_of(a.dtype.as_deref(), device)?;
     let fast_paths = FastPaths::parse_disabled(&a.disable, "--disable")?;

@@ -139,8 +139,8 @@ mod tests {
     #[test]
     fn the_progress_line_says_step_loss_rate_speed_and_time_left() {
         let mut p = Progress { total_steps: 100, seconds: 0.0, steps: 0 };
-        let r = json!({"step": 41, "loss": 3.14159, "lr": 0.000597, "tokens_per_s": 12345.0, "step_time_s": 2.0, "skipped": false});
-        assert_eq!(p.line(&r), "step 41/100  loss 3.1416  lr 5.970e-4  12.3k tokens/s  ETA 0:01:58");
+        let r = json!({"step": 41, "loss": 3.14172, "lr": 0.000597, "tokens_per_s": 12345.0, "step_time_s": 2.0, "skipped": false});
+        assert_eq!(p.line(&r), "step 41/100  loss 3.1417  lr 5.970e-4  12.3k tokens/s  ETA 0:01:58");
         let r = json!({"step": 42, "loss": null, "lr": 0.0006, "tokens_per_s": 1000.0, "step_time_s": 4.0, "skipped": true});
         assert_eq!(p.line(&r), "step 42/100  loss NaN  lr 6.000e-4  1.0k tokens/s  ETA 0:02:54  (update skipped)");
     }
