@@ -44,14 +44,16 @@ def main():
             lang = ["en", "en", "en", "de", "de", "fr", "zh", "zh"][i % 8]
             f.write(f"__label__{lang} {sentence(rng, lang)}\n")
     common = dict(input=train, epoch=8, lr=0.5, minn=2, maxn=4, bucket=5000, wordNgrams=2, thread=1, seed=3, verbose=0)
-    models = {}
+    models, trained = {}, {}
     for loss in ["hs", "softmax", "ova"]:
-        model = fasttext.train_supervised(dim=16, loss=loss, **common)
+        trained[loss] = fasttext.train_supervised(dim=16, loss=loss, **common)
         models[loss] = os.path.join(out, f"{loss}.bin")
-        model.save_model(models[loss])
+        trained[loss].save_model(models[loss])
     # lid.176.ftz's kind: quantized input (fastText quantizes no output of under 256 labels), norms
     # quantized, the dictionary pruned; sub-vectors of 3, so the last is shorter (16 = 5 x 3 + 1).
-    model = fasttext.train_supervised(dim=16, loss="softmax", **common)
+    # The softmax model above, quantized after its .bin is saved: a second identical training in this
+    # process stops with fastText's "Encountered NaN" in about a third of runs (fasttext-numpy2-wheel 0.9.2).
+    model = trained["softmax"]
     model.quantize(input=train, qnorm=True, qout=False, cutoff=400, retrain=False, dsub=3)
     models["ftz"] = os.path.join(out, "softmax.ftz")
     model.save_model(models["ftz"])
