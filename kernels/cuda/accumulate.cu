@@ -10,13 +10,13 @@ extern "C" __global__ void add_bf16_into_f32(float* sum, const bf16* g, long lon
     if (vec) {
         const long long n4 = n / 4;
         for (long long i = first; i < n4; i += stride) {
-            float4 s = reinterpret_cast<float4*>(sum)[i];
-            const uint2 r = reinterpret_cast<const uint2*>(g)[i];
-            s.x += bf16_to_f32(r.x & 0xffff);
-            s.y += bf16_to_f32(r.x >> 16);
-            s.z += bf16_to_f32(r.y & 0xffff);
-            s.w += bf16_to_f32(r.y >> 16);
-            reinterpret_cast<float4*>(sum)[i] = s;
+            float4 s = load4(sum, i);
+            const float4 d = load4(g, i);
+            s.x += d.x;
+            s.y += d.y;
+            s.z += d.z;
+            s.w += d.w;
+            store4(sum, i, s);
         }
         done = n4 * 4;
     }
