@@ -38,3 +38,16 @@ pub(crate) fn tiny_config(vocab: i64, layers: i64, tied: bool) -> Config {
     }))
     .unwrap()
 }
+
+/// A model of `cfg` on copies of `w`, every tensor trainable but the routers' correction biases
+/// (as os-train marks them), for unit tests.
+#[cfg(test)]
+pub(crate) fn trainable_model(cfg: &Config, w: &Weights) -> openseek_model::DeepseekV3 {
+    let model = openseek_model::DeepseekV3::from_weights(cfg.clone(), w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
+    for (name, t) in model.named_tensors() {
+        if !name.ends_with("e_score_correction_bias") {
+            let _ = t.set_requires_grad(true);
+        }
+    }
+    model
+}

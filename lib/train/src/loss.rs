@@ -167,7 +167,7 @@ fn padded_head(head: &Tensor, kind: Kind, autograd: bool) -> (Tensor, Option<Ten
 mod tests {
     use super::*;
     use openseek_model::moe::AuxCoefficients;
-    use openseek_model::{Config, DeepseekV3};
+    use openseek_model::Config;
     use tch::Device;
 
     /// The test model's config and weights; each run builds its model from copies of them (drawn
@@ -178,15 +178,7 @@ mod tests {
         (cfg, w)
     }
 
-    fn model(cfg: &Config, w: &openseek_model::weights::Weights) -> DeepseekV3 {
-        let model = DeepseekV3::from_weights(cfg.clone(), w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
-        for (name, t) in model.named_tensors() {
-            if !name.ends_with("e_score_correction_bias") {
-                let _ = t.set_requires_grad(true);
-            }
-        }
-        model
-    }
+    use crate::init::trainable_model as model;
 
     /// Loss and every parameter's gradient through embedding, layers, norm and head + loss.
     fn run(cfg: &Config, w: &openseek_model::weights::Weights, path: HeadLoss) -> (f64, Vec<(String, Tensor)>) {

@@ -155,15 +155,7 @@ mod tests {
         Config::from_json(v).unwrap()
     }
 
-    fn model(cfg: &Config, w: &openseek_model::weights::Weights) -> DeepseekV3 {
-        let model = DeepseekV3::from_weights(cfg.clone(), w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
-        for (name, t) in model.named_tensors() {
-            if !name.ends_with("e_score_correction_bias") {
-                let _ = t.set_requires_grad(true);
-            }
-        }
-        model
-    }
+    use crate::init::trainable_model as model;
 
     /// The same objective in plain autograd over whole tensors: each depth's logits in fp32,
     /// cross-entropy per token, shifted targets and mask built by index arithmetic.
