@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # os-train's CUDA fast paths one by one (on the device machine, after `bench/train/run.sh prepare`
 # here): for each ';'-separated entry of ABLATE, `NAME=fast paths off (debug.disable)=os-train flags`,
-# one bench/train/run.sh pass (os-train only); TRACE=1 adds a run whose fifth micro-batch is profiled
+# one bench/train/run.sh pass (os-train only); TRACE=1 adds a run whose third step is profiled
 # (debug.trace) and summarised by bench/train/trace_summary.py.
 #   ABLATE='new=;old=moe_fused,head_grad,grad_none;rc2==--recompute 0,1' bench/train/ablate.sh [OUT_DIR]
 set -euo pipefail

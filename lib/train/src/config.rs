@@ -73,7 +73,7 @@ pub struct DebugOptions {
     /// Print each phase's wall time per micro-batch (device synchronised) on stderr.
     #[serde(default)]
     pub profile: bool,
-    /// Write the fifth micro-batch's forward and backward (after warm-up) as a Chrome trace here.
+    /// Write the process's third step (its micro-batches, the reduction and the update) as a Chrome trace here.
     pub trace: Option<PathBuf>,
     /// Run the collectives through NCCL (and so the ZeRO-1 optimizer) even on one GPU, to measure
     /// the multi-GPU path where only one GPU is at hand.
@@ -337,7 +337,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("debug.disable", "fast paths to turn off, comma-separated (measuring and debugging)"),
     ("debug.loss", "LM head + loss: fused or autograd"),
     ("debug.profile", "print each phase's wall time per micro-batch on stderr"),
-    ("debug.trace", "write the fifth micro-batch as a Chrome trace to this file"),
+    ("debug.trace", "write the third step (micro-batches, reduction, update) as a Chrome trace to this file"),
     ("debug.force_nccl", "collectives through NCCL (and ZeRO-1) even on one GPU"),
 ];
 

@@ -13,7 +13,6 @@ use crate::mtp;
 use openseek_common::Failure;
 use openseek_model::moe::{AuxCoefficients, RoutingStats};
 use openseek_model::{DeepseekV3, DocumentSegments};
-use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// The points of [`forward_backward`]'s backward pass after which some parameters' gradients are
@@ -78,8 +77,6 @@ pub struct MicroBatchPlan<'a> {
     pub mtp: Option<(f64, Vec<f64>)>,
     /// Print each phase's wall time (device synchronised).
     pub profile: bool,
-    /// Record this micro-batch under the profiler into this Chrome trace file.
-    pub trace: Option<&'a Path>,
 }
 
 /// Where the pass is, for the caller's hook: the parameters of a part of the model are about to be
@@ -126,7 +123,6 @@ pub fn forward_backward(
     at: &mut dyn FnMut(PassPoint) -> Result<(), Failure>,
 ) -> Result<MicroOutput, Failure> {
     let device = model.device();
-    let trace = Trace::start(plan.trace)?;
     let mut profile = Profile::new(device, plan.profile);
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let aux = &plan.aux;
@@ -228,7 +224,6 @@ pub fn forward_backward(
     profile.mark("embedding backward");
     at(PassPoint::GradsReady(GradReady::Embedding))?;
     profile.report();
-    trace.stop(device)?;
     Ok(MicroOutput { lm_loss, seq_aux_loss: seq_aux, z_loss: z, mtp_loss, loads })
 }
 
@@ -263,29 +258,6 @@ impl Profile {
             let parts: Vec<String> = self.phases.iter().map(|(w, ms)| format!("{w} {ms:.1}")).collect();
             eprintln!("os-train: profile (ms): {}", parts.join(", "));
         }
-    }
-}
-
-/// `debug.trace`: a micro-batch's forward and backward under the Kineto profiler, written as a
-/// Chrome trace (CPU operators and CUDA kernels).
-struct Trace<'a>(Option<&'a Path>);
-
-impl<'a> Trace<'a> {
-    fn start(path: Option<&'a Path>) -> Result<Trace<'a>, Failure> {
-        if path.is_some() {
-            openseek_kernels::profiler_start().map_err(|e| Failure::software(format!("starting the profiler: {e}")))?;
-        }
-        Ok(Trace(path))
-    }
-    fn stop(&self, device: tch::Device) -> Result<(), Failure> {
-        if let Some(path) = self.0 {
-            if let tch::Device::Cuda(i) = device {
-                tch::Cuda::synchronize(i as i64);
-            }
-            openseek_kernels::profiler_stop(path).map_err(|e| Failure::io(format!("{}: cannot write the profiler trace: {e}", path.display())))?;
-            eprintln!("os-train: profiler trace in {}", path.display());
-        }
-        Ok(())
     }
 }
 
@@ -342,7 +314,6 @@ mod tests {
                 micro_batches: 1,
                 mtp: (depths > 0).then(|| (0.3, vec![8.0; depths])),
                 profile: false,
-                trace: None,
             };
             let out = forward_backward(&model, &batch, &plan, &mut ready).unwrap();
             assert_eq!(out.mtp_loss.is_some(), depths > 0);

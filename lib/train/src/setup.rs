@@ -35,8 +35,8 @@ pub struct Trainer<'a> {
     pub(crate) seq: i64,
     pub(crate) recompute: Vec<bool>,
     pub(crate) fast: TrainFastPaths,
-    /// Micro-batches run by this process (the trace records the fifth).
-    pub(crate) micro_batches_run: u64,
+    /// Steps run by this process (`debug.trace` records the third).
+    pub(crate) steps_run: u64,
     pub(crate) total_steps: u64,
     pub(crate) log: Option<RunLog>,
     /// The last step's record, waiting for its parameter norm (see crate::run_log).
@@ -354,7 +354,7 @@ impl<'a> Trainer<'a> {
             seq,
             recompute,
             fast,
-            micro_batches_run: 0,
+            steps_run: 0,
             total_steps,
             log,
             pending: None,

@@ -26,6 +26,7 @@ use openseek_dist::ReduceOp;
 use openseek_mix::reader;
 use openseek_model::model::FeedForward;
 use openseek_model::moe::AuxCoefficients;
+use std::path::Path;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -61,6 +62,7 @@ impl Trainer<'_> {
     pub fn train_step(&mut self) -> Result<StepOutcome, Failure> {
         let started = Instant::now();
         let device = self.comm.device();
+        let trace = Trace::start(self.cfg.debug.trace.as_deref().filter(|_| self.steps_run == 2))?;
         let (batches, sample_ids) = self.next_micro_batches()?;
         let denominators = self.loss_denominators(&batches)?;
         let data_wait_s = started.elapsed().as_secs_f64();
@@ -119,7 +121,9 @@ impl Trainer<'_> {
         self.update_router_biases(&loads);
         let optimizer_s = started.elapsed().as_secs_f64() - data_wait_s - fwd_bwd_s;
         self.opt.zero_grad();
+        trace.stop(device)?;
         self.state.step += 1;
+        self.steps_run += 1;
         Ok(StepOutcome {
             loss,
             seq_aux_loss,
@@ -201,7 +205,6 @@ impl Trainer<'_> {
             micro_batches: self.accumulation,
             mtp,
             profile: cfg.debug.profile,
-            trace: cfg.debug.trace.as_deref().filter(|_| self.micro_batches_run == 4),
         };
         let step = self.state.step + 1;
         let (opt, comm) = (&mut self.opt, &mut self.comm);
@@ -221,7 +224,6 @@ impl Trainer<'_> {
         if self.accumulation > 1 {
             self.opt.accumulate_grads();
         }
-        self.micro_batches_run += 1;
         Ok(out)
     }
 
@@ -250,5 +252,30 @@ impl Trainer<'_> {
         for (router, load) in routers.zip(loads) {
             router.update_bias(load, rate);
         }
+    }
+}
+
+/// `debug.trace`: the process's third step — its micro-batches' forward and backward, the
+/// reduction and the update — under the Kineto profiler, written as a Chrome trace (CPU operators
+/// and CUDA kernels).
+struct Trace<'a>(Option<&'a Path>);
+
+impl<'a> Trace<'a> {
+    fn start(path: Option<&'a Path>) -> Result<Trace<'a>, Failure> {
+        if path.is_some() {
+            openseek_kernels::profiler_start().map_err(|e| Failure::software(format!("starting the profiler: {e}")))?;
+        }
+        Ok(Trace(path))
+    }
+
+    fn stop(&self, device: tch::Device) -> Result<(), Failure> {
+        if let Some(path) = self.0 {
+            if let tch::Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+            openseek_kernels::profiler_stop(path).map_err(|e| Failure::io(format!("{}: cannot write the profiler trace: {e}", path.display())))?;
+            eprintln!("os-train: profiler trace in {}", path.display());
+        }
+        Ok(())
     }
 }
