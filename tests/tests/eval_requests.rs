@@ -81,7 +81,7 @@ fn multichoice_requests_match_lighteval_golden() {
 fn gsm8k_shot_indices_match_lighteval_for_all_1319_questions() {
     let g = golden("gsm8k_5shot_fewshot_indices.jsonl");
     assert_eq!(g.len(), 1319);
-    let (shots, order) = requests::gsm8k_fewshot(1319, 7473, 5, 42);
+    let (shots, order) = requests::fewshot_indices(1319, 7473, 5, 42);
     for row in &g {
         let i = row["test_index"].as_u64().unwrap() as usize;
         let want: Vec<usize> = row["train_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
@@ -113,7 +113,7 @@ fn gsm8k_full_size_dir(golden_prompts: &[Value]) -> tempfile::TempDir {
     let mut test: Vec<Value> = real.clone();
     test.extend((real.len()..1319).map(filler));
     let mut train: Vec<Value> = (0..7473).map(filler).collect();
-    let (shots, _) = requests::gsm8k_fewshot(1319, 7473, 5, 42);
+    let (shots, _) = requests::fewshot_indices(1319, 7473, 5, 42);
     for p in golden_prompts {
         let ti = p["test_index"].as_u64().unwrap() as usize;
         let ctx = p["context"].as_str().unwrap();

@@ -57,6 +57,7 @@ pub mod data;
 pub mod details;
 pub mod metrics;
 pub mod plot;
+pub mod prompts;
 pub mod pyrandom;
 pub mod record;
 pub mod requests;
@@ -79,7 +80,8 @@ pub use run::{Backend, RunConfig, RunSummary, StopCheck};
 pub use stops::StopStrings;
 pub use metrics::{score, ItemScore};
 pub use table::{Table, TaskResult};
-pub use tasks::{Doc, Kind, Metric, Task};
+pub use prompts::Doc;
+pub use tasks::{Metric, Task, TaskSpec, TASKS};
 
 /// What the model produced for one item.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,27 +107,29 @@ pub fn read_docs(task: &Task, data_dir: &Path, options: &Options) -> Result<Vec<
         .collect()
 }
 
-/// Read every task's documents (and GSM8K's shots) without tokenizing: a data problem stops a
-/// sweep before any checkpoint is loaded, instead of failing each one.
+/// Read every task's documents (and those of its few-shot split) without tokenizing: a data
+/// problem stops a sweep before any checkpoint is loaded, instead of failing each one.
 pub fn check_data(tasks: &[Task], data_dir: &Path, options: &Options) -> Result<(), Failure> {
     for task in tasks {
         read_docs(task, data_dir, options)?;
-        if task.kind == Kind::Gsm8k {
-            task.read_rows(data_dir, "train").map_err(|e| e.context("task gsm8k (few-shot split train)"))?;
-        }
+        read_shot_rows(task, data_dir)?;
     }
     Ok(())
+}
+
+/// The rows of the task's few-shot split, if it has one.
+fn read_shot_rows(task: &Task, data_dir: &Path) -> Result<Option<data::Rows>, Failure> {
+    let Some(fewshot) = task.fewshot() else { return Ok(None) };
+    let rows = task.read_rows(data_dir, fewshot.split).map_err(|e| e.context(format!("task {} (few-shot split {})", task.name, fewshot.split)))?;
+    Ok(Some(rows))
 }
 
 /// All requests of one task, one [`Item`] per document, in file order.
 pub fn build_requests(task: &Task, data_dir: &Path, tokenizer: &Tokenizer, options: &Options) -> Result<Vec<Item>, Failure> {
     let docs = read_docs(task, data_dir, options)?;
-    let train = if task.kind == Kind::Gsm8k {
-        let rows = task.read_rows(data_dir, "train").map_err(|e| e.context("task gsm8k (few-shot split train)"))?;
-        Some((0..rows.len()).map(|i| task.doc(rows.get(i))).collect::<Result<Vec<_>, _>>()?)
-    } else {
-        None
+    let shot_docs = match read_shot_rows(task, data_dir)? {
+        Some(rows) => Some((0..rows.len()).map(|i| task.doc(rows.get(i))).collect::<Result<Vec<_>, _>>()?),
+        None => None,
     };
-    requests::items_for(task, &docs, train.as_deref(), tokenizer, options)
+    requests::items_for(task, &docs, shot_docs.as_deref(), tokenizer, options)
 }
-

@@ -7,7 +7,7 @@ use openseek_common::Failure;
 
 use crate::requests::Item;
 use crate::table::TaskResult;
-use crate::tasks::{Kind, Task};
+use crate::tasks::{Answer, Task};
 use crate::text::{py_lower, py_strip, remove_punctuation};
 use crate::Output;
 
@@ -57,10 +57,13 @@ pub fn score(task: &Task, items: &[Item], outputs: &[Output]) -> Result<TaskResu
                 }
             }
             (Item::Generate(g), Output::Text(text)) => {
+                let Some(generation) = task.spec.generation else {
+                    return Err(Failure::software(format!("task {}: a generation item for a multiple-choice task", task.name)));
+                };
                 let cut = cut_at_stops(text, &g.stop);
-                let em = match task.kind {
-                    Kind::Gsm8k => gsm8k_match(cut, &g.golds),
-                    _ => triviaqa_match(cut, &g.golds),
+                let em = match generation.answer {
+                    Answer::Alias => triviaqa_match(cut, &g.golds),
+                    Answer::FinalNumber => gsm8k_match(cut, &g.golds),
                 };
                 ItemScore {
                     doc_index: g.doc_index,

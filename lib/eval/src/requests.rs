@@ -2,14 +2,16 @@
 //! moves to the front of the continuation, context ids = enc(context), continuation ids =
 //! enc(context + continuation)[len(enc(context))..], the model input = (context ids +
 //! continuation ids) without its last token, left-truncated. Generation: the whole prompt,
-//! stop strings and a token budget. GSM8K's 5 shots come from CPython's `random.Random(42)`.
+//! stop strings and a token budget. Few-shot examples (GSM8K's 5) come from CPython's
+//! `random.Random(42)`.
 
 use openseek_common::Failure;
 use serde::{Deserialize, Serialize};
 use openseek_tokenizer::Tokenizer;
 
 use crate::pyrandom::PyRandom;
-use crate::tasks::{Doc, Kind, Task};
+use crate::prompts::Doc;
+use crate::tasks::Task;
 use crate::text::{char_len, py_rstrip};
 
 /// Which evaluation convention builds the requests.
@@ -205,25 +207,25 @@ pub fn generation_budget(max_new: usize, max_length: usize, prompt_tokens: usize
     }
 }
 
-/// The GSM8K shots: `Random(seed)` shuffles the order of the test documents, then for each
-/// document in that order draws `sample(train, k)`. Returns, per test document (file order),
-/// the train indices, and the evaluation order position of each document.
-pub fn gsm8k_fewshot(n_test: usize, n_train: usize, k: usize, seed: u64) -> (Vec<Vec<usize>>, Vec<usize>) {
+/// lighteval's few-shot sampler: `Random(seed)` shuffles the order of the evaluated documents,
+/// then for each document in that order draws `sample(shot_docs, k)`. Returns, per evaluated
+/// document (file order), the indices of its shots, and its position in the evaluation order.
+pub fn fewshot_indices(n_docs: usize, n_shot_docs: usize, k: usize, seed: u64) -> (Vec<Vec<usize>>, Vec<usize>) {
     let mut rng = PyRandom::new(seed);
-    let mut order: Vec<usize> = (0..n_test).collect();
+    let mut order: Vec<usize> = (0..n_docs).collect();
     rng.shuffle(&mut order);
-    let mut shots = vec![Vec::new(); n_test];
-    let mut position = vec![0; n_test];
+    let mut shots = vec![Vec::new(); n_docs];
+    let mut position = vec![0; n_docs];
     for (pos, &doc) in order.iter().enumerate() {
-        shots[doc] = rng.sample_indices(n_train, k);
+        shots[doc] = rng.sample_indices(n_shot_docs, k);
         position[doc] = pos;
     }
     (shots, position)
 }
 
-/// The GSM8K few-shot prompt: shots "Question: q\nAnswer: a" joined by a blank line, a blank
-/// line, then the query.
-pub fn gsm8k_prompt(shots: &[&Doc], doc: &Doc) -> String {
+/// The few-shot prompt: shots "Question: q\nAnswer: a" (query and first gold) joined by a blank
+/// line, a blank line, then the query.
+pub fn fewshot_prompt(shots: &[&Doc], doc: &Doc) -> String {
     let mut s = String::new();
     for shot in shots {
         s.push_str(&shot.query);
@@ -234,29 +236,38 @@ pub fn gsm8k_prompt(shots: &[&Doc], doc: &Doc) -> String {
     s
 }
 
-/// Build the items of one task from its documents (and, for GSM8K, the train documents).
-pub fn items_for(task: &Task, docs: &[Doc], train: Option<&[Doc]>, tok: &Tokenizer, opts: &Options) -> Result<Vec<Item>, Failure> {
+/// Build the items of one task from its documents (and, with few-shot examples, the documents
+/// of their split).
+pub fn items_for(task: &Task, docs: &[Doc], shot_docs: Option<&[Doc]>, tok: &Tokenizer, opts: &Options) -> Result<Vec<Item>, Failure> {
     let n = opts.limit.map_or(docs.len(), |l| l.min(docs.len()));
     let mut items = Vec::with_capacity(n);
-    match task.kind {
-        Kind::TriviaQa => {
+    match task.spec.generation {
+        Some(generation) => {
+            let shots = match generation.fewshot {
+                Some(fewshot) => {
+                    let shot_docs = shot_docs.ok_or_else(|| Failure::software(format!("{} needs its {} split for the shots", task.name, fewshot.split)))?;
+                    if shot_docs.len() < fewshot.shots {
+                        return Err(Failure::data(format!(
+                            "{}: the {} split has {} rows; {k} shots need at least {k}",
+                            task.name,
+                            fewshot.split,
+                            shot_docs.len(),
+                            k = fewshot.shots
+                        )));
+                    }
+                    Some((shot_docs, fewshot_indices(docs.len(), shot_docs.len(), fewshot.shots, opts.fewshot_seed).0))
+                }
+                None => None,
+            };
             for (i, d) in docs[..n].iter().enumerate() {
-                items.push(generate_item(i, d.query.clone(), &["\n", ".", ","], 20, d.gold_texts.clone(), tok, opts));
+                let prompt = match &shots {
+                    Some((shot_docs, indices)) => fewshot_prompt(&indices[i].iter().map(|&j| &shot_docs[j]).collect::<Vec<&Doc>>(), d),
+                    None => d.query.clone(),
+                };
+                items.push(generate_item(i, prompt, generation.stop, generation.max_new_tokens, d.gold_texts.clone(), tok, opts));
             }
         }
-        Kind::Gsm8k => {
-            let train = train.ok_or_else(|| Failure::software("gsm8k needs its train split for the shots"))?;
-            if train.len() < 5 {
-                return Err(Failure::data(format!("gsm8k: the train split has {} rows; 5 shots need at least 5", train.len())));
-            }
-            let (shots, _) = gsm8k_fewshot(docs.len(), train.len(), 5, opts.fewshot_seed);
-            for (i, d) in docs[..n].iter().enumerate() {
-                let picked: Vec<&Doc> = shots[i].iter().map(|&j| &train[j]).collect();
-                let prompt = gsm8k_prompt(&picked, d);
-                items.push(generate_item(i, prompt, &["Question:", "Question"], 256, d.gold_texts.clone(), tok, opts));
-            }
-        }
-        _ => {
+        None => {
             for (i, d) in docs[..n].iter().enumerate() {
                 let requests = d
                     .choices
@@ -343,9 +354,9 @@ mod tests {
     }
 
     #[test]
-    fn gsm8k_prompt_joins_shots() {
+    fn fewshot_prompt_joins_shots() {
         let d = |q: &str, a: &str| Doc { query: format!("Question: {q}\nAnswer:"), choices: vec![], gold: vec![], gold_texts: vec![format!(" {a}")], contexts: vec![] };
         let (a, b, q) = (d("1+1?", "2"), d("2+2?", "4"), d("3+3?", "6"));
-        assert_eq!(gsm8k_prompt(&[&a, &b], &q), "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\nQuestion: 3+3?\nAnswer:");
+        assert_eq!(fewshot_prompt(&[&a, &b], &q), "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\nQuestion: 3+3?\nAnswer:");
     }
 }

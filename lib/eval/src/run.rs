@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::record::{read_record, record_path, TaskRecord};
 use crate::requests::{ChoiceItem, GenerateItem, Item, Options};
 use crate::table::{self, TaskResult};
-use crate::tasks::Task;
+use crate::tasks::{self, Task, TaskSpec};
 use crate::Output;
 
 /// A stop check: `Err` (exit 75) once the run should stop, polled between batches.
@@ -78,7 +78,7 @@ pub struct RunSummary {
 /// The runs of consecutive tasks evaluated together: the subjects of one benchmark (MMLU, CMMLU,
 /// C-Eval) in one backend call, so that their questions share batches; every other task alone.
 fn units(tasks: &[&Task]) -> Vec<usize> {
-    let family = |t: &Task| -> Option<String> { t.name.split_once(':').filter(|(f, _)| matches!(*f, "mmlu" | "cmmlu" | "ceval")).map(|(f, _)| f.to_string()) };
+    let family = |t: &Task| t.subject().map(|_| t.spec.name);
     let mut sizes: Vec<usize> = Vec::new();
     for (k, t) in tasks.iter().enumerate() {
         match (k.checked_sub(1).map(|p| family(tasks[p])), family(t)) {
@@ -239,7 +239,7 @@ fn lighteval_results(records: &[TaskRecord]) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
     let mut sums: std::collections::BTreeMap<String, (f64, f64, usize)> = Default::default();
     for r in records {
-        let shots = if r.task == "gsm8k" { 5 } else { 0 };
+        let shots = tasks::spec_of(&r.task).map_or(0, TaskSpec::shots);
         let mut entry = serde_json::Map::new();
         for (name, [v, e]) in &r.metrics {
             entry.insert(name.clone(), finite(*v));

@@ -81,12 +81,36 @@ pub const CEVAL: [(&str, &str); 52] = [
     ("tax_accountant", "税务师"), ("physician", "医师资格"),
 ];
 
-pub fn cmmlu_chinese(subject: &str) -> Option<&'static str> {
-    CMMLU.iter().find(|(s, _)| *s == subject).map(|(_, c)| *c)
+/// A benchmark's subjects, each a task of its own (`mmlu:anatomy`), and how its prompt names them.
+#[derive(Debug, Clone, Copy)]
+pub enum Subjects {
+    /// The prompt writes the subject's own name (MMLU).
+    Named(&'static [&'static str]),
+    /// The prompt writes the subject's Chinese name: (name, Chinese name) (CMMLU, C-Eval).
+    Chinese(&'static [(&'static str, &'static str)]),
 }
 
-pub fn ceval_chinese(subject: &str) -> Option<&'static str> {
-    CEVAL.iter().find(|(s, _)| *s == subject).map(|(_, c)| *c)
+impl Subjects {
+    /// The subjects' names, in the task file's order.
+    pub fn names(self) -> Vec<&'static str> {
+        match self {
+            Subjects::Named(list) => list.to_vec(),
+            Subjects::Chinese(list) => list.iter().map(|(name, _)| *name).collect(),
+        }
+    }
+
+    /// The listed subject called `name`.
+    pub fn find(self, name: &str) -> Option<&'static str> {
+        self.names().into_iter().find(|s| *s == name)
+    }
+
+    /// The subject as the prompt writes it.
+    pub fn topic(self, name: &str) -> &str {
+        match self {
+            Subjects::Named(_) => name,
+            Subjects::Chinese(list) => list.iter().find(|(s, _)| *s == name).map_or(name, |(_, chinese)| *chinese),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,8 +125,9 @@ mod tests {
             s.dedup();
             assert_eq!(s.len(), list.len());
         }
-        assert_eq!(cmmlu_chinese("agronomy"), Some("农学"));
-        assert_eq!(ceval_chinese("computer_network"), Some("计算机网络"));
-        assert_eq!(ceval_chinese("nope"), None);
+        assert_eq!(Subjects::Chinese(&CMMLU).topic("agronomy"), "农学");
+        assert_eq!(Subjects::Chinese(&CEVAL).topic("computer_network"), "计算机网络");
+        assert_eq!(Subjects::Chinese(&CEVAL).find("nope"), None);
+        assert_eq!((Subjects::Named(&MMLU).find("anatomy"), Subjects::Named(&MMLU).topic("anatomy")), (Some("anatomy"), "anatomy"));
     }
 }

@@ -4,6 +4,7 @@
 //! subjects), ×100, and the plain mean of the 12.
 
 use crate::metrics::{self, ItemScore};
+use crate::tasks;
 
 /// A task's score.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,23 +34,10 @@ pub struct Table {
     pub mean: Option<f64>,
 }
 
-fn column_of(name: &str) -> Option<usize> {
-    let prefix = name.split(':').next().unwrap_or(name);
-    Some(match prefix {
-        "hellaswag" => 0,
-        "arc" => 1,
-        "piqa" => 2,
-        "mmlu" => 3,
-        "commonsense_qa" => 4,
-        "triviaqa" => 5,
-        "winogrande" => 6,
-        "openbookqa" => 7,
-        "gsm8k" => 8,
-        "siqa" => 9,
-        "ceval" => 10,
-        "cmmlu" => 11,
-        _ => return None,
-    })
+/// The column a task counts in (its spec's).
+fn column_of(task_name: &str) -> Option<usize> {
+    let column = tasks::spec_of(task_name)?.column?;
+    COLUMNS.iter().position(|c| *c == column)
 }
 
 /// Aggregate task results into the table. A column averaging several tasks (ARC, MMLU, C-Eval,
@@ -111,6 +99,17 @@ mod tests {
         let t = table(&rs);
         let expect = (50.0 * 8.0 + 30.0 + 20.0 + 60.0 + 60.0) / 12.0;
         assert!((t.mean.unwrap() - expect).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_column_has_tasks_and_every_task_column_is_one() {
+        for spec in &tasks::TASKS {
+            assert!(spec.column.is_none_or(|c| COLUMNS.contains(&c)), "{}", spec.name);
+        }
+        for column in COLUMNS {
+            assert!(tasks::TASKS.iter().any(|s| s.column == Some(column)), "{column}");
+        }
+        assert_eq!((column_of("arc:easy"), column_of("cmmlu:arts"), column_of("boolq"), column_of("nope")), (Some(1), Some(11), None, None));
     }
 
     #[test]

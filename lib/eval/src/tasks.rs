@@ -1,33 +1,14 @@
-//! The benchmark tasks: names, default splits, where their files lie, and the prompt functions
-//! (lighteval v0.3.0 `tasks_prompt_formatting.py` + OpenSeek's `lighteval_tasks_v3.py`) that
-//! turn a row into a [`Doc`]: query, choices and gold.
+//! The benchmark tasks in one table: for each task its name, folder and file layout, default
+//! split, subjects, prompt functions, generation settings, metric and table column
+//! ([`TASKS`]); the [`Task`]s a `--tasks` list names, and reading a task's rows and documents.
 
 use std::path::Path;
 
 use openseek_common::Failure;
 
 use crate::data::{self, RowRef, Rows};
-use crate::subjects;
-use crate::text::{hellaswag_preprocess, py_capitalize, py_lower, py_strip, remove_punctuation};
-
-/// Which benchmark a task is (subject tasks carry their subject).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Hellaswag,
-    Winogrande,
-    Piqa,
-    Siqa,
-    OpenBookQa,
-    ArcEasy,
-    ArcChallenge,
-    CommonsenseQa,
-    Mmlu(String),
-    Cmmlu(String),
-    Ceval(String),
-    TriviaQa,
-    Gsm8k,
-    Boolq,
-}
+use crate::prompts::{self, Doc, LmEvalPrompt, Prompt};
+use crate::subjects::{self, Subjects};
 
 /// The metric a task reports in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,35 +28,296 @@ impl Metric {
     }
 }
 
+/// How a task's split lies in its folder (the crate docs show every task's).
+#[derive(Debug, Clone, Copy)]
+pub enum Layout {
+    /// `<folder>/<split>` in any form [`data::find_split`] reads.
+    Split,
+    /// One of several sets sharing the folder (ARC): `<folder>/<set>_<split>`, or
+    /// `<folder>/<set>/<split>`.
+    Set(&'static str),
+    /// `<folder>/<split>`, or the original PIQA release: `valid.jsonl` + `valid-labels.lst`
+    /// (`train`, `tests` alike).
+    LabelsFile,
+    /// One file per subject: `<folder>/<split>/<subject>`, one of `csv` there (`{subject}` and
+    /// `{split}` filled in), or `<folder>/<subject>/<split>`.
+    Subjects { csv: &'static [&'static str] },
+}
+
+/// How a generative task's answer is generated and compared with its golds.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation {
+    /// The generated text is cut before the first of these.
+    pub stop: &'static [&'static str],
+    pub max_new_tokens: usize,
+    /// Shots drawn from another split and written before the query; `None`: zero-shot.
+    pub fewshot: Option<Fewshot>,
+    pub answer: Answer,
+}
+
+/// Few-shot examples: `shots` documents of `split`, drawn by lighteval's sampler (see
+/// crate::requests::fewshot_indices).
+#[derive(Debug, Clone, Copy)]
+pub struct Fewshot {
+    pub split: &'static str,
+    pub shots: usize,
+}
+
+/// How a generated answer matches a gold (crate::metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// TriviaQA: the stripped answer, lower-cased without ASCII punctuation, equals a gold alias.
+    Alias,
+    /// GSM8K: the number after the first `#### ` equals the gold's.
+    FinalNumber,
+}
+
+/// Everything about one benchmark task (a subject benchmark: about each of its subjects).
+#[derive(Debug)]
+pub struct TaskSpec {
+    /// lighteval's name; a subject benchmark's tasks are `<name>:<subject>`.
+    pub name: &'static str,
+    /// Its folder under the data directory, and how its files lie there.
+    pub folder: &'static str,
+    pub layout: Layout,
+    /// The split OpenSeek's lighteval task file evaluates.
+    pub split: &'static str,
+    pub subjects: Option<Subjects>,
+    pub prompt: Prompt,
+    /// lm-evaluation-harness's prompt where it differs from lighteval's (`--harness lm-eval`);
+    /// `None`: lighteval's. (lm-eval's MMLU default is the lettered format, not this cloze table;
+    /// GSM8K and TriviaQA keep lighteval's.)
+    pub lm_eval_prompt: Option<LmEvalPrompt>,
+    /// Generative tasks; `None`: multiple choice, one log-likelihood per choice.
+    pub generation: Option<Generation>,
+    /// The metric reported in the table.
+    pub metric: Metric,
+    /// The column of the OpenSeek table (crate::table::COLUMNS) it counts in; `None`: not in it.
+    pub column: Option<&'static str>,
+}
+
+impl TaskSpec {
+    /// The few-shot examples per document (0: zero-shot).
+    pub fn shots(&self) -> usize {
+        self.generation.and_then(|g| g.fewshot).map_or(0, |f| f.shots)
+    }
+}
+
+/// Every task, in the order of the OpenSeek table (its columns), then the tasks outside it.
+pub static TASKS: [TaskSpec; 14] = [
+    TaskSpec {
+        name: "hellaswag",
+        folder: "hellaswag",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::hellaswag,
+        lm_eval_prompt: Some(prompts::hellaswag_lm_eval),
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("HellaSwag"),
+    },
+    TaskSpec {
+        name: "arc:challenge",
+        folder: "arc",
+        layout: Layout::Set("ARC-Challenge"),
+        split: "test",
+        subjects: None,
+        prompt: prompts::arc,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("ARC(Average)"),
+    },
+    TaskSpec {
+        name: "arc:easy",
+        folder: "arc",
+        layout: Layout::Set("ARC-Easy"),
+        split: "test",
+        subjects: None,
+        prompt: prompts::arc,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("ARC(Average)"),
+    },
+    TaskSpec {
+        name: "piqa",
+        folder: "piqa",
+        layout: Layout::LabelsFile,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::piqa,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("PIQA"),
+    },
+    TaskSpec {
+        name: "mmlu",
+        folder: "mmlu",
+        layout: Layout::Subjects { csv: &[] },
+        split: "test",
+        subjects: Some(Subjects::Named(&subjects::MMLU)),
+        prompt: prompts::mmlu,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("MMLU(cloze)"),
+    },
+    TaskSpec {
+        name: "commonsense_qa",
+        folder: "commonsense_qa",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::commonsense_qa,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::Acc,
+        column: Some("CommonsenseQA"),
+    },
+    TaskSpec {
+        name: "triviaqa",
+        folder: "triviaqa",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::triviaqa,
+        lm_eval_prompt: None,
+        generation: Some(Generation { stop: &["\n", ".", ","], max_new_tokens: 20, fewshot: None, answer: Answer::Alias }),
+        metric: Metric::QuasiExactMatch,
+        column: Some("TriviaQA"),
+    },
+    TaskSpec {
+        name: "winogrande",
+        folder: "winogrande",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::winogrande,
+        lm_eval_prompt: Some(prompts::winogrande_lm_eval),
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("Winogrande"),
+    },
+    TaskSpec {
+        name: "openbookqa",
+        folder: "openbookqa",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::openbookqa,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("OpenBookQA"),
+    },
+    TaskSpec {
+        name: "gsm8k",
+        folder: "gsm8k",
+        layout: Layout::Split,
+        split: "test",
+        subjects: None,
+        prompt: prompts::gsm8k,
+        lm_eval_prompt: None,
+        generation: Some(Generation {
+            stop: &["Question:", "Question"],
+            max_new_tokens: 256,
+            fewshot: Some(Fewshot { split: "train", shots: 5 }),
+            answer: Answer::FinalNumber,
+        }),
+        metric: Metric::QuasiExactMatch,
+        column: Some("GSM8K"),
+    },
+    TaskSpec {
+        name: "siqa",
+        folder: "siqa",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::siqa,
+        lm_eval_prompt: Some(prompts::siqa_lm_eval),
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("SIQA"),
+    },
+    TaskSpec {
+        name: "ceval",
+        folder: "ceval",
+        layout: Layout::Subjects { csv: &["{subject}_{split}.csv", "{subject}.csv"] },
+        split: "val",
+        subjects: Some(Subjects::Chinese(&subjects::CEVAL)),
+        prompt: prompts::ceval,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("CEval"),
+    },
+    TaskSpec {
+        name: "cmmlu",
+        folder: "cmmlu",
+        layout: Layout::Subjects { csv: &["{subject}.csv"] },
+        split: "test",
+        subjects: Some(Subjects::Chinese(&subjects::CMMLU)),
+        prompt: prompts::cmmlu,
+        lm_eval_prompt: None,
+        generation: None,
+        metric: Metric::AccNorm,
+        column: Some("CMMLU"),
+    },
+    TaskSpec {
+        name: "boolq",
+        folder: "boolq",
+        layout: Layout::Split,
+        split: "validation",
+        subjects: None,
+        prompt: prompts::boolq,
+        lm_eval_prompt: Some(prompts::boolq_lm_eval),
+        generation: None,
+        metric: Metric::AccNorm,
+        column: None,
+    },
+];
+
+/// The spec a task name belongs to: `hellaswag`, `arc:easy`, or a subject benchmark's
+/// `mmlu:<subject>` (the subject is not checked).
+pub fn spec_of(task_name: &str) -> Option<&'static TaskSpec> {
+    TASKS.iter().find(|s| s.name == task_name).or_else(|| {
+        let (benchmark, _) = task_name.split_once(':')?;
+        TASKS.iter().find(|s| s.name == benchmark && s.subjects.is_some())
+    })
+}
+
 /// One task, named as lighteval names it (`hellaswag`, `arc:easy`, `mmlu:anatomy`, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Task {
     pub name: String,
-    pub kind: Kind,
+    pub spec: &'static TaskSpec,
+    /// A subject benchmark's subject.
+    subject: Option<&'static str>,
 }
 
-/// One evaluated document: what the prompt function made of a row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Doc {
-    pub query: String,
-    /// Multiple choice: the scored continuations. Generative: empty.
-    pub choices: Vec<String>,
-    /// Multiple choice: the gold choice indices.
-    pub gold: Vec<usize>,
-    /// Generative: the gold answers (TriviaQA: normalised aliases; GSM8K: " " + answer).
-    pub gold_texts: Vec<String>,
-    /// Multiple choice with one context per choice (lm-eval's Winogrande): the contexts, the
-    /// same continuation in `choices`. Empty: every choice continues `query`.
-    pub contexts: Vec<String>,
+impl PartialEq for Task {
+    fn eq(&self, other: &Task) -> bool {
+        self.name == other.name
+    }
 }
+
+impl Eq for Task {}
 
 impl Task {
-    fn new(name: impl Into<String>, kind: Kind) -> Task {
-        Task { name: name.into(), kind }
+    /// The task of a spec without subjects, or every subject's task.
+    fn all_of(spec: &'static TaskSpec) -> Vec<Task> {
+        match spec.subjects {
+            None => vec![Task { name: spec.name.to_string(), spec, subject: None }],
+            Some(list) => list.names().into_iter().map(|s| Task { name: format!("{}:{s}", spec.name), spec, subject: Some(s) }).collect(),
+        }
     }
 
     /// The tasks of a comma-separated list. Groups: `openseek` (the 12-number table's tasks),
-    /// `mmlu`, `cmmlu`, `ceval` (all subjects), `arc` (easy + challenge), `all` (openseek + boolq).
+    /// a subject benchmark's name (`mmlu`, `cmmlu`, `ceval`: all subjects), `arc` (easy +
+    /// challenge), `all` (every task).
     pub fn parse_list(list: &str) -> Result<Vec<Task>, Failure> {
         let mut out: Vec<Task> = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -92,312 +334,112 @@ impl Task {
     }
 
     fn expand(name: &str) -> Result<Vec<Task>, Failure> {
-        let one = |k: Kind| Ok(vec![Task::new(name, k)]);
-        match name {
-            "openseek" => {
-                let mut v = Vec::new();
-                for n in ["hellaswag", "arc", "piqa", "mmlu", "commonsense_qa", "triviaqa", "winogrande", "openbookqa", "gsm8k", "siqa", "ceval", "cmmlu"] {
-                    v.extend(Task::expand(n)?);
-                }
-                Ok(v)
-            }
-            "all" => {
-                let mut v = Task::expand("openseek")?;
-                v.extend(Task::expand("boolq")?);
-                Ok(v)
-            }
-            "arc" => Ok(vec![Task::new("arc:challenge", Kind::ArcChallenge), Task::new("arc:easy", Kind::ArcEasy)]),
-            "mmlu" => Ok(subjects::MMLU.iter().map(|s| Task::new(format!("mmlu:{s}"), Kind::Mmlu(s.to_string()))).collect()),
-            "cmmlu" => Ok(subjects::CMMLU.iter().map(|(s, _)| Task::new(format!("cmmlu:{s}"), Kind::Cmmlu(s.to_string()))).collect()),
-            "ceval" => Ok(subjects::CEVAL.iter().map(|(s, _)| Task::new(format!("ceval:{s}"), Kind::Ceval(s.to_string()))).collect()),
-            "hellaswag" => one(Kind::Hellaswag),
-            "winogrande" => one(Kind::Winogrande),
-            "piqa" => one(Kind::Piqa),
-            "siqa" => one(Kind::Siqa),
-            "openbookqa" => one(Kind::OpenBookQa),
-            "arc:easy" => one(Kind::ArcEasy),
-            "arc:challenge" => one(Kind::ArcChallenge),
-            "commonsense_qa" => one(Kind::CommonsenseQa),
-            "triviaqa" => one(Kind::TriviaQa),
-            "gsm8k" => one(Kind::Gsm8k),
-            "boolq" => one(Kind::Boolq),
-            _ => {
-                if let Some(s) = name.strip_prefix("mmlu:") {
-                    if subjects::MMLU.contains(&s) {
-                        return one(Kind::Mmlu(s.into()));
-                    }
-                } else if let Some(s) = name.strip_prefix("cmmlu:") {
-                    if subjects::cmmlu_chinese(s).is_some() {
-                        return one(Kind::Cmmlu(s.into()));
-                    }
-                } else if let Some(s) = name.strip_prefix("ceval:") {
-                    if subjects::ceval_chinese(s).is_some() {
-                        return one(Kind::Ceval(s.into()));
-                    }
-                }
-                Err(Failure::usage(format!(
-                    "unknown task {name:?}; tasks: openseek, all, hellaswag, winogrande, piqa, siqa, openbookqa, arc, arc:easy, arc:challenge, commonsense_qa, mmlu[:subject], cmmlu[:subject], ceval[:subject], triviaqa, gsm8k, boolq"
-                )))
-            }
+        let tasks: Vec<Task> = match name {
+            "openseek" => TASKS.iter().filter(|s| s.column.is_some()).flat_map(Task::all_of).collect(),
+            "all" => TASKS.iter().flat_map(Task::all_of).collect(),
+            _ => match TASKS.iter().find(|s| s.name == name) {
+                Some(spec) => Task::all_of(spec),
+                // A family of tasks (`arc`), or one subject (`mmlu:anatomy`).
+                None => TASKS
+                    .iter()
+                    .filter(|s| s.name.split_once(':').is_some_and(|(family, _)| family == name))
+                    .flat_map(Task::all_of)
+                    .chain(Task::subject_task(name))
+                    .collect(),
+            },
+        };
+        if tasks.is_empty() {
+            return Err(Failure::usage(format!("unknown task {name:?}; tasks: openseek, all, {}", Task::names().join(", "))));
         }
+        Ok(tasks)
     }
 
-    /// The split lighteval evaluates (OpenSeek's task file): validation, except ARC / MMLU /
-    /// CMMLU / GSM8K `test` and C-Eval `val`.
+    /// `<benchmark>:<subject>` of a listed subject.
+    fn subject_task(name: &str) -> Option<Task> {
+        let (benchmark, subject) = name.split_once(':')?;
+        let spec = TASKS.iter().find(|s| s.name == benchmark)?;
+        let subject = spec.subjects?.find(subject)?;
+        Some(Task { name: name.to_string(), spec, subject: Some(subject) })
+    }
+
+    /// The names `--tasks` takes besides the groups, for error messages.
+    fn names() -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for spec in &TASKS {
+            if let Some((family, _)) = spec.name.split_once(':') {
+                if !names.iter().any(|n| n == family) {
+                    names.push(family.to_string());
+                }
+            }
+            names.push(if spec.subjects.is_some() { format!("{}[:subject]", spec.name) } else { spec.name.to_string() });
+        }
+        names
+    }
+
+    /// A subject benchmark's subject.
+    pub fn subject(&self) -> Option<&'static str> {
+        self.subject
+    }
+
+    /// The split lighteval evaluates (OpenSeek's task file).
     pub fn default_split(&self) -> &'static str {
-        match self.kind {
-            Kind::ArcEasy | Kind::ArcChallenge | Kind::Mmlu(_) | Kind::Cmmlu(_) | Kind::Gsm8k => "test",
-            Kind::Ceval(_) => "val",
-            _ => "validation",
-        }
-    }
-
-    pub fn is_generative(&self) -> bool {
-        matches!(self.kind, Kind::TriviaQa | Kind::Gsm8k)
+        self.spec.split
     }
 
     /// The metric reported in the table.
     pub fn metric(&self) -> Metric {
-        match self.kind {
-            Kind::CommonsenseQa => Metric::Acc,
-            Kind::TriviaQa | Kind::Gsm8k => Metric::QuasiExactMatch,
-            _ => Metric::AccNorm,
-        }
+        self.spec.metric
+    }
+
+    /// Few-shot examples, for generative tasks that have them.
+    pub fn fewshot(&self) -> Option<Fewshot> {
+        self.spec.generation.and_then(|g| g.fewshot)
     }
 
     /// Read the task's rows for `split` from `data_dir` (layout in the crate docs).
     pub fn read_rows(&self, data_dir: &Path, split: &str) -> Result<Rows, Failure> {
-        let simple = |folder: &str| -> Result<Rows, Failure> {
-            let dir = data_dir.join(folder);
-            data::read_rows(&data::find_split(&dir, &[split])?)
-        };
-        match &self.kind {
-            Kind::Hellaswag => simple("hellaswag"),
-            Kind::Winogrande => simple("winogrande"),
-            Kind::Siqa => simple("siqa"),
-            Kind::OpenBookQa => simple("openbookqa"),
-            Kind::CommonsenseQa => simple("commonsense_qa"),
-            Kind::TriviaQa => simple("triviaqa"),
-            Kind::Boolq => simple("boolq"),
-            Kind::Gsm8k => simple("gsm8k"),
-            Kind::Piqa => read_piqa(&data_dir.join("piqa"), split),
-            Kind::ArcEasy | Kind::ArcChallenge => {
-                let sub = if self.kind == Kind::ArcEasy { "ARC-Easy" } else { "ARC-Challenge" };
-                let dir = data_dir.join("arc");
-                match data::find_split(&dir, &[&format!("{sub}_{split}")]) {
+        let dir = data_dir.join(self.spec.folder);
+        match (self.spec.layout, self.subject) {
+            (Layout::Split, _) => data::read_rows(&data::find_split(&dir, &[split])?),
+            (Layout::Set(set), _) => match data::find_split(&dir, &[&format!("{set}_{split}")]) {
+                Ok(files) => data::read_rows(&files),
+                Err(e) => match data::find_split(&dir.join(set), &[split]) {
                     Ok(files) => data::read_rows(&files),
-                    Err(e) => match data::find_split(&dir.join(sub), &[split]) {
-                        Ok(files) => data::read_rows(&files),
-                        Err(_) => Err(e),
-                    },
-                }
+                    Err(_) => Err(e),
+                },
+            },
+            (Layout::LabelsFile, _) => read_with_labels_file(&dir, split),
+            (Layout::Subjects { csv }, Some(subject)) => {
+                let csv: Vec<String> = csv.iter().map(|c| c.replace("{subject}", subject).replace("{split}", split)).collect();
+                read_subject(&dir, split, subject, &csv)
             }
-            Kind::Mmlu(s) => read_subject(&data_dir.join("mmlu"), split, s, &[]),
-            Kind::Cmmlu(s) => read_subject(&data_dir.join("cmmlu"), split, s, &[format!("{s}.csv")]),
-            Kind::Ceval(s) => read_subject(&data_dir.join("ceval"), split, s, &[format!("{s}_{split}.csv"), format!("{s}.csv")]),
+            (Layout::Subjects { .. }, None) => Err(Failure::software(format!("task {}: a subject benchmark's task without a subject", self.name))),
         }
     }
 
     /// The prompt function: one row → one [`Doc`].
     pub fn doc(&self, row: RowRef) -> Result<Doc, Failure> {
-        let mc = |query: String, choices: Vec<String>, gold: usize| -> Result<Doc, Failure> {
-            if gold >= choices.len() {
-                return Err(Failure::data(format!(
-                    "{}: row {}: gold index {gold} but only {} choices",
-                    row.source,
-                    row.index,
-                    choices.len()
-                )));
-            }
-            Ok(Doc { query, choices, gold: vec![gold], gold_texts: vec![], contexts: vec![] })
+        let topic = match (self.spec.subjects, self.subject) {
+            (Some(list), Some(subject)) => list.topic(subject),
+            _ => "",
         };
-        let spaced = |v: Vec<String>| -> Vec<String> { v.into_iter().map(|c| format!(" {c}")).collect() };
-        match &self.kind {
-            Kind::Hellaswag => {
-                let ctx = format!("{} {} ", row.str("ctx_a")?, py_capitalize(row.str("ctx_b")?));
-                let query = hellaswag_preprocess(&format!("{}: {ctx}", row.str("activity_label")?));
-                let choices = row.str_list("endings")?.iter().map(|e| format!(" {}", hellaswag_preprocess(e))).collect();
-                mc(query, choices, index_label(row, "label", 0)?)
-            }
-            Kind::Winogrande => {
-                let sentence = row.str("sentence")?;
-                let parts: Vec<&str> = sentence.split('_').collect();
-                if parts.len() != 2 {
-                    return Err(Failure::data(format!(
-                        "{}: row {}: the winogrande sentence must hold exactly one `_`: {sentence:?}",
-                        row.source, row.index
-                    )));
-                }
-                let end = py_strip(parts[1]);
-                let choices = vec![format!("{} {end}", row.label("option1")?), format!("{} {end}", row.label("option2")?)];
-                mc(parts[0].to_string(), choices, index_label(row, "answer", 1)?)
-            }
-            Kind::Piqa => {
-                let query = format!("Question: {}\nAnswer:", row.str("goal")?);
-                mc(query, vec![format!(" {}", row.str("sol1")?), format!(" {}", row.str("sol2")?)], index_label(row, "label", 0)?)
-            }
-            Kind::Siqa => {
-                let query = format!("{} {}", row.str("context")?, row.str("question")?);
-                let choices = spaced(vec![row.str("answerA")?.into(), row.str("answerB")?.into(), row.str("answerC")?.into()]);
-                mc(query, choices, index_label(row, "label", 1)?)
-            }
-            Kind::OpenBookQa => {
-                let ch = row.object("choices")?;
-                let key = row.str("answerKey")?;
-                mc(row.str("question_stem")?.to_string(), spaced(ch.str_list("text")?), letter_index(row, py_strip(key), 5)?)
-            }
-            Kind::ArcEasy | Kind::ArcChallenge => {
-                let ch = row.object("choices")?;
-                let labels = ch.str_list("label")?;
-                let key = row.str("answerKey")?;
-                let gold = labels.iter().position(|l| l == key).ok_or_else(|| {
-                    Failure::data(format!("{}: row {}: answerKey {key:?} is not among the labels {labels:?}", row.source, row.index))
-                })?;
-                mc(format!("Question: {}\nAnswer:", row.str("question")?), spaced(ch.str_list("text")?), gold)
-            }
-            Kind::CommonsenseQa => {
-                let ch = row.object("choices")?;
-                let key = row.str("answerKey")?;
-                mc(row.str("question")?.to_string(), spaced(ch.str_list("text")?), letter_index(row, py_strip(key), 26)?)
-            }
-            Kind::Mmlu(subject) => {
-                let topic = if row.has("subject") { row.str("subject")?.to_string() } else { subject.clone() };
-                let query = format!("The following are questions about {}.\nQuestion: {}\nAnswer:", topic.replace('_', " "), row.str("question")?);
-                let (choices, gold) = choices_and_answer(row)?;
-                mc(query, spaced(choices), gold)
-            }
-            Kind::Cmmlu(subject) => {
-                let topic = subjects::cmmlu_chinese(subject).unwrap_or(subject);
-                let (q, choices, gold) = chinese_row(row)?;
-                let query = format!("以下是关于{}的单项选择题，请直接给出正确答案的选项。\n题目：{q}\n答案是：", topic.replace('_', " "));
-                mc(query, spaced(choices), gold)
-            }
-            Kind::Ceval(subject) => {
-                let topic = subjects::ceval_chinese(subject).unwrap_or(subject);
-                let (q, choices, gold) = chinese_row(row)?;
-                let query = format!("以下是中国关于{}考试的单项选择题，请选出其中的正确答案。\n题目：{q}\n答案：", topic.replace('_', " "));
-                mc(query, spaced(choices), gold)
-            }
-            Kind::Boolq => {
-                let query = format!("{}\nQuestion: {}?\nAnswer:", row.str("passage")?, py_capitalize(row.str("question")?));
-                let gold = if row.has("label") { index_label(row, "label", 0)? } else { row.bool("answer")? as usize };
-                mc(query, vec![" No".into(), " Yes".into()], gold)
-            }
-            Kind::TriviaQa => {
-                let aliases = row.object("answer")?.str_list("aliases")?;
-                if aliases.is_empty() {
-                    return Err(Failure::data(format!("{}: row {}: answer.aliases is empty", row.source, row.index)));
-                }
-                Ok(Doc {
-                    query: format!("Question: {}\nAnswer:", row.str("question")?),
-                    choices: vec![],
-                    gold: vec![],
-                    gold_texts: triviaqa_golds(aliases),
-                    contexts: vec![],
-                })
-            }
-            Kind::Gsm8k => Ok(Doc {
-                query: format!("Question: {}\nAnswer:", row.str("question")?),
-                choices: vec![],
-                gold: vec![],
-                gold_texts: vec![format!(" {}", row.str("answer")?)],
-                contexts: vec![],
-            }),
-        }
+        (self.spec.prompt)(row, topic)
     }
-}
 
-impl Task {
     /// The prompt function of EleutherAI's lm-evaluation-harness where it differs from
-    /// lighteval's (`--harness lm-eval`): HellaSwag without the trailing space of the query (so no
-    /// doubled space before each ending), Winogrande by partial evaluation (one context per option
-    /// — the sentence up to the blank with the option filled in — and the rest of the sentence as
-    /// the common continuation), SIQA as "Q: {context} {question}\nA:", BoolQ with the question as
-    /// written and " no" / " yes". Every other task is built as lighteval builds it (lm-eval's MMLU
-    /// default is the lettered format, not this cloze table; GSM8K and TriviaQA keep lighteval's).
+    /// lighteval's (`--harness lm-eval`; [`TaskSpec::lm_eval_prompt`]), else lighteval's.
     pub fn lm_eval_doc(&self, row: RowRef) -> Result<Doc, Failure> {
         let doc = self.doc(row)?;
-        let gold = doc.gold.clone();
-        let mc = |query: String, choices: Vec<String>, contexts: Vec<String>| Doc { query, choices, gold: gold.clone(), gold_texts: vec![], contexts };
-        Ok(match &self.kind {
-            Kind::Hellaswag => {
-                let ctx = format!("{} {}", row.str("ctx_a")?, py_capitalize(row.str("ctx_b")?));
-                // lm-eval's preprocess strips first, then rewrites.
-                let query = hellaswag_preprocess(py_strip(&format!("{}: {ctx}", row.str("activity_label")?)));
-                let choices = row.str_list("endings")?.iter().map(|e| format!(" {}", hellaswag_preprocess(py_strip(e)))).collect();
-                mc(query, choices, vec![])
-            }
-            Kind::Winogrande => {
-                let sentence = row.str("sentence")?;
-                let blank = sentence.find('_').expect("doc() checked the blank");
-                let target = format!(" {}", py_strip(&sentence[blank + 1..]));
-                let contexts = vec![format!("{}{}", &sentence[..blank], row.label("option1")?), format!("{}{}", &sentence[..blank], row.label("option2")?)];
-                mc(sentence[..blank].to_string(), vec![target.clone(), target], contexts)
-            }
-            Kind::Siqa => mc(format!("Q: {} {}\nA:", row.str("context")?, row.str("question")?), doc.choices, vec![]),
-            Kind::Boolq => mc(format!("{}\nQuestion: {}?\nAnswer:", row.str("passage")?, row.str("question")?), vec![" no".into(), " yes".into()], vec![]),
-            _ => doc,
-        })
-    }
-}
-
-/// TriviaQA golds as lighteval builds them: aliases sorted (code point order), an alias dropped
-/// when it starts with the last kept one, then lower-cased with ASCII punctuation removed.
-pub fn triviaqa_golds(mut aliases: Vec<String>) -> Vec<String> {
-    aliases.sort();
-    let mut kept: Vec<String> = Vec::new();
-    for a in aliases {
-        if kept.last().is_none_or(|last| !a.starts_with(last.as_str())) {
-            kept.push(a);
+        match self.spec.lm_eval_prompt {
+            Some(prompt) => prompt(row, doc),
+            None => Ok(doc),
         }
     }
-    kept.iter().map(|a| remove_punctuation(&py_lower(a))).collect()
 }
 
-/// A 0- or 1-based integer label column as a 0-based index.
-fn index_label(row: RowRef, key: &str, base: i64) -> Result<usize, Failure> {
-    let v = row.int(key)?;
-    if v < base {
-        return Err(Failure::data(format!("{}: row {}: {key} = {v} is not a valid label (test rows without labels cannot be scored)", row.source, row.index)));
-    }
-    Ok((v - base) as usize)
-}
-
-fn letter_index(row: RowRef, key: &str, n: usize) -> Result<usize, Failure> {
-    let mut cs = key.chars();
-    match (cs.next(), cs.next()) {
-        (Some(c @ 'A'..='Z'), None) if ((c as u8 - b'A') as usize) < n => Ok((c as u8 - b'A') as usize),
-        _ => Err(Failure::data(format!("{}: row {}: answerKey {key:?} is not a letter A..", row.source, row.index))),
-    }
-}
-
-/// HF schema (`choices` list + `answer` index or letter) for MMLU-style rows.
-fn choices_and_answer(row: RowRef) -> Result<(Vec<String>, usize), Failure> {
-    let choices = row.str_list("choices")?;
-    let answer = row.label("answer")?;
-    let gold = match answer.parse::<usize>() {
-        Ok(i) => i,
-        Err(_) => letter_index(row, py_strip(&answer), choices.len())?,
-    };
-    Ok((choices, gold))
-}
-
-/// CMMLU / C-Eval rows: the original CSV (`Question|question`, `A`..`D`, `Answer|answer` letter)
-/// or the HF lighteval schema (`question`, `choices`, `answer`).
-fn chinese_row(row: RowRef) -> Result<(String, Vec<String>, usize), Failure> {
-    if row.has("choices") {
-        let (choices, gold) = choices_and_answer(row)?;
-        return Ok((row.str("question")?.to_string(), choices, gold));
-    }
-    let q = if row.has("Question") { row.str("Question")? } else { row.str("question")? };
-    let choices: Vec<String> = ["A", "B", "C", "D"].iter().map(|k| row.label(k)).collect::<Result<_, _>>()?;
-    let ans = if row.has("Answer") { row.str("Answer")? } else { row.str("answer")? };
-    Ok((q.to_string(), choices, letter_index(row, py_strip(ans), 4)?))
-}
-
-/// PIQA: HF (`{split}.jsonl|parquet` with `label`) or the original release (`valid.jsonl` +
-/// `valid-labels.lst`, `train.jsonl` + `train-labels.lst`).
-fn read_piqa(dir: &Path, split: &str) -> Result<Rows, Failure> {
+/// A split in HF form (`{split}.jsonl|parquet` with `label`) or as the original PIQA release
+/// (`valid.jsonl` + `valid-labels.lst`, `train.jsonl` + `train-labels.lst`).
+fn read_with_labels_file(dir: &Path, split: &str) -> Result<Rows, Failure> {
     if let Ok(files) = data::find_split(dir, &[split]) {
         return data::read_rows(&files);
     }
@@ -488,10 +530,16 @@ mod tests {
     }
 
     #[test]
-    fn triviaqa_prefix_removal_uses_last_kept() {
-        let g = triviaqa_golds(vec!["Sunset Blvd".into(), "West Sunset Boulevard".into(), "Sunset Boulevard".into(), "Sunset Bulevard".into(), "Sunset Blvd.".into()]);
-        assert_eq!(g, vec!["sunset blvd", "sunset boulevard", "sunset bulevard", "west sunset boulevard"]);
-        // "ab" is kept after "a"? No: it starts with "a". "b" is kept.
-        assert_eq!(triviaqa_golds(vec!["ab".into(), "a".into(), "b".into()]), vec!["a", "b"]);
+    fn the_table_is_consistent() {
+        for spec in &TASKS {
+            assert_eq!(spec.subjects.is_some(), matches!(spec.layout, Layout::Subjects { .. }), "{}", spec.name);
+            assert_eq!(spec.generation.is_some(), spec.metric == Metric::QuasiExactMatch, "{}", spec.name);
+            assert!(std::ptr::eq(spec_of(spec.name).unwrap(), spec));
+        }
+        assert_eq!(spec_of("mmlu:anatomy").unwrap().name, "mmlu");
+        assert!(spec_of("hellaswag:x").is_none() && spec_of("arc").is_none());
+        let e = Task::parse_list("arc:nope").unwrap_err().message;
+        assert!(e.contains("hellaswag, arc, arc:challenge, arc:easy, piqa, mmlu[:subject]") && e.ends_with("boolq"), "{e}");
+        assert_eq!(Task::parse_list("all").unwrap().len(), Task::parse_list("openseek").unwrap().len() + 1);
     }
 }
