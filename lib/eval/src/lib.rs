@@ -78,8 +78,8 @@ pub use requests::{ChoiceItem, GenerateItem, Harness, Item, LoglikelihoodRequest
 pub use record::TaskRecord;
 pub use run::{Backend, RunConfig, RunSummary, StopCheck};
 pub use stops::StopStrings;
-pub use metrics::{score, ItemScore};
-pub use table::{Table, TaskResult};
+pub use metrics::{score, ItemScore, TaskResult};
+pub use table::Table;
 pub use prompts::Doc;
 pub use tasks::{Metric, Task, TaskSpec, TASKS};
 

@@ -6,7 +6,6 @@
 use openseek_common::Failure;
 
 use crate::requests::Item;
-use crate::table::TaskResult;
 use crate::tasks::{Answer, Task};
 use crate::text::{py_lower, py_strip, remove_punctuation};
 use crate::Output;
@@ -23,6 +22,20 @@ pub struct ItemScore {
     pub acc: Option<f64>,
     pub acc_norm: Option<f64>,
     pub exact_match: Option<f64>,
+}
+
+/// A task's score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub task: String,
+    /// The metric the table reports for this task, its mean (0..1) and sample stderr.
+    pub metric: &'static str,
+    pub value: f64,
+    pub stderr: f64,
+    pub n: usize,
+    /// Every metric computed: (name, mean, stderr).
+    pub metrics: Vec<(&'static str, f64, f64)>,
+    pub items: Vec<ItemScore>,
 }
 
 /// Score items against outputs: acc and acc_norm for multiple choice, quasi exact match for

@@ -8,8 +8,8 @@ use openseek_common::Failure;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::metrics::TaskResult;
 use crate::requests::Item;
-use crate::table::TaskResult;
 use crate::tasks::Task;
 use crate::Output;
 

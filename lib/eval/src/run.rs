@@ -12,9 +12,10 @@ use openseek_common::{write_json_file, ExitCode, Failure};
 use openseek_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
+use crate::metrics::TaskResult;
 use crate::record::{read_record, record_path, TaskRecord};
 use crate::requests::{ChoiceItem, GenerateItem, Item, Options};
-use crate::table::{self, TaskResult};
+use crate::table;
 use crate::tasks::{self, Task, TaskSpec};
 use crate::Output;
 

@@ -3,22 +3,8 @@
 //! CommonsenseQA, TriviaQA, Winogrande, OpenBookQA, GSM8K, SIQA, C-Eval, CMMLU (means over
 //! subjects), ×100, and the plain mean of the 12.
 
-use crate::metrics::{self, ItemScore};
+use crate::metrics::{self, TaskResult};
 use crate::tasks;
-
-/// A task's score.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskResult {
-    pub task: String,
-    /// The metric the table reports for this task, its mean (0..1) and sample stderr.
-    pub metric: &'static str,
-    pub value: f64,
-    pub stderr: f64,
-    pub n: usize,
-    /// Every metric computed: (name, mean, stderr).
-    pub metrics: Vec<(&'static str, f64, f64)>,
-    pub items: Vec<ItemScore>,
-}
 
 /// The table's column names, in the seeds' order.
 pub const COLUMNS: [&str; 12] = [
