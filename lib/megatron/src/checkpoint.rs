@@ -1,7 +1,8 @@
-//! A Megatron checkpoint opened for conversion: the iteration directory chosen, the format
-//! recognised, Megatron's `args`, and one [`Entry`] per global parameter that says where its
-//! pieces lie. Nothing but pickles is read until [`Checkpoint::read`] is asked for one tensor;
-//! it reads that tensor's pieces (every rank's shard of it) and returns it whole.
+//! A Megatron checkpoint opened for conversion, whichever its format (crate::legacy and
+//! crate::dcp open them): the iteration directory chosen, Megatron's `args`, and one [`Entry`]
+//! per global parameter that says where its pieces lie. Nothing but pickles is read until
+//! [`Checkpoint::read`] is asked for one tensor; the format's [`Tensors`] reads that tensor's
+//! pieces (every rank's shard of it) and returns it whole.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,8 +66,13 @@ pub struct Checkpoint {
     pub unknown: Vec<(String, PathBuf)>,
     /// Tensor / pipeline / expert parallel sizes seen.
     pub parallel: (usize, usize, usize),
-    pub(crate) files: Vec<OpenFile>,
-    pub(crate) dcp: Option<crate::dcp::DcpIndex>,
+    pub(crate) tensors: Box<dyn Tensors>,
+}
+
+/// Where a format keeps its entries' tensors (the rank files; the DCP chunks).
+pub(crate) trait Tensors {
+    /// The whole tensor of an entry, row-major little-endian bytes.
+    fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure>;
 }
 
 /// An open file; for rank files also its parsed archive.
@@ -145,85 +151,15 @@ pub fn iteration_dir(load: &Path, iteration: Option<&str>) -> Result<(PathBuf, O
 }
 
 impl Checkpoint {
-    /// Open the checkpoint in `load` (see [`iteration_dir`]), recognising its format.
-    pub fn open(load: &Path, iteration: Option<&str>) -> Result<Checkpoint, Failure> {
-        let (dir, it) = iteration_dir(load, iteration)?;
-        let mut ck = if dir.join(".metadata").is_file() { crate::dcp::open(&dir)? } else { crate::legacy::open(&dir)? };
-        ck.iteration = it;
-        Ok(ck)
-    }
-
     /// The whole tensor of an entry, row-major little-endian bytes.
     pub fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure> {
-        match &e.src {
-            Src::Legacy { pieces, merge } => {
-                // One piece in memory at a time beside the whole tensor.
-                let piece_shape = &pieces[0].1.shape;
-                let mut out = Vec::new();
-                for (r, (f, t)) in pieces.iter().enumerate() {
-                    let file = &self.files[*f];
-                    let archive = file.archive.as_ref().expect("rank files are parsed");
-                    let what = format!("{}: {}", file.path.display(), e.key);
-                    let piece = archive.tensor_bytes(&file.file, t, &what)?;
-                    if pieces.len() == 1 || *merge == Merge::Replicated {
-                        return Ok(piece);
-                    }
-                    if out.is_empty() {
-                        out = vec![0u8; piece.len() * pieces.len()];
-                    }
-                    place(&mut out, &piece, r, pieces.len(), piece_shape, *merge, e.dtype.size());
-                }
-                Ok(out)
-            }
-            Src::Dcp { fqn, fixed } => self.dcp.as_ref().expect("DCP index").read(fqn, fixed, e),
-        }
-    }
-}
-
-/// Copy piece `r` of `n` tensor-parallel pieces (each of shape `piece`) into its place in the whole
-/// row-major tensor `out`.
-pub(crate) fn place(out: &mut [u8], piece: &[u8], r: usize, n: usize, shape: &[usize], merge: Merge, es: usize) {
-    match merge {
-        Merge::Replicated => out.copy_from_slice(piece),
-        Merge::Dim(d) | Merge::DimOrDuplicated(d) => {
-            let outer: usize = shape[..d].iter().product();
-            let inner: usize = shape[d..].iter().product::<usize>() * es;
-            for o in 0..outer {
-                let at = (o * n + r) * inner;
-                out[at..at + inner].copy_from_slice(&piece[o * inner..(o + 1) * inner]);
-            }
-        }
-        Merge::GateUp => {
-            // Rank r holds [gate_r; up_r]; the whole is [gate_0 .. gate_n-1; up_0 .. up_n-1].
-            let half = piece.len() / 2;
-            out[r * half..(r + 1) * half].copy_from_slice(&piece[..half]);
-            out[(n + r) * half..(n + r + 1) * half].copy_from_slice(&piece[half..]);
-        }
+        self.tensors.read(e)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn merged(merge: Merge) -> Vec<u8> {
-        // Two ranks of a [2, 2] u8 piece each.
-        let mut out = vec![0u8; 8];
-        place(&mut out, &[1, 2, 3, 4], 0, 2, &[2, 2], merge, 1);
-        place(&mut out, &[5, 6, 7, 8], 1, 2, &[2, 2], merge, 1);
-        out
-    }
-
-    #[test]
-    fn merges_rows_columns_and_gate_up() {
-        assert_eq!(merged(Merge::Dim(0)), [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(merged(Merge::Dim(1)), [1, 2, 5, 6, 3, 4, 7, 8]);
-        // Rank r holds [gate_r; up_r]: the whole is [gate_0; gate_1; up_0; up_1].
-        assert_eq!(merged(Merge::GateUp), [1, 2, 5, 6, 3, 4, 7, 8]);
-        let mut one = vec![0u8; 4];
-        place(&mut one, &[1, 2, 3, 4], 0, 1, &[2, 2], Merge::Replicated, 1);
-        assert_eq!(one, [1, 2, 3, 4]);
-    }
 
     #[test]
     fn iteration_choice_and_missing_directories() {

@@ -12,7 +12,7 @@ use openseek_common::{provenance::Provenance, AtomicOutputs, Failure};
 use openseek_safetensors::{OutTensor, ShardWriter};
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, Entry};
+use crate::checkpoint::{iteration_dir, Checkpoint, Entry};
 use crate::hf::{self, Shape};
 use crate::mapping::{self, Part};
 
@@ -124,6 +124,15 @@ fn copy_tokenizer(from: &Path, out: &Path, outputs: &mut AtomicOutputs) -> Resul
     Ok(copied)
 }
 
+/// Open the checkpoint in `load` (see [`iteration_dir`]), recognising its format: `torch_dist`
+/// where the iteration directory holds a `.metadata`, else the legacy `torch` format.
+pub fn open(load: &Path, iteration: Option<&str>) -> Result<Checkpoint, Failure> {
+    let (dir, it) = iteration_dir(load, iteration)?;
+    let mut ck = if dir.join(".metadata").is_file() { crate::dcp::open(&dir)? } else { crate::legacy::open(&dir)? };
+    ck.iteration = it;
+    Ok(ck)
+}
+
 /// Convert. `progress` is told each HF tensor written (name, bytes so far, total bytes); an error
 /// it returns (a stop signal) ends the conversion with nothing written.
 pub fn convert(
@@ -131,7 +140,7 @@ pub fn convert(
     provenance: Provenance,
     mut progress: impl FnMut(&str, u64, u64) -> Result<(), Failure>,
 ) -> Result<Report, Failure> {
-    let ck = Checkpoint::open(&opts.load, opts.iteration.as_deref())?;
+    let ck = open(&opts.load, opts.iteration.as_deref())?;
     if !ck.unknown.is_empty() && !opts.skip_unknown {
         let list: Vec<String> = ck.unknown.iter().take(10).map(|(k, f)| format!("{}: {k}", f.display())).collect();
         return Err(Failure::data(format!(

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use openseek_common::Failure;
 
 use crate::archive::{Archive, ReadAt};
-use crate::checkpoint::{Checkpoint, Entry, Format, OpenFile, Src};
+use crate::checkpoint::{Checkpoint, Entry, Format, OpenFile, Src, Tensors};
 use crate::mapping;
 use crate::pickle::{self, Dtype, Value};
 
@@ -37,7 +37,7 @@ struct TensorMeta {
 }
 
 /// The tensors of a DCP checkpoint and the files their chunks are in.
-pub(crate) struct DcpIndex {
+struct DcpIndex {
     dir: PathBuf,
     tensors: HashMap<String, TensorMeta>,
     /// relative_path -> the file, opened on first use.
@@ -215,15 +215,23 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         ignored,
         unknown,
         parallel,
-        files: Vec::new(),
-        dcp: Some(DcpIndex { dir: dir.to_path_buf(), tensors, opened: Default::default(), recent: Default::default() }),
+        tensors: Box::new(DcpIndex { dir: dir.to_path_buf(), tensors, opened: Default::default(), recent: Default::default() }),
     })
+}
+
+impl Tensors for DcpIndex {
+    fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure> {
+        match &e.src {
+            Src::Dcp { fqn, fixed } => self.region(fqn, fixed, e),
+            Src::Legacy { .. } => Err(Failure::software(format!("{}: not an entry of the torch_dist format", e.key))),
+        }
+    }
 }
 
 impl DcpIndex {
     /// The sub-tensor of `fqn` at the `fixed` leading indices, assembled from the chunks that
     /// overlap it, each chunk's archive parsed from its byte range of the `.distcp` file.
-    pub(crate) fn read(&self, fqn: &str, fixed: &[usize], e: &Entry) -> Result<Vec<u8>, Failure> {
+    fn region(&self, fqn: &str, fixed: &[usize], e: &Entry) -> Result<Vec<u8>, Failure> {
         let meta = &self.tensors[fqn];
         let es = meta.dtype.size();
         let nd = meta.size.len();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use openseek_common::Failure;
 
-use crate::checkpoint::{Checkpoint, Entry, Format, OpenFile, Src};
+use crate::checkpoint::{Checkpoint, Entry, Format, OpenFile, Src, Tensors};
 use crate::mapping::{self, Merge};
 use crate::pickle::{TensorRef, Value};
 
@@ -264,10 +264,60 @@ pub(crate) fn open(dir: &Path) -> Result<Checkpoint, Failure> {
         ignored,
         unknown,
         parallel: (tp_size, pp_seen, ep_size),
-        files,
-        dcp: None,
+        tensors: Box::new(RankFiles(files)),
     })
 }
+
+/// The rank files, parsed; an entry's pieces are tensors in them.
+struct RankFiles(Vec<OpenFile>);
+
+impl Tensors for RankFiles {
+    fn read(&self, e: &Entry) -> Result<Vec<u8>, Failure> {
+        let Src::Legacy { pieces, merge } = &e.src else {
+            return Err(Failure::software(format!("{}: not an entry of the torch format", e.key)));
+        };
+        // One piece in memory at a time beside the whole tensor.
+        let piece_shape = &pieces[0].1.shape;
+        let mut out = Vec::new();
+        for (r, (f, t)) in pieces.iter().enumerate() {
+            let file = &self.0[*f];
+            let archive = file.archive.as_ref().expect("rank files are parsed");
+            let what = format!("{}: {}", file.path.display(), e.key);
+            let piece = archive.tensor_bytes(&file.file, t, &what)?;
+            if pieces.len() == 1 || *merge == Merge::Replicated {
+                return Ok(piece);
+            }
+            if out.is_empty() {
+                out = vec![0u8; piece.len() * pieces.len()];
+            }
+            place(&mut out, &piece, r, pieces.len(), piece_shape, *merge, e.dtype.size());
+        }
+        Ok(out)
+    }
+}
+
+/// Copy piece `r` of `n` tensor-parallel pieces (each of shape `piece`) into its place in the whole
+/// row-major tensor `out`.
+fn place(out: &mut [u8], piece: &[u8], r: usize, n: usize, shape: &[usize], merge: Merge, es: usize) {
+    match merge {
+        Merge::Replicated => out.copy_from_slice(piece),
+        Merge::Dim(d) | Merge::DimOrDuplicated(d) => {
+            let outer: usize = shape[..d].iter().product();
+            let inner: usize = shape[d..].iter().product::<usize>() * es;
+            for o in 0..outer {
+                let at = (o * n + r) * inner;
+                out[at..at + inner].copy_from_slice(&piece[o * inner..(o + 1) * inner]);
+            }
+        }
+        Merge::GateUp => {
+            // Rank r holds [gate_r; up_r]; the whole is [gate_0 .. gate_n-1; up_0 .. up_n-1].
+            let half = piece.len() / 2;
+            out[r * half..(r + 1) * half].copy_from_slice(&piece[..half]);
+            out[(n + r) * half..(n + r + 1) * half].copy_from_slice(&piece[half..]);
+        }
+    }
+}
+
 
 /// `{layer}.mlp.experts.weight{1,2}`: the layer and which weight.
 fn grouped_gemm(key: &str) -> Option<(LayerOf, u8)> {
@@ -306,6 +356,25 @@ fn grouped_views(t: &TensorRef, which: u8, n: usize) -> Result<Vec<TensorRef>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn merged(merge: Merge) -> Vec<u8> {
+        // Two ranks of a [2, 2] u8 piece each.
+        let mut out = vec![0u8; 8];
+        place(&mut out, &[1, 2, 3, 4], 0, 2, &[2, 2], merge, 1);
+        place(&mut out, &[5, 6, 7, 8], 1, 2, &[2, 2], merge, 1);
+        out
+    }
+
+    #[test]
+    fn merges_rows_columns_and_gate_up() {
+        assert_eq!(merged(Merge::Dim(0)), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(merged(Merge::Dim(1)), [1, 2, 5, 6, 3, 4, 7, 8]);
+        // Rank r holds [gate_r; up_r]: the whole is [gate_0; gate_1; up_0; up_1].
+        assert_eq!(merged(Merge::GateUp), [1, 2, 5, 6, 3, 4, 7, 8]);
+        let mut one = vec![0u8; 4];
+        place(&mut one, &[1, 2, 3, 4], 0, 1, &[2, 2], Merge::Replicated, 1);
+        assert_eq!(one, [1, 2, 3, 4]);
+    }
 
     #[test]
     fn grouped_gemm_views_are_transposed_experts() {
