@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use openseek_common::{AtomicOutputs, Failure};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use openseek_safetensors::{Dtype, SafetensorsFile};
 
 /// What a shard file says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,13 +52,11 @@ pub fn save_shard(dir: &Path, info: &ShardInfo, tensors: &[(&str, &[f32])]) -> R
     let path = dir.join(shard_file_name(info.rank, info.world));
     let len: usize = info.ranges.iter().map(|r| r.len()).sum();
     assert!(info.ranges.iter().all(|r| r.end <= info.total), "optimizer ranges past the flat vector");
-    let views = tensors
-        .iter()
-        .map(|(name, data)| {
-            assert_eq!(data.len(), len, "optimizer state of another length than its ranges");
-            (name.to_string(), TensorView::new(Dtype::F32, vec![len], f32_bytes(data)).expect("shape matches the data"))
-        })
-        .collect::<Vec<_>>();
+    for (_, data) in tensors {
+        assert_eq!(data.len(), len, "optimizer state of another length than its ranges");
+    }
+    let shape = [len];
+    let tensors: Vec<(&str, Dtype, &[usize], &[u8])> = tensors.iter().map(|&(name, data)| (name, Dtype::F32, &shape[..], f32_bytes(data))).collect();
     let meta: BTreeMap<String, String> = [
         ("rank", info.rank.to_string()),
         ("world", info.world.to_string()),
@@ -71,33 +69,13 @@ pub fn save_shard(dir: &Path, info: &ShardInfo, tensors: &[(&str, &[f32])]) -> R
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes = serialize_with_sorted_metadata(views, &meta)
+    let bytes = openseek_safetensors::serialize(&tensors, &meta)
         .map_err(|e| Failure::software(format!("{}: cannot serialise the optimizer shard: {e}", path.display())))?;
     let mut outputs = AtomicOutputs::new();
     std::io::Write::write_all(&mut outputs.create(&path)?, &bytes)
         .map_err(|e| Failure::io(format!("{}: cannot write the optimizer shard: {e}", path.display())))?;
     outputs.commit()?;
     Ok(path)
-}
-
-/// A safetensors file whose `__metadata__` keys come in sorted order, so that identical state
-/// makes byte-identical files: the safetensors crate writes metadata from a `HashMap`, in a
-/// different order every run. The header is the crate's own with the metadata put first (tensor
-/// offsets are relative to the data, so they are unchanged), padded to 8 bytes as the crate pads.
-fn serialize_with_sorted_metadata(views: Vec<(String, TensorView)>, meta: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
-    let plain = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
-    let n = u64::from_le_bytes(plain[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&plain[8..8 + n]).map_err(|e| e.to_string())?.trim_end();
-    let tensors = header.strip_prefix('{').ok_or("the safetensors header is not a JSON object")?;
-    let meta = serde_json::to_string(meta).map_err(|e| e.to_string())?;
-    let separator = if tensors == "}" { "" } else { "," };
-    let mut header = format!("{{\"__metadata__\":{meta}{separator}{tensors}").into_bytes();
-    header.resize(header.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + header.len() + plain.len() - 8 - n);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&plain[8 + n..]);
-    Ok(out)
 }
 
 /// The shard files of the newest complete set in `dir` (all ranks of one world size), by rank.
@@ -134,12 +112,10 @@ pub fn load_ranges(dir: &Path, want: &[Range<usize>], names: &[&str], fingerprin
     let mut covered = 0usize;
     let mut total_seen = None;
     for path in find_shards(dir)? {
-        let file = std::fs::File::open(&path).map_err(|e| Failure::io_at(&path, "cannot open", &e))?;
-        // Safety: the file is not modified while mapped (shards are written under a temporary name).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Failure::io_at(&path, "cannot map", &e))?;
+        // Shards are written under a temporary name, so a mapped one does not change.
+        let file = SafetensorsFile::open(&path)?;
         let bad = |why: String| Failure::data(format!("{}: {why}", path.display()));
-        let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
+        let meta = &file.metadata;
         let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata has no '{k}' (not an optimizer shard)")));
         let number = |k: &str| field(k)?.parse::<u64>().map_err(|_| bad(format!("metadata '{k}' is not a number")));
         let (fingerprint_here, step_here, total) = (field("fingerprint")?, number("step")?, number("total")? as usize);
@@ -151,14 +127,13 @@ pub fn load_ranges(dir: &Path, want: &[Range<usize>], names: &[&str], fingerprin
         if *step.get_or_insert(step_here) != step_here || *total_seen.get_or_insert(total) != total {
             return Err(bad("shards of different steps or sizes in one set".into()));
         }
-        let tensors = SafeTensors::deserialize(&map).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let mut stored = None;
         for name in names {
-            let t = tensors.tensor(name).map_err(|_| bad(format!("has no tensor '{name}'")))?;
-            if t.dtype() != Dtype::F32 || t.shape().len() != 1 {
+            let t = file.tensors.get(*name).ok_or_else(|| bad(format!("has no tensor '{name}'")))?;
+            if t.dtype != Dtype::F32 || t.shape.len() != 1 {
                 return Err(bad(format!("tensor '{name}' is not a 1-D F32 slice")));
             }
-            if *stored.get_or_insert(t.shape()[0]) != t.shape()[0] {
+            if *stored.get_or_insert(t.shape[0]) != t.shape[0] {
                 return Err(bad("slices of different lengths".into()));
             }
         }
@@ -191,7 +166,7 @@ pub fn load_ranges(dir: &Path, want: &[Range<usize>], names: &[&str], fingerprin
         }
         covered += copies.iter().map(|c| c.2).sum::<usize>();
         for name in names {
-            let data = tensors.tensor(name).expect("checked above").data();
+            let data = file.bytes(file.tensors[*name].range());
             let dst = out.get_mut(*name).unwrap();
             for &(src, to, n) in &copies {
                 for (d, s) in dst[to..to + n].iter_mut().zip(data[src * 4..(src + n) * 4].chunks_exact(4)) {
@@ -277,13 +252,13 @@ mod tests {
     fn format_one_files_load() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<f32> = (0..10).map(|i| i as f32).collect();
-        let meta: HashMap<String, String> =
+        let meta: BTreeMap<String, String> =
             [("rank", "0"), ("world", "1"), ("offset", "0"), ("total", "10"), ("fingerprint", "f"), ("step", "3"), ("format", "openseek-dist optimizer shard 1")]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-        let view = TensorView::new(Dtype::F32, vec![10], f32_bytes(&data)).unwrap();
-        safetensors::serialize_to_file(vec![("master".to_string(), view)], Some(meta), &dir.path().join(shard_file_name(0, 1))).unwrap();
+        let bytes = openseek_safetensors::serialize(&[("master", Dtype::F32, &[10], f32_bytes(&data))], &meta).unwrap();
+        std::fs::write(dir.path().join(shard_file_name(0, 1)), bytes).unwrap();
         let (got, step) = load_ranges(dir.path(), &[7..10, 1..3], &["master"], "f").unwrap();
         assert_eq!((got["master"].clone(), step), (vec![7.0, 8.0, 9.0, 1.0, 2.0], 3));
     }
@@ -302,9 +277,9 @@ mod tests {
             let n = u64::from_le_bytes(x[..8].try_into().unwrap()) as usize;
             let header = std::str::from_utf8(&x[8..8 + n]).unwrap();
             assert!(header.starts_with(r#"{"__metadata__":{"fingerprint":"#), "metadata first, keys sorted: {header}");
-            // safetensors (the crate, as Python's safetensors uses it) reads it back.
-            let (_, meta) = SafeTensors::read_metadata(&x).unwrap();
-            assert_eq!(meta.metadata().as_ref().unwrap()["step"], "7");
+            // The header validated by safetensors (the crate, as Python's safetensors uses it).
+            let file = SafetensorsFile::open(&a.path().join(&name)).unwrap();
+            assert_eq!(file.metadata["step"], "7");
         }
     }
 

@@ -31,6 +31,8 @@ pub struct SafetensorsFile {
     pub path: PathBuf,
     map: Mmap,
     pub tensors: BTreeMap<String, TensorInfo>,
+    /// The header's `__metadata__` (empty without one).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -42,6 +44,7 @@ impl SafetensorsFile {
         let (header_len, metadata) = SafeTensors::read_metadata(&map)
             .map_err(|e| Failure::data(format!("{}: not a valid safetensors file: {e}", path.display())))?;
         let base = 8 + header_len;
+        let extra = metadata.metadata().iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
         let tensors = metadata
             .tensors()
             .into_iter()
@@ -55,7 +58,7 @@ impl SafetensorsFile {
                 (name, info)
             })
             .collect();
-        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors })
+        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors, metadata: extra })
     }
 
     /// Raw bytes of the file: a tensor's little-endian data for its `TensorInfo::range`.
@@ -89,6 +92,7 @@ mod tests {
         let f = SafetensorsFile::open(&path).unwrap();
         assert_eq!(f.tensors["a"].shape, vec![2, 3]);
         assert_eq!(f.tensors["b"].dtype, Dtype::BF16);
+        assert_eq!(f.metadata.get("format").map(String::as_str), Some("pt"));
         assert_eq!(f.bytes(f.tensors["a"].range()), &a[..]);
         assert_eq!(f.bytes(f.tensors["b"].range()), &b[..]);
         let bytes = std::fs::read(&path).unwrap();

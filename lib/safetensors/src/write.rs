@@ -5,6 +5,8 @@
 //! shards. Headers are written here rather than by the `safetensors` crate, whose writer needs
 //! every tensor in memory at once: `{"__metadata__": {"format": "pt"}, NAME: {dtype, shape,
 //! data_offsets}}` with keys sorted, padded with spaces to 8 bytes, data in the order given.
+//! Small files held whole in memory with metadata of their own (the optimizer shards) are laid out
+//! by the crate, with the metadata in a fixed order ([`serialize`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,6 +14,8 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use openseek_common::{AtomicOutputs, Failure};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
 
 /// One output tensor, as planned.
 #[derive(Debug, Clone)]
@@ -133,6 +137,31 @@ impl<'a> ShardWriter<'a> {
     }
 }
 
+/// A whole file in memory, laid out by the `safetensors` crate (tensors by descending dtype
+/// alignment, then name), with `metadata` first and its keys sorted, so that identical contents
+/// make identical bytes (the crate writes metadata from a `HashMap`, in another order every run).
+/// The header is the crate's with the metadata put first (tensor offsets are relative to the
+/// data, so they are unchanged), padded with spaces to 8 bytes as the crate pads.
+pub fn serialize(tensors: &[(&str, Dtype, &[usize], &[u8])], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    let views = tensors
+        .iter()
+        .map(|&(name, dtype, shape, data)| Ok((name.to_string(), TensorView::new(dtype, shape.to_vec(), data).map_err(|e| format!("{name}: {e}"))?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let plain = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(plain[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&plain[8..8 + n]).map_err(|e| e.to_string())?.trim_end();
+    let entries = header.strip_prefix('{').ok_or("the safetensors header is not a JSON object")?;
+    let metadata = serde_json::to_string(metadata).map_err(|e| e.to_string())?;
+    let separator = if entries == "}" { "" } else { "," };
+    let mut header = format!("{{\"__metadata__\":{metadata}{separator}{entries}").into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + plain.len() - 8 - n);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&plain[8 + n..]);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +183,22 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0u8, 188));
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("c").unwrap().data().len(), 100);
+    }
+
+    #[test]
+    fn serialized_metadata_comes_first_sorted_and_reads_back() {
+        let meta: BTreeMap<String, String> = [("z", "1"), ("a", "2")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (x, y) = ([1u8; 8], [2u8; 4]);
+        let bytes = serialize(&[("x", Dtype::F32, &[2], &x), ("w", Dtype::BF16, &[2], &y)], &meta).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        assert!(header.starts_with(r#"{"__metadata__":{"a":"2","z":"1"},"x":{"dtype":"F32","#), "{header}");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!((st.tensor("x").unwrap().data(), st.tensor("w").unwrap().data()), (&x[..], &y[..]));
+        assert_eq!(safetensors::SafeTensors::read_metadata(&bytes).unwrap().1.metadata().as_ref().unwrap()["z"], "1");
+        let empty = serialize(&[], &meta).unwrap();
+        assert!(std::str::from_utf8(&empty[8..]).unwrap().starts_with(r#"{"__metadata__":{"a":"2","z":"1"}}"#));
+        assert!(serialize(&[("x", Dtype::F32, &[3], &x)], &meta).is_err());
     }
 }
