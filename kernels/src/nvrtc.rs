@@ -11,6 +11,7 @@
 
 use cudarc::driver::result as cu;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction, CUmodule, CUstream};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
@@ -175,12 +176,12 @@ fn use_device(device: usize) -> Result<(), TchError> {
     unsafe impl Send for Ctx {}
     static CONTEXTS: OnceLock<Mutex<HashMap<usize, Ctx>>> = OnceLock::new();
     let mut contexts = CONTEXTS.get_or_init(Default::default).lock().unwrap();
-    if !contexts.contains_key(&device) {
+    if let Entry::Vacant(slot) = contexts.entry(device) {
         cu::init().map_err(|e| driver("init", e))?;
         let dev = cu::device::get(device as c_int).map_err(|e| driver("device", e))?;
         // Safety: the primary context of a valid device, retained for the life of the process.
         let ctx = unsafe { cu::primary_ctx::retain(dev) }.map_err(|e| driver("context", e))?;
-        contexts.insert(device, Ctx(ctx));
+        slot.insert(Ctx(ctx));
     }
     // Safety: a retained context.
     unsafe { cu::ctx::set_current(contexts[&device].0) }.map_err(|e| driver("set context", e))
@@ -204,14 +205,16 @@ pub fn arch(device: usize) -> Result<i32, TchError> {
 pub fn function(program: &Program, kernel: &str, device: usize) -> Result<Function, TchError> {
     static CACHE: OnceLock<Mutex<HashMap<(&'static str, usize), Module>>> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
-    if !cache.contains_key(&(program.name, device)) {
-        let code = compile(program, arch(device)?)?;
-        use_device(device)?;
-        // Safety: machine code NVRTC just produced for this device.
-        let module = unsafe { cu::module::load_data(code.as_ptr().cast()) }.map_err(|e| driver(&format!("loading {}", program.name), e))?;
-        cache.insert((program.name, device), Module { module, functions: HashMap::new() });
-    }
-    let m = cache.get_mut(&(program.name, device)).unwrap();
+    let m = match cache.entry((program.name, device)) {
+        Entry::Occupied(loaded) => loaded.into_mut(),
+        Entry::Vacant(slot) => {
+            let code = compile(program, arch(device)?)?;
+            use_device(device)?;
+            // Safety: machine code NVRTC just produced for this device.
+            let module = unsafe { cu::module::load_data(code.as_ptr().cast()) }.map_err(|e| driver(&format!("loading {}", program.name), e))?;
+            slot.insert(Module { module, functions: HashMap::new() })
+        }
+    };
     if let Some(f) = m.functions.get(kernel) {
         return Ok(*f);
     }

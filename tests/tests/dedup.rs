@@ -224,7 +224,7 @@ fn exact_documents_and_repeated_spans() {
         format!("A second story about mountains and snow. {boiler}"),
         "THE FIRST STORY is about a river, that runs through the old town!".to_string(),
         format!("Third text on forests full of birds and deer. {boiler} End."),
-        format!("{boiler}"),
+        boiler.to_string(),
         "Fourth is unique as well and mentions nothing repeated.".to_string(),
     ];
     let input = dir.path().join("docs.jsonl");

@@ -203,7 +203,7 @@ mod tests {
         let got = resolve(&[format!("{d}/*.jsonl")]).unwrap();
         let names: Vec<_> = got.iter().map(|i| i.path.file_name().unwrap().to_string_lossy().to_string()).collect();
         assert_eq!(names, ["a.jsonl", "b.jsonl"]);
-        let all = resolve(&[d.clone()]).unwrap();
+        let all = resolve(std::slice::from_ref(&d)).unwrap();
         assert_eq!(all.len(), 3, "directory walk takes supported files only");
         assert_eq!(resolve(&[format!("{d}/*.parquet")]).unwrap_err().code, openseek_common::ExitCode::NoInput);
         assert_eq!(resolve(&[format!("{d}/missing.jsonl")]).unwrap_err().code, openseek_common::ExitCode::NoInput);

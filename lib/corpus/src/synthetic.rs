@@ -96,23 +96,6 @@ pub fn document(rng: &mut SplitMix) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deterministic_and_bilingual() {
-        let a: Vec<String> = (0..50).scan(SplitMix::new(7), |r, _| Some(document(r))).collect();
-        let b: Vec<String> = (0..50).scan(SplitMix::new(7), |r, _| Some(document(r))).collect();
-        assert_eq!(a, b);
-        assert!(a.iter().any(|d| d.contains("eats")));
-        assert!(a.iter().any(|d| d.contains("喜欢吃") || d.contains("吃")));
-        assert_eq!(number_zh(47), "四十七");
-        assert_eq!(number_zh(10), "十");
-        assert_eq!(number_zh(13), "十三");
-    }
-}
-
 /// The files `write_demo_corpus` writes under `dir`.
 pub fn demo_corpus_paths(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
     [dir.join("part-0.jsonl"), dir.join("part-1.jsonl.zst"), dir.join("part-2.json")]
@@ -153,4 +136,21 @@ pub fn write_plain_text(path: &std::path::Path, documents: usize, seed: u64) -> 
     let mut rng = SplitMix::new(seed);
     let text: String = (0..documents).map(|_| document(&mut rng) + "\n").collect();
     std::fs::write(path, text).map_err(|e| openseek_common::Failure::io_at(path, "cannot write", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_bilingual() {
+        let a: Vec<String> = (0..50).scan(SplitMix::new(7), |r, _| Some(document(r))).collect();
+        let b: Vec<String> = (0..50).scan(SplitMix::new(7), |r, _| Some(document(r))).collect();
+        assert_eq!(a, b);
+        assert!(a.iter().any(|d| d.contains("eats")));
+        assert!(a.iter().any(|d| d.contains("喜欢吃") || d.contains("吃")));
+        assert_eq!(number_zh(47), "四十七");
+        assert_eq!(number_zh(10), "十");
+        assert_eq!(number_zh(13), "十三");
+    }
 }

@@ -160,11 +160,11 @@ pub fn row(store: &SampleStore, i: u64, o: &ReaderOptions) -> Result<Row, Failur
     let mut position_ids: Vec<u32> = (0..seq as u32).collect();
     if o.reset_position_ids {
         let mut s = 0usize;
-        for k in 0..seq {
+        for (k, position) in position_ids.iter_mut().enumerate() {
             while s + 1 < starts.len() && starts[s + 1] as usize <= k {
                 s += 1;
             }
-            position_ids[k] = k as u32 - starts[s];
+            *position = k as u32 - starts[s];
         }
     }
     let mut cu = if o.reset_attention_mask { starts.clone() } else { vec![0] };

@@ -136,8 +136,12 @@ fn samples_for_tokens(tokens: f64, seq_len: u32, what: &str) -> Result<u64, Fail
     Ok((tokens / seq_len as f64).ceil() as u64)
 }
 
+/// One blend's entries, the sum of its token targets (when it gives targets rather than
+/// weights) and its warnings.
+type ResolvedEntries = (Vec<Entry>, Option<f64>, Vec<String>);
+
 /// Resolve the entries of one blend: weights (or token targets used as weights), checked.
-fn resolve_entries(list: &[DatasetEntry], root: &Path, where_: &str) -> Result<(Vec<Entry>, Option<f64>, Vec<String>), Failure> {
+fn resolve_entries(list: &[DatasetEntry], root: &Path, where_: &str) -> Result<ResolvedEntries, Failure> {
     if list.is_empty() {
         return Err(Failure::config(format!("{where_}: no datasets")));
     }

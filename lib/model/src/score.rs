@@ -236,9 +236,9 @@ fn packed_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> 
             at.push(context_last);
             targets.push(cont[0]);
             owner.push((r, c));
-            for j in 1..cont.len() {
+            for (j, &target) in cont.iter().enumerate().skip(1) {
                 at.push((start + j - 1) as i64);
-                targets.push(cont[j]);
+                targets.push(target);
                 owner.push((r, c));
             }
             ids.extend_from_slice(&cont[..cont.len() - 1]);
