@@ -46,7 +46,9 @@ fn reference_step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamWStep)
 /// with and without the bf16 copy, on sizes that take the vector path, its scalar tail, and
 /// misaligned views (scalar path). With bf16 moments the formula's moments are rounded to bf16
 /// after each step, as the kernel stores them: fp32 arithmetic in a different order can round a
-/// moment to the neighbouring bf16 value, so they agree to one bf16 step, the weights to 1e-4.
+/// moment to the neighbouring bf16 value, so they agree to one bf16 step (2^-7 of their largest),
+/// and the weights to 2^-6 of how far the three updates moved them (a moment one bf16 step off
+/// changes that step's update by up to ~2^-7 of itself; an H100 measured 2.7e-4 of a 1e-2 scale).
 #[test]
 #[ignore]
 fn adamw_kernel_equals_the_formula() {
@@ -58,6 +60,7 @@ fn adamw_kernel_equals_the_formula() {
                 for with_copy in [false, true] {
                     let alloc = |k: Kind| Tensor::randn([numel + offset], (Kind::Float, dev)).to_kind(k).narrow(0, offset, numel);
                     let w = alloc(Kind::Float);
+                    let w0 = w.copy();
                     let (m, v) = ((alloc(Kind::Float) * 0.1).to_kind(moments), (alloc(Kind::Float).square() * 0.01).to_kind(moments));
                     let copy = with_copy.then(|| alloc(Kind::BFloat16));
                     let (mut rw, mut rm, mut rv) = (w.copy(), m.to_kind(Kind::Float).copy(), v.to_kind(Kind::Float).copy());
@@ -78,7 +81,7 @@ fn adamw_kernel_equals_the_formula() {
                     let relative = |a: &Tensor, b: &Tensor| max_abs(a, b) / b.abs().max().double_value(&[]);
                     let (dm, dv) = (relative(&m, &rm), relative(&v, &rv));
                     eprintln!("AdamW kernel, {numel} values at offset {offset}, {moments:?} moments, {grad_kind:?} grad, copy {with_copy}: max |kernel - formula| weights {dw:.2e}, moments {dm:.2e} / {dv:.2e} of their largest");
-                    let (weights_tol, moments_tol) = if moments == Kind::Float { (1e-5, 1e-5) } else { (1e-4, 1.0 / 128.0) };
+                    let (weights_tol, moments_tol) = if moments == Kind::Float { (1e-5, 1e-5) } else { (max_abs(&rw, &w0) / 64.0, 1.0 / 128.0) };
                     assert!(dw < weights_tol && dm <= moments_tol && dv <= moments_tol, "AdamW kernel differs from the formula");
                     if let Some(c) = &copy {
                         assert_eq!(max_abs(c, &w.to_kind(Kind::BFloat16)), 0.0, "the bf16 copy is the rounded master");
