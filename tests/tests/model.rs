@@ -1,7 +1,8 @@
 //! os-eval score end to end against transformers: small random DeepSeek-V3 checkpoints written by
 //! `tests/python/hf_deepseek.py`, scored by os-eval (tokens and text input), log-probs compared
 //! with transformers' per sequence and per token; Megatron shards scored per document equal the
-//! JSONL path, resume after a kill without duplicates or gaps, and bad shards fail cleanly.
+//! JSONL path, resume after a kill without duplicates or gaps, bad shards fail cleanly, and
+//! `os-shards select` cuts the scored shards into quality buckets.
 
 use openseek_shards::indexed::{DType, IndexedDatasetWriter};
 use openseek_tests::{run_python, run_tool};
@@ -216,4 +217,60 @@ fn shard_scoring_refuses_bad_shards() {
     for p in ["out.jsonl", "out.jsonl.partial"] {
         assert!(!d.join(p).exists(), "{p} was written");
     }
+}
+
+/// `os-shards select` on what `os-eval score --shards` wrote: the better half of the documents by
+/// mean log-prob in `-high`, the rest in `-low`, each in its shards' order, the cut in OUTPUT.json;
+/// an existing output is refused, a bad score line is an error naming it, and nothing is written.
+#[test]
+fn scored_shards_cut_into_quality_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make(d, "plain", &[]);
+    let seqs: Vec<Vec<u32>> = std::fs::read_to_string(d.join("tokens.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+        .collect();
+    write_shard(&d.join("a"), &seqs[..4]);
+    write_shard(&d.join("b"), &seqs[4..]);
+    let in_dir = |tool: &str, args: &[&str]| std::process::Command::new(openseek_tests::tool(tool)).current_dir(d).args(args).output().unwrap();
+    let o = in_dir("os-eval", &["score", "--model", ".", "--shards", "a", "b", "--output", "scores.jsonl", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = lines(&d.join("scores.jsonl"));
+    // What the cut must be: documents with a score, best mean log-prob first.
+    let mut ranked: Vec<(f64, usize)> = records.iter().enumerate().filter_map(|(k, r)| r["mean_logprob"].as_f64().map(|m| (m, k))).collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let half = ranked.len().div_ceil(2);
+    let mut high: Vec<usize> = ranked[..half].iter().map(|r| r.1).collect();
+    let mut low: Vec<usize> = ranked[half..].iter().map(|r| r.1).collect();
+    high.sort();
+    low.sort();
+    let select = ["select", "--scores", "scores.jsonl", "--buckets", "high=0.5,low=0.5", "--output", "sel/q", "a", "b.idx"];
+    std::fs::create_dir(d.join("sel")).unwrap();
+    let o = in_dir("os-shards", &select);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (name, want) in [("high", &high), ("low", &low)] {
+        let o = in_dir("os-shards", &["dump", &format!("sel/q-{name}")]);
+        let got: Vec<Vec<u32>> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+            .collect();
+        let want: Vec<Vec<u32>> = want.iter().map(|&k| seqs[k].clone()).collect();
+        assert_eq!(got, want, "bucket {name}");
+    }
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(d.join("sel/q.json")).unwrap()).unwrap();
+    assert_eq!(manifest["report"]["ranked_documents"], ranked.len());
+    assert_eq!(manifest["report"]["unscorable_documents"], seqs.len() - ranked.len());
+    assert_eq!(manifest["config"]["options"]["weight"], "documents");
+    assert!(manifest["provenance"].is_object());
+    // Existing outputs: refused without --force.
+    assert_eq!(in_dir("os-shards", &select).status.code(), Some(73));
+    // A line that is not a score record: exit 65 naming the file and line; nothing written.
+    std::fs::write(d.join("bad.jsonl"), format!("{}\n{{\"shard\": \"a\"}}\n", serde_json::to_string(&records[0]).unwrap())).unwrap();
+    let o = in_dir("os-shards", &["select", "--scores", "bad.jsonl", "--output", "sel/bad", "a", "b"]);
+    assert_eq!(o.status.code(), Some(65), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.jsonl:2"), "{}", String::from_utf8_lossy(&o.stderr));
+    let left: Vec<_> = std::fs::read_dir(d.join("sel")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains("bad")).collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -1,5 +1,6 @@
-//! os-shards: inspect, check, merge and dump Megatron indexed-dataset shards (`PREFIX.bin` +
-//! `PREFIX.idx`). Thin: the work is in `openseek_shards::indexed`.
+//! os-shards: inspect, check, merge, dump Megatron indexed-dataset shards (`PREFIX.bin` +
+//! `PREFIX.idx`) and cut them into quality buckets by score. Thin: the work is in
+//! `openseek_shards::indexed` and `openseek_shards::select`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,15 +9,17 @@ use clap::{Parser, Subcommand};
 use openseek_common::provenance::Provenance;
 use openseek_common::{exit::run_main, AtomicOutputs, ExitCode, Failure};
 use openseek_shards::indexed::{self, report, IndexedDataset};
+use openseek_shards::select::{bucket_prefix, parse_buckets, Missing, SelectOptions, Weight};
 
 #[derive(Parser)]
 #[command(
     name = "os-shards",
     version,
-    about = "Inspect, check, merge and dump Megatron indexed-dataset token shards (.bin/.idx)",
+    about = "Inspect, check, merge, dump Megatron indexed-dataset token shards (.bin/.idx), and cut them into quality buckets",
     after_help = "A shard is PREFIX.bin + PREFIX.idx; give PREFIX with or without the extension.\n\n\
       Examples:\n  os-shards info data/part_*.idx\n  os-shards check --vocab-size 151851 data/part_0 data/part_1\n  \
-      os-shards merge --output data/all data/part_0 data/part_1\n  os-shards dump data/part_0 --document 3"
+      os-shards merge --output data/all data/part_0 data/part_1\n  os-shards dump data/part_0 --document 3\n  \
+      os-shards select --scores scores/part_*.jsonl --buckets high=0.2,mid=0.5,low=0.3 --output sel/cc data/cc_0 data/cc_1"
 )]
 struct Args {
     #[command(subcommand)]
@@ -55,6 +58,33 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Cut shards into quality buckets by `os-eval score --shards` records: documents ranked by mean
+    /// log-probability (best first), each bucket written as OUTPUT-NAME.bin/.idx in the documents'
+    /// original order, and OUTPUT.json recording the cut (atomic).
+    Select {
+        /// `os-eval score --shards` outputs (JSON lines; the parts of an array job in any order).
+        /// A record's `shard` is matched to a given shard by file (from the current directory),
+        /// else by its file name when only one given shard has it; records of others are ignored.
+        #[arg(long, required = true, num_args = 1..)]
+        scores: Vec<PathBuf>,
+        /// Buckets, best first: NAME=FRACTION,… (fractions summing to 1).
+        #[arg(long, default_value = "high=0.3333333333,mid=0.3333333333,low=0.3333333334")]
+        buckets: String,
+        /// What the fractions count.
+        #[arg(long, value_enum, default_value = "documents")]
+        weight: WeightArg,
+        /// A document without a score: stop (exit 65), or leave it out.
+        #[arg(long, value_enum, default_value = "error")]
+        missing: MissingArg,
+        /// Output prefix: OUTPUT-NAME.bin/.idx per bucket, OUTPUT.json.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
     /// Print sequences as JSON lines: {"sequence","document","length","tokens"}.
     Dump {
         prefix: PathBuf,
@@ -77,7 +107,77 @@ fn main() {
         Command::Check { vocab_size, json, prefixes } => check(&prefixes, vocab_size, json),
         Command::Merge { output, force, inputs } => merge(&output, force, &inputs),
         Command::Dump { prefix, sequence, document, limit } => dump(&prefix, sequence, document, limit),
+        Command::Select { scores, buckets, weight, missing, output, force, shards } => {
+            let weight = match weight {
+                WeightArg::Documents => Weight::Documents,
+                WeightArg::Tokens => Weight::Tokens,
+            };
+            let missing = match missing {
+                MissingArg::Error => Missing::Error,
+                MissingArg::Drop => Missing::Drop,
+            };
+            select(&scores, SelectOptions { buckets: parse_buckets(&buckets)?, weight, missing }, &output, force, &shards)
+        }
     })
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WeightArg {
+    Documents,
+    Tokens,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MissingArg {
+    Error,
+    Drop,
+}
+
+fn select(scores: &[PathBuf], options: SelectOptions, output: &Path, force: bool, inputs: &[PathBuf]) -> Result<(), Failure> {
+    let provenance = Provenance::capture("os-shards", env!("CARGO_PKG_VERSION"));
+    let manifest_path = PathBuf::from(format!("{}.json", output.display()));
+    let mut targets = vec![manifest_path.clone()];
+    for b in &options.buckets {
+        let prefix = bucket_prefix(output, &b.name);
+        targets.extend([indexed::bin_path(&prefix), indexed::idx_path(&prefix)]);
+    }
+    openseek_common::output::refuse_existing(&targets, force)?;
+    let shards = prefixes(inputs).iter().map(|p| IndexedDataset::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut outputs = AtomicOutputs::new();
+    let report = openseek_shards::select::select(&shards, scores, output, &options, &mut outputs)?;
+    let manifest = serde_json::json!({
+        "tool": "os-shards select",
+        "version": env!("CARGO_PKG_VERSION"),
+        "provenance": provenance,
+        "config": {
+            "shards": shards.iter().map(|s| s.prefix().display().to_string()).collect::<Vec<_>>(),
+            "scores": scores,
+            "options": options,
+            "ranking": "mean log-probability per document (sum over its sequences' scored tokens), best first",
+        },
+        "report": report,
+    });
+    outputs.write_json(&manifest_path, &manifest)?;
+    outputs.commit()?;
+    for b in &report.buckets {
+        eprintln!(
+            "os-shards: {}: {} documents, {} tokens, mean log-prob {}",
+            b.prefix.display(),
+            b.documents,
+            b.tokens,
+            match (b.mean_logprob_max, b.mean_logprob_min) {
+                (Some(hi), Some(lo)) => format!("{hi:.4} .. {lo:.4}"),
+                _ => "(empty)".into(),
+            }
+        );
+    }
+    if report.unscorable_documents + report.missing_documents + report.other_shard_records > 0 {
+        eprintln!(
+            "os-shards: left out {} single-token documents (nothing to score) and {} without scores; ignored {} records of other shards",
+            report.unscorable_documents, report.missing_documents, report.other_shard_records
+        );
+    }
+    Ok(())
 }
 
 fn prefixes(paths: &[PathBuf]) -> Vec<PathBuf> {
