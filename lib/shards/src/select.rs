@@ -340,7 +340,7 @@ mod tests {
         let shards = [a, b];
         let options = |weight| SelectOptions { buckets: parse_buckets("high=0.5,low=0.5").unwrap(), weight, missing: Missing::Error };
         let mut out = AtomicOutputs::new();
-        let report = select(&shards, &[scores.clone()], &d.join("docs"), &options(Weight::Documents), &mut out).unwrap();
+        let report = select(&shards, std::slice::from_ref(&scores), &d.join("docs"), &options(Weight::Documents), &mut out).unwrap();
         out.commit().unwrap();
         assert_eq!((report.ranked_documents, report.unscorable_documents, report.other_shard_records), (4, 1, 1));
         // Ranked: a2 (-0.5), a0 (-1), a1 (-5/3), b0 (-2); halves by count.
@@ -349,14 +349,14 @@ mod tests {
         assert_eq!((report.buckets[0].mean_logprob_max, report.buckets[0].mean_logprob_min), (Some(-0.5), Some(-1.0)));
         // By tokens (2, 3, 5, 4 = 14 in rank order): a2 starts at 0, a0 at 2, a1 at 5 (< 7): high; b0 at 10.
         let mut out = AtomicOutputs::new();
-        let report = select(&shards, &[scores.clone()], &d.join("tok"), &options(Weight::Tokens), &mut out).unwrap();
+        let report = select(&shards, std::slice::from_ref(&scores), &d.join("tok"), &options(Weight::Tokens), &mut out).unwrap();
         out.commit().unwrap();
         assert_eq!(documents(&d.join("tok-high")), [vec![1, 2, 3], vec![4, 5, 6, 7, 8], vec![9, 10]]);
         assert_eq!((report.buckets[0].tokens, report.buckets[1].tokens), (10, 4));
         // A sequence without a record: an error naming it, or dropped.
         let partial = d.join("partial.jsonl");
         std::fs::write(&partial, [rec(&a_path, 0, 2, -2.0), rec(&a_path, 2, 2, -4.0), rec(&a_path, 3, 1, -0.5), rec("b", 0, 3, -6.0), rec("b", 1, 0, 0.0)].concat()).unwrap();
-        let err = select(&shards, &[partial.clone()], &d.join("x"), &options(Weight::Documents), &mut AtomicOutputs::new()).unwrap_err();
+        let err = select(&shards, std::slice::from_ref(&partial), &d.join("x"), &options(Weight::Documents), &mut AtomicOutputs::new()).unwrap_err();
         assert!(err.message.contains("no score for sequence 1 (document 1)"), "{}", err.message);
         let drop = SelectOptions { missing: Missing::Drop, ..options(Weight::Documents) };
         let report = select(&shards, &[partial], &d.join("y"), &drop, &mut AtomicOutputs::new()).unwrap();
