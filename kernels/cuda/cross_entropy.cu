@@ -1,6 +1,7 @@
 // cross_entropy.cu: the kernels of kernels/src/cross_entropy.rs (compiled at run time by NVRTC; see nvrtc.rs).
 #include "bf16.cuh"
 #define THREADS 1024
+#define LOGPROB_THREADS 512
 #define LOG2E 1.4426950408889634f
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -136,4 +137,45 @@ softmax_cross_entropy(bf16* logits, const long long* targets, float* logprob, lo
         }
     }
     for (int v = tid; v < cached; v += THREADS) store_streaming(x + v, gradient(cache[v], 8ll * v, vocab, t, mb, inv));
+}
+
+// logits [rows, cols] bf16, rows 16-byte aligned (cols % 8 == 0); targets [rows]; logprob [rows]:
+// each row's log-probability of its target over the first `vocab` columns, the row read once and
+// not written (scoring: no gradient). One block of LOGPROB_THREADS per row, no shared-memory copy
+// of the row, so that several blocks share an SM and keep more loads in flight.
+extern "C" __global__ void __launch_bounds__(LOGPROB_THREADS)
+target_logprob(const bf16* logits, const long long* targets, float* logprob, long long cols, long long vocab) {
+    __shared__ float warp_m[32], warp_s[32];
+    const long long row = blockIdx.x;
+    const uint4* x = reinterpret_cast<const uint4*>(logits + row * cols);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nvalid = (int)((vocab + 7) / 8);
+    float m = NEG_INF, s = 0.0f;
+    for (int base = tid; base < nvalid; base += 4 * LOGPROB_THREADS) {
+        uint4 r[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int v = base + k * LOGPROB_THREADS;
+            if (v < nvalid) r[k] = load_streaming(x + v);
+        }
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int v = base + k * LOGPROB_THREADS;
+            if (v < nvalid) accumulate(r[k], 8ll * v, vocab, m, s);
+        }
+    }
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+    if (lane == 0) { warp_m[warp] = m; warp_s[warp] = s; }
+    __syncthreads();
+    if (warp == 0) {
+        const bool used = lane < LOGPROB_THREADS / 32;
+        m = used ? warp_m[lane] : NEG_INF; s = used ? warp_s[lane] : 0.0f;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+        if (lane == 0) {
+            const long long t = targets[row];
+            logprob[row] = (t >= 0 && t < vocab) ? bf16_to_f32(logits[row * cols + t]) - m - logf(s) : __int_as_float(0x7fc00000);
+        }
+    }
 }

@@ -8,6 +8,9 @@
 //! maximum and sum of exponentials, keeping as much of it as fits in shared memory (224 KiB of
 //! a 300 KiB row on an H100); a second pass writes the probabilities, re-reading from global
 //! memory (then mostly L2) only the part that did not fit, last-read first.
+//!
+//! Scoring needs only the log-probabilities: [`target_logprobs`] is the first pass alone (one read
+//! of each row, nothing written back), in blocks of 512 threads without the shared-memory copy.
 
 use crate::nvrtc::{self, Args, Program};
 use cudarc::driver::result as cu;
@@ -18,6 +21,8 @@ use tch::{Device, Kind, TchError, Tensor};
 static PROGRAM: Program = Program { name: "cross_entropy", source: include_str!("../cuda/cross_entropy.cu") };
 
 const THREADS: u32 = 1024;
+/// `LOGPROB_THREADS` of the kernel source.
+const LOGPROB_THREADS: u32 = 512;
 
 /// Shared memory a block of `device` may have (the opt-in maximum), less 1 KiB for the kernel's
 /// own reduction scratch.
@@ -47,7 +52,44 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &Tensor, vocab: i64) -> R
 /// the passes (`None`: all the device allows): the GPU test's measure of what the cache gains.
 #[doc(hidden)]
 pub fn softmax_cross_entropy_cached(logits: &Tensor, targets: &Tensor, vocab: i64, cache_bytes: Option<usize>) -> Result<Tensor, TchError> {
-    let fail = |msg: String| Err(TchError::Shape(format!("softmax_cross_entropy: {msg}")));
+    let (rows, ordinal) = check_inputs("softmax_cross_entropy", logits, targets, vocab)?;
+    let logprob = Tensor::empty([rows], (Kind::Float, logits.device()));
+    if rows == 0 {
+        return Ok(logprob);
+    }
+    let row_bytes = (vocab as usize).div_ceil(8) * 16;
+    let bytes = shared_bytes(ordinal)?.min(cache_bytes.unwrap_or(usize::MAX)).min(row_bytes) / 16 * 16;
+    let f = nvrtc::function(&PROGRAM, "softmax_cross_entropy", ordinal)?;
+    let args = Args::new().arg(logits.data_ptr()).arg(targets.data_ptr()).arg(logprob.data_ptr()).arg(logits.size()[1]).arg(vocab).arg((bytes / 16) as i32);
+    // Safety: the arguments are the kernel's parameters in order; the tensors outlive the launch
+    // (the caller's, and torch's allocator orders reuse of `logprob` on the stream).
+    unsafe { nvrtc::launch(f, rows as u32, THREADS, bytes as u32, ordinal, args)? };
+    Ok(logprob)
+}
+
+/// The targets' log-probabilities (fp32 [rows]) under each row's softmax over the first `vocab`
+/// columns of `logits` ([rows, cols] bf16, contiguous, CUDA; cols a multiple of 8), reading each
+/// row once and writing nothing to it: scoring's half of [`softmax_cross_entropy`], the same
+/// arithmetic (fp32 running max and sum of exponentials), without the gradient pass. A target
+/// outside `[0, vocab)` gives NaN. Runs on the device's current stream.
+pub fn target_logprobs(logits: &Tensor, targets: &Tensor, vocab: i64) -> Result<Tensor, TchError> {
+    let (rows, ordinal) = check_inputs("target_logprobs", logits, targets, vocab)?;
+    let logprob = Tensor::empty([rows], (Kind::Float, logits.device()));
+    if rows == 0 {
+        return Ok(logprob);
+    }
+    let f = nvrtc::function(&PROGRAM, "target_logprob", ordinal)?;
+    let args = Args::new().arg(logits.data_ptr()).arg(targets.data_ptr()).arg(logprob.data_ptr()).arg(logits.size()[1]).arg(vocab);
+    // Safety: as in `softmax_cross_entropy_cached`; the kernel only reads the logits.
+    unsafe { nvrtc::launch(f, rows as u32, LOGPROB_THREADS, 0, ordinal, args)? };
+    Ok(logprob)
+}
+
+/// What both kernels need of their inputs: logits [rows, cols] contiguous bf16 on CUDA, 16-byte
+/// aligned rows, `vocab` within the columns, one contiguous int64 target per row on the same
+/// device. Returns (rows, the CUDA ordinal); errors are prefixed with `what`.
+fn check_inputs(what: &str, logits: &Tensor, targets: &Tensor, vocab: i64) -> Result<(i64, usize), TchError> {
+    let fail = |msg: String| Err(TchError::Shape(format!("{what}: {msg}")));
     let size = logits.size();
     let &[rows, cols] = size.as_slice() else {
         return fail(format!("logits are {size:?}; expected [rows, cols]"));
@@ -77,18 +119,7 @@ pub fn softmax_cross_entropy_cached(logits: &Tensor, targets: &Tensor, vocab: i6
     if i32::try_from(cols / 8).is_err() || u32::try_from(rows).is_err() {
         return fail(format!("logits of {rows} x {cols} are too large"));
     }
-    let logprob = Tensor::empty([rows], (Kind::Float, device));
-    if rows == 0 {
-        return Ok(logprob);
-    }
-    let row_bytes = (vocab as usize).div_ceil(8) * 16;
-    let bytes = shared_bytes(ordinal)?.min(cache_bytes.unwrap_or(usize::MAX)).min(row_bytes) / 16 * 16;
-    let f = nvrtc::function(&PROGRAM, "softmax_cross_entropy", ordinal)?;
-    let args = Args::new().arg(logits.data_ptr()).arg(targets.data_ptr()).arg(logprob.data_ptr()).arg(cols).arg(vocab).arg((bytes / 16) as i32);
-    // Safety: the arguments are the kernel's parameters in order; the tensors outlive the launch
-    // (the caller's, and torch's allocator orders reuse of `logprob` on the stream).
-    unsafe { nvrtc::launch(f, rows as u32, THREADS, bytes as u32, ordinal, args)? };
-    Ok(logprob)
+    Ok((rows, ordinal))
 }
 
 #[cfg(test)]
@@ -113,5 +144,8 @@ mod tests {
         assert!(err(&bf16(16), &t, 17).contains("vocab 17"));
         assert!(err(&bf16(16), &t.narrow(0, 0, 2), 10).contains("expected 3 contiguous int64"));
         assert!(err(&bf16(16), &t, 10).contains("runs on CUDA"));
+        let e = target_logprobs(&bf16(12), &t, 10).unwrap_err().to_string();
+        assert!(e.contains("target_logprobs: ") && e.contains("multiple of 8"), "{e}");
+        assert!(target_logprobs(&bf16(16), &t, 10).unwrap_err().to_string().contains("runs on CUDA"));
     }
 }

@@ -21,7 +21,8 @@
 //! Kernels of our own are CUDA C compiled at run time by NVRTC ([`nvrtc`]):
 //!
 //! - [`softmax_cross_entropy`]: the LM head's softmax - one-hot written over bf16 logits in place and
-//!   the labels' fp32 log-probabilities, one pass per row;
+//!   the labels' fp32 log-probabilities, one pass per row; [`target_logprobs`]: the log-probabilities
+//!   alone (scoring), one read of each row;
 //! - [`accumulate_grad`]: a micro-batch's bf16 gradient added into the step's fp32 sum, one pass;
 //! - [`adamw_update`]: one AdamW update of a parameter in one pass, fp32 or bf16 gradients, and the
 //!   model's bf16 copy of an fp32 master weight rewritten in the same pass;
@@ -42,7 +43,7 @@ pub mod swiglu;
 pub use accumulate::accumulate_grad;
 pub use adamw::{adamw_update, AdamWStep};
 pub use combine::combine_rows;
-pub use cross_entropy::softmax_cross_entropy;
+pub use cross_entropy::{softmax_cross_entropy, target_logprobs};
 pub use graph::CudaGraph;
 pub use rope::{rope_key, rope_query};
 pub use swiglu::swiglu;

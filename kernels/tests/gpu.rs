@@ -353,13 +353,14 @@ fn swiglu_kernels_equal_the_composition() {
 /// The softmax cross-entropy kernel against fp32 tensor ops (log_softmax over the valid columns,
 /// softmax - one-hot, zeros in the padding): rows not a multiple of anything, vocab < cols, targets
 /// at the first, last valid and padding-adjacent columns, and a target in the padding (NaN); with
-/// the whole row, part of it and none of it kept in shared memory. Then the head's shape timed
-/// against the tensor ops it replaces (printed, not asserted).
+/// the whole row, part of it and none of it kept in shared memory; scoring's `target_logprobs`
+/// (the log-probabilities alone, the logits left as they are) against the same reference. Then the
+/// head's shape timed against the tensor ops it replaces (printed, not asserted).
 #[test]
 #[ignore]
 fn softmax_cross_entropy_equals_fp32_tensor_ops() {
     use openseek_kernels::cross_entropy::softmax_cross_entropy_cached;
-    use openseek_kernels::softmax_cross_entropy;
+    use openseek_kernels::{softmax_cross_entropy, target_logprobs};
     let dev = cuda();
     tch::manual_seed(12);
     for (rows, cols, vocab) in [(37i64, 1000i64, 993i64), (19, 40_000, 39_989), (5, 64, 64)] {
@@ -373,6 +374,11 @@ fn softmax_cross_entropy_equals_fp32_tensor_ops() {
         let want_lp = logp.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
         let one_hot = Tensor::zeros([rows, vocab], (Kind::Float, dev)).scatter_value(1, &targets.unsqueeze(1), 1.0);
         let want = Tensor::cat(&[logp.exp() - one_hot, Tensor::zeros([rows, cols - vocab], (Kind::Float, dev))], 1);
+        let before = logits.copy();
+        let only = max_abs(&target_logprobs(&logits, &targets, vocab).unwrap(), &want_lp);
+        eprintln!("target log-probs {rows} x {cols} (vocab {vocab}): max |log p - fp32| {only:.2e}");
+        assert!(only < 1e-4, "target_logprobs differ by {only}");
+        assert_eq!(max_abs(&logits, &before), 0.0, "target_logprobs leaves the logits as they are");
         for cache in [None, Some(16 * 1500), Some(0)] {
             let out = logits.copy();
             let lp = softmax_cross_entropy_cached(&out, &targets, vocab, cache).unwrap();
@@ -393,6 +399,9 @@ fn softmax_cross_entropy_equals_fp32_tensor_ops() {
     let lp = softmax_cross_entropy(&logits.copy(), &Tensor::from_slice(&[3i64, 12]).to_device(dev), 12).unwrap();
     let nan: Vec<bool> = (0..2).map(|i| lp.double_value(&[i]).is_nan()).collect();
     assert_eq!(nan, [false, true], "a target past the vocabulary: NaN");
+    let lp = target_logprobs(&logits, &Tensor::from_slice(&[3i64, 12]).to_device(dev), 12).unwrap();
+    let nan: Vec<bool> = (0..2).map(|i| lp.double_value(&[i]).is_nan()).collect();
+    assert_eq!(nan, [false, true], "target_logprobs: a target past the vocabulary gives NaN");
 
     // The LM head's shape: one chunk of 8192 tokens over the padded vocabulary.
     let (rows, cols, vocab) = (8192i64, 151_872i64, 151_851i64);
@@ -431,6 +440,10 @@ fn softmax_cross_entropy_equals_fp32_tensor_ops() {
             ops / k
         );
     }
+    let only = time(&|| {
+        let _ = target_logprobs(&work, &targets, vocab).unwrap();
+    });
+    eprintln!("target log-probs {rows} x {cols}: kernel {:.3} ms ({:.0} GB/s for one read)", only * 1e3, gb / only);
 }
 
 /// MLA's rotary joins on CUDA: the NVRTC kernels of `rope_query` and `rope_key` against the

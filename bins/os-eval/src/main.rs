@@ -218,6 +218,10 @@ struct ScoreArgs {
     /// With --shards: the number of workers.
     #[arg(long, default_value_t = 1, requires = "shards")]
     num_shards: usize,
+    /// With --shards: write the second chunk's scoring (CPU operators and CUDA kernels, Kineto) as
+    /// a Chrome trace to this file (bench/train/trace_summary.py summarises it).
+    #[arg(long, requires = "shards")]
+    trace: Option<PathBuf>,
     /// Replace an existing OUTPUT (--shards).
     #[arg(long)]
     force: bool,
@@ -440,6 +444,7 @@ fn run_score(a: ScoreArgs) -> Result<(), Failure> {
             per_token: a.per_token,
             shard_index: a.shard_index,
             num_shards: a.num_shards,
+            trace: a.trace,
         };
         let n = score::score_shards(&model, &a.model, &a.shards, &a.output, a.force, &opts, &check)?;
         eprintln!("os-eval score: {n} documents scored into {}", a.output.display());

@@ -2,13 +2,15 @@
 //! sequence of Megatron shards for perplexity-based data selection: documents packed into
 //! `--batch-tokens` forwards (openseek_model::score), long ones scored in windows, one record per
 //! document appended in document order to `OUTPUT.partial` after each chunk, so that a killed
-//! run resumes where it stopped (no duplicates, no gaps); renamed to OUTPUT when complete.
+//! run resumes where it stopped (no duplicates, no gaps); renamed to OUTPUT when complete. The
+//! next chunk is queued on the device before a chunk's records are written, so the host's work
+//! (reading, JSON, appending) runs while the device computes.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use openseek_common::{ExitCode, Failure};
-use openseek_model::score::token_logprobs;
+use openseek_model::score::{queue_token_logprobs, QueuedLogprobs};
 use openseek_model::DeepseekV3;
 use openseek_shards::indexed::{strip_extension, IndexedDataset};
 use serde_json::json;
@@ -60,6 +62,10 @@ pub struct ShardScoring {
     /// This worker scores the `shard_index`-th of `num_shards` contiguous ranges of the documents.
     pub shard_index: usize,
     pub num_shards: usize,
+    /// Record the second chunk under the Kineto profiler into this Chrome trace (from queueing it
+    /// to writing its records; with the pipeline that includes the end of the first chunk's and
+    /// the start of the third chunk's device work).
+    pub trace: Option<PathBuf>,
 }
 
 /// One document of a shard.
@@ -152,54 +158,99 @@ pub fn score_shards(
         eprintln!("os-eval score: resuming {} after {done} of {} documents", partial.display(), docs.len());
     }
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(|e| Failure::io_at(&partial, "cannot open", &e))?;
-    let mut at = done;
-    while at < docs.len() {
-        check()?;
-        let (mut end, mut tokens) = (at, 0);
-        while end < docs.len() && (end == at || tokens + docs[end].len <= s.chunk_tokens) {
-            tokens += docs[end].len;
-            end += 1;
-        }
-        let chunk = &docs[at..end];
-        // Every window of every document of the chunk, scored packed.
-        let mut seqs: Vec<Vec<i64>> = Vec::new();
-        let mut owner: Vec<(usize, usize)> = Vec::new(); // (document in chunk, targets skipped at the window's start)
-        for (j, d) in chunk.iter().enumerate() {
-            let ids = datasets[d.shard].sequence(d.sequence).to_vec_i64();
-            for (start, stop, first) in windows(ids.len(), s.window, s.stride) {
-                seqs.push(ids[start..stop].to_vec());
-                owner.push((j, first - start - 1));
+    // One chunk queued on the device while the one before it is written: the device computes
+    // chunk k + 1 while the host brings chunk k's values back and appends its records.
+    let mut queued: Option<QueuedChunk> = None;
+    let (mut at, mut chunks) = (done, 0);
+    loop {
+        let next = if at < docs.len() {
+            if chunks == 1 && s.trace.is_some() {
+                openseek_kernels::profiler_start().map_err(|e| Failure::software(format!("starting the profiler: {e}")))?;
+            }
+            chunks += 1;
+            let (mut end, mut tokens) = (at, 0);
+            while end < docs.len() && (end == at || tokens + docs[end].len <= s.chunk_tokens) {
+                tokens += docs[end].len;
+                end += 1;
+            }
+            let chunk = queue_chunk(model, &datasets, &docs[at..end], chunks - 1, s, check);
+            at = end;
+            Some(chunk)
+        } else {
+            None
+        };
+        // A stop while queueing: the chunk before is still written, then the stop is reported.
+        if let Some(prev) = queued.take() {
+            let traced = prev.index == 1;
+            let text = records(&datasets, prev, s.per_token);
+            file.write_all(text.as_bytes()).and_then(|_| file.sync_data()).map_err(|e| Failure::io_at(&partial, "cannot append", &e))?;
+            if let Some(path) = s.trace.as_ref().filter(|_| traced) {
+                openseek_kernels::profiler_stop(path).map_err(|e| Failure::io(format!("{}: cannot write the profiler trace: {e}", path.display())))?;
+                eprintln!("os-eval score: profiler trace in {}", path.display());
             }
         }
-        let scores = token_logprobs(model, &seqs, s.batch_tokens, check)?;
-        let mut per_doc: Vec<Vec<f64>> = vec![Vec::new(); chunk.len()];
-        for ((j, skip), lp) in owner.into_iter().zip(scores) {
-            per_doc[j].extend_from_slice(&lp[skip..]);
+        match next {
+            Some(chunk) => queued = Some(chunk?),
+            None => break,
         }
-        let mut text = String::new();
-        for (d, lp) in chunk.iter().zip(&per_doc) {
-            let sum: f64 = lp.iter().sum();
-            let mut rec = json!({
-                "shard": datasets[d.shard].prefix().display().to_string(),
-                "sequence": d.sequence,
-                "document": datasets[d.shard].document_of_sequence(d.sequence),
-                "tokens": d.len,
-                "scored": lp.len(),
-                "sum_logprob": sum,
-                "mean_logprob": if lp.is_empty() { serde_json::Value::Null } else { json!(sum / lp.len() as f64) },
-            });
-            if s.per_token {
-                rec["token_logprobs"] = json!(lp);
-            }
-            text.push_str(&rec.to_string());
-            text.push('\n');
-        }
-        file.write_all(text.as_bytes()).and_then(|_| file.sync_data()).map_err(|e| Failure::io_at(&partial, "cannot append", &e))?;
-        at = end;
     }
     drop(file);
     std::fs::rename(&partial, output).map_err(|e| Failure::io_at(output, "cannot rename into place", &e))?;
     Ok(docs.len())
+}
+
+/// A chunk of documents whose windows are being scored on the device.
+struct QueuedChunk<'a> {
+    /// Chunks queued before it by this run.
+    index: usize,
+    docs: &'a [DocRef],
+    /// Per window: (its document in `docs`, targets at the window's start already scored by the
+    /// window before).
+    owner: Vec<(usize, usize)>,
+    scores: QueuedLogprobs,
+}
+
+/// Every window of every document of `chunk`, queued for scoring packed.
+fn queue_chunk<'a>(model: &DeepseekV3, datasets: &[IndexedDataset], chunk: &'a [DocRef], index: usize, s: &ShardScoring, check: &dyn Fn() -> Result<(), Failure>) -> Result<QueuedChunk<'a>, Failure> {
+    check()?;
+    let mut seqs: Vec<Vec<i64>> = Vec::new();
+    let mut owner = Vec::new();
+    for (j, d) in chunk.iter().enumerate() {
+        let ids = datasets[d.shard].sequence(d.sequence).to_vec_i64();
+        for (start, stop, first) in windows(ids.len(), s.window, s.stride) {
+            seqs.push(ids[start..stop].to_vec());
+            owner.push((j, first - start - 1));
+        }
+    }
+    let scores = queue_token_logprobs(model, &seqs, s.batch_tokens, check)?;
+    Ok(QueuedChunk { index, docs: chunk, owner, scores })
+}
+
+/// The JSONL records of a queued chunk's documents, in order (waits for the device).
+fn records(datasets: &[IndexedDataset], chunk: QueuedChunk, per_token: bool) -> String {
+    let mut per_doc: Vec<Vec<f64>> = vec![Vec::new(); chunk.docs.len()];
+    for ((j, skip), lp) in chunk.owner.into_iter().zip(chunk.scores.wait()) {
+        per_doc[j].extend_from_slice(&lp[skip..]);
+    }
+    let mut text = String::new();
+    for (d, lp) in chunk.docs.iter().zip(&per_doc) {
+        let sum: f64 = lp.iter().sum();
+        let mut rec = json!({
+            "shard": datasets[d.shard].prefix().display().to_string(),
+            "sequence": d.sequence,
+            "document": datasets[d.shard].document_of_sequence(d.sequence),
+            "tokens": d.len,
+            "scored": lp.len(),
+            "sum_logprob": sum,
+            "mean_logprob": if lp.is_empty() { serde_json::Value::Null } else { json!(sum / lp.len() as f64) },
+        });
+        if per_token {
+            rec["token_logprobs"] = json!(lp);
+        }
+        text.push_str(&rec.to_string());
+        text.push('\n');
+    }
+    text
 }
 
 fn partial_path(output: &Path) -> PathBuf {

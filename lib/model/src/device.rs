@@ -1,7 +1,20 @@
-//! Device names as the tools take them: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
+//! Device names as the tools take them: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available),
+//! and host values uploaded to a device without waiting for it.
 
 use openseek_common::{ExitCode, Failure};
-use tch::{Cuda, Device};
+use tch::{Cuda, Device, Tensor};
+
+/// `values` as a 1-D tensor on `device`. On CUDA the copy goes through pinned host memory and does
+/// not wait for the device: a plain copy from pageable memory synchronizes with the stream, so
+/// every index list uploaded between batches would drain the queued work; torch's pinned-memory
+/// allocator keeps the buffer until the copy has run.
+pub fn upload<T: tch::kind::Element>(values: &[T], device: Device) -> Tensor {
+    let host = Tensor::from_slice(values);
+    if !device.is_cuda() || values.is_empty() {
+        return host.to_device(device);
+    }
+    host.internal_pin_memory(device).to_device_(device, host.kind(), true, false)
+}
 
 /// A device as users write it (`cpu`, `cuda:N`): the inverse of [`parse_device`], for messages and records.
 pub fn device_name(device: Device) -> String {

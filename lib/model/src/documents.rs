@@ -5,6 +5,7 @@
 //! (openseek-kernels' `varlen_attention`, flash attention's kernels, no [T, T] mask; the
 //! `varlen_attention` fast path); elsewhere a [B, 1, T, T] mask for SDPA.
 
+use crate::device::upload;
 use std::cell::OnceCell;
 use tch::{Device, Kind, Tensor};
 
@@ -61,10 +62,10 @@ pub fn document_attention(document_starts: &[Vec<u32>], seq: i64, device: Device
             max_len = max_len.max((end - start) as i64);
         }
     }
-    let grid = |v: &[i64]| Tensor::from_slice(v).view([rows as i64, seq]).to_device(device);
+    let grid = |v: &[i64]| upload(v, device).view([rows as i64, seq]);
     DocumentSegments {
         positions: grid(&positions),
-        cu_seqlens: Tensor::from_slice(&cu_seqlens).to_device(device),
+        cu_seqlens: upload(&cu_seqlens, device),
         max_len,
         document: grid(&document),
         mask: OnceCell::new(),

@@ -22,12 +22,13 @@ pub struct FastPaths {
     /// MLA's rotary joins as NVRTC kernels (CUDA, with `attn_layout`).
     pub rope_kernel: bool,
     /// Attention within documents through flash attention's variable-length kernels (CUDA, 16-bit
-    /// activations; else SDPA with the documents' [B, 1, T, T] mask).
+    /// activations; else SDPA with the documents' [B, 1, T, T] mask, or for scoring each document
+    /// padded to the batch's longest and masked).
     pub varlen_attention: bool,
     /// Greedy decoding's step (all rows, one token each) captured as a CUDA graph per number of
     /// cache entries read, and replayed (CUDA, bf16 activations); else launched op by op.
     pub decode_graph: bool,
-    /// Scored tokens' log-probs through openseek-kernels' softmax kernel, one pass over each row of
+    /// Scored tokens' log-probs through openseek-kernels' `target_logprobs`, one read of each row of
     /// bf16 logits (CUDA, bf16 activations); else fp32 logits and log_softmax.
     pub logprob_kernel: bool,
 }

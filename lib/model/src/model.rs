@@ -15,6 +15,7 @@ use crate::layers::RmsNorm;
 use crate::mtp::MtpLayer;
 use crate::rope::Rope;
 use crate::weights::{take, Weights};
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 pub struct DeepseekV3 {
@@ -30,6 +31,16 @@ pub struct DeepseekV3 {
     pub mtp: Vec<MtpLayer>,
     /// The activations' dtype; weights of another dtype (fp32 master weights) are cast where used.
     pub compute_kind: Kind,
+    /// [`DeepseekV3::head_padded`]'s weight, built on first use and kept while the head's weight
+    /// stays the same tensor, unmodified.
+    padded_head: Mutex<Option<PaddedHead>>,
+}
+
+/// The head's weight in a dtype, its rows padded with zeros to a multiple of 64, and what it was
+/// built from: the weight's storage and version counter (an in-place update bumps it).
+struct PaddedHead {
+    source: (usize, i64, Kind),
+    weight: Tensor,
 }
 
 impl DeepseekV3 {
@@ -44,7 +55,7 @@ impl DeepseekV3 {
         let mtp = (0..config.num_nextn_predict_layers as usize).map(|k| MtpLayer::take(&mut w, k, &config)).collect();
         let rope = Rope::new(&config, device);
         let compute_kind = embed_tokens.kind();
-        DeepseekV3 { config, embed_tokens, layers, norm, lm_head, rope, mtp, compute_kind }
+        DeepseekV3 { config, embed_tokens, layers, norm, lm_head, rope, mtp, compute_kind, padded_head: Mutex::new(None) }
     }
 
     pub fn device(&self) -> Device {
@@ -116,6 +127,7 @@ impl DeepseekV3 {
     /// autograd (an odd vocabulary, 151,851, misaligns the logits' rows and makes the GEMM several
     /// times slower; os-train's loss pads its head the same way). Logits [.., padded vocab],
     /// contiguous; the padding columns are 0 (not logits: [`DeepseekV3::head`] narrows them away).
+    /// The padded weight is built once (a copy of the head) and reused until the weight changes.
     pub fn head_padded(&self, hidden: &Tensor) -> Tensor {
         let (kind, weight) = (hidden.kind(), self.head_weight());
         let (vocab, width) = (weight.size()[0], weight.size()[1]);
@@ -123,8 +135,14 @@ impl DeepseekV3 {
         if padded == vocab || !hidden.device().is_cuda() || hidden.requires_grad() {
             return hidden.linear::<Tensor>(&weight.to_kind(kind), None);
         }
-        let weight = Tensor::cat(&[weight.to_kind(kind), Tensor::zeros([padded - vocab, width], (kind, hidden.device()))], 0);
-        hidden.linear::<Tensor>(&weight, None)
+        let source = (weight.data_ptr() as usize, weight.internal_version(), kind);
+        let mut cached = self.padded_head.lock().unwrap();
+        if cached.as_ref().is_none_or(|c| c.source != source || c.weight.device() != hidden.device()) {
+            let _ = cached.take();
+            let weight = tch::no_grad(|| Tensor::cat(&[weight.to_kind(kind), Tensor::zeros([padded - vocab, width], (kind, hidden.device()))], 0));
+            *cached = Some(PaddedHead { source, weight });
+        }
+        hidden.linear::<Tensor>(&cached.as_ref().unwrap().weight, None)
     }
 
     /// Logits [B, T, vocab] for token ids [B, T].

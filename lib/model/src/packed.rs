@@ -4,21 +4,53 @@
 //! groups, each padded to the longest: a prefix token sees the earlier prefix tokens; a branch
 //! token sees the whole prefix and the earlier tokens of its own branch, at positions continuing
 //! the prefix. That is what each (context + choice) computes on its own, the context computed once.
+//!
+//! Whole documents (groups without branches, as perplexity scoring runs them) take the varlen
+//! kernels where they can ([`DeepseekV3::hidden_documents`]): one row of document segments, nothing
+//! padded, as os-train's per-document attention runs.
 
+use crate::device::upload;
+use crate::documents::document_attention;
 use crate::model::DeepseekV3;
 use crate::moe::AuxCoefficients;
 use crate::token_groups::TokenGroups;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 
 impl DeepseekV3 {
     /// Final hidden states [N, hidden] of the packed tokens `ids` laid out by `groups`.
     pub fn hidden_grouped(&self, ids: &[i64], groups: &TokenGroups) -> Tensor {
-        let ids = Tensor::from_slice(ids).to_device(self.device()).unsqueeze(0);
+        let ids = upload(ids, self.device()).unsqueeze(0);
         let (mut x, cos, sin) = self.embed(&ids, Some(&groups.positions));
         for layer in &self.layers {
             let mut attend = |a: &crate::attention::Attention, h: &Tensor| a.forward_grouped(h, &self.rope, &cos, &sin, groups);
             x = layer.forward_around(&x, &mut attend, &AuxCoefficients::default()).0;
+        }
+        self.norm.forward(&x).squeeze_dim(0)
+    }
+
+    /// Final hidden states [N, hidden] of whole documents packed one after another (`lens[i]`
+    /// tokens each, positions from 0), each token seeing only the earlier tokens of its document.
+    /// On CUDA in 16-bit with the `varlen_attention` fast path the documents are the segments of
+    /// one row (crate::documents: flash attention's varlen kernels, nothing padded); elsewhere
+    /// groups of one segment each ([`DeepseekV3::hidden_grouped`]: attention padded per document
+    /// and masked). The two agree up to rounding (lib/model/tests/generate.rs, on the GPU).
+    pub fn hidden_documents(&self, ids: &[i64], lens: &[usize]) -> Tensor {
+        let device = self.device();
+        let varlen = self.norm.fast.varlen_attention && device.is_cuda() && matches!(self.compute_kind, Kind::BFloat16 | Kind::Half);
+        if !varlen {
+            let segments: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n]).collect();
+            return self.hidden_grouped(ids, &TokenGroups::new(&segments, device));
+        }
+        let starts: Vec<u32> = lens.iter().scan(0u32, |at, &n| {
+            let start = *at;
+            *at += n as u32;
+            Some(start)
+        }).collect();
+        let documents = document_attention(&[starts], ids.len() as i64, device);
+        let (mut x, cos, sin) = self.embed(&upload(ids, device).unsqueeze(0), Some(&documents.positions));
+        for layer in &self.layers {
+            x = layer.forward_train(&x, &self.rope, &cos, &sin, Some(&documents), &AuxCoefficients::default()).0;
         }
         self.norm.forward(&x).squeeze_dim(0)
     }

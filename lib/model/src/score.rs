@@ -1,10 +1,13 @@
 //! Scoring: log p(t_i | t_<i) of every token after the first, for batches of sequences, and the
 //! summed log-likelihoods of continuations that evaluation needs. Sequences run packed, without
 //! padding: a batch is one sequence of documents through the projections, norms and experts,
-//! attention within each document (crate::packed); the LM head runs only where a score is read,
-//! in chunks of positions so [tokens, vocab] logits never sit in memory at once. Multiple-choice
+//! attention within each document (on CUDA in 16-bit flash attention's varlen kernels over one row
+//! of document segments; else per document, crate::packed); the LM head runs only where a score is
+//! read, in chunks of positions so [tokens, vocab] logits never sit in memory at once. Batches are
+//! queued on the device without waiting for it ([`queue_token_logprobs`]). Multiple-choice
 //! questions share their context: it runs once, packed with the choices.
 
+use crate::device::upload;
 use crate::model::DeepseekV3;
 use crate::token_groups::TokenGroups;
 use openseek_common::Failure;
@@ -15,42 +18,85 @@ use tch::{Device, Kind, Tensor};
 /// sequence for attention, within twice that; one sequence longer than that runs alone.
 /// `check` is called before every batch; its error ends scoring.
 pub fn token_logprobs(model: &DeepseekV3, seqs: &[Vec<i64>], batch_tokens: usize, check: &dyn Fn() -> Result<(), Failure>) -> Result<Vec<Vec<f64>>, Failure> {
-    let mut out = vec![Vec::new(); seqs.len()];
+    Ok(queue_token_logprobs(model, seqs, batch_tokens, check)?.wait())
+}
+
+/// [`token_logprobs`] queued on the device: every batch is launched without waiting for the device
+/// (index lists go up through pinned memory, the log-probs stay on the device), so the host can do
+/// other work, such as writing the previous chunk's records, while the device computes;
+/// [`QueuedLogprobs::wait`] brings the values back. Each batch is one row of whole documents
+/// ([`DeepseekV3::hidden_documents`]); the head runs only at the scored positions.
+pub fn queue_token_logprobs(model: &DeepseekV3, seqs: &[Vec<i64>], batch_tokens: usize, check: &dyn Fn() -> Result<(), Failure>) -> Result<QueuedLogprobs, Failure> {
     let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len() >= 2).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
     let device = model.device();
-    tch::no_grad(|| {
+    let mut parts = Vec::new();
+    tch::no_grad(|| -> Result<(), Failure> {
         for batch in packed_batches(&order, |i| seqs[i].len(), batch_tokens) {
             check()?;
-            let (mut ids, mut segments, mut at, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut ids, mut lens, mut at, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for &i in batch {
                 let start = ids.len() as i64;
                 ids.extend_from_slice(&seqs[i]);
-                segments.push(vec![seqs[i].len()]);
+                lens.push(seqs[i].len());
                 at.extend(start..start + seqs[i].len() as i64 - 1);
                 targets.extend_from_slice(&seqs[i][1..]);
             }
-            let hidden = model.hidden_grouped(&ids, &TokenGroups::new(&segments, device));
-            let h = hidden.index_select(0, &Tensor::from_slice(&at).to_device(device));
-            let mut lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device)).into_iter();
-            for &i in batch {
-                out[i] = lp.by_ref().take(seqs[i].len() - 1).collect();
-            }
+            let hidden = model.hidden_documents(&ids, &lens);
+            let h = hidden.index_select(0, &upload(&at, device));
+            parts.push(gather_logprobs(model, &h, &upload(&targets, device)));
         }
-        Ok(out)
-    })
+        Ok(())
+    })?;
+    Ok(QueuedLogprobs { lens: seqs.iter().map(|s| s.len().saturating_sub(1)).collect(), order, parts })
+}
+
+/// Log-probs being computed on the device ([`queue_token_logprobs`]).
+pub struct QueuedLogprobs {
+    /// Scored tokens of each sequence, in the caller's order.
+    lens: Vec<usize>,
+    /// The scored sequences in the order of the values.
+    order: Vec<usize>,
+    /// fp32 log-probs per batch, on the device.
+    parts: Vec<Tensor>,
+}
+
+impl QueuedLogprobs {
+    /// Wait for the device and return each sequence's log-probs, in the caller's order.
+    pub fn wait(self) -> Vec<Vec<f64>> {
+        let mut out = vec![Vec::new(); self.lens.len()];
+        let mut values = to_host(self.parts).into_iter();
+        for i in self.order {
+            out[i] = values.by_ref().take(self.lens[i]).collect();
+        }
+        out
+    }
+}
+
+/// Device log-probs (fp32 tensors) as one host vector, in order (one copy, which waits for the device).
+fn to_host(parts: Vec<Tensor>) -> Vec<f64> {
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let values = Vec::<f32>::try_from(&Tensor::cat(&parts, 0).to_device(Device::Cpu)).expect("fp32 log-probs");
+    values.into_iter().map(f64::from).collect()
 }
 
 /// Consecutive runs of `order` (sorted longest first by `len`) whose lengths sum to at most
 /// `batch_tokens` and whose count times the run's longest stays within twice that; a run holds
-/// at least one item.
+/// at least one item. The runs are balanced: each takes an equal share of the tokens still to
+/// place over the fewest runs of at most `batch_tokens` that can hold them, rather than being
+/// filled to the brim with a small run left at the end.
 fn packed_batches(order: &[usize], len: impl Fn(usize) -> usize, batch_tokens: usize) -> Vec<&[usize]> {
+    let mut remaining: usize = order.iter().map(|&i| len(i)).sum();
+    let budget = batch_tokens.max(1);
     let mut out = Vec::new();
     let mut start = 0;
     while start < order.len() {
+        let share = remaining.div_ceil(remaining.div_ceil(budget));
         let longest = len(order[start]);
         let (mut end, mut tokens) = (start, 0);
-        while end < order.len() {
+        while end < order.len() && tokens < share {
             let n = len(order[end]);
             if end > start && (tokens + n > batch_tokens || (end - start + 1) * longest > 2 * batch_tokens) {
                 break;
@@ -59,16 +105,17 @@ fn packed_batches(order: &[usize], len: impl Fn(usize) -> usize, batch_tokens: u
             end += 1;
         }
         out.push(&order[start..end]);
+        remaining -= tokens;
         start = end;
     }
     out
 }
 
-/// Log-probs of `targets[i]` given hidden states `hidden[i]` ([M, H] → M values), the head applied
-/// to chunks of rows, returned on the CPU (one copy at the end). On CUDA in bf16 (fast path
-/// `logprob_kernel`) each chunk's padded bf16 logits go through openseek-kernels' softmax kernel
-/// (fp32 inside, one pass per row); otherwise fp32 logits and log_softmax.
-fn gather_logprobs(model: &DeepseekV3, hidden: &Tensor, targets: &Tensor) -> Vec<f64> {
+/// Log-probs of `targets[i]` given hidden states `hidden[i]` ([M, H] → M values, fp32, on the
+/// device), the head applied to chunks of rows. On CUDA in bf16 (fast path `logprob_kernel`) each
+/// chunk's padded bf16 logits go through openseek-kernels' `target_logprobs` (fp32 inside, one read
+/// of each row); otherwise fp32 logits and log_softmax.
+fn gather_logprobs(model: &DeepseekV3, hidden: &Tensor, targets: &Tensor) -> Tensor {
     let m = hidden.size()[0];
     let kernel = hidden.device().is_cuda() && hidden.kind() == Kind::BFloat16 && model.norm.fast.logprob_kernel;
     let chunk = if kernel { 8192 } else { 2048 };
@@ -80,7 +127,7 @@ fn gather_logprobs(model: &DeepseekV3, hidden: &Tensor, targets: &Tensor) -> Vec
         let (h, t) = (hidden.narrow(0, p, len), targets.narrow(0, p, len));
         parts.push(if kernel {
             let logits = model.head_padded(&h);
-            openseek_kernels::softmax_cross_entropy(&logits, &t.contiguous(), vocab).expect("softmax kernel over the head's logits")
+            openseek_kernels::target_logprobs(&logits, &t.contiguous(), vocab).expect("log-prob kernel over the head's logits")
         } else {
             let logits = model.head(&h).to_kind(Kind::Float);
             logits.log_softmax(-1, Kind::Float).gather(1, &t.unsqueeze(1), false).squeeze_dim(1)
@@ -88,9 +135,9 @@ fn gather_logprobs(model: &DeepseekV3, hidden: &Tensor, targets: &Tensor) -> Vec
         p += len;
     }
     if parts.is_empty() {
-        return Vec::new();
+        return Tensor::zeros([0], (Kind::Float, hidden.device()));
     }
-    Vec::<f64>::try_from(&Tensor::cat(&parts, 0).to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
+    Tensor::cat(&parts, 0)
 }
 
 /// One log-likelihood request as token ids: the score is the sum of log p(continuation[j] |
@@ -144,10 +191,10 @@ pub fn loglikelihoods(model: &DeepseekV3, requests: &[Request], max_length: usiz
                     owner.push(i);
                 }
             }
-            let ids = Tensor::from_slice(&flat).view([rows as i64, t as i64]).to_device(device);
+            let ids = upload(&flat, device).view([rows as i64, t as i64]);
             let hidden = model.hidden(&ids);
-            let h = hidden.view([(rows * t) as i64, -1]).index_select(0, &Tensor::from_slice(&at).to_device(device));
-            let lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device));
+            let h = hidden.view([(rows * t) as i64, -1]).index_select(0, &upload(&at, device));
+            let lp = to_host(vec![gather_logprobs(model, &h, &upload(&targets, device))]);
             for (i, v) in owner.into_iter().zip(lp) {
                 out[i] += v;
             }
@@ -248,8 +295,8 @@ fn packed_batch(model: &DeepseekV3, groups: &[ChoiceGroup], batch: &[usize]) -> 
     }
     let layout = TokenGroups::new(&segments, device);
     let hidden = model.hidden_grouped(&ids, &layout);
-    let h = hidden.index_select(0, &Tensor::from_slice(&at).to_device(device));
-    let lp = gather_logprobs(model, &h, &Tensor::from_slice(&targets).to_device(device));
+    let h = hidden.index_select(0, &upload(&at, device));
+    let lp = to_host(vec![gather_logprobs(model, &h, &upload(&targets, device))]);
     let mut out: Vec<Vec<f64>> = batch.iter().map(|&i| vec![0.0; groups[i].continuations.len()]).collect();
     for (&(r, c), v) in owner.iter().zip(lp) {
         out[r][c] += v;
@@ -342,6 +389,32 @@ mod tests {
         let all = token_logprobs(&model, &[full], 4096, &|| Ok(())).unwrap().remove(0);
         let want: f64 = all[all.len() - 3..].iter().sum();
         assert!((loglikelihoods(&model, &[r], 64, 4096)[0] - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn batches_are_balanced_within_the_budget() {
+        let lens: Vec<usize> = (0..1000).map(|i| 6 + (i * 37) % 140).collect();
+        let mut order: Vec<usize> = (0..lens.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        let total: usize = lens.iter().sum();
+        let sizes = |budget: usize| -> Vec<usize> {
+            let batches = packed_batches(&order, |i| lens[i], budget);
+            assert_eq!(batches.concat(), order);
+            batches.iter().map(|b| b.iter().map(|&i| lens[i]).sum()).collect()
+        };
+        // With room to spare, the fewest batches, none more than two documents from another.
+        for budget in [total / 3, 4096, total] {
+            let n = sizes(budget);
+            assert_eq!(n.len(), total.div_ceil(budget), "budget {budget}: {n:?}");
+            let (lo, hi) = (n.iter().min().unwrap(), n.iter().max().unwrap());
+            assert!(n.iter().all(|&x| x <= budget) && hi - lo <= 2 * 145, "budget {budget}: {n:?}");
+        }
+        // Without (the documents cannot fill 8 batches to the token): one batch more, split evenly
+        // with the one before rather than a remainder.
+        let n = sizes(total / 8 + 1);
+        assert!(n.len() == 9 && n.iter().all(|&x| x <= total / 8 + 1) && *n.iter().min().unwrap() > total / 20, "{n:?}");
+        // One item longer than the budget runs alone.
+        assert_eq!(packed_batches(&[0, 1], |i| [50, 3][i], 10), vec![&[0][..], &[1][..]]);
     }
 
     #[test]

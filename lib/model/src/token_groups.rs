@@ -2,6 +2,7 @@
 //! in its group and what it may attend to (used by `crate::packed` to score multiple-choice
 //! questions without padding).
 
+use crate::device::upload;
 use tch::{Device, Kind, Tensor};
 
 /// Where the packed tokens sit in their groups, and what each may attend to.
@@ -37,7 +38,7 @@ impl TokenGroups {
                 }
             }
         }
-        let seg = Tensor::from_slice(&seg).view([groups as i64, len as i64]).to_device(device);
+        let seg = upload(&seg, device).view([groups as i64, len as i64]);
         let (query_seg, key_seg) = (seg.unsqueeze(2), seg.unsqueeze(1));
         let idx = Tensor::arange(len as i64, (Kind::Int64, device));
         let (query, key) = (idx.unsqueeze(1), idx.unsqueeze(0));
@@ -45,10 +46,10 @@ impl TokenGroups {
         // Padding rows see themselves, so that their softmax has something to normalise.
         let mask = visible.logical_or(&key.eq_tensor(&query)).unsqueeze(1);
         TokenGroups {
-            slot: Tensor::from_slice(&slot).to_device(device),
+            slot: upload(&slot, device),
             groups: groups as i64,
             len: len as i64,
-            positions: Tensor::from_slice(&positions).to_device(device).unsqueeze(0),
+            positions: upload(&positions, device).unsqueeze(0),
             mask,
         }
     }

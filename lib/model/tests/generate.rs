@@ -292,8 +292,12 @@ fn odd_vocab_model(kind: Kind, device: Device) -> DeepseekV3 {
 }
 
 /// On the GPU machine (`generate -- --ignored`): per-token log-probs on CUDA (the head padded
-/// from 97 to 128 rows) equal the CPU's in fp32, and in bf16 the softmax kernel over the padded
-/// logits equals fp32 log_softmax over the same logits (fast path logprob_kernel off).
+/// from 97 to 128 rows) equal the CPU's in fp32; in bf16 the log-prob kernel over the padded
+/// logits equals fp32 log_softmax over the same logits (fast path logprob_kernel off), and the
+/// documents packed into one row of varlen segments change no log-prob by more than bf16 rounding
+/// does (against the grouped, padded attention with varlen_attention off, and against each
+/// document scored alone). The padded head is built once and follows in-place changes of the
+/// weight.
 #[test]
 #[ignore]
 fn scoring_on_cuda_equals_cpu() {
@@ -302,16 +306,39 @@ fn scoring_on_cuda_equals_cpu() {
     let go_on = || -> Result<(), Failure> { Ok(()) };
     let score = |model: &DeepseekV3| openseek_model::score::token_logprobs(model, &seqs, 64, &go_on).unwrap();
     let max_diff = |a: &[Vec<f64>], b: &[Vec<f64>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+    let cuda = Device::Cuda(0);
     let cpu = score(&odd_vocab_model(Kind::Float, Device::Cpu));
-    let gpu = score(&odd_vocab_model(Kind::Float, Device::Cuda(0)));
-    let half = score(&odd_vocab_model(Kind::BFloat16, Device::Cuda(0)));
-    let mut plain = odd_vocab_model(Kind::BFloat16, Device::Cuda(0));
-    plain.set_fast_paths(FastPaths::with_disabled(&["logprob_kernel".to_string()]).0);
-    let half_plain = score(&plain);
+    let gpu = score(&odd_vocab_model(Kind::Float, cuda));
+    let half = score(&odd_vocab_model(Kind::BFloat16, cuda));
+    let without = |path: &str| {
+        let mut m = odd_vocab_model(Kind::BFloat16, cuda);
+        m.set_fast_paths(FastPaths::with_disabled(&[path.to_string()]).0);
+        m
+    };
+    let half_plain = score(&without("logprob_kernel"));
+    let half_grouped = score(&without("varlen_attention"));
+    let bf16_model = odd_vocab_model(Kind::BFloat16, cuda);
+    let alone: Vec<Vec<f64>> = seqs.iter().map(|s| openseek_model::score::token_logprobs(&bf16_model, std::slice::from_ref(s), 64, &go_on).unwrap().remove(0)).collect();
     let spread = cpu.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
     let (fp32, kernel, bf16) = (max_diff(&cpu, &gpu), max_diff(&half, &half_plain), max_diff(&half, &cpu));
-    eprintln!("log-probs up to {spread:.2}: CUDA fp32 vs CPU max |diff| {fp32:.2e}; bf16 kernel vs log_softmax {kernel:.2e}; bf16 vs fp32 {bf16:.2e}");
+    let (grouped, single) = (max_diff(&half, &half_grouped), max_diff(&half, &alone));
+    eprintln!(
+        "log-probs up to {spread:.2}: CUDA fp32 vs CPU max |diff| {fp32:.2e}; bf16 kernel vs log_softmax {kernel:.2e}; bf16 vs fp32 {bf16:.2e}; \
+         bf16 varlen row vs grouped attention {grouped:.2e}, vs each document alone {single:.2e}"
+    );
     assert!(spread > 1.0 && cpu.iter().map(Vec::len).sum::<usize>() == 123);
     assert!(fp32 <= 1e-4, "CUDA fp32 log-probs differ from CPU by {fp32}");
-    assert!(kernel <= 1e-4, "the softmax kernel differs from log_softmax over the same bf16 logits by {kernel}");
+    assert!(kernel <= 1e-4, "the log-prob kernel differs from log_softmax over the same bf16 logits by {kernel}");
+    let rounding = bf16.max(1e-2);
+    assert!(grouped <= rounding && single <= rounding, "packing changes bf16 log-probs by {grouped:.2e} / {single:.2e}, more than bf16 rounding ({bf16:.2e})");
+
+    let model = odd_vocab_model(Kind::Float, cuda);
+    let h = Tensor::randn([3, 64], (Kind::Float, cuda));
+    let first = no_grad(|| model.head(&h));
+    let _ = model.head_weight().shallow_clone().g_mul_scalar_(0.5);
+    let second = no_grad(|| model.head(&h));
+    let want = no_grad(|| h.linear::<Tensor>(model.head_weight(), None));
+    let (fresh, scaled) = ((&second - &want).abs().max().double_value(&[]), (&second - &first * 0.5).abs().max().double_value(&[]));
+    assert!(first.abs().max().double_value(&[]) > 0.1, "logits of the test are not all small");
+    assert!(fresh <= 1e-4 && scaled <= 1e-4, "the padded head after an in-place change of the weight: {fresh} from the new weight, {scaled} from half the old logits");
 }
