@@ -4,7 +4,8 @@ load, reading, writing included) and at the steady rate (the difference to a run
 fiftieth of the documents, which pays the same start and load), for comparison with os-train's
 training tokens/s on the same GPU (bench/train/run.sh).
 
-  python score_shards.py --os-eval BIN --model DIR --shard PREFIX [--copies 10] [--batch-tokens N] [--device cuda] --out DIR
+  python score_shards.py --os-eval BIN --model DIR --shard PREFIX [--copies 10] [--batch-tokens N] [--device cuda]
+      [--extra "--disable varlen_attention"] --out DIR
 """
 
 import argparse
@@ -16,7 +17,7 @@ import time
 
 def score(a, out, extra):
     cmd = [a.os_eval, "score", "--model", a.model, "--shards"] + [a.shard] * a.copies + ["--output", out, "--device", a.device, "--force"]
-    cmd += (["--batch-tokens", str(a.batch_tokens)] if a.batch_tokens else []) + extra
+    cmd += (["--batch-tokens", str(a.batch_tokens)] if a.batch_tokens else []) + a.extra.split() + extra
     print("+", " ".join(cmd[:6]), "...", " ".join(cmd[6 + a.copies:]), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True)
@@ -34,6 +35,7 @@ def main():
     p.add_argument("--copies", type=int, default=10)
     p.add_argument("--batch-tokens", type=int)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--extra", default="", help="more os-eval score arguments for both runs (e.g. --disable NAME)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
