@@ -22,9 +22,10 @@ pub fn token_logprobs(model: &DeepseekV3, seqs: &[Vec<i64>], batch_tokens: usize
 }
 
 /// [`token_logprobs`] queued on the device: every batch is launched without waiting for the device
-/// (index lists go up through pinned memory, the log-probs stay on the device), so the host can do
-/// other work, such as writing the previous chunk's records, while the device computes;
-/// [`QueuedLogprobs::wait`] brings the values back. Each batch is one row of whole documents
+/// (index lists go up through pinned memory, the log-probs stay on the device), so the host can
+/// prepare and queue more work (the next chunk of documents) while the device computes;
+/// [`QueuedLogprobs::wait`] brings the values back (a copy that waits for all work queued so far).
+/// Each batch is one row of whole documents
 /// ([`DeepseekV3::hidden_documents`]); the head runs only at the scored positions.
 pub fn queue_token_logprobs(model: &DeepseekV3, seqs: &[Vec<i64>], batch_tokens: usize, check: &dyn Fn() -> Result<(), Failure>) -> Result<QueuedLogprobs, Failure> {
     let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len() >= 2).collect();
