@@ -24,6 +24,7 @@ use crate::mtp;
 use openseek_common::Failure;
 use openseek_dist::ReduceOp;
 use openseek_mix::reader;
+use openseek_model::device::upload;
 use openseek_model::model::FeedForward;
 use openseek_model::moe::AuxCoefficients;
 use std::path::Path;
@@ -67,8 +68,7 @@ impl Trainer<'_> {
         let denominators = self.loss_denominators(&batches)?;
         let data_wait_s = started.elapsed().as_secs_f64();
 
-        // Every micro-batch's tokens go to the device before the first forward pass: an upload from
-        // pageable memory waits for the queued work, so one wait per step instead of one per micro-batch.
+        // Every micro-batch's tokens are queued for the device before the first forward pass.
         let uploaded: Vec<MicroBatch> = batches.iter().map(|b| self.upload(b)).collect();
         let mut losses = [(); 4].map(|_| Tensor::zeros([], (Kind::Float, device)));
         let mut loads: Vec<Tensor> = vec![];
@@ -184,14 +184,16 @@ impl Trainer<'_> {
     /// One micro-batch's forward and backward; during the step's last one the gradients are
     /// handed to the optimizer's reduction as they complete (`overlap_grad_reduce`); each part of
     /// the model waits for its parameters' all-gather (`overlap_param_gather`).
-    /// A micro-batch's tensors on the device.
+    /// A micro-batch's tensors on the device, copied through pinned memory without waiting for the
+    /// device (a copy from pageable memory would wait for the queued work: the round-5 trace showed
+    /// ~0.9 ms of idle GPU at each micro-batch's start).
     fn upload(&self, b: &reader::MicroBatch) -> MicroBatch {
         let device = self.comm.device();
         let rows = b.sample_ids.len() as i64;
         MicroBatch {
-            ids: Tensor::from_slice(&to_i64(&b.tokens)).view([rows, self.seq]).to_device(device),
-            labels: Tensor::from_slice(&to_i64(&b.labels)).to_device(device),
-            loss_mask: Tensor::from_slice(&b.loss_mask).to_device(device),
+            ids: upload(&to_i64(&b.tokens), device).view([rows, self.seq]),
+            labels: upload(&to_i64(&b.labels), device),
+            loss_mask: upload(&b.loss_mask, device),
             per_document: self.cfg.attention_per_document.then(|| openseek_model::document_attention(&b.document_starts, self.seq, device)),
         }
     }
