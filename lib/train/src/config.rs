@@ -103,19 +103,16 @@ pub struct TrainFastPaths {
     pub grad_none: bool,
     /// Micro-batch gradients summed into fp32 by one CUDA kernel (else ATen's mixed-dtype `add_`).
     pub accumulate_kernel: bool,
-    /// The embedding's gradient added into its `.grad` at the micro-batch's token rows (else
-    /// autograd's dense [vocab, hidden] gradient, then added whole).
-    pub embedding_rows: bool,
 }
 
 impl Default for TrainFastPaths {
     fn default() -> TrainFastPaths {
-        TrainFastPaths { head_grad: true, head_assign: true, xent_kernel: true, grad_none: true, accumulate_kernel: true, embedding_rows: true }
+        TrainFastPaths { head_grad: true, head_assign: true, xent_kernel: true, grad_none: true, accumulate_kernel: true }
     }
 }
 
 impl TrainFastPaths {
-    pub const NAMES: [&'static str; 6] = ["head_grad", "head_assign", "xent_kernel", "grad_none", "accumulate_kernel", "embedding_rows"];
+    pub const NAMES: [&'static str; 5] = ["head_grad", "head_assign", "xent_kernel", "grad_none", "accumulate_kernel"];
 }
 
 impl DebugOptions {
@@ -130,7 +127,6 @@ impl DebugOptions {
                 "xent_kernel" => train.xent_kernel = false,
                 "grad_none" => train.grad_none = false,
                 "accumulate_kernel" => train.accumulate_kernel = false,
-                "embedding_rows" => train.embedding_rows = false,
                 other => {
                     let known: Vec<&str> = FastPaths::NAMES.iter().chain(&TrainFastPaths::NAMES).copied().collect();
                     return Err(Failure::config(format!("debug.disable: unknown fast path {other:?}; known: {}", known.join(", "))));

@@ -129,11 +129,7 @@ pub fn forward_backward(
     let aux_scale = 1.0 / plan.micro_batches as f64;
     let documents = batch.per_document.as_ref();
     at(PassPoint::ParamsNeeded(GradReady::Embedding))?;
-    let embedding_rows = plan.fast.embedding_rows && model.embed_tokens.requires_grad();
-    let (x0, cos, sin) = {
-        let _no_graph = embedding_rows.then(tch::no_grad_guard);
-        model.embed(&batch.ids, documents.map(|d| &d.positions))
-    };
+    let (x0, cos, sin) = model.embed(&batch.ids, documents.map(|d| &d.positions));
     let mut x = x0.detach().set_requires_grad(true);
     // Per layer: its input leaf, and (output, auxiliary loss) when the graph was kept.
     let mut saved: Vec<(Tensor, Option<KeptGraph>)> = Vec::with_capacity(model.layers.len());
@@ -224,11 +220,7 @@ pub fn forward_backward(
         profile.mark("backward layer");
         at(PassPoint::GradsReady(GradReady::Layer(i)))?;
     }
-    if embedding_rows {
-        add_embedding_grad(&model.embed_tokens, &batch.ids, &grad);
-    } else {
-        openseek_kernels::backward(&[&x0], &[&grad]).map_err(|e| Failure::software(format!("backward pass of the embedding: {e}")))?;
-    }
+    openseek_kernels::backward(&[&x0], &[&grad]).map_err(|e| Failure::software(format!("backward pass of the embedding: {e}")))?;
     profile.mark("embedding backward");
     at(PassPoint::GradsReady(GradReady::Embedding))?;
     profile.report();
@@ -267,22 +259,6 @@ impl Profile {
             eprintln!("os-train: profile (ms): {}", parts.join(", "));
         }
     }
-}
-
-/// The embedding's gradient as autograd's (each token's row receives its upstream gradient, summed
-/// over repeated tokens), added into `weight`'s `.grad` (a zero one made when it has none) at the
-/// micro-batch's rows: without the dense [vocab, hidden] tensor autograd's embedding backward
-/// writes and then adds whole (`embedding_rows`; 777 MB in fp32 for OpenSeek-Small-v1).
-fn add_embedding_grad(weight: &Tensor, ids: &Tensor, upstream: &Tensor) {
-    let _guard = tch::no_grad_guard();
-    let width = weight.size()[1];
-    let rows = upstream.reshape([-1, width]).to_kind(weight.kind());
-    let mut grad = weight.grad();
-    if !grad.defined() {
-        grad = weight.zeros_like();
-        openseek_kernels::set_grad(weight, Some(&grad)).expect("setting the embedding's gradient");
-    }
-    let _ = grad.index_put_(&[Some(ids.reshape([-1]))], &rows, true);
 }
 
 fn aux_total(a: Option<Tensor>, z: Option<Tensor>, scale: f64) -> Option<Tensor> {
@@ -362,46 +338,6 @@ mod tests {
         }
         assert_eq!(GradReady::of("model.layers.12.mlp.experts.down_proj"), GradReady::Layer(12));
         assert_eq!(GradReady::of("model.embed_tokens.weight"), GradReady::Embedding);
-    }
-
-    /// `embedding_rows` gives the embedding (and a tied head) the gradient autograd's dense
-    /// embedding backward gives, over two micro-batches summed in `.grad` (repeated tokens, tied
-    /// and untied heads, an MTP depth that embeds too).
-    #[test]
-    fn embedding_rows_equal_autograds_embedding_gradient() {
-        for (tied, depths) in [(false, 0), (true, 0), (true, 1)] {
-            let grads = |rows: bool| {
-                let mut raw = crate::init::tiny_config(50, 2, tied).raw;
-                raw["num_nextn_predict_layers"] = depths.into();
-                let cfg = openseek_model::Config::from_json(raw).unwrap();
-                let w = crate::init::init_weights(&cfg, 0.2, 3, Kind::Float, Device::Cpu);
-                let model = DeepseekV3::from_weights(cfg, w);
-                let params: Vec<(String, Tensor)> =
-                    model.named_tensors().into_iter().filter(|(n, _)| !n.ends_with("e_score_correction_bias")).map(|(n, t)| (n, t.set_requires_grad(true))).collect();
-                let plan = MicroBatchPlan {
-                    recompute: &[false, false],
-                    aux: AuxCoefficients::default(),
-                    chunk_tokens: 5,
-                    head_loss: HeadLoss::Fused,
-                    fast: TrainFastPaths { embedding_rows: rows, ..TrainFastPaths::default() },
-                    loss_denominator: 16.0,
-                    micro_batches: 2,
-                    mtp: (depths > 0).then(|| (0.3, vec![16.0; depths])),
-                    profile: false,
-                };
-                for row in [[3i64, 7, 3, 11, 2, 3, 8, 7], [9i64, 9, 9, 1, 4, 3, 2, 0]] {
-                    let ids = Tensor::from_slice(&row).view([2, 4]);
-                    let batch = MicroBatch { labels: ids.view([-1]).roll([-1], [0]), loss_mask: Tensor::ones([8], (Kind::Float, Device::Cpu)), ids, per_document: None };
-                    forward_backward(&model, &batch, &plan, &mut |_| Ok(())).unwrap();
-                }
-                params.into_iter().map(|(n, t)| (n, t.grad().copy())).collect::<Vec<_>>()
-            };
-            for ((name, rows), (_, dense)) in grads(true).iter().zip(grads(false)) {
-                let diff = (rows - &dense).abs().max().double_value(&[]);
-                let scale = dense.abs().max().double_value(&[]);
-                assert!(diff <= 1e-6 * scale.max(1e-3), "{name}: rows vs autograd differ by {diff} (largest {scale}; tied {tied}, {depths} MTP depths)");
-            }
-        }
     }
 
     #[test]
