@@ -261,6 +261,40 @@ fn ranks_that_disagree_on_the_config_stop_together_naming_it() {
     assert!(!dir.join("train_config.json").exists(), "nothing is written");
 }
 
+/// A rank that stops on its own config before joining the others (`lr` negative on rank 1 only)
+/// tells them through the store: rank 0 stops at once naming rank 1 and its reason, instead of
+/// waiting out the store's 600 s timeout.
+#[test]
+fn a_rank_that_fails_before_the_rendezvous_stops_the_others_at_once() {
+    let dir = scratch().join("one-fails-early");
+    let port = free_port().to_string();
+    let started = Instant::now();
+    let mut children: Vec<Child> = ["1e-3", "-1"]
+        .iter()
+        .enumerate()
+        .map(|(r, lr)| {
+            let mut c = Command::new(tool("os-train"));
+            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
+            c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1", "--lr", lr]);
+            c.env("RANK", r.to_string()).env("WORLD_SIZE", "2").env("LOCAL_RANK", r.to_string()).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
+            c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start os-train")
+        })
+        .collect();
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        if started.elapsed() > Duration::from_secs(120) {
+            children.iter_mut().for_each(|c| {
+                let _ = c.kill();
+            });
+            panic!("rank 0 still waits for rank 1 after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = finish(children);
+    assert_eq!(out[1].status.code(), Some(78), "rank 1: {}", stderr(&out[1]));
+    assert_eq!(out[0].status.code(), Some(69), "rank 0: {}", stderr(&out[0]));
+    assert!(stderr(&out[0]).contains("rank 1 left the job before posting it: exit 78:") && stderr(&out[0]).contains("lr"), "rank 0: {}", stderr(&out[0]));
+}
+
 #[test]
 fn ranks_that_see_different_checkpoints_stop_together() {
     reference();

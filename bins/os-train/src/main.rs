@@ -35,29 +35,37 @@ struct Cli {
 
 fn main() {
     openseek_common::exit::run_main("os-train", || {
-        // --help lists every config option with its default (generated from TrainConfig).
-        let mut cli = openseek_common::exit::parse_args_with::<Cli>(Cli::command().after_help(config::options_help()));
-        // os-train's own flags may also come after config options (which clap leaves together).
-        let options = own_flags(&mut cli)?;
-        let mut map = match &cli.config {
-            Some(path) => config::read_file(path)?,
-            None => serde_json::Map::new(),
-        };
-        config::apply_flags(&mut map, &options)?;
-        let cfg = TrainConfig::from_map(map)?;
-        if cli.print_config {
-            println!("{}", serde_json::to_string_pretty(&cfg).unwrap());
-            return Ok(());
+        let result = run();
+        if let Err(failure) = &result {
+            openseek_train::leave_job(failure);
         }
-        let run_dir = cli.run_dir.ok_or_else(|| Failure::usage("--run-dir is required"))?;
-        let info = RunInfo {
-            tool: "os-train".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            git_commit: env!("OS_TRAIN_GIT_COMMIT").into(),
-        };
-        let stop = openseek_common::signals::watch();
-        openseek_train::train(&cfg, &run_dir, &info, &stop, cli.allow_data_change)
+        result
     })
+}
+
+fn run() -> Result<(), Failure> {
+    // --help lists every config option with its default (generated from TrainConfig).
+    let mut cli = openseek_common::exit::parse_args_with::<Cli>(Cli::command().after_help(config::options_help()));
+    // os-train's own flags may also come after config options (which clap leaves together).
+    let options = own_flags(&mut cli)?;
+    let mut map = match &cli.config {
+        Some(path) => config::read_file(path)?,
+        None => serde_json::Map::new(),
+    };
+    config::apply_flags(&mut map, &options)?;
+    let cfg = TrainConfig::from_map(map)?;
+    if cli.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg).unwrap());
+        return Ok(());
+    }
+    let run_dir = cli.run_dir.ok_or_else(|| Failure::usage("--run-dir is required"))?;
+    let info = RunInfo {
+        tool: "os-train".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: env!("OS_TRAIN_GIT_COMMIT").into(),
+    };
+    let stop = openseek_common::signals::watch();
+    openseek_train::train(&cfg, &run_dir, &info, &stop, cli.allow_data_change)
 }
 
 /// Take `--run-dir`, `--config`, `--print-config` and `--allow-data-change` out of the trailing

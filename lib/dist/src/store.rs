@@ -8,7 +8,10 @@
 //! and the first barrier) ends the wait within a fraction of a second with `TempFail` (exit 75),
 //! so a job cancelled while its ranks gather does not sit out the store's timeout. Later waits
 //! are not cut short: a stop signal is then agreed on by all ranks through the store (see
-//! `any`) and they checkpoint together.
+//! `any`) and they checkpoint together. A rank whose connection closes (its process exited on an
+//! error, crashed or was killed) is marked as gone: every wait for a value it never posted ends at
+//! once with an error naming it, instead of sitting out the timeout; [`leave`] lets a rank that
+//! fails say why first, also before it joined the rendezvous.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
@@ -23,6 +26,7 @@ use crate::launch::Launch;
 
 const OP_GATHER: u8 = 1;
 const OP_MISSING: u8 = 2;
+const OP_LEAVE: u8 = 3;
 
 /// How often a waiting rank looks for a stop signal.
 const POLL: Duration = Duration::from_millis(200);
@@ -175,7 +179,18 @@ impl Store {
         })();
         match result {
             Ok(Answer::Values(values)) => Ok(values),
-            Ok(Answer::Refused(why)) => Err(unavailable(format!("{}: store operation '{name}' refused: {why}", self.who))),
+            Ok(Answer::Refused(why)) => {
+                // A rank that left on the same stop signal as this one (a cancelled job) is a stop,
+                // not a failure: give this rank's own signal a moment to arrive.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    if let Some(signal) = openseek_common::signals::received() {
+                        return Err(stopped(&self.who, signal, &format!("in store operation '{name}' ({why})")));
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(unavailable(format!("{}: store operation '{name}' refused: {why}", self.who)))
+            }
             Ok(Answer::Stopped(signal)) => {
                 *guard = None; // the answer may still come: the stream is out of step
                 let missing = self.missing(&key).map(|m| format!(" for rank(s) {m:?}")).unwrap_or_default();
@@ -284,6 +299,9 @@ struct State {
     rounds: HashMap<String, Round>,
     /// Answers of completed rounds not yet written to their connection.
     unsent: usize,
+    /// Ranks whose connection closed or that said they leave (with why, when they said):
+    /// what they have not posted will never come.
+    gone: Vec<(usize, String)>,
 }
 
 struct Shared {
@@ -299,14 +317,19 @@ fn serve(port: u16) -> std::io::Result<Arc<Shared>> {
         for stream in listener.incoming().flatten() {
             let s = s.clone();
             thread::spawn(move || {
-                let _ = handle(stream, &s);
+                let mut rank = None;
+                let _ = handle(stream, &s, &mut rank);
+                if let Some(r) = rank {
+                    mark_gone(&s, r, String::new());
+                }
             });
         }
     })?;
     Ok(shared)
 }
 
-fn handle(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+/// Serve one client connection until it closes; `rank` is set once it says which rank it is.
+fn handle(stream: TcpStream, shared: &Shared, rank_of_client: &mut Option<usize>) -> std::io::Result<()> {
     stream.set_nodelay(true).ok();
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream);
@@ -321,6 +344,7 @@ fn handle(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let rank = read_u32(&mut reader)? as usize;
                 let world = read_u32(&mut reader)? as usize;
                 let value = read_bytes(&mut reader)?;
+                *rank_of_client = Some(rank);
                 match gather_round(shared, &key, rank, world, value) {
                     Ok(values) => {
                         let sent = (|| {
@@ -352,8 +376,51 @@ fn handle(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 missing.iter().try_for_each(|r| write_u32(&mut writer, *r))?;
                 writer.flush()?;
             }
+            OP_LEAVE => {
+                let rank = read_u32(&mut reader)? as usize;
+                mark_gone(shared, rank, key);
+                writer.write_all(&[0])?;
+                writer.flush()?;
+            }
             other => return Err(std::io::Error::new(ErrorKind::InvalidData, format!("unknown store op {other}"))),
         }
+    }
+}
+
+/// Record that `rank` is gone (`why` empty: its connection closed) and wake every wait.
+fn mark_gone(shared: &Shared, rank: usize, why: String) {
+    let mut state = shared.state.lock().unwrap();
+    match state.gone.iter_mut().find(|(r, _)| *r == rank) {
+        Some((_, known)) if known.is_empty() => *known = why,
+        Some(_) => {}
+        None => state.gone.push((rank, why)),
+    }
+    drop(state);
+    shared.changed.notify_all();
+}
+
+/// Tell the job's store that this rank leaves — its process is about to exit on `why` — so the
+/// other ranks' waits for it end at once naming the reason, also when it fails before joining
+/// the rendezvous. Best effort, for ranks other than 0 (rank 0's exit ends the store, which the
+/// others see at once): tries to reach the store for a few seconds; a world of one has none.
+pub fn leave(launch: &Launch, why: &str) {
+    if launch.world == 1 || launch.rank == 0 {
+        return;
+    }
+    let target = format!("{}:{}", launch.master_addr, launch.master_port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let say = || -> std::io::Result<()> {
+        let mut s = connect_once(&target)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut w = BufWriter::new(s.try_clone()?);
+        w.write_all(&[OP_LEAVE])?;
+        write_bytes(&mut w, why.as_bytes())?;
+        write_u32(&mut w, launch.rank as u32)?;
+        w.flush()?;
+        s.read_exact(&mut [0u8])
+    };
+    while say().is_err() && Instant::now() < deadline {
+        thread::sleep(POLL);
     }
 }
 
@@ -377,7 +444,14 @@ fn gather_round(shared: &Shared, key: &str, rank: usize, world: usize, value: Ve
         shared.changed.notify_all();
     }
     loop {
+        let gone = state.gone.clone();
         let round = state.rounds.get_mut(key).expect("a round lives until all its readers are done");
+        if let Some((r, why)) = gone.iter().find(|(r, _)| *r < world && round.values[*r].is_none()) {
+            return Err(match why.is_empty() {
+                true => format!("rank {r} left the job before posting it (its process exited, crashed or was killed: its own log says why)"),
+                false => format!("rank {r} left the job before posting it: {why}"),
+            });
+        }
         if round.arrived == world {
             let values = round.values.iter().map(|v| v.clone().unwrap()).collect();
             round.readers -= 1;
@@ -496,6 +570,52 @@ mod tests {
         let e1 = h1.join().unwrap().expect("rank 2 never came");
         assert!(e0.contains("rank 0/3 on testhost") && e0.contains("'connect'") && e0.contains("[2]"), "{e0}");
         assert!(e1.contains("rank 1/3 on testhost") && e1.contains("timed out"), "{e1}");
+    }
+
+    /// A rank that exits while the others wait for it ends their wait at once (not at the
+    /// timeout), naming it; a rank that leaves after posting everything harms nobody.
+    #[test]
+    fn a_rank_that_leaves_ends_the_others_wait_naming_it() {
+        let started = Instant::now();
+        let out = ranks(3, Duration::from_secs(60), |s| {
+            s.barrier("all three").unwrap();
+            if s.rank() == 2 {
+                return None; // the store drops: rank 2's process is gone
+            }
+            Some(s.barrier("rank 2 never comes").unwrap_err())
+        });
+        assert!(started.elapsed() < Duration::from_secs(20), "waited {:?}", started.elapsed());
+        for e in out.into_iter().flatten() {
+            assert_eq!(e.code, ExitCode::Unavailable);
+            assert!(e.message.contains("'rank 2 never comes'") && e.message.contains("rank 2 left the job"), "{}", e.message);
+        }
+        let out = ranks(2, Duration::from_secs(60), |s| {
+            let v = s.gather("last", &[s.rank() as u8]);
+            if s.rank() == 1 {
+                return v.map(|_| ());
+            }
+            thread::sleep(Duration::from_millis(300)); // rank 1 is gone by now
+            v.map(|_| ())
+        });
+        assert!(out.iter().all(|r| r.is_ok()));
+    }
+
+    /// A rank that fails before joining says so: the others' rendezvous ends at once with its reason.
+    #[test]
+    fn a_rank_that_leaves_before_the_rendezvous_says_why() {
+        let port = free_port();
+        let started = Instant::now();
+        let others: Vec<_> = [0usize, 2]
+            .into_iter()
+            .map(|r| thread::spawn(move || Store::connect(&launch(r, 3, port), Duration::from_secs(60)).err().expect("rank 1 never joins")))
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        leave(&launch(1, 3, port), "exit 78: lr 0.5 is above the schedule's maximum");
+        for h in others {
+            let e = h.join().unwrap();
+            assert!(e.message.contains("rank 1 left the job before posting it: exit 78: lr 0.5"), "{}", e.message);
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "waited {:?}", started.elapsed());
     }
 
     #[test]

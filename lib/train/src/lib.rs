@@ -21,4 +21,4 @@ pub mod trainer;
 
 pub use config::TrainConfig;
 pub use checkpoint::RunInfo;
-pub use trainer::train;
+pub use trainer::{leave_job, train};

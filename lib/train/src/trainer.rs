@@ -16,6 +16,15 @@ use serde_json::{json, Value};
 use std::path::Path;
 use tch::Device;
 
+/// This process is about to exit on `failure`: in a job of several ranks, tell the others through
+/// the rendezvous store, so that their waits for this rank end at once with the reason (also when
+/// this rank stopped before joining them: a config error, say) instead of the store's timeout.
+pub fn leave_job(failure: &Failure) {
+    if let Ok(launch) = openseek_dist::Launch::from_env() {
+        openseek_dist::store::leave(&launch, &format!("exit {}: {}", failure.code as i32, failure.message));
+    }
+}
+
 /// Train as `cfg` says in `run_dir`, resuming from its newest checkpoint. Returns after the last
 /// step; a stop signal returns `TempFail` after a checkpoint. A resume on a sample store other
 /// than the one the run started on is refused unless `allow_data_change`.
