@@ -103,6 +103,11 @@ fn write_shard(prefix: &Path, seqs: &[Vec<u32>]) {
     out.commit().unwrap();
 }
 
+/// The `tokens` of each JSON line of `text` (the checkpoint's tokens.jsonl, `os-shards dump`).
+fn token_lines(text: &str) -> Vec<Vec<u32>> {
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect()
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -113,11 +118,7 @@ fn shard_scoring_equals_jsonl_scoring_and_resumes() {
     let d = dir.path();
     make(d, "plain", &[]);
     let jsonl = score(d, "--tokens", "tokens.jsonl", &["--device", "cpu"]);
-    let seqs: Vec<Vec<u32>> = std::fs::read_to_string(d.join("tokens.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
-        .collect();
+    let seqs = token_lines(&std::fs::read_to_string(d.join("tokens.jsonl")).unwrap());
     // Two shards: the sequences split between them.
     write_shard(&d.join("a"), &seqs[..4]);
     write_shard(&d.join("b"), &seqs[4..]);
@@ -227,11 +228,7 @@ fn scored_shards_cut_into_quality_buckets() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make(d, "plain", &[]);
-    let seqs: Vec<Vec<u32>> = std::fs::read_to_string(d.join("tokens.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
-        .collect();
+    let seqs = token_lines(&std::fs::read_to_string(d.join("tokens.jsonl")).unwrap());
     write_shard(&d.join("a"), &seqs[..4]);
     write_shard(&d.join("b"), &seqs[4..]);
     let in_dir = |tool: &str, args: &[&str]| std::process::Command::new(openseek_tests::tool(tool)).current_dir(d).args(args).output().unwrap();
@@ -252,10 +249,7 @@ fn scored_shards_cut_into_quality_buckets() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (name, want) in [("high", &high), ("low", &low)] {
         let o = in_dir("os-shards", &["dump", &format!("sel/q-{name}")]);
-        let got: Vec<Vec<u32>> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
-            .collect();
+        let got = token_lines(&String::from_utf8_lossy(&o.stdout));
         let want: Vec<Vec<u32>> = want.iter().map(|&k| seqs[k].clone()).collect();
         assert_eq!(got, want, "bucket {name}");
     }

@@ -239,21 +239,25 @@ fn a_global_batch_the_ranks_cannot_share_evenly_is_refused() {
     }
 }
 
+/// One rank per entry of `lrs` on `dir` (the demo recipe, 2 x 2 samples per step), each with its own `--lr`.
+fn start_with_lrs(dir: &Path, lrs: &[&str]) -> Vec<Child> {
+    let port = free_port().to_string();
+    let world = lrs.len().to_string();
+    (0..lrs.len())
+        .map(|r| {
+            let mut c = Command::new(tool("os-train"));
+            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
+            c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1", "--lr", lrs[r]]);
+            c.env("RANK", r.to_string()).env("WORLD_SIZE", &world).env("LOCAL_RANK", r.to_string()).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
+            c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start os-train")
+        })
+        .collect()
+}
+
 #[test]
 fn ranks_that_disagree_on_the_config_stop_together_naming_it() {
     let dir = scratch().join("disagree");
-    let port = free_port().to_string();
-    let children: Vec<Child> = ["1e-3", "2e-3"]
-        .iter()
-        .enumerate()
-        .map(|(r, lr)| {
-            let mut c = Command::new(tool("os-train"));
-            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
-            c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1", "--lr", lr]);
-            c.env("RANK", r.to_string()).env("WORLD_SIZE", "2").env("LOCAL_RANK", r.to_string()).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
-            c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start os-train")
-        })
-        .collect();
+    let children = start_with_lrs(&dir, &["1e-3", "2e-3"]);
     for (r, o) in finish(children).iter().enumerate() {
         assert_eq!(o.status.code(), Some(78), "rank {r}: {}", stderr(o));
         assert!(stderr(o).contains("the 2 ranks disagree on lr (rank 0: 0.001, rank 1: 0.002)"), "rank {r}: {}", stderr(o));
@@ -267,19 +271,8 @@ fn ranks_that_disagree_on_the_config_stop_together_naming_it() {
 #[test]
 fn a_rank_that_fails_before_the_rendezvous_stops_the_others_at_once() {
     let dir = scratch().join("one-fails-early");
-    let port = free_port().to_string();
     let started = Instant::now();
-    let mut children: Vec<Child> = ["1e-3", "-1"]
-        .iter()
-        .enumerate()
-        .map(|(r, lr)| {
-            let mut c = Command::new(tool("os-train"));
-            c.args(["--config", root().join("recipes/train-demo.toml").to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
-            c.args(["--data", store().to_str().unwrap(), "--micro-batch-size", "2", "--global-batch-size", "8", "--threads", "1", "--lr", lr]);
-            c.env("RANK", r.to_string()).env("WORLD_SIZE", "2").env("LOCAL_RANK", r.to_string()).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
-            c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start os-train")
-        })
-        .collect();
+    let mut children = start_with_lrs(&dir, &["1e-3", "-1"]);
     while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
         if started.elapsed() > Duration::from_secs(120) {
             children.iter_mut().for_each(|c| {
