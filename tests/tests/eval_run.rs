@@ -321,21 +321,68 @@ fn sweep_is_idempotent_locked_and_draws_the_table() {
     assert_eq!(rows().len(), 4);
 }
 
-/// os-demo-data's benchmark files read back through os-eval's readers, golds on the corpus' facts.
+/// os-demo-data's benchmark files read back through os-eval's readers: every item's gold is a fact
+/// the demo corpus states and asks, and no item's question is in the corpus (the corpus asks those
+/// animals in other wordings; its word problems work out other sums).
 #[test]
-fn demo_tasks_read_back_with_golds_on_the_facts() {
+fn demo_tasks_ask_facts_the_corpus_teaches_in_words_it_never_uses() {
+    use openseek_corpus::synthetic::{answer, benchmark_wording_in_corpus, document, question_en, question_zh, Relation, ANIMALS, DEMO_DOCUMENTS, DEMO_SEED, QUESTION_FORMS};
     let d = tempfile::tempdir().unwrap();
-    openseek_corpus::demo_tasks::write_demo_tasks(d.path(), 7).unwrap();
+    openseek_corpus::demo_tasks::write_demo_tasks(d.path(), DEMO_SEED).unwrap();
+    // The corpus os-demo-data writes by default.
+    let mut rng = openseek_common::rng::SplitMix::new(DEMO_SEED);
+    let corpus: String = (0..DEMO_DOCUMENTS).map(|_| document(&mut rng) + "\n").collect();
+    let stated = |fact: String| assert!(corpus.contains(&fact), "the corpus never states {fact:?}");
     for task in Task::parse_list(openseek_corpus::demo_tasks::DEMO_TASKS).unwrap() {
         let docs = read_docs(&task, d.path(), &Options::default()).unwrap_or_else(|e| panic!("{}: {e}", task.name));
-        assert!(!docs.is_empty(), "{}", task.name);
-        if task.name == "openbookqa" {
-            // "The red cat eats" → " fish"
-            assert_eq!(docs[0].query, "The red cat eats");
-            assert_eq!(docs[0].choices[docs[0].gold[0]], " fish");
-        }
-        if task.name == "cmmlu:agronomy" {
-            assert_eq!(docs[0].choices[docs[0].gold[0]], " 鱼");
+        assert!(docs.len() >= 8, "{}: {} items", task.name, docs.len());
+        for doc in &docs {
+            let gold = if doc.choices.is_empty() { doc.gold_texts[0].clone() } else { doc.choices[doc.gold[0]].clone() };
+            let gold = gold.trim();
+            match task.name.as_str() {
+                // Cloze in the corpus' own sentences: "The red cat eats" + " fish".
+                "openbookqa" | "commonsense_qa" => stated(format!("{} {gold}.", doc.query)),
+                "gsm8k" => {
+                    let question = doc.query.strip_prefix("Question: ").and_then(|q| q.strip_suffix("\nAnswer:")).unwrap();
+                    assert!(!corpus.contains(question), "the corpus holds the test problem {question:?}");
+                    let (sum, total) = gold.split_once("\n#### ").unwrap();
+                    let (a, b) = sum.strip_suffix(&format!(" is {total}.")).unwrap().split_once(" plus ").unwrap();
+                    assert_eq!(a.parse::<usize>().unwrap() + b.parse::<usize>().unwrap(), total.parse::<usize>().unwrap());
+                    assert!(!corpus.contains(&format!("Answer: {sum}")), "a word problem of the corpus works out {sum:?}");
+                    stated(sum.to_string());
+                }
+                _ => {
+                    // A question about one animal's food or place in the benchmarks' wording (form 0).
+                    let asked = |k: usize, r: Relation| {
+                        let (en, zh, _, _) = ANIMALS[k];
+                        let lines = [question_en(en, r, "a", 0), question_en(en, r, "the", 0)].map(|q| format!("Question: {q}\n"));
+                        lines.into_iter().chain([format!("题目：{}\n", question_zh(zh, r, 0))]).find(|line| doc.query.contains(line))
+                    };
+                    let (k, r, question) = (0..ANIMALS.len())
+                        .flat_map(|k| [Relation::Food, Relation::Place].map(|r| (k, r)))
+                        .find_map(|(k, r)| asked(k, r).map(|q| (k, r, q)))
+                        .unwrap_or_else(|| panic!("{}: {:?} asks no demo fact", task.name, doc.query));
+                    assert!(!corpus.contains(&question) && !benchmark_wording_in_corpus(k), "the corpus asks {question:?}");
+                    let (en, zh) = answer(k, r);
+                    let (animal_en, animal_zh, _, _) = ANIMALS[k];
+                    assert_eq!(gold, if task.name == "cmmlu:agronomy" { zh } else { en }, "{question}");
+                    // Stated, and asked in the other wordings.
+                    match r {
+                        Relation::Food => {
+                            stated(format!("The {animal_en} eats {en}."));
+                            stated(format!("{animal_zh}吃{zh}。"));
+                        }
+                        Relation::Place => {
+                            stated(format!("A {animal_en} lives in the {en}."));
+                            stated(format!("{animal_zh}住在{zh}里。"));
+                        }
+                    }
+                    for form in 1..QUESTION_FORMS {
+                        stated(format!("Question: {}\nAnswer: {en}", question_en(animal_en, r, "the", form)));
+                        stated(format!("题目：{}\n答案是： {zh}", question_zh(animal_zh, r, form)));
+                    }
+                }
+            }
         }
     }
 }

@@ -20,12 +20,12 @@ struct Args {
     #[arg(long)]
     force: bool,
     /// Number of documents.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = synthetic::DEMO_DOCUMENTS)]
     documents: usize,
     /// Tokenizer vocabulary size, special tokens included.
     #[arg(long, default_value_t = 2048)]
     vocab_size: usize,
-    #[arg(long, default_value_t = 1234)]
+    #[arg(long, default_value_t = synthetic::DEMO_SEED)]
     seed: u64,
 }
 

@@ -1,14 +1,17 @@
 //! Small benchmark files made from the demo corpus's facts (`crate::synthetic`: what each animal
 //! eats and where it lives, sums), in the benchmarks' own formats and the data layout os-eval
-//! reads, so the demo can end with `os-eval run` on the demo model. A model that learnt the
-//! corpus scores above chance on them. Written by os-demo-data; read back by os-eval in the tests.
+//! reads, so the demo can end with `os-eval run` on the demo model. OpenBookQA and CommonsenseQA
+//! ask in the corpus' own sentences; ARC, CMMLU and TriviaQA ask facts the corpus asks too, but in
+//! a wording it uses only for other animals; GSM8K's problems are about sums that the corpus
+//! states but no word problem of it works out. No item's prompt is in the corpus. Written by
+//! os-demo-data; read back by os-eval in the tests.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use openseek_common::rng::SplitMix;
 use openseek_common::{AtomicOutputs, Failure};
-use crate::synthetic::{ANIMALS, COLORS, FOODS, PLACES};
+use crate::synthetic::{answer, benchmark_wording_in_corpus, held_out_sum, question_en, question_zh, word_problem, Relation, ANIMALS, COLORS, FOODS, MAX_ADDEND, PLACES};
 use serde_json::{json, Value};
 
 /// The tasks the demo data holds, as an `os-eval run --tasks` list.
@@ -45,6 +48,12 @@ fn options(rng: &mut SplitMix, n: usize, k: usize, must: usize) -> (Vec<usize>, 
 }
 
 const LETTERS: [&str; 5] = ["A", "B", "C", "D", "E"];
+
+/// What the question benchmarks (ARC, CMMLU, TriviaQA) ask, in the benchmarks' wording (form 0):
+/// both facts of every animal the corpus asks about only in other wordings (animal index, relation).
+fn held_out_facts() -> impl Iterator<Item = (usize, Relation)> {
+    (0..ANIMALS.len()).filter(|&k| !benchmark_wording_in_corpus(k)).flat_map(|k| [Relation::Food, Relation::Place].map(|r| (k, r)))
+}
 
 /// Write the demo tasks under `dir` (one folder per benchmark); returns the files written.
 pub fn write_demo_tasks(dir: &Path, seed: u64) -> Result<Vec<PathBuf>, Failure> {
@@ -83,52 +92,58 @@ pub fn write_demo_tasks(dir: &Path, seed: u64) -> Result<Vec<PathBuf>, Failure> 
         .collect();
     files.push(write_file(&dir.join("commonsense_qa/validation.jsonl"), &jsonl(&rows))?);
 
-    // ARC-Easy: "Question: What does a horse eat?" with numeric labels as some ARC rows have.
-    let rows: Vec<Value> = ANIMALS
-        .iter()
-        .enumerate()
-        .map(|(k, (animal, _, food, _))| {
-            let (opts, gold) = options(&mut rng, FOODS.len(), 4, *food);
+    // ARC-Easy, with numeric labels as some ARC rows have: "Question: Where does a cat live?" →
+    // its place among 4, "What does a cat eat?" → its food among 4.
+    let rows: Vec<Value> = held_out_facts()
+        .map(|(k, r)| {
+            let (opts, gold) = options(&mut rng, r.answers().len(), 4, r.answer_index(k));
             json!({
-                "id": format!("demo-{k}"),
-                "question": format!("What does a {animal} eat?"),
-                "choices": {"text": opts.iter().map(|&i| FOODS[i].0).collect::<Vec<_>>(), "label": ["1", "2", "3", "4"]},
+                "id": format!("demo-{k}-{r:?}"),
+                "question": question_en(ANIMALS[k].0, r, "a", 0),
+                "choices": {"text": opts.iter().map(|&i| r.answers()[i].0).collect::<Vec<_>>(), "label": ["1", "2", "3", "4"]},
                 "answerKey": (gold + 1).to_string(),
             })
         })
         .collect();
     files.push(write_file(&dir.join("arc/ARC-Easy_test.jsonl"), &jsonl(&rows))?);
 
-    // CMMLU (original CSV): "熊猫喜欢吃什么？" → its food among 4.
+    // CMMLU (original CSV): "猫住在哪里？" → its place among 4, "猫喜欢吃什么？" → its food.
     let mut csv = String::from(",Question,A,B,C,D,Answer\n");
-    for (k, (_, animal, food, _)) in ANIMALS.iter().enumerate() {
-        let (opts, gold) = options(&mut rng, FOODS.len(), 4, *food);
-        let o: Vec<&str> = opts.iter().map(|&i| FOODS[i].1).collect();
-        csv.push_str(&format!("{k},{animal}喜欢吃什么？,{},{},{},{},{}\n", o[0], o[1], o[2], o[3], LETTERS[gold]));
+    for (i, (k, r)) in held_out_facts().enumerate() {
+        let (opts, gold) = options(&mut rng, r.answers().len(), 4, r.answer_index(k));
+        let o: Vec<&str> = opts.iter().map(|&i| r.answers()[i].1).collect();
+        csv.push_str(&format!("{i},{},{},{},{},{},{}\n", question_zh(ANIMALS[k].1, r, 0), o[0], o[1], o[2], o[3], LETTERS[gold]));
     }
     files.push(write_file(&dir.join("cmmlu/test/agronomy.csv"), &csv)?);
 
-    // TriviaQA (rc.nocontext schema): "What does the dog eat?" → " bones".
-    let rows: Vec<Value> = ANIMALS
-        .iter()
-        .enumerate()
-        .map(|(k, (animal, _, food, _))| {
+    // TriviaQA (rc.nocontext schema): "What does the dog eat?" → " bones", generated.
+    let rows: Vec<Value> = held_out_facts()
+        .map(|(k, r)| {
+            let gold = answer(k, r).0;
             json!({
-                "question_id": format!("demo-{k}"),
-                "question": format!("What does the {animal} eat?"),
-                "answer": {"aliases": [FOODS[*food].0, format!("{} {}", "some", FOODS[*food].0)], "value": FOODS[*food].0},
+                "question_id": format!("demo-{k}-{r:?}"),
+                "question": question_en(ANIMALS[k].0, r, "the", 0),
+                "answer": {"aliases": [gold, format!("the {gold}")], "value": gold},
             })
         })
         .collect();
     files.push(write_file(&dir.join("triviaqa/validation.jsonl"), &jsonl(&rows))?);
 
-    // GSM8K (original jsonl): sums as the corpus states them, "#### n" answers; 5 shots from train.
-    let sum = |rng: &mut SplitMix| {
-        let (a, b) = (rng.below(50), rng.below(50));
-        json!({"question": format!("What is {a} plus {b}?"), "answer": format!("{a} plus {b} is {}.\n#### {}", a + b, a + b)})
+    // GSM8K (original jsonl): word problems on every sum the corpus' word problems leave out,
+    // worked answers ending in "#### n"; the 5 shots come from train, on sums the corpus' word problems use.
+    let pairs = || (1..=MAX_ADDEND).flat_map(|a| (1..=MAX_ADDEND).map(move |b| (a, b)));
+    let row = |rng: &mut SplitMix, (a, b): (usize, usize)| {
+        let (question, worked) = word_problem(rng, a, b);
+        json!({"question": question, "answer": worked})
     };
-    let test: Vec<Value> = (0..8).map(|_| sum(&mut rng)).collect();
-    let train: Vec<Value> = (0..20).map(|_| sum(&mut rng)).collect();
+    let test: Vec<Value> = pairs().filter(|&(a, b)| held_out_sum(a, b)).map(|p| row(&mut rng, p)).collect();
+    let taught: Vec<(usize, usize)> = pairs().filter(|&(a, b)| !held_out_sum(a, b)).collect();
+    let train: Vec<Value> = (0..20)
+        .map(|_| {
+            let p = rng.pick(&taught);
+            row(&mut rng, p)
+        })
+        .collect();
     files.push(write_file(&dir.join("gsm8k/test.jsonl"), &jsonl(&test))?);
     files.push(write_file(&dir.join("gsm8k/train.jsonl"), &jsonl(&train))?);
     Ok(files)

@@ -10,7 +10,9 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 pub struct Hf {
     tk: tokenizers::Tokenizer,
@@ -68,10 +70,11 @@ impl Hf {
     }
 }
 
-/// Train a byte-level BPE tokenizer (NFC normalizer, ByteLevel pre-tokenizer without a prefix
-/// space, ByteLevel decoder) on `files` and write `tokenizer.json` and `tokenizer_config.json`
-/// atomically. `output` is the directory to write them into (created if missing), or the path of
-/// the tokenizer.json itself (ending in `.json`; the config goes beside it).
+/// Train a byte-level BPE tokenizer (NFC normalizer, a split that isolates each Han character then
+/// the ByteLevel pre-tokenizer without a prefix space, ByteLevel decoder) on `files` and write
+/// `tokenizer.json` and `tokenizer_config.json` atomically. `output` is the directory to write
+/// them into (created if missing), or the path of the tokenizer.json itself (ending in `.json`;
+/// the config goes beside it).
 ///
 /// `special_tokens` get the first ids in the order given; by convention they are
 /// `[pad/unk, bos, eos]`, and tokenizer_config.json names the first as pad_token and unk_token,
@@ -129,7 +132,13 @@ pub fn train_bpe(
     let mut tk = tokenizers::Tokenizer::new(BPE::default());
     tk.with_normalizer(Some(NFC))
         .map_err(|e| Failure::software(format!("train_bpe: {e}")))?;
-    tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    // Han characters one by one: Chinese text has no spaces, so the ByteLevel split alone leaves a
+    // whole clause one pre-token and BPE merges a small corpus' clauses ("狗吃骨头") into single
+    // tokens; split, Chinese words are built from their characters as English words are from
+    // their letters, and a fact stated in one sentence shares its tokens with a question about it.
+    let han = Split::new(SplitPattern::Regex(r"\p{Han}".into()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| Failure::software(format!("train_bpe: {e}")))?;
+    tk.with_pre_tokenizer(Some(Sequence::new(vec![han.into(), ByteLevel::new(false, true, true).into()])));
     tk.with_decoder(Some(ByteLevelDecoder::default()));
     let names: Vec<String> = files
         .iter()

@@ -458,6 +458,8 @@ mod tests {
             "special token in text becomes its id"
         );
         assert_eq!(t.decode(&ids).unwrap(), "the cat sat</s>");
+        // Han characters are never merged with each other (each is its own pre-token).
+        assert_eq!(t.encode("中文").len(), 2);
         // NFC: a decomposed é encodes like the composed one.
         assert_eq!(t.encode("cafe\u{301}"), t.encode("café"));
         assert_eq!(t.source_files().len(), 2);
