@@ -523,7 +523,27 @@ fn losses_equal_a_pytorch_reference_loop_for_both_loss_averagings() {
     use openseek_mix::reader::{Cursor, DataLoader, ReaderOptions};
     let work = tempfile::tempdir().unwrap();
     let w = |p: &str| work.path().join(p).to_str().unwrap().to_string();
-    let s = SampleStore::open(store()).unwrap();
+    // The demo corpus with runs of one-word documents after every eighth document, so that
+    // samples hold very different numbers of EODs (masked) and the two averagings differ.
+    store(); // makes the demo corpus and its tokenizer
+    let tokenizer = scratch().join("store/demo/tokenizer");
+    let demo = std::fs::read_to_string(scratch().join("store/demo/corpus/part-0.jsonl")).unwrap();
+    let mut corpus = String::new();
+    for (k, line) in demo.lines().enumerate() {
+        corpus += &format!("{line}\n");
+        if k % 8 == 0 {
+            corpus += &"{\"text\": \"cat\"}\n".repeat(24);
+        }
+    }
+    std::fs::write(w("corpus.jsonl"), corpus).unwrap();
+    for args in [
+        vec!["os-tokenize", "--tokenizer", tokenizer.to_str().unwrap(), "--wrap-docs", "--quiet", "--output", &w("shards/part-0"), &w("corpus.jsonl")],
+        vec!["os-mix", "--weights", &format!("1.0 {}", w("shards/part-0")), "--seq-len", "128", "--samples", "200", "--output", &w("mix")],
+    ] {
+        let o = openseek_tests::run_tool(args[0], &args[1..]);
+        assert!(o.status.success(), "{}: {}", args[0], String::from_utf8_lossy(&o.stderr));
+    }
+    let s = SampleStore::open(Path::new(&w("mix"))).unwrap();
     // The demo tokenizer's EOS ends every document (os-train's EOD when the store names none).
     let eod: u32 = 2;
     assert_eq!(s.manifest().eod_token, None);
@@ -565,14 +585,13 @@ fn losses_equal_a_pytorch_reference_loop_for_both_loss_averagings() {
     std::fs::write(w("plan.json"), plan.to_string()).unwrap();
     run_python("train_reference.py", &[&w("plan.json"), &w("")]);
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(w("reference.json")).unwrap()).unwrap();
-    let tokenizer = scratch().join("store/demo/tokenizer");
     // os-train in both modes at once (one thread each).
     let runs: Vec<_> = modes
         .iter()
         .map(|mode| {
             let run_dir = w(mode);
             let flags = [
-                "--init-from", &w("init"), "--tokenizer", tokenizer.to_str().unwrap(), "--data", store().to_str().unwrap(),
+                "--init-from", &w("init"), "--tokenizer", tokenizer.to_str().unwrap(), "--data", &w("mix"),
                 "--run-dir", &run_dir, "--micro-batch-size", &micro.to_string(), "--global-batch-size", &global.to_string(),
                 "--train-iters", &steps.to_string(), "--lr", &lr.to_string(), "--min-lr", &min_lr.to_string(),
                 "--lr-schedule", "cosine", "--warmup-iters", &warmup_iters.to_string(), "--weight-decay", &weight_decay.to_string(),

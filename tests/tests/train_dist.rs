@@ -305,7 +305,7 @@ fn ranks_that_see_different_checkpoints_stop_together() {
 /// holds fp32 masters (not bf16-rounded values).
 #[test]
 fn bf16_mixed_over_one_two_and_three_ranks_trains_like_one() {
-    let mixed = ["--precision", "bf16-mixed", "--micro-batch-size", "1", "--global-batch-size", "6", "--save-interval", "10"];
+    let mixed = ["--precision", "bf16-mixed", "--micro-batch-size", "1", "--global-batch-size", "6", "--save-interval", "10", "--lr", "2e-3"];
     let logs: Vec<Vec<Value>> = [1usize, 2, 3]
         .iter()
         .map(|&world| {
@@ -322,9 +322,11 @@ fn bf16_mixed_over_one_two_and_three_ranks_trains_like_one() {
         for (g, w) in got.iter().zip(one) {
             assert_eq!((g["consumed_samples"].clone(), g["lr"].clone()), (w["consumed_samples"].clone(), w["lr"].clone()));
             // bf16 leaves: a one-ulp difference of an fp32 master (the ranks sum the gradients in
-            // another order) can round a leaf differently, and this tiny model's training at a high
-            // rate amplifies it (a gradient-norm spike at step 5): 1e-4 on the first four losses
-            // (measured 5e-5), 1e-2 after (measured 3e-3).
+            // another order) can round a leaf differently, and this tiny model's training amplifies
+            // it: 1e-4 on the first four losses (measured 8.3e-5), 1e-2 after (measured 2.1e-4),
+            // gradient norms 3e-2 (measured 7.6e-3). At lr 2e-3: the demo recipe's 6e-3 made a
+            // gradient-norm spike at step 8 on the current demo corpus that one rank and two
+            // ranks rounded apart (4.45 vs 2.05).
             let loss_tol = if w["step"].as_u64().unwrap() <= 4 { 1e-4 } else { 1e-2 };
             for (key, tol) in [("loss", loss_tol), ("param_norm", 1e-3), ("grad_norm", 3e-2)] {
                 let (a, b) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
