@@ -444,8 +444,8 @@ fn gather_round(shared: &Shared, key: &str, rank: usize, world: usize, value: Ve
         shared.changed.notify_all();
     }
     loop {
-        let gone = state.gone.clone();
-        let round = state.rounds.get_mut(key).expect("a round lives until all its readers are done");
+        let State { rounds, gone, .. } = &mut *state;
+        let round = rounds.get_mut(key).expect("a round lives until all its readers are done");
         if let Some((r, why)) = gone.iter().find(|(r, _)| *r < world && round.values[*r].is_none()) {
             return Err(match why.is_empty() {
                 true => format!("rank {r} left the job before posting it (its process exited, crashed or was killed: its own log says why)"),
@@ -456,7 +456,7 @@ fn gather_round(shared: &Shared, key: &str, rank: usize, world: usize, value: Ve
             let values = round.values.iter().map(|v| v.clone().unwrap()).collect();
             round.readers -= 1;
             if round.readers == 0 {
-                state.rounds.remove(key);
+                rounds.remove(key);
             }
             return Ok(values);
         }

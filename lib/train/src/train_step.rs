@@ -68,14 +68,11 @@ impl Trainer<'_> {
         let denominators = self.loss_denominators(&batches)?;
         let data_wait_s = started.elapsed().as_secs_f64();
 
-        // Every micro-batch's tokens are queued for the device before the first forward pass.
-        let uploaded: Vec<MicroBatch> = batches.iter().map(|b| self.upload(b)).collect();
         let mut losses = [(); 4].map(|_| Tensor::zeros([], (Kind::Float, device)));
         let mut loads: Vec<Tensor> = vec![];
         let mut mtp_ran = false;
-        let last = batches.len();
-        for (k, ((b, batch), denominator)) in batches.iter().zip(&uploaded).zip(denominators).enumerate() {
-            let out = self.micro_batch(b, batch, denominator, k + 1 == last)?;
+        for (k, (b, denominator)) in batches.iter().zip(denominators).enumerate() {
+            let out = self.micro_batch(b, denominator, k + 1 == batches.len())?;
             mtp_ran = out.mtp_loss.is_some();
             let mtp_loss = out.mtp_loss.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
             for (sum, part) in losses.iter_mut().zip([out.lm_loss, out.seq_aux_loss, out.z_loss, mtp_loss]) {
@@ -198,7 +195,8 @@ impl Trainer<'_> {
         }
     }
 
-    fn micro_batch(&mut self, b: &reader::MicroBatch, batch: &MicroBatch, loss_denominator: f64, last: bool) -> Result<MicroOutput, Failure> {
+    fn micro_batch(&mut self, b: &reader::MicroBatch, loss_denominator: f64, last: bool) -> Result<MicroOutput, Failure> {
+        let batch = self.upload(b);
         let cfg = self.cfg;
         let depths = self.model.mtp.len();
         let mtp = (depths > 0 && cfg.mtp_loss_coeff > 0.0).then(|| {
@@ -230,7 +228,7 @@ impl Trainer<'_> {
                 Ok(())
             }
         };
-        let out = microbatch::forward_backward(&self.model, batch, &plan, &mut at)?;
+        let out = microbatch::forward_backward(&self.model, &batch, &plan, &mut at)?;
         if self.accumulation > 1 {
             self.opt.accumulate_grads();
         }
