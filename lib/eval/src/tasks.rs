@@ -506,6 +506,30 @@ mod tests {
         assert_eq!(Task::parse_list("ceval:law").unwrap()[0].default_split(), "val");
     }
 
+    /// The crate docs' data-layout table is written by hand: every task of [`TASKS`] has its row
+    /// there, naming the task, its folder (and ARC's set) and the default split it evaluates.
+    #[test]
+    fn the_crate_docs_layout_table_matches_the_task_table() {
+        let rows: Vec<Vec<String>> = include_str!("lib.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | "))
+            .map(|l| l.trim_end_matches(" |").split(" | ").map(str::to_owned).collect())
+            .filter(|cells: &Vec<String>| cells.len() == 3 && cells[0] != "task" && !cells[0].starts_with("---"))
+            .collect();
+        for spec in &TASKS {
+            let name = if spec.subjects.is_some() { format!("{}:<subject>", spec.name) } else { spec.name.to_owned() };
+            let row = rows
+                .iter()
+                .find(|r| r[0].split(", ").any(|n| n == name))
+                .unwrap_or_else(|| panic!("{name} has no row in lib.rs's data-layout table"));
+            assert!(row[1].contains(&format!("`{}/", spec.folder)), "{name}: the table's files {} do not name the folder {}", row[1], spec.folder);
+            if let Layout::Set(set) = spec.layout {
+                assert!(row[1].contains(set), "{name}: the table's files {} do not name the set {set}", row[1]);
+            }
+            assert_eq!(row[2], spec.split, "{name}: the table's default split");
+        }
+    }
+
     #[test]
     fn lm_eval_prompts_where_they_differ() {
         let rows = |v: serde_json::Value| data::Rows { source: "t".into(), rows: vec![v.as_object().unwrap().clone()] };
