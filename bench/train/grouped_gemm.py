@@ -6,7 +6,8 @@ OpenSeek-Small-v1: 16,384 tokens x top-6 = 98,304 expert rows over 64 experts, h
 intermediate 896 (gate+up 1792). Weights as os-train holds them ([E, out, in], passed transposed). Forms:
 forward (Y = X W^T), input gradient (dX = dY W), weight gradient (dW = dY^T X, grouped along the rows), for
 balanced routing and for a skewed one; then the same through autograd (what training runs), and the
-weight gradient by alternative layouts.
+weight gradient by alternative layouts. Last, weight gradients summed into fp32 across micro-batches: a bf16
+GEMM then an add, against one fp32-output GEMM adding into the gradient (dense shapes and the grouped one).
 
   python bench/train/grouped_gemm.py   (on the GPU machine; prints one JSON line per form)"""
 import json
@@ -72,13 +73,13 @@ for skew in (0, 3):
             y = torch._grouped_mm(xl, wl.transpose(1, 2), offs=offs)
             y.backward(dy)
         out(f"{name} autograd fwd+bwd", 3 * f, timed(fb), routing=tag)
-        if skew == 0:  # what autograd's backward launches besides the two GEMMs
+        if skew == 0:  # what autograd's backward launches besides its two GEMMs; the weight gradient as a loop and a bmm
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 fb()
                 torch.cuda.synchronize()
             for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:8]:
                 print(json.dumps(dict(form=f"{name} autograd kernel", kernel=e.key[:90], ms=round(e.device_time_total / 1e3, 4), calls=e.count)), flush=True)
-        if skew == 0:
+
             def loop():
                 for e in range(E):
                     s = slice(e * (M // E), (e + 1) * (M // E))
